@@ -1,0 +1,3 @@
+from smx.cli import main
+
+main()

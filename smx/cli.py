@@ -1,0 +1,330 @@
+"""The smx command line. Nothing here imports torch: jobs that need a model run in their own processes."""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from smx.errors import UserError
+
+app = typer.Typer(
+    name="smx",
+    help="Train and certify randomized-smoothing classifiers (SmoothMix and baselines) from TOML experiment specs.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+console = Console()
+errors = Console(stderr=True)
+
+StoreOption = Annotated[
+    Optional[str],
+    typer.Option("--store", help="Store directory or SQLAlchemy URL [default: $SMX_STORE or ./store]."),
+]
+GpusOption = Annotated[str, typer.Option("--gpus", help="GPUs to use: auto, none, a count (2) or indices (0,1).")]
+JobsPerGpuOption = Annotated[int, typer.Option("--jobs-per-gpu", min=1, help="Jobs packed on each GPU.")]
+CpuJobsOption = Annotated[int, typer.Option("--cpu-jobs", min=1, help="Jobs run at once when there is no GPU.")]
+STATUS_STYLES = {"pending": "yellow", "running": "cyan", "done": "green", "failed": "red", "cancelled": "magenta"}
+
+
+def main() -> None:
+    try:
+        app()
+    except UserError as error:
+        errors.print(f"[bold red]error:[/] {error.message}", highlight=False, markup=True)
+        sys.exit(error.exit_code)
+
+
+def _seconds(value: float | None) -> str:
+    if value is None:
+        return ""
+    value = int(value)
+    return f"{value // 3600}:{value // 60 % 60:02d}:{value % 60:02d}"
+
+
+@app.command()
+def validate(spec_file: Annotated[Path, typer.Argument(help="Experiment spec (TOML).")]) -> None:
+    """Check a spec and list the configs it resolves to."""
+    from smx.plan import build_plan
+    from smx.spec import load_spec
+
+    plan = build_plan(load_spec(spec_file))
+    console.print(f"[green]ok[/] {spec_file}: experiment [bold]{plan.experiment}[/], "
+                  f"{len(plan.configs)} config(s), {len(plan.jobs)} job(s)")
+    for config in plan.configs:
+        console.print(f"  {config.name}")
+
+
+def _print_plan(plan, states: dict[str, str]) -> None:  # type: ignore[no-untyped-def]
+    table = Table(title=f"{plan.experiment}: {len(plan.jobs)} jobs", title_justify="left")
+    for column in ("kind", "name", "key", "state"):
+        table.add_column(column)
+    for job in plan.jobs:
+        state = states.get(job.key)
+        label = {"done": "[green]cached[/]", None: "to run"}.get(state, f"in store ({state})")
+        table.add_row(job.kind, job.name, job.key[:12], label)
+    console.print(table)
+
+
+@app.command()
+def submit(
+    spec_file: Annotated[Path, typer.Argument(help="Experiment spec (TOML).")],
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the job graph and change nothing.")] = False,
+    detach: Annotated[bool, typer.Option("--detach", help="Run the scheduler in the background and return.")] = False,
+    store: StoreOption = None,
+    gpus: GpusOption = "auto",
+    jobs_per_gpu: JobsPerGpuOption = 1,
+    cpu_jobs: CpuJobsOption = 1,
+) -> None:
+    """Enqueue an experiment's jobs and run them on this machine's GPUs (or CPU)."""
+    from smx.db.store import open_store
+    from smx.plan import build_plan
+    from smx.scheduler import queue
+    from smx.scheduler.local import LocalOptions, start_workers
+    from smx.scheduler.slots import make_slots, parse_gpus
+    from smx.spec import load_spec
+
+    plan = build_plan(load_spec(spec_file))
+    options = LocalOptions(gpus=gpus, jobs_per_gpu=jobs_per_gpu, cpu_jobs=cpu_jobs)
+    if dry_run:
+        try:
+            existing = open_store(store, create=False)
+            states = queue.job_states(existing, [job.key for job in plan.jobs])
+        except UserError:
+            states = {}
+        _print_plan(plan, states)
+        return
+    gpu_indices = parse_gpus(gpus)
+    opened = open_store(store)
+    slots = make_slots(opened.locks_dir, gpu_indices, jobs_per_gpu, cpu_jobs)
+    summary = queue.enqueue(opened, plan, spec_file.resolve())
+    console.print(f"[bold]{plan.experiment}[/]: {summary.total} jobs — {len(summary.new)} new, "
+                  f"{len(summary.done)} cached, {len(summary.waiting)} already queued, {len(summary.failed)} failed "
+                  f"or cancelled. Store: {opened.location}")
+    if summary.failed:
+        console.print(f"  [yellow]{len(summary.failed)} job(s) failed or were cancelled earlier; "
+                      f"`smx retry {plan.experiment}` runs them again.[/]")
+    device = f"{len(slots)} GPU slot(s)" if slots[0].gpu is not None else f"{len(slots)} CPU slot(s)"
+    workers = start_workers(opened, options, len(slots), detach=detach)
+    if detach:
+        console.print(f"Scheduler running in the background on {device}; follow it with `smx status "
+                      f"{plan.experiment}` or `smx tui`. Worker output: {opened.root / 'logs' / 'workers.log'}")
+        return
+    _follow(opened, plan.experiment, workers, device)
+
+
+def _follow(store, experiment: str, workers, device: str) -> None:  # type: ignore[no-untyped-def]
+    """Show live progress until every worker has exited; exit 1 if any of the experiment's jobs failed."""
+    from rich.live import Live
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from smx.db.queries import jobs_view
+
+    progress = Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.percentage:>3.0f}%"),
+                        TextColumn("{task.fields[detail]}"), TimeElapsedColumn(), console=console)
+    overall = progress.add_task(f"{experiment} on {device}", total=1, detail="")
+    bars: dict[str, int] = {}
+    try:
+        with Live(progress, console=console, refresh_per_second=4):
+            while True:
+                with store.read_session() as session:
+                    jobs = jobs_view(session, experiment)
+                counts = {status: sum(job.status == status for job in jobs) for status in STATUS_STYLES}
+                progress.update(overall, total=len(jobs), completed=counts["done"],
+                                detail=" ".join(f"{n} {s}" for s, n in counts.items() if n))
+                for job in jobs:
+                    if job.status == "running" and job.key not in bars:
+                        bars[job.key] = progress.add_task(f"  {job.name}", total=1.0, detail="")
+                    if job.key in bars:
+                        progress.update(bars[job.key], completed=job.progress, detail=job.progress_text)
+                        if job.status != "running":
+                            progress.remove_task(bars.pop(job.key))
+                if all(worker.poll() is not None for worker in workers):
+                    break
+                time.sleep(0.5)
+    except KeyboardInterrupt:
+        console.print("[yellow]interrupted: running jobs were put back in the queue and resume from their "
+                      "last checkpoint on the next `smx submit` or `smx worker`.[/]")
+        for worker in workers:
+            worker.wait()
+        raise typer.Exit(130)
+    for worker in workers:
+        stderr = worker.stderr.read() if worker.stderr else ""
+        if worker.returncode not in (0, None) and stderr:
+            errors.print(f"[red]a worker stopped with code {worker.returncode}:[/]\n{stderr}", markup=True)
+    _print_jobs(store, experiment, only_unfinished=True)
+    with store.read_session() as session:
+        jobs = jobs_view(session, experiment)
+    if any(job.status == "failed" for job in jobs):
+        raise typer.Exit(1)
+    if all(job.status == "done" for job in jobs):
+        console.print(f"[green]all {len(jobs)} jobs done.[/] Results: `smx query --experiment {experiment}`, "
+                      f"plots: `smx plot {experiment}`")
+
+
+@app.command()
+def worker(
+    store: StoreOption = None,
+    gpus: GpusOption = "auto",
+    jobs_per_gpu: JobsPerGpuOption = 1,
+    cpu_jobs: CpuJobsOption = 1,
+    stay: Annotated[bool, typer.Option("--stay", help="Keep waiting for new jobs instead of exiting when idle.")] = False,
+) -> None:
+    """Run one worker: take a free slot and run ready jobs there."""
+    from smx.db.store import open_store
+    from smx.scheduler.slots import make_slots, parse_gpus
+    from smx.scheduler.worker import run_worker
+
+    opened = open_store(store)
+    slots = make_slots(opened.locks_dir, parse_gpus(gpus), jobs_per_gpu, cpu_jobs)
+    report = run_worker(opened, slots, stay=stay)
+    if report.slot is None:
+        console.print("every slot is taken by another worker; nothing to do here.")
+        return
+    console.print(f"worker on {report.slot}: ran {report.ran} job(s), {report.failed} failed")
+
+
+def _print_jobs(store, experiment: str | None, only_unfinished: bool = False, statuses: list[str] | None = None) -> None:  # type: ignore[no-untyped-def]
+    from smx.db.queries import jobs_view
+
+    with store.read_session() as session:
+        jobs = jobs_view(session, experiment, statuses)
+    if only_unfinished:
+        jobs = [job for job in jobs if job.status != "done"]
+        if not jobs:
+            return
+    table = Table(title=f"jobs of {experiment}" if experiment else "jobs", title_justify="left")
+    for column in ("key", "kind", "name", "status", "progress", "device", "elapsed", "note"):
+        table.add_column(column, overflow="fold")
+    for job in jobs:
+        style = STATUS_STYLES.get(job.status, "")
+        note = ""
+        if job.error:
+            note = job.error.strip().splitlines()[-1][:120]
+        if job.blocked_by:
+            note = f"waiting: a parent is {job.blocked_by}"
+        table.add_row(job.key[:12], job.kind, job.name, f"[{style}]{job.status}[/]",
+                      job.progress_text if job.status == "running" else "", job.device or "",
+                      _seconds(job.elapsed_seconds), note)
+    console.print(table)
+
+
+@app.command()
+def status(
+    experiment: Annotated[Optional[str], typer.Argument(help="Show this experiment's jobs.")] = None,
+    jobs: Annotated[bool, typer.Option("--jobs", help="List every job in the store.")] = False,
+    failed: Annotated[bool, typer.Option("--failed", help="Only failed jobs, with their errors.")] = False,
+    store: StoreOption = None,
+) -> None:
+    """Show experiments and their jobs."""
+    from smx.db.queries import experiments_overview, jobs_view
+    from smx.db.store import open_store
+
+    opened = open_store(store, create=False)
+    if failed:
+        with opened.read_session() as session:
+            for job in jobs_view(session, experiment, ["failed"]):
+                console.print(f"[red]{job.name}[/] ({job.key[:12]}), attempt {job.attempts}, log {job.log_path}")
+                console.print(job.error or "", markup=False, highlight=False)
+        return
+    if experiment or jobs:
+        _print_jobs(opened, experiment)
+        return
+    with opened.read_session() as session:
+        overview = experiments_overview(session)
+    if not overview:
+        console.print("no experiments yet. Start one with `smx submit experiments/quickstart.toml`.")
+        return
+    table = Table(title=f"experiments in {opened.location}", title_justify="left")
+    for column in ("experiment", "configs", "jobs", "pending", "running", "done", "failed", "best ACR", "updated"):
+        table.add_column(column)
+    for item in overview:
+        table.add_row(item.name, str(item.configs), str(item.total), str(item.counts["pending"]),
+                      str(item.counts["running"]), str(item.counts["done"]),
+                      f"[red]{item.counts['failed']}[/]" if item.counts["failed"] else "0",
+                      f"{item.best_acr:.3f}" if item.best_acr is not None else "", f"{item.updated_at:%Y-%m-%d %H:%M}")
+    console.print(table)
+
+
+@app.command()
+def retry(
+    targets: Annotated[list[str], typer.Argument(help="Experiment names or job keys (prefixes of 4+ characters).")],
+    store: StoreOption = None,
+) -> None:
+    """Put failed or cancelled jobs back in the queue (run them with `smx worker` or `smx submit`)."""
+    from smx.db.store import open_store
+    from smx.scheduler import queue
+
+    keys = queue.retry(open_store(store, create=False), targets)
+    console.print(f"{len(keys)} job(s) queued again." + (" Run them with `smx worker`." if keys else ""))
+
+
+@app.command()
+def cancel(
+    targets: Annotated[list[str], typer.Argument(help="Experiment names or job keys (prefixes of 4+ characters).")],
+    store: StoreOption = None,
+) -> None:
+    """Cancel pending or running jobs; a running job's process is stopped within seconds."""
+    from smx.db.store import open_store
+    from smx.scheduler import queue
+
+    keys = queue.cancel(open_store(store, create=False), targets)
+    console.print(f"{len(keys)} job(s) cancelled.")
+
+
+@app.command()
+def query(
+    sql: Annotated[Optional[str], typer.Argument(help="One read-only SQL statement.")] = None,
+    experiment: Annotated[Optional[str], typer.Option("--experiment", "-e", help="Export this experiment's results rows.")] = None,
+    format: Annotated[str, typer.Option("--format", "-f", help="table, csv, json or md.")] = "table",
+    tables: Annotated[bool, typer.Option("--tables", help="List tables and views with their columns.")] = False,
+    store: StoreOption = None,
+) -> None:
+    """Run read-only SQL on the store, or export an experiment's results."""
+    from smx.db.readonly import run_query
+    from smx.db.store import open_store
+    from smx.report import FORMATS, experiment_results, render
+
+    if format not in FORMATS:
+        raise UserError(f"unknown --format {format!r}.\nFix: use one of {', '.join(FORMATS)}.")
+    if sum(option is not None and option is not False for option in (sql, experiment, tables or None)) != 1:
+        raise UserError("give exactly one of: a SQL statement, --experiment NAME, or --tables.\n"
+                        "Example: smx query \"SELECT experiment, config, acr FROM results\"")
+    opened = open_store(store, create=False)
+    if tables:
+        sql = ("SELECT m.name AS name, m.type AS type, group_concat(p.name, ', ') AS columns "
+               "FROM sqlite_master m, pragma_table_info(m.name) p "
+               "WHERE m.type IN ('table', 'view') GROUP BY m.name ORDER BY m.type, m.name")
+    result = experiment_results(opened, experiment) if experiment else run_query(opened, sql or "")
+    if format != "table":
+        sys.stdout.write(render(result, format))
+        return
+    table = Table(show_lines=False)
+    for column in result.columns:
+        table.add_column(column, overflow="fold")
+    for row in result.rows:
+        table.add_row(*("" if value is None else f"{value:.4g}" if isinstance(value, float) else str(value)
+                        for value in row))
+    console.print(table)
+    console.print(f"{len(result.rows)} row(s)")
+
+
+@app.command()
+def plot(
+    experiment: Annotated[str, typer.Argument(help="Experiment name.")],
+    out: Annotated[Optional[Path], typer.Option("--out", "-o", help="PNG path [default: STORE/plots/NAME.png].")] = None,
+    store: StoreOption = None,
+) -> None:
+    """Plot certified accuracy against radius for each config of an experiment (PNG)."""
+    from smx.db.store import open_store
+    from smx.report import plot_experiment
+
+    opened = open_store(store, create=False)
+    path = plot_experiment(opened, experiment, out or opened.root / "plots" / f"{experiment}.png")
+    console.print(f"wrote {path}")

@@ -1,0 +1,27 @@
+"""Upgrades of an older store schema, one step per version.
+
+Each step takes a connection inside the upgrade's transaction and turns schema version v into v + 1.
+New tables need no step (they are created from the models); changed or renamed columns do.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+from sqlalchemy import Connection
+
+from smx.db.models import SCHEMA_VERSION
+from smx.errors import UserError
+
+MIGRATIONS: dict[int, Callable[[Connection], None]] = {}
+
+
+def migrate(connection: Connection, from_version: int) -> None:
+    for version in range(from_version, SCHEMA_VERSION):
+        step = MIGRATIONS.get(version)
+        if step is None:
+            raise UserError(
+                f"the store has schema version {from_version} and smx has no upgrade from version {version}.\n"
+                "Fix: export what you need with `smx query`, then start a new store."
+            )
+        step(connection)

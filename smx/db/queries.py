@@ -1,0 +1,126 @@
+"""Read-side queries shared by `smx status`, the submit progress display, reports and the TUI."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+
+from sqlalchemy import func, select, text
+from sqlalchemy.orm import Session, aliased
+
+from smx.db.models import JOB_STATUSES, Aggregate, Experiment, ExperimentJob, Job, JobParent, utcnow
+
+
+@dataclass
+class ExperimentOverview:
+    name: str
+    description: str
+    configs: int
+    counts: dict[str, int]
+    best_acr: float | None
+    updated_at: datetime
+
+    @property
+    def total(self) -> int:
+        return sum(self.counts.values())
+
+
+@dataclass
+class JobView:
+    key: str
+    kind: str
+    name: str
+    config_name: str | None
+    status: str
+    progress: float
+    progress_text: str
+    device: str | None
+    attempts: int
+    started_at: datetime | None
+    finished_at: datetime | None
+    error: str | None
+    log_path: str | None
+    blocked_by: str | None  # status of an unfinished parent that keeps a pending job waiting
+
+    @property
+    def elapsed_seconds(self) -> float | None:
+        if self.started_at is None:
+            return None
+        return ((self.finished_at or utcnow()) - self.started_at).total_seconds()
+
+    @property
+    def eta_seconds(self) -> float | None:
+        elapsed = self.elapsed_seconds
+        if self.status != "running" or elapsed is None or self.progress <= 0.01:
+            return None
+        return elapsed * (1 - self.progress) / self.progress
+
+
+def experiments_overview(session: Session) -> list[ExperimentOverview]:
+    counts: dict[str, dict[str, int]] = {}
+    for name, status, number in session.execute(
+        select(Experiment.name, Job.status, func.count())
+        .join(ExperimentJob, ExperimentJob.experiment_id == Experiment.id)
+        .join(Job, Job.key == ExperimentJob.job_key)
+        .group_by(Experiment.name, Job.status)
+    ):
+        counts.setdefault(name, dict.fromkeys(JOB_STATUSES, 0))[status] = number
+    configs = dict(session.execute(
+        select(Experiment.name, func.count())
+        .join(ExperimentJob, ExperimentJob.experiment_id == Experiment.id)
+        .join(Job, Job.key == ExperimentJob.job_key)
+        .where(Job.kind == "train")
+        .group_by(Experiment.name)
+    ).all())
+    best = dict(session.execute(text("SELECT experiment, MAX(acr) FROM results GROUP BY experiment")).all())
+    return [
+        ExperimentOverview(name=e.name, description=e.description, configs=configs.get(e.name, 0),
+                           counts=counts.get(e.name, dict.fromkeys(JOB_STATUSES, 0)), best_acr=best.get(e.name),
+                           updated_at=e.updated_at)
+        for e in session.scalars(select(Experiment).order_by(Experiment.updated_at.desc()))
+    ]
+
+
+def jobs_view(session: Session, experiment: str | None = None, statuses: list[str] | None = None) -> list[JobView]:
+    parent = aliased(Job)
+    blocker = (
+        select(func.min(parent.status))
+        .join(JobParent, JobParent.parent_key == parent.key)
+        .where(JobParent.child_key == Job.key, parent.status != "done")
+        .correlate(Job)
+        .scalar_subquery()
+    )
+    query = select(Job, ExperimentJob.config_name, blocker)
+    if experiment is not None:
+        query = query.join(ExperimentJob, ExperimentJob.job_key == Job.key).join(
+            Experiment, Experiment.id == ExperimentJob.experiment_id).where(Experiment.name == experiment)
+    else:
+        query = query.outerjoin(ExperimentJob, ExperimentJob.job_key == Job.key)
+    if statuses:
+        query = query.where(Job.status.in_(statuses))
+    views: dict[str, JobView] = {}
+    for job, config_name, blocked_by in session.execute(query.order_by(Job.created_at, Job.key)):
+        views.setdefault(job.key, JobView(
+            key=job.key, kind=job.kind, name=job.name, config_name=config_name, status=job.status,
+            progress=job.progress, progress_text=job.progress_text, device=job.device, attempts=job.attempts,
+            started_at=job.started_at, finished_at=job.finished_at, error=job.error, log_path=job.log_path,
+            blocked_by=blocked_by if job.status == "pending" else None,
+        ))
+    return list(views.values())
+
+
+def experiment_names(session: Session) -> list[str]:
+    return list(session.scalars(select(Experiment.name).order_by(Experiment.name)))
+
+
+def aggregates_of(session: Session, experiment: str) -> list[Aggregate]:
+    """The experiment's current summaries (those of its current plan's aggregate job)."""
+    current = (
+        select(ExperimentJob.job_key)
+        .join(Experiment, Experiment.id == ExperimentJob.experiment_id)
+        .where(Experiment.name == experiment)
+    )
+    return list(session.scalars(
+        select(Aggregate).where(Aggregate.experiment == experiment, Aggregate.job_key.in_(current))
+        .order_by(Aggregate.config_name)
+    ))

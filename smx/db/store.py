@@ -1,0 +1,175 @@
+"""Where results live: a database (SQLite under `store/` by default) and the files beside it.
+
+The store directory holds `smx.db`, `checkpoints/<job key>/`, `logs/<job key>.log` and `locks/`.
+A SQLAlchemy URL may be given instead of a directory; files then go to `SMX_STORE_FILES` (default `store/`).
+"""
+
+from __future__ import annotations
+
+import os
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterator
+
+from sqlalchemy import Engine, create_engine, event, inspect, select, text
+from sqlalchemy.exc import OperationalError
+from sqlalchemy.orm import Session, sessionmaker
+
+from smx.db.models import SCHEMA_VERSION, Base, Meta
+from smx.db.views import create_views
+from smx.errors import UserError
+
+DEFAULT_STORE = "store"
+BUSY_TIMEOUT_MS = 60_000
+
+
+class StoreError(UserError):
+    pass
+
+
+@dataclass
+class Store:
+    url: str
+    root: Path
+    engine: Engine = field(repr=False)
+
+    @property
+    def is_sqlite(self) -> bool:
+        return self.url.startswith("sqlite")
+
+    @property
+    def sqlite_path(self) -> Path | None:
+        database = self.engine.url.database
+        return Path(database) if self.is_sqlite and database else None
+
+    @contextmanager
+    def session(self) -> Iterator[Session]:
+        """A session whose transaction commits on success and rolls back on any error."""
+        with sessionmaker(self.engine, expire_on_commit=False).begin() as session:
+            yield session
+
+    @contextmanager
+    def read_session(self) -> Iterator[Session]:
+        """A session for reading only: it takes no write lock, so it never delays a running scheduler."""
+        engine = self.engine.execution_options(smx_read_only=True)
+        with sessionmaker(engine, expire_on_commit=False).begin() as session:
+            yield session
+            session.rollback()
+
+    def checkpoint_dir(self, job_key: str) -> Path:
+        return self.root / "checkpoints" / job_key
+
+    def log_path(self, job_key: str) -> Path:
+        return self.root / "logs" / f"{job_key}.log"
+
+    @property
+    def locks_dir(self) -> Path:
+        return self.root / "locks"
+
+    @property
+    def location(self) -> str:
+        """What to pass as --store / SMX_STORE to reach this store from another process."""
+        return str(self.root) if self.is_sqlite and self.sqlite_path == self.root / "smx.db" else self.url
+
+
+def resolve_location(location: str | None) -> tuple[str, Path]:
+    """Turn --store / SMX_STORE into (database URL, files root)."""
+    location = location or os.environ.get("SMX_STORE") or DEFAULT_STORE
+    if "://" in location:
+        return location, Path(os.environ.get("SMX_STORE_FILES", DEFAULT_STORE)).resolve()
+    root = Path(location).expanduser().resolve()
+    return f"sqlite:///{root / 'smx.db'}", root
+
+
+def _sqlite_engine(url: str) -> Engine:
+    engine = create_engine(url, connect_args={"timeout": BUSY_TIMEOUT_MS / 1000})
+
+    @event.listens_for(engine, "connect")
+    def configure(dbapi_connection, _record) -> None:  # type: ignore[no-untyped-def]
+        # We issue BEGIN ourselves (below): pysqlite's deferred BEGIN lets two writers deadlock on upgrade.
+        dbapi_connection.isolation_level = None
+        cursor = dbapi_connection.cursor()
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
+        cursor.execute("PRAGMA foreign_keys=ON")
+        cursor.execute("PRAGMA synchronous=NORMAL")
+        cursor.close()
+
+    @event.listens_for(engine, "begin")
+    def begin_immediate(connection) -> None:  # type: ignore[no-untyped-def]
+        # Take the write lock up front so concurrent claims queue on busy_timeout instead of failing.
+        read_only = connection.get_execution_options().get("smx_read_only", False)
+        connection.exec_driver_sql("BEGIN" if read_only else "BEGIN IMMEDIATE")
+
+    return engine
+
+
+def open_store(location: str | None = None, *, create: bool = True) -> Store:
+    """Open (and with `create`, initialise or migrate) the store at a directory or SQLAlchemy URL."""
+    url, root = resolve_location(location)
+    if url.startswith("sqlite"):
+        database = Path(url.removeprefix("sqlite:///"))
+        if not create and not database.exists():
+            raise StoreError(
+                f"no smx store at {root} (expected {database}).\n"
+                "Fix: run `smx submit experiments/quickstart.toml` to create one, or point --store / SMX_STORE "
+                "at an existing store."
+            )
+        if create:
+            try:
+                for sub in ("", "checkpoints", "logs", "locks"):
+                    (root / sub).mkdir(parents=True, exist_ok=True)
+            except OSError as error:
+                raise StoreError(f"cannot create the store directory {root}: {error.strerror}.\n"
+                                 "Fix: choose a writable location with --store or SMX_STORE.") from error
+        engine = _sqlite_engine(url)
+    else:
+        engine = create_engine(url, pool_pre_ping=True)
+    store = Store(url=url, root=root, engine=engine)
+    try:
+        if create:
+            initialise(store)
+        else:
+            check_version(store)
+    except OperationalError as error:
+        raise StoreError(f"cannot open the store database {url}: {error.orig}.\n"
+                         "Fix: check the path and its permissions, or the server address.") from error
+    return store
+
+
+def stored_version(store: Store) -> int | None:
+    if not inspect(store.engine).has_table("meta"):
+        return None
+    with store.session() as session:
+        value = session.scalar(select(Meta.value).where(Meta.key == "schema_version"))
+    return int(value) if value is not None else None
+
+
+def check_version(store: Store) -> None:
+    version = stored_version(store)
+    if version is not None and version > SCHEMA_VERSION:
+        raise StoreError(
+            f"the store at {store.location} has schema version {version}, newer than this smx "
+            f"understands ({SCHEMA_VERSION}).\nFix: upgrade smx."
+        )
+
+
+def initialise(store: Store) -> None:
+    """Create missing tables and views, and upgrade an older schema in place."""
+    from smx.db.migrations import migrate
+
+    check_version(store)
+    version = stored_version(store)
+    Base.metadata.create_all(store.engine)
+    with store.engine.begin() as connection:
+        if version is not None and version < SCHEMA_VERSION:
+            migrate(connection, version)
+        create_views(connection)
+        connection.execute(
+            text("DELETE FROM meta WHERE key = 'schema_version'"),
+        )
+        connection.execute(
+            text("INSERT INTO meta (key, value) VALUES ('schema_version', :version)"),
+            {"version": str(SCHEMA_VERSION)},
+        )

@@ -1,0 +1,1 @@
+"""Running jobs: the database queue, slot locks, the worker loop and executors."""

@@ -1,0 +1,197 @@
+"""The database is the queue: enqueueing a plan, claiming a ready job atomically, and job state changes."""
+
+from __future__ import annotations
+
+import socket
+from dataclasses import dataclass, field
+from datetime import timedelta
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from sqlalchemy import case, delete, exists, func, select, update
+from sqlalchemy.orm import Session, aliased
+
+from smx.db.models import Experiment, ExperimentJob, Job, JobParent, utcnow
+from smx.db.store import Store
+from smx.errors import UserError
+
+if TYPE_CHECKING:
+    from smx.plan import Plan
+
+# A running job whose worker has not written a heartbeat for this long is presumed dead, wherever it ran.
+STALE_AFTER = timedelta(minutes=5)
+# Results sooner: finish certifying and aggregating trained models before starting new trainings.
+KIND_PRIORITY = case({"aggregate": 0, "certify": 1, "train": 2}, value=Job.kind, else_=3)
+
+
+@dataclass
+class EnqueueSummary:
+    experiment: str
+    new: list[str] = field(default_factory=list)
+    done: list[str] = field(default_factory=list)
+    waiting: list[str] = field(default_factory=list)
+    failed: list[str] = field(default_factory=list)
+
+    @property
+    def total(self) -> int:
+        return len(self.new) + len(self.done) + len(self.waiting) + len(self.failed)
+
+
+def job_states(store: Store, keys: list[str]) -> dict[str, str]:
+    """Status of each key already in the store (keys not present are absent)."""
+    with store.session() as session:
+        rows = session.execute(select(Job.key, Job.status).where(Job.key.in_(keys))).all()
+    return dict(rows)
+
+
+def enqueue(store: Store, plan: Plan, spec_path: Path) -> EnqueueSummary:
+    """Record the experiment and add the jobs it needs that the store does not have yet."""
+    summary = EnqueueSummary(plan.experiment)
+    with store.session() as session:
+        known = dict(session.execute(select(Job.key, Job.status).where(Job.key.in_([j.key for j in plan.jobs]))).all())
+        for planned in plan.jobs:
+            status = known.get(planned.key)
+            if status is None:
+                session.add(Job(key=planned.key, kind=planned.kind, name=planned.name, config=planned.inputs,
+                                runtime=planned.runtime, status="pending"))
+                session.add_all(JobParent(child_key=planned.key, parent_key=parent) for parent in planned.parents)
+                summary.new.append(planned.key)
+            elif status == "done":
+                summary.done.append(planned.key)
+            elif status in ("failed", "cancelled"):
+                summary.failed.append(planned.key)
+            else:
+                summary.waiting.append(planned.key)
+                # A job may have been planned with another data root: the latest submission's runtime wins.
+                session.execute(update(Job).where(Job.key == planned.key, Job.status == "pending")
+                                .values(runtime=planned.runtime))
+        session.flush()
+        experiment = session.scalar(select(Experiment).where(Experiment.name == plan.experiment))
+        if experiment is None:
+            experiment = Experiment(name=plan.experiment, spec_path=str(spec_path), spec_text=plan.spec_text,
+                                    spec_hash=plan.spec_hash, description=plan.description)
+            session.add(experiment)
+        else:
+            experiment.spec_path, experiment.spec_text = str(spec_path), plan.spec_text
+            experiment.spec_hash, experiment.description = plan.spec_hash, plan.description
+            experiment.updated_at = utcnow()
+        session.flush()
+        # The experiment's membership is exactly its current plan; jobs of an older plan stay in the store.
+        session.execute(delete(ExperimentJob).where(ExperimentJob.experiment_id == experiment.id))
+        session.add_all(
+            ExperimentJob(experiment_id=experiment.id, job_key=planned.key, config_name=planned.config_name,
+                          swept=planned.swept)
+            for planned in plan.jobs
+        )
+    return summary
+
+
+def claim_next(store: Store, *, device: str, slot: Path, pid: int) -> Job | None:
+    """Atomically take the highest-priority pending job whose parents are all done."""
+    parent = aliased(Job)
+    unfinished_parent = (
+        exists()
+        .where(JobParent.child_key == Job.key, JobParent.parent_key == parent.key, parent.status != "done")
+    )
+    ready = (
+        select(Job.key)
+        .where(Job.status == "pending", ~unfinished_parent)
+        .order_by(KIND_PRIORITY, Job.created_at, Job.key)
+        .limit(1)
+        .with_for_update(skip_locked=True)
+        .scalar_subquery()
+    )
+    now = utcnow()
+    with store.session() as session:
+        key = session.scalar(
+            update(Job)
+            .where(Job.key == ready, Job.status == "pending")
+            .values(status="running", attempts=Job.attempts + 1, host=socket.gethostname(), pid=pid,
+                    device=device, slot=str(slot), started_at=now, heartbeat_at=now, finished_at=None,
+                    error=None, progress=0.0, progress_text="starting")
+            .returning(Job.key)
+        )
+        return session.get(Job, key) if key else None
+
+
+def has_waitable_work(store: Store) -> bool:
+    """Whether pending jobs could still become ready: something is running that may unblock them."""
+    with store.session() as session:
+        pending = session.scalar(select(func.count()).where(Job.status == "pending"))
+        running = session.scalar(select(func.count()).where(Job.status == "running"))
+    return bool(pending) and bool(running)
+
+
+def heartbeat(session: Session, key: str) -> str | None:
+    """Record that the job's worker is alive; returns the job's status (a user may have cancelled it)."""
+    session.execute(update(Job).where(Job.key == key, Job.status == "running").values(heartbeat_at=utcnow()))
+    return session.scalar(select(Job.status).where(Job.key == key))
+
+
+def set_progress(store: Store, key: str, fraction: float, text: str) -> None:
+    with store.session() as session:
+        session.execute(update(Job).where(Job.key == key).values(progress=fraction, progress_text=text[:200]))
+
+
+def finish(store: Store, key: str, *, succeeded: bool, error: str | None = None) -> None:
+    """Close a running job. A job cancelled meanwhile stays cancelled."""
+    values = {"status": "done", "progress": 1.0, "progress_text": "done"} if succeeded else {"status": "failed"}
+    with store.session() as session:
+        session.execute(update(Job).where(Job.key == key, Job.status == "running")
+                        .values(finished_at=utcnow(), error=error, **values))
+
+
+def requeue(session: Session, key: str, reason: str) -> None:
+    session.execute(update(Job).where(Job.key == key, Job.status == "running")
+                    .values(status="pending", error=reason, pid=None, progress_text="waiting to resume"))
+
+
+def recover_abandoned(store: Store, *, slot_is_free) -> list[str]:  # type: ignore[no-untyped-def]
+    """Put back in the queue running jobs whose worker is gone, so they resume from their last checkpoint.
+
+    On this host a job is abandoned when nobody holds its slot lock; elsewhere, when its heartbeat is stale.
+    """
+    host = socket.gethostname()
+    recovered = []
+    with store.session() as session:
+        running = session.execute(select(Job.key, Job.host, Job.slot, Job.heartbeat_at).where(Job.status == "running"))
+        for key, job_host, slot, beat in running.all():
+            stale = beat is None or utcnow() - beat > STALE_AFTER
+            dead_here = job_host == host and slot is not None and slot_is_free(Path(slot))
+            if dead_here or stale:
+                requeue(session, key, "its worker stopped; resumed from the last checkpoint")
+                recovered.append(key)
+    return recovered
+
+
+def select_jobs(session: Session, targets: list[str]) -> list[Job]:
+    """Jobs named by key (or a unique key prefix) or by experiment name (all of its jobs)."""
+    jobs: dict[str, Job] = {}
+    for target in targets:
+        experiment = session.scalar(select(Experiment).where(Experiment.name == target))
+        if experiment is not None:
+            jobs.update((member.job.key, member.job) for member in experiment.members)
+            continue
+        matches = session.scalars(select(Job).where(Job.key.startswith(target)).limit(2)).all()
+        if len(matches) != 1 or len(target) < 4:
+            problem = "matches several jobs" if len(matches) > 1 else "is neither an experiment nor a job key"
+            raise UserError(f"{target!r} {problem}.\nFix: give an experiment name or a longer job key "
+                            "prefix (see `smx status --jobs`).")
+        jobs[matches[0].key] = matches[0]
+    return list(jobs.values())
+
+
+def cancel(store: Store, targets: list[str]) -> list[str]:
+    with store.session() as session:
+        keys = [job.key for job in select_jobs(session, targets) if job.status in ("pending", "running")]
+        session.execute(update(Job).where(Job.key.in_(keys), Job.status.in_(("pending", "running")))
+                        .values(status="cancelled", finished_at=utcnow(), error="cancelled by the user"))
+    return keys
+
+
+def retry(store: Store, targets: list[str]) -> list[str]:
+    with store.session() as session:
+        keys = [job.key for job in select_jobs(session, targets) if job.status in ("failed", "cancelled")]
+        session.execute(update(Job).where(Job.key.in_(keys), Job.status.in_(("failed", "cancelled")))
+                        .values(status="pending", error=None, finished_at=None, progress_text="retrying"))
+    return keys

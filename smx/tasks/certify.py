@@ -1,0 +1,93 @@
+"""Certify job: run CERTIFY on the test images a config selects, storing one row per image as it goes.
+
+A restarted job skips the images already in the store, so a crash costs at most one group of images.
+"""
+
+from __future__ import annotations
+
+import time
+
+import torch
+from sqlalchemy import select
+
+from smx.db.models import Certificate as CertificateRow
+from smx.db.models import Job, JobParent
+from smx.db.store import Store
+from smx.science.catalog import DATASETS
+from smx.science.data import ImageTensors, load_dataset
+from smx.science.models import build_model
+from smx.science.smoothing import Certificate, certify_dataset
+from smx.science.training import load_weights
+from smx.tasks import checkpoints
+from smx.tasks.progress import ProgressReporter
+
+# Images handed to CERTIFY at once: a resume point, and a bound on memory for datasets read from disk.
+IMAGES_PER_CALL = 100
+FLUSH_SECONDS = 2.0
+
+
+def selected_indices(dataset_size: int, skip: int, max_samples: int | None) -> list[int]:
+    """Every `skip`-th test image (the reference's --skip), at most `max_samples` of them."""
+    indices = list(range(0, dataset_size, skip))
+    return indices if max_samples is None else indices[:max_samples]
+
+
+def images_at(data, indices: list[int]) -> tuple[torch.Tensor, torch.Tensor]:  # type: ignore[no-untyped-def]
+    if isinstance(data, ImageTensors):
+        positions = torch.tensor(indices)
+        return data.images[positions], data.labels[positions]
+    items = [data[index] for index in indices]
+    return torch.stack([image for image, _ in items]), torch.tensor([label for _, label in items])
+
+
+def run(store: Store, job: Job, device: str, progress: ProgressReporter) -> None:
+    config = job.config
+    certify_config, dataset = config["certify"], config["data"]["dataset"]
+    with store.session() as session:
+        train_key = session.scalar(select(JobParent.parent_key).where(JobParent.child_key == job.key))
+        train_job = session.get(Job, train_key)
+        arch = train_job.config["model"]["arch"]
+        done = set(session.scalars(select(CertificateRow.sample_index).where(CertificateRow.job_key == job.key)))
+
+    checkpoint = checkpoints.verified_final(store, train_key)
+    model = build_model(arch, dataset)
+    load_weights(model, checkpoint)
+    model.to(device).eval()
+
+    data = load_dataset(dataset, certify_config["split"], root=job.runtime.get("data_root"),
+                        download=job.runtime.get("download", False))
+    indices = selected_indices(len(data), certify_config["skip"], certify_config["max_samples"])
+    remaining = [index for index in indices if index not in done]
+    pending: list[Certificate] = []
+    last_flush = time.monotonic()
+    certified = len(indices) - len(remaining)
+
+    def flush() -> None:
+        nonlocal last_flush
+        with store.session() as session:
+            session.add_all(
+                CertificateRow(job_key=job.key, sample_index=c.index, label=c.label, prediction=c.prediction,
+                               radius=c.radius, correct=c.correct, pa_lower=c.pa_lower, count=c.count,
+                               seconds=c.seconds)
+                for c in pending
+            )
+        pending.clear()
+        last_flush = time.monotonic()
+
+    def on_certificate(certificate: Certificate) -> None:
+        nonlocal certified
+        pending.append(certificate)
+        certified += 1
+        if time.monotonic() - last_flush >= FLUSH_SECONDS:
+            flush()
+        progress(certified / len(indices), f"image {certified}/{len(indices)}")
+
+    for start in range(0, len(remaining), IMAGES_PER_CALL):
+        group = remaining[start:start + IMAGES_PER_CALL]
+        images, labels = images_at(data, group)
+        certify_dataset(model, images, labels, group, sigma=certify_config["sigma"], n0=certify_config["n0"],
+                        n=certify_config["n"], alpha=certify_config["alpha"],
+                        batch_size=certify_config["batch_size"], num_classes=DATASETS[dataset].num_classes,
+                        on_certificate=on_certificate, device=device)
+        flush()
+    progress(1.0, f"image {len(indices)}/{len(indices)}")

@@ -1,0 +1,60 @@
+"""Checkpoint records: every checkpoint file the store keeps has a row with its sha256."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+from sqlalchemy import delete, select, update
+
+from smx.db.models import Checkpoint
+from smx.db.store import Store
+from smx.errors import UserError
+
+
+class CheckpointError(UserError):
+    pass
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def record(store: Store, job_key: str, path: Path, epoch: int) -> None:
+    with store.session() as session:
+        session.execute(delete(Checkpoint).where(Checkpoint.job_key == job_key, Checkpoint.path == str(path)))
+        session.add(Checkpoint(job_key=job_key, epoch=epoch, path=str(path), sha256=sha256_file(path),
+                               size=path.stat().st_size))
+
+
+def forget(store: Store, path: Path) -> None:
+    with store.session() as session:
+        session.execute(delete(Checkpoint).where(Checkpoint.path == str(path)))
+
+
+def mark_final(store: Store, job_key: str, path: Path, epoch: int) -> None:
+    with store.session() as session:
+        if session.scalar(select(Checkpoint.id).where(Checkpoint.path == str(path))) is None:
+            session.add(Checkpoint(job_key=job_key, epoch=epoch, path=str(path), sha256=sha256_file(path),
+                                   size=path.stat().st_size))
+            session.flush()
+        session.execute(update(Checkpoint).where(Checkpoint.job_key == job_key)
+                        .values(final=Checkpoint.path == str(path)))
+
+
+def verified_final(store: Store, train_key: str) -> Path:
+    """The trained model's final checkpoint, after checking that its bytes are the ones recorded."""
+    with store.session() as session:
+        row = session.scalar(select(Checkpoint).where(Checkpoint.job_key == train_key, Checkpoint.final))
+    if row is None:
+        raise CheckpointError(f"training job {train_key[:12]} has no final checkpoint in the store.\n"
+                              f"Fix: `smx retry {train_key[:12]}` to train it again.")
+    path = Path(row.path)
+    if not path.is_file() or sha256_file(path) != row.sha256:
+        problem = "is missing" if not path.is_file() else "does not match its recorded sha256 (corrupted or truncated)"
+        raise CheckpointError(f"checkpoint {path} {problem}.\nFix: `smx retry {train_key[:12]}` to train it again.")
+    return path

@@ -1,0 +1,56 @@
+"""Train job: build the model and data a config names, train with its method, record every checkpoint."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from sqlalchemy import delete
+
+from smx.db.models import Job, TrainMetric
+from smx.db.store import Store
+from smx.science.data import load_dataset
+from smx.science.methods.params import METHOD_PARAMS
+from smx.science.models import build_model
+from smx.science.training import EpochMetrics, TrainSettings, train
+from smx.tasks import checkpoints
+from smx.tasks.progress import ProgressReporter
+
+
+def settings_from_config(config: dict, device: str) -> TrainSettings:
+    train_config = config["train"]
+    return TrainSettings(
+        method=train_config["method"],
+        params=METHOD_PARAMS[train_config["method"]](**train_config["params"]),
+        sigma=train_config["sigma"],
+        epochs=train_config["epochs"],
+        batch_size=train_config["batch_size"],
+        lr=train_config["lr"],
+        lr_step=train_config["lr_step"],
+        lr_gamma=train_config["lr_gamma"],
+        momentum=train_config["momentum"],
+        weight_decay=train_config["weight_decay"],
+        seed=config["seed"],
+        device=device,
+    )
+
+
+def run(store: Store, job: Job, device: str, progress: ProgressReporter) -> None:
+    config = job.config
+    dataset = config["data"]["dataset"]
+    data = load_dataset(dataset, "train", root=job.runtime.get("data_root"), download=job.runtime.get("download", False))
+    model = build_model(config["model"]["arch"], dataset)
+
+    def on_epoch(metrics: EpochMetrics) -> None:
+        with store.session() as session:
+            session.execute(delete(TrainMetric).where(TrainMetric.job_key == job.key, TrainMetric.epoch == metrics.epoch))
+            session.add(TrainMetric(job_key=job.key, epoch=metrics.epoch, loss=metrics.loss,
+                                    noisy_accuracy=metrics.noisy_accuracy, lr=metrics.lr, seconds=metrics.seconds,
+                                    extras=metrics.extras))
+
+    def on_checkpoint(path: Path, epoch: int) -> None:
+        checkpoints.record(store, job.key, path, epoch)
+
+    final = train(model, data, settings_from_config(config, device), store.checkpoint_dir(job.key),
+                  on_checkpoint=on_checkpoint, on_checkpoint_removed=lambda path: checkpoints.forget(store, path),
+                  on_epoch=on_epoch, on_progress=progress)
+    checkpoints.mark_final(store, job.key, final, epoch=config["train"]["epochs"] - 1)

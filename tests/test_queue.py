@@ -1,0 +1,103 @@
+"""The database queue: atomic claiming by real processes, dependencies, recovery, cancel and retry."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+from sqlalchemy import select
+
+from smx.db.models import Job, JobParent
+from smx.scheduler import queue
+from smx.scheduler.slots import is_free, try_lock
+
+
+def add_jobs(store, keys: list[str], kind: str = "train", parents: dict[str, list[str]] | None = None) -> None:
+    with store.session() as session:
+        session.add_all(Job(key=key, kind=kind, name=f"{kind}/{key}", config={}) for key in keys)
+        session.flush()
+        for child, parent_keys in (parents or {}).items():
+            session.add_all(JobParent(child_key=child, parent_key=parent) for parent in parent_keys)
+
+
+CLAIMER = textwrap.dedent("""
+    import sys
+    from pathlib import Path
+    from smx.db.store import open_store
+    from smx.scheduler import queue
+    store = open_store(sys.argv[1], create=False)
+    claimed = []
+    while (job := queue.claim_next(store, device="cpu", slot=Path(sys.argv[2]), pid=0)) is not None:
+        claimed.append(job.key)
+    Path(sys.argv[3]).write_text("\\n".join(claimed))
+""")
+
+
+def test_two_processes_never_claim_the_same_job(store, tmp_path: Path) -> None:
+    keys = [f"job{index:03d}" for index in range(120)]
+    add_jobs(store, keys)
+    outputs = [tmp_path / f"claimed{index}.txt" for index in range(2)]
+    processes = [
+        subprocess.Popen([sys.executable, "-c", CLAIMER, str(store.root), str(tmp_path / f"slot{index}"), str(out)])
+        for index, out in enumerate(outputs)
+    ]
+    assert [process.wait(timeout=120) for process in processes] == [0, 0]
+    claimed = [out.read_text().split() for out in outputs]
+    assert sorted(claimed[0] + claimed[1]) == keys
+    assert not set(claimed[0]) & set(claimed[1])
+    with store.session() as session:
+        assert set(session.scalars(select(Job.status))) == {"running"}
+        assert set(session.scalars(select(Job.attempts))) == {1}
+
+
+def test_a_job_waits_for_all_its_parents(store, tmp_path: Path) -> None:
+    add_jobs(store, ["train-a", "train-b"])
+    add_jobs(store, ["certify-a"], kind="certify", parents={"certify-a": ["train-a", "train-b"]})
+    slot = tmp_path / "slot"
+    first = queue.claim_next(store, device="cpu", slot=slot, pid=1)
+    second = queue.claim_next(store, device="cpu", slot=slot, pid=1)
+    assert {first.key, second.key} == {"train-a", "train-b"}
+    assert queue.claim_next(store, device="cpu", slot=slot, pid=1) is None
+    queue.finish(store, "train-a", succeeded=True)
+    assert queue.claim_next(store, device="cpu", slot=slot, pid=1) is None
+    assert queue.has_waitable_work(store)
+    queue.finish(store, "train-b", succeeded=True)
+    assert queue.claim_next(store, device="cpu", slot=slot, pid=1).key == "certify-a"
+
+
+def test_dependents_of_a_failed_job_wait_and_workers_do_not(store, tmp_path: Path) -> None:
+    add_jobs(store, ["train-a"])
+    add_jobs(store, ["certify-a"], kind="certify", parents={"certify-a": ["train-a"]})
+    queue.claim_next(store, device="cpu", slot=tmp_path / "slot", pid=1)
+    queue.finish(store, "train-a", succeeded=False, error="boom")
+    assert queue.claim_next(store, device="cpu", slot=tmp_path / "slot", pid=1) is None
+    assert not queue.has_waitable_work(store)
+    with store.session() as session:
+        assert session.get(Job, "certify-a").status == "pending"
+        assert session.get(Job, "train-a").error == "boom"
+
+
+def test_a_job_whose_slot_lock_is_free_is_requeued(store, tmp_path: Path) -> None:
+    add_jobs(store, ["train-a", "train-b"])
+    dead_slot, live_slot = tmp_path / "dead.lock", tmp_path / "live.lock"
+    queue.claim_next(store, device="cpu", slot=dead_slot, pid=1)
+    queue.claim_next(store, device="cpu", slot=live_slot, pid=1)
+    held = try_lock(live_slot)
+    try:
+        assert queue.recover_abandoned(store, slot_is_free=is_free) == ["train-a"]
+    finally:
+        held.release()
+    with store.session() as session:
+        assert session.get(Job, "train-a").status == "pending"
+        assert session.get(Job, "train-b").status == "running"
+
+
+def test_cancel_and_retry(store, tmp_path: Path) -> None:
+    add_jobs(store, ["train-a", "train-b"])
+    assert queue.cancel(store, ["train-a"]) == ["train-a"]
+    assert queue.claim_next(store, device="cpu", slot=tmp_path / "slot", pid=1).key == "train-b"
+    assert queue.claim_next(store, device="cpu", slot=tmp_path / "slot", pid=1) is None
+    assert queue.retry(store, ["train-a"]) == ["train-a"]
+    assert queue.claim_next(store, device="cpu", slot=tmp_path / "slot", pid=1).key == "train-a"

@@ -1,0 +1,50 @@
+"""`smx query` runs on a connection that refuses every kind of write."""
+
+from __future__ import annotations
+
+import pytest
+from sqlalchemy import func, select
+
+from smx.db.models import Job
+from smx.db.readonly import QueryError, run_query
+
+
+@pytest.fixture
+def seeded(store):
+    with store.session() as session:
+        session.add(Job(key="abc123", kind="train", name="train/x", config={"seed": 0}))
+    return store
+
+
+def test_select_works(seeded) -> None:
+    result = run_query(seeded, "SELECT key, kind FROM jobs")
+    assert result.columns == ["key", "kind"]
+    assert result.rows == [("abc123", "train")]
+    assert run_query(seeded, "SELECT count(*) FROM results").rows == [(0,)]
+
+
+@pytest.mark.parametrize("sql", [
+    "INSERT INTO jobs (key, kind, name, config) VALUES ('x', 'train', 'x', '{}')",
+    "UPDATE jobs SET status = 'done'",
+    "DELETE FROM jobs",
+    "DROP TABLE jobs",
+    "DROP VIEW results",
+    "CREATE TABLE evil (x)",
+    "ATTACH DATABASE '/tmp/evil.db' AS evil",
+    "PRAGMA journal_mode = DELETE",
+    "PRAGMA foreign_keys = OFF",
+    "SELECT 1; DELETE FROM jobs",
+    "WITH gone AS (DELETE FROM jobs RETURNING *) SELECT * FROM gone",
+    "VACUUM",
+])
+def test_writes_are_refused(seeded, sql: str) -> None:
+    with pytest.raises(QueryError):
+        run_query(seeded, sql)
+    with seeded.session() as session:
+        assert session.scalar(select(func.count()).select_from(Job)) == 1
+        assert session.get(Job, "abc123").status == "pending"
+
+
+def test_bad_sql_names_the_problem(seeded) -> None:
+    with pytest.raises(QueryError, match="no such table: nope"):
+        run_query(seeded, "SELECT * FROM nope")
