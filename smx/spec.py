@@ -1,0 +1,821 @@
+"""Experiment specs: a TOML file → validated pydantic models → resolved configs. Torch-free.
+
+A spec has the sections [experiment], [data], [model], [train], [certify] and [report], an optional
+[sweep] (`[sweep.grid]`: every combination of its lists; `[[sweep.zip]]`: equal-length lists varied
+together) and any number of [[variant]] tables whose keys override the base settings. Configs are
+variant × zip × grid. `load_spec` reads, validates and expands a spec completely, so a spec that loads
+is a spec that can be planned; `resolve_configs` hands out the expansion.
+
+Conventions the rest of smx relies on:
+
+- Key paths in messages are dotted TOML keys. Array items count from 1, as they appear in the file
+  (`variant[2]` is the second [[variant]] table); sweep keys are quoted: `sweep.grid."train.sigma"`.
+- A config's name is its variant's name followed by `-<label>=<value>` for each swept key that applies
+  to it, in the order the settings have in the schema (seed, data, model, train, a method's parameters,
+  certify), so that reordering keys in the file changes no name: "gaussian", "smoothmix-eta=2",
+  "smoothmix-sigma=0.5-steps=4". Without [[variant]] tables the implicit variant's name is left out
+  ("eta=2"), and a config that varies nothing is called "base". A label is the shortest dotted suffix
+  of its key that no other swept key ends with ("eta"; "train.sigma" next to "certify.sigma").
+  Floats drop a trailing ".0".
+- A swept key applies to a config unless it is a parameter of a method the config does not train
+  with. `ResolvedConfig.swept` maps the full dotted keys that apply ("train.smoothmix.eta") to their
+  validated values.
+- Overrides apply in the order base, variant, sweep: a swept key wins over a variant's value for it.
+- Configs with identical contents are merged; the first one keeps its name.
+- `data.root` and `data.download` are runtime settings (`ResolvedConfig.runtime` = {"data_root",
+  "download"}) and never part of a config; a relative root is taken relative to the spec file's directory.
+"""
+
+from __future__ import annotations
+
+import copy
+import datetime
+import difflib
+import hashlib
+import itertools
+import json
+import math
+import os
+import re
+import tomllib
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, get_args
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, field_validator
+from pydantic_core import ErrorDetails
+
+from smx.errors import UserError
+from smx.science.catalog import ARCHS, DATASETS
+from smx.science.methods.params import METHOD_PARAMS, MethodParams
+from smx.science.metrics import DEFAULT_RADII
+
+# Beyond this a sweep is almost certainly a mistake, and expanding it would take long and fill the store.
+MAX_CONFIGS = 10_000
+IMPLICIT_VARIANT_NAME = "base"
+SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+BARE_TOML_KEY = re.compile(r"[A-Za-z0-9_-]+")
+
+# Shared by every config of an experiment, so neither a variant nor a sweep may change them.
+EXPERIMENT_WIDE_KEYS = ("experiment.name", "experiment.description", "report")
+# Where the data live changes no result: a variant may set them, a sweep may not.
+RUNTIME_KEYS = ("data.root", "data.download")
+VARIANT_SECTIONS = ("experiment", "data", "model", "train", "certify")
+
+KeyPath = tuple[str | int, ...]
+Problem = tuple[str, str]  # (key path as text, what is wrong and how to fix it)
+
+
+class SpecError(UserError):
+    """A spec that cannot be used; the message names the file, the key path and the fix."""
+
+
+def _suggestion(word: str, choices: Iterable[str]) -> str:
+    matches = difflib.get_close_matches(word, list(choices), n=1)
+    return f' (did you mean "{matches[0]}"?)' if matches else ""
+
+
+def _check_choice(value: str, choices: Iterable[str], what: str) -> str:
+    choices = list(choices)
+    if value not in choices:
+        raise ValueError(f"unknown {what} {value!r}{_suggestion(value, choices)}; choose one of: {', '.join(choices)}")
+    return value
+
+
+def _check_safe_name(name: str) -> str:
+    if SAFE_NAME.fullmatch(name) is None:
+        example = re.sub(r"[^A-Za-z0-9._-]+", "-", name).strip("-._")[:64]
+        hint = f", e.g. {example!r}" if example else ""
+        raise ValueError(
+            f"{name!r} is not a safe name; use 1 to 64 letters, digits, '-', '_' or '.', "
+            f"starting with a letter or digit{hint}"
+        )
+    return name
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+
+
+class ExperimentSection(_Section):
+    name: str
+    description: str = ""
+    seed: int = Field(0, ge=0, le=2**32 - 1)
+
+    @field_validator("name")
+    @classmethod
+    def _safe_name(cls, name: str) -> str:
+        return _check_safe_name(name)
+
+
+class DataSection(_Section):
+    dataset: str
+    root: str | None = None
+    download: bool = False
+
+    @field_validator("dataset")
+    @classmethod
+    def _known_dataset(cls, dataset: str) -> str:
+        return _check_choice(dataset, DATASETS, "dataset")
+
+
+class ModelSection(_Section):
+    arch: str | None = None  # None: the dataset's default architecture
+
+    @field_validator("arch")
+    @classmethod
+    def _known_arch(cls, arch: str | None) -> str | None:
+        return arch if arch is None else _check_choice(arch, ARCHS, "architecture")
+
+
+class TrainSettings(_Section):
+    """[train] without the per-method tables; unset optimizer settings come from the dataset's recipe."""
+
+    method: str = "gaussian"
+    sigma: float = Field(gt=0.0)
+    epochs: int | None = Field(None, ge=1)
+    batch_size: int | None = Field(None, ge=1)
+    lr: float | None = Field(None, gt=0.0)
+    lr_step: int | None = Field(None, ge=1)
+    lr_gamma: float | None = Field(None, gt=0.0, le=1.0)
+    momentum: float | None = Field(None, ge=0.0, lt=1.0)
+    weight_decay: float | None = Field(None, ge=0.0)
+
+    @field_validator("method")
+    @classmethod
+    def _known_method(cls, method: str) -> str:
+        return _check_choice(method, METHOD_PARAMS, "training method")
+
+    def method_params(self) -> MethodParams:
+        table = getattr(self, self.method)
+        return table if table is not None else METHOD_PARAMS[self.method]()
+
+
+# One optional table per registered method (`train.smoothmix = {eta = 5.0}`), so that adding a method to
+# METHOD_PARAMS is all it takes for specs to accept its parameters.
+TrainSection = create_model(
+    "TrainSection",
+    __base__=TrainSettings,
+    **{method: (params | None, None) for method, params in METHOD_PARAMS.items()},
+)
+
+
+class CertifySection(_Section):
+    sigma: float | None = Field(None, gt=0.0)  # None: the training sigma
+    n0: int = Field(100, ge=1)
+    n: int = Field(100_000, ge=1)
+    alpha: float = Field(0.001, gt=0.0, lt=1.0)
+    batch_size: int = Field(1000, ge=1)
+    max_samples: int | None = Field(None, ge=1)  # None: the whole split
+    skip: int = Field(1, ge=1)  # certify every skip-th image, as --skip in the reference code
+    split: Literal["test", "train"] = "test"
+
+
+class ReportSection(_Section):
+    radii: list[float] = Field(default_factory=lambda: list(DEFAULT_RADII))
+
+    @field_validator("radii")
+    @classmethod
+    def _sorted_radii(cls, radii: list[float]) -> list[float]:
+        if not radii:
+            raise ValueError("needs at least one radius, e.g. radii = [0.0, 0.5, 1.0]")
+        if min(radii) < 0:
+            raise ValueError(f"radii must be >= 0 (got {min(radii)}); remove the negative ones")
+        return sorted(set(radii))
+
+
+class SpecDocument(_Section):
+    """The settings of one config: the base spec with a variant's overrides and sweep values applied."""
+
+    experiment: ExperimentSection
+    data: DataSection
+    model: ModelSection = Field(default_factory=ModelSection)
+    train: TrainSection
+    certify: CertifySection = Field(default_factory=CertifySection)
+    report: ReportSection = Field(default_factory=ReportSection)
+
+
+@dataclass(frozen=True)
+class ResolvedConfig:
+    name: str
+    config: dict[str, Any]  # the canonical config of docs/architecture.md, every default filled in
+    swept: dict[str, Any]  # full dotted sweep key → value, for the swept keys that apply to this config
+    runtime: dict[str, Any]  # {"data_root": absolute path or None, "download": bool}; never part of a key
+
+
+@dataclass(frozen=True)
+class Spec:
+    path: Path
+    text: str
+    document: dict[str, Any]  # the parsed TOML
+    experiment: ExperimentSection
+    report: ReportSection
+    variant_names: tuple[str, ...]  # the [[variant]] names in file order; empty without variants
+    swept_keys: tuple[str, ...]  # full dotted keys, in schema order
+    configs: tuple[ResolvedConfig, ...]
+
+
+@dataclass(frozen=True)
+class _Variant:
+    name: str | None  # None: the implicit variant of a spec without [[variant]] tables
+    overrides: dict[str, Any]
+    where: KeyPath
+
+
+@dataclass(frozen=True)
+class _SweptKey:
+    key: str
+    where: KeyPath
+    values: list[Any]
+
+
+@dataclass
+class _Sweep:
+    zips: list[list[_SweptKey]] = field(default_factory=list)
+    grid: list[_SweptKey] = field(default_factory=list)
+
+    def ordered_keys(self) -> list[str]:
+        """The swept keys in schema order, which does not depend on how the file orders them."""
+        keys = {swept.key for group in self.zips for swept in group} | {swept.key for swept in self.grid}
+        return [key for key in SWEEPABLE_KEYS if key in keys]
+
+
+def load_spec(path: str | Path) -> Spec:
+    """Read, validate and expand a spec file; every problem raises SpecError."""
+    path = Path(path)
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        raise SpecError(f"{path}: no such file; check the path (relative paths start at {Path.cwd()})") from None
+    except IsADirectoryError:
+        raise SpecError(f"{path}: is a directory; give the path of a .toml spec file") from None
+    except OSError as error:
+        raise SpecError(f"{path}: cannot read the file ({error.strerror}); check that you may read it") from None
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as error:
+        line = raw[: error.start].count(b"\n") + 1
+        raise SpecError(f"{path}: line {line}: not UTF-8 text; save the file as UTF-8") from None
+    return parse_spec(text, path)
+
+
+def parse_spec(text: str, path: str | Path = "<spec>") -> Spec:
+    """Validate and expand spec text; `path` names it in messages and anchors a relative data.root."""
+    path = Path(path)
+    try:
+        document = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as error:
+        raise SpecError(
+            f"{path}: TOML syntax error: {error}; fix the syntax there "
+            "(strings need quotes, tables are written [name], arrays [a, b])"
+        ) from None
+    problems = _non_finite_numbers(document, ())
+    if problems:
+        raise _spec_error(path, problems)
+    variants, variant_problems = _read_variants(document.get("variant"))
+    sweep, sweep_problems = _read_sweep(document.get("sweep"))
+    if variant_problems or sweep_problems:
+        raise _spec_error(path, variant_problems + sweep_problems)
+    _refuse_huge_sweep(path, variants, sweep)
+    base = {key: value for key, value in document.items() if key not in ("sweep", "variant")}
+    first_document, configs = _expand(path, base, variants, sweep)
+    return Spec(
+        path=path,
+        text=text,
+        document=document,
+        experiment=first_document.experiment,
+        report=first_document.report,
+        variant_names=tuple(variant.name for variant in variants if variant.name is not None),
+        swept_keys=tuple(sweep.ordered_keys()),
+        configs=tuple(configs),
+    )
+
+
+def resolve_configs(spec: Spec) -> list[ResolvedConfig]:
+    """The spec's distinct configs: variant × zip × grid, in that nesting order."""
+    return list(spec.configs)
+
+
+def canonical_json(value: Any) -> str:
+    """JSON with sorted keys and no spaces, -0.0 written as 0.0: equal data give equal text."""
+    return json.dumps(_normalised(value), sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+
+
+def _normalised(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {key: _normalised(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_normalised(item) for item in value]
+    if isinstance(value, float):
+        return value + 0.0  # -0.0 + 0.0 == 0.0
+    return value
+
+
+def spec_hash(spec: Spec) -> str:
+    """sha256 of the parsed document, so comments, formatting and key order do not change it."""
+    return hashlib.sha256(canonical_json(spec.document).encode()).hexdigest()
+
+
+# ---- messages ----
+
+
+def _key_path(parts: Iterable[str | int]) -> str:
+    text = ""
+    for part in parts:
+        if isinstance(part, int):
+            text += f"[{part + 1}]"
+        else:
+            key = part if BARE_TOML_KEY.fullmatch(part) else json.dumps(part, ensure_ascii=False)
+            text += f".{key}" if text else key
+    return text
+
+
+def _spec_error(path: Path, problems: list[Problem]) -> SpecError:
+    """One error for all problems: the first line names the file, each problem its key path."""
+    lines = list(dict.fromkeys(f"{where}: {what}" for where, what in problems))
+    if len(lines) == 1:
+        return SpecError(f"{path}: {lines[0]}")
+    return SpecError(f"{path}: {len(lines)} problems\n" + "\n".join(f"  {line}" for line in lines))
+
+
+def _show(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str):
+        shown = value if len(value) <= 40 else value[:40] + "…"
+        return f"the string {json.dumps(shown, ensure_ascii=False)}"
+    if isinstance(value, dict):
+        return "a table"
+    if isinstance(value, list):
+        return "an array"
+    if isinstance(value, (datetime.date, datetime.time)):
+        return f"the date/time {value.isoformat()}"
+    return repr(value)
+
+
+def _model_class(annotation: Any) -> type[BaseModel] | None:
+    candidates = [annotation, *get_args(annotation)]
+    return next((c for c in candidates if isinstance(c, type) and issubclass(c, BaseModel)), None)
+
+
+def _model_at(parts: Iterable[str | int]) -> type[BaseModel] | None:
+    """The pydantic model of the table at a key path, or None where there is no such table."""
+    model: type[BaseModel] | None = SpecDocument
+    for part in parts:
+        fields = model.model_fields
+        if not isinstance(part, str) or part not in fields:
+            return None
+        model = _model_class(fields[part].annotation)
+        if model is None:
+            return None
+    return model
+
+
+def _leaf_keys(model: type[BaseModel], prefix: str = "") -> list[str]:
+    keys = []
+    for name, info in model.model_fields.items():
+        sub_model = _model_class(info.annotation)
+        dotted = f"{prefix}{name}"
+        keys.extend(_leaf_keys(sub_model, dotted + ".") if sub_model else [dotted])
+    return keys
+
+
+def _is_under(key: str, prefixes: Iterable[str]) -> bool:
+    return any(key == prefix or key.startswith(prefix + ".") for prefix in prefixes)
+
+
+SWEEPABLE_KEYS = tuple(
+    key for key in _leaf_keys(SpecDocument) if not _is_under(key, EXPERIMENT_WIDE_KEYS + RUNTIME_KEYS)
+)
+EXPECTED_TYPES = {
+    "int_type": "an integer",
+    "float_type": "a number",
+    "string_type": "a string",
+    "bool_type": "true or false",
+    "list_type": "an array",
+    "dict_type": "a table",
+    "model_type": "a table",
+}
+BOUNDS = {"greater_than": ">", "greater_than_equal": ">=", "less_than": "<", "less_than_equal": "<="}
+BOUND_NAMES = {"greater_than": "gt", "greater_than_equal": "ge", "less_than": "lt", "less_than_equal": "le"}
+
+
+def _explain(error: ErrorDetails) -> str:
+    """What is wrong at the error's location and how to fix it, in one line."""
+    kind, loc, value = error["type"], error["loc"], error.get("input")
+    context = error.get("ctx", {})
+    if kind == "missing":
+        return _explain_missing(loc)
+    if kind == "extra_forbidden":
+        return _explain_unknown_key(loc, is_table=isinstance(value, dict))
+    if kind in EXPECTED_TYPES:
+        expected = EXPECTED_TYPES[kind]
+        quoted = isinstance(value, str) and kind in ("int_type", "float_type", "bool_type")
+        fix = "remove the quotes" if quoted else f"write {expected} instead"
+        return f"expected {expected}, got {_show(value)}; {fix}"
+    if kind in BOUNDS:
+        bound = f"{BOUNDS[kind]} {context[BOUND_NAMES[kind]]}"
+        return f"must be {bound} (got {_show(value)}); change it to a value {bound}"
+    if kind == "literal_error":
+        return f"must be one of {context['expected']} (got {_show(value)})"
+    if kind == "value_error":
+        return str(context["error"])
+    return f"{error['msg'][:1].lower()}{error['msg'][1:]} (got {_show(value)})"
+
+
+def _explain_missing(loc: KeyPath) -> str:
+    section = _model_at(loc)
+    if section is not None:
+        required = [name for name, info in section.model_fields.items() if info.is_required()]
+        return f"section missing; add the [{_key_path(loc)}] table with {', '.join(f'{key} = …' for key in required)}"
+    return f"required but missing; add `{loc[-1]} = …` to [{_key_path(loc[:-1])}]"
+
+
+def _quoted_dotted_key_hint(key: str) -> str:
+    # `"train.sigma" = 1` is one key with a dot in its name; unquoted, `train.sigma = 1` sets sigma in train.
+    return f"; to set a nested key write it without quotes: {key} = …" if "." in key else ""
+
+
+def _explain_unknown_key(loc: KeyPath, is_table: bool) -> str:
+    key, parent = str(loc[-1]), loc[:-1]
+    known = list(_model_at(parent).model_fields)
+    if parent:
+        return (
+            f"unknown key{_suggestion(key, known)}{_quoted_dotted_key_hint(key)}; rename or remove it "
+            f"([{_key_path(parent)}] takes: {', '.join(known)})"
+        )
+    homes = [section for section in known if key in _model_at((section,)).model_fields]
+    if homes:
+        return f"unknown top-level key; {key} belongs in [{homes[0]}], so move it below that header"
+    known += ["sweep", "variant"]
+    return (
+        f"unknown {'section' if is_table else 'top-level key'}{_suggestion(key, known)}{_quoted_dotted_key_hint(key)}; rename or remove it "
+        f"(a spec has the sections: {', '.join(known)})"
+    )
+
+
+def _non_finite_numbers(value: Any, where: KeyPath) -> list[Problem]:
+    if isinstance(value, float) and not math.isfinite(value):
+        return [(_key_path(where), f"{value} is not allowed; use a finite number")]
+    if isinstance(value, dict):
+        return [problem for key, item in value.items() for problem in _non_finite_numbers(item, where + (key,))]
+    if isinstance(value, list):
+        return [problem for index, item in enumerate(value) for problem in _non_finite_numbers(item, where + (index,))]
+    return []
+
+
+# ---- variants and sweeps ----
+
+
+def _read_variants(tables: Any) -> tuple[list[_Variant], list[Problem]]:
+    if tables is None:
+        return [_Variant(None, {}, ())], []
+    if not isinstance(tables, list) or not tables or not all(isinstance(table, dict) for table in tables):
+        return [], [("variant", "must be an array of tables; start each variant with [[variant]]")]
+    problems: list[Problem] = []
+    variants = []
+    first_index_of: dict[str, int] = {}
+    for index, table in enumerate(tables):
+        where: KeyPath = ("variant", index)
+        name = table.get("name")
+        if name is None:
+            problems.append((_key_path(where), 'has no name; add name = "…" (it names the configs of the variant)'))
+        elif not isinstance(name, str):
+            problem = f"expected a string, got {_show(name)}; write the name in quotes"
+            problems.append((_key_path(where + ("name",)), problem))
+        else:
+            try:
+                _check_safe_name(name)
+            except ValueError as error:
+                problems.append((_key_path(where + ("name",)), str(error)))
+            if name in first_index_of:
+                problems.append((
+                    _key_path(where + ("name",)),
+                    f'"{name}" already names variant[{first_index_of[name] + 1}]; give each variant its own name',
+                ))
+            first_index_of.setdefault(name, index)
+        overrides = {key: value for key, value in table.items() if key != "name"}
+        problems.extend(_variant_key_problems(overrides, where))
+        variants.append(_Variant(name, overrides, where))
+    return variants, problems
+
+
+def _variant_key_problems(overrides: dict[str, Any], where: KeyPath) -> list[Problem]:
+    problems = []
+    for key, value in overrides.items():
+        if key == "report":
+            problem = "report settings are shared by the whole experiment; set them in [report]"
+            problems.append((_key_path(where + (key,)), problem))
+        elif key == "sweep":
+            problems.append((_key_path(where + (key,)), "a variant cannot have its own sweep; put it in [sweep]"))
+        elif key not in VARIANT_SECTIONS:
+            problems.append((
+                _key_path(where + (key,)),
+                f"unknown key{_suggestion(key, VARIANT_SECTIONS)}{_quoted_dotted_key_hint(key)}; "
+                f"a variant takes name and the tables {', '.join(VARIANT_SECTIONS)}",
+            ))
+        elif key == "experiment" and isinstance(value, dict):
+            problems.extend(
+                (
+                    _key_path(where + (key, sub_key)),
+                    "only experiment.seed may differ between variants; the name and description are shared",
+                )
+                for sub_key in value
+                if sub_key != "seed"
+            )
+    return problems
+
+
+def _read_sweep(table: Any) -> tuple[_Sweep, list[Problem]]:
+    sweep = _Sweep()
+    if table is None:
+        return sweep, []
+    if not isinstance(table, dict):
+        return sweep, [("sweep", "must be a table; write [sweep.grid] or [[sweep.zip]]")]
+    problems: list[Problem] = [
+        (
+            _key_path(("sweep", key)),
+            f"unknown key{_suggestion(key, ('grid', 'zip'))}; [sweep] takes grid (a table of lists: every "
+            "combination) and zip ([[sweep.zip]] tables of equal-length lists, varied together)",
+        )
+        for key in table
+        if key not in ("grid", "zip")
+    ]
+    swept_at: dict[str, KeyPath] = {}
+    zip_tables = table.get("zip", [])
+    if not isinstance(zip_tables, list) or not all(isinstance(group, dict) for group in zip_tables):
+        problems.append(("sweep.zip", "must be an array of tables; write [[sweep.zip]] above each group of lists"))
+    else:
+        for index, group_table in enumerate(zip_tables):
+            where: KeyPath = ("sweep", "zip", index)
+            group = _read_swept_table(group_table, where, swept_at, problems)
+            lengths = {swept.key: len(swept.values) for swept in group}
+            if not group_table:
+                problems.append((_key_path(where), "is empty; add lists of values or remove it"))
+            elif len(set(lengths.values())) > 1:
+                shown = ", ".join(f'"{key}" has {length}' for key, length in lengths.items())
+                problem = f"lists of different lengths ({shown}); give them all the same length"
+                problems.append((_key_path(where), problem))
+            elif group:
+                sweep.zips.append(group)
+    grid_table = table.get("grid", {})
+    if not isinstance(grid_table, dict):
+        problems.append(("sweep.grid", 'must be a table of lists, e.g. [sweep.grid] "train.sigma" = [0.25, 0.5]'))
+    else:
+        sweep.grid = _read_swept_table(grid_table, ("sweep", "grid"), swept_at, problems)
+    return sweep, problems
+
+
+def _flattened(table: dict[str, Any], prefix: str = "") -> Iterator[tuple[str, Any]]:
+    """Dotted key → value; `train.sigma = [...]` unquoted makes nested tables, which mean the same."""
+    for key, value in table.items():
+        dotted = f"{prefix}.{key}" if prefix else key
+        if isinstance(value, dict) and value:
+            yield from _flattened(value, dotted)
+        else:
+            yield dotted, value
+
+
+def _read_swept_table(
+    table: dict[str, Any], where: KeyPath, swept_at: dict[str, KeyPath], problems: list[Problem]
+) -> list[_SweptKey]:
+    keys = []
+    for key, values in _flattened(table):
+        location = where + (key,)
+        if key in swept_at:
+            problem = f"already swept at {_key_path(swept_at[key])}; sweep each key in one place"
+        else:
+            problem = _sweep_key_problem(key) or _sweep_values_problem(values)
+        if problem:
+            problems.append((_key_path(location), problem))
+        else:
+            swept_at[key] = location
+            keys.append(_SweptKey(key, location, values))
+    return keys
+
+
+def _sweep_key_problem(key: str) -> str | None:
+    if key in SWEEPABLE_KEYS:
+        return None
+    if _is_under(key, EXPERIMENT_WIDE_KEYS):
+        return "is shared by the whole experiment and cannot be swept"
+    if key in RUNTIME_KEYS:
+        return "says where the data live, which changes no result, so it cannot be swept; set it in [data]"
+    if _model_at(key.split(".")) is not None:
+        example = next(swept for swept in SWEEPABLE_KEYS if swept.startswith(key + "."))
+        return f'names a table, not a setting; sweep one of its keys, e.g. "{example}"'
+    return (
+        f"no such setting{_suggestion(key, SWEEPABLE_KEYS)}; sweep keys are full dotted keys such as "
+        '"train.sigma" or "train.smoothmix.eta"'
+    )
+
+
+def _sweep_values_problem(values: Any) -> str | None:
+    if not isinstance(values, list):
+        return f"expected a list of values, got {_show(values)}; put the values in brackets, e.g. [1.0, 2.0]"
+    if not values:
+        return "empty list; give at least one value"
+    if any(isinstance(value, (list, dict)) for value in values):
+        return "the values must be single values, not arrays or tables"
+    return None
+
+
+def _refuse_huge_sweep(path: Path, variants: list[_Variant], sweep: _Sweep) -> None:
+    factors = [len(variants)]
+    factors += [len(group[0].values) for group in sweep.zips]
+    factors += [len(swept.values) for swept in sweep.grid]
+    count = math.prod(factors)
+    if count > MAX_CONFIGS:
+        raise SpecError(
+            f"{path}: sweep: expands to {count:,} configs ({' × '.join(map(str, factors))}: variants, then each "
+            f"zip and grid list), more than the limit of {MAX_CONFIGS:,}; sweep fewer values or split the "
+            "experiment into several specs"
+        )
+
+
+def _assignments(sweep: _Sweep) -> Iterator[list[tuple[_SweptKey, Any]]]:
+    """Every combination of sweep values: zip groups step together, grid keys independently."""
+    axes = [
+        [[(swept, swept.values[step]) for swept in group] for step in range(len(group[0].values))]
+        for group in sweep.zips
+    ]
+    axes += [[[(swept, value)] for value in swept.values] for swept in sweep.grid]
+    for combination in itertools.product(*axes):
+        yield [pair for step in combination for pair in step]
+
+
+# ---- expansion ----
+
+
+def _merge_into(target: dict[str, Any], overrides: dict[str, Any]) -> None:
+    for key, value in overrides.items():
+        if isinstance(value, dict) and isinstance(target.get(key), dict):
+            _merge_into(target[key], value)
+        else:
+            target[key] = copy.deepcopy(value)
+
+
+def _assign(target: dict[str, Any], dotted_key: str, value: Any) -> None:
+    *tables, leaf = dotted_key.split(".")
+    for key in tables:
+        target = target.setdefault(key, {})
+        if not isinstance(target, dict):
+            return  # the spec has a value where a table belongs; validation reports it there
+    target[leaf] = value
+
+
+def _contains(tree: Any, loc: KeyPath) -> bool:
+    for part in loc:
+        if isinstance(tree, dict) and part in tree:
+            tree = tree[part]
+        elif isinstance(tree, list) and isinstance(part, int) and part < len(tree):
+            tree = tree[part]
+        else:
+            return False
+    return True
+
+
+def _source(loc: KeyPath, variant: _Variant, assignments: list[tuple[_SweptKey, Any]]) -> str:
+    """Where in the file the value at `loc` of a merged document came from: the sweep, the variant or the base."""
+    for swept, _ in assignments:
+        parts = tuple(swept.key.split("."))
+        if loc[: len(parts)] == parts:
+            return _key_path(swept.where + loc[len(parts):])
+    if _contains(variant.overrides, loc):
+        return _key_path(variant.where + loc)
+    return _key_path(loc)
+
+
+def _arch_problem(document: SpecDocument) -> str | None:
+    arch, dataset = document.model.arch, DATASETS[document.data.dataset]
+    if arch is None or ARCHS[arch] in (None, dataset.input_shape):
+        return None
+    fitting = [name for name, shape in ARCHS.items() if shape in (None, dataset.input_shape)]
+    shape_text = "×".join(map(str, ARCHS[arch]))
+    return (
+        f"{arch} takes {shape_text} inputs but {dataset.name} images are {'×'.join(map(str, dataset.input_shape))}; "
+        f"use one of: {', '.join(fitting)} (leave model.arch out for {dataset.default_arch})"
+    )
+
+
+def _validate(
+    path: Path, base: dict[str, Any], variant: _Variant, assignments: list[tuple[_SweptKey, Any]]
+) -> SpecDocument:
+    merged = copy.deepcopy(base)
+    _merge_into(merged, variant.overrides)
+    for swept, value in assignments:
+        _assign(merged, swept.key, value)
+    try:
+        document = SpecDocument.model_validate(merged, strict=True)
+    except ValidationError as error:
+        problems = [(_source(detail["loc"], variant, assignments), _explain(detail)) for detail in error.errors()]
+        raise _spec_error(path, problems) from None
+    arch_problem = _arch_problem(document)
+    if arch_problem:
+        raise _spec_error(path, [(_source(("model", "arch"), variant, assignments), arch_problem)])
+    return document
+
+
+def _canonical_config(document: SpecDocument) -> dict[str, Any]:
+    dataset = DATASETS[document.data.dataset]
+    recipe, train, certify = dataset.recipe, document.train, document.certify
+
+    def chosen(value: Any, recipe_value: Any) -> Any:
+        return recipe_value if value is None else value
+
+    return {
+        "seed": document.experiment.seed,
+        "data": {"dataset": dataset.name},
+        "model": {"arch": document.model.arch or dataset.default_arch},
+        "train": {
+            "method": train.method,
+            "sigma": train.sigma,
+            "epochs": chosen(train.epochs, recipe.epochs),
+            "batch_size": chosen(train.batch_size, recipe.batch_size),
+            "lr": float(chosen(train.lr, recipe.lr)),
+            "lr_step": chosen(train.lr_step, recipe.lr_step),
+            "lr_gamma": float(chosen(train.lr_gamma, recipe.lr_gamma)),
+            "momentum": float(chosen(train.momentum, recipe.momentum)),
+            "weight_decay": float(chosen(train.weight_decay, recipe.weight_decay)),
+            "params": train.method_params().model_dump(),
+        },
+        "certify": {
+            "sigma": chosen(certify.sigma, train.sigma),
+            "n0": certify.n0,
+            "n": certify.n,
+            "alpha": certify.alpha,
+            "batch_size": certify.batch_size,
+            "max_samples": certify.max_samples,
+            "skip": certify.skip,
+            "split": certify.split,
+        },
+    }
+
+
+def _applies(dotted_key: str, document: SpecDocument) -> bool:
+    section, table, *_ = dotted_key.split(".")
+    return not (section == "train" and table in METHOD_PARAMS and table != document.train.method)
+
+
+def _config_value(dotted_key: str, config: dict[str, Any]) -> Any:
+    parts = dotted_key.split(".")
+    if parts == ["experiment", "seed"]:
+        return config["seed"]
+    if parts[0] == "train" and parts[1] in METHOD_PARAMS:
+        return config["train"]["params"][parts[2]]
+    return config[parts[0]][parts[1]]
+
+
+def _labels(dotted_keys: list[str]) -> dict[str, str]:
+    labels = {}
+    for key in dotted_keys:
+        parts = key.split(".")
+        for length in range(1, len(parts) + 1):
+            label = ".".join(parts[-length:])
+            if not any(other != key and (other == label or other.endswith("." + label)) for other in dotted_keys):
+                break
+        labels[key] = label
+    return labels
+
+
+def _format_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, float):
+        text = repr(value)
+        return text[:-2] if text.endswith(".0") else text
+    return re.sub(r"[^A-Za-z0-9._+-]", "_", str(value))
+
+
+def _runtime(document: SpecDocument, path: Path) -> dict[str, Any]:
+    root = document.data.root
+    if root is not None:
+        root = os.path.abspath(path.parent / Path(root).expanduser())
+    return {"data_root": root, "download": document.data.download}
+
+
+def _expand(
+    path: Path, base: dict[str, Any], variants: list[_Variant], sweep: _Sweep
+) -> tuple[SpecDocument, list[ResolvedConfig]]:
+    swept_keys = sweep.ordered_keys()
+    labels = _labels(swept_keys)
+    configs: list[ResolvedConfig] = []
+    seen: set[str] = set()
+    first_document: SpecDocument | None = None
+    for variant in variants:
+        for assignments in _assignments(sweep):
+            document = _validate(path, base, variant, assignments)
+            if first_document is None:
+                first_document = document
+            config = _canonical_config(document)
+            identity = canonical_json(config)
+            if identity in seen:
+                continue
+            seen.add(identity)
+            swept = {key: _config_value(key, config) for key in swept_keys if _applies(key, document)}
+            name_parts = [variant.name] if variant.name else []
+            name_parts += [f"{labels[key]}={_format_value(value)}" for key, value in swept.items()]
+            name = "-".join(name_parts) or IMPLICIT_VARIANT_NAME
+            configs.append(ResolvedConfig(name, config, swept, _runtime(document, path)))
+    return first_document, configs
