@@ -1,0 +1,146 @@
+"""Certification metrics and the field's certification log format. Torch-free.
+
+Certified accuracy at r is the fraction of test images that CERTIFY classifies correctly with a certified
+radius >= r; abstentions and wrong answers count as 0. ACR is the mean over all images of radius * correct.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import timedelta
+
+import numpy as np
+
+from smx.errors import UserError
+
+DEFAULT_RADII: tuple[float, ...] = tuple(0.25 * step for step in range(17))  # 0.0, 0.25, ..., 4.0
+
+LOG_COLUMNS = ("idx", "label", "predict", "radius", "correct", "time")
+LOG_HEADER = "\t".join(LOG_COLUMNS)
+# str(datetime.timedelta): "[D day[s], ]H:MM:SS[.ffffff]"; the microseconds are left out when they are 0.
+_TIME_PATTERN = re.compile(r"(?:(\d+) days?, )?(\d+):([0-5]\d):([0-5]\d)(?:\.(\d{6}))?")
+
+
+class CertificationLogError(UserError, ValueError):
+    """A certification log that is not in the field's TSV format."""
+
+
+@dataclass
+class Summary:
+    num_samples: int
+    acr: float
+    clean_accuracy: float  # fraction of images CERTIFY classifies correctly, at any radius
+    abstain_rate: float
+    certified_accuracy: dict[float, float]  # radius -> fraction correct with at least that radius
+
+
+@dataclass
+class LogRow:
+    """One row of a certification log."""
+
+    index: int
+    label: int
+    prediction: int  # -1 on abstain
+    radius: float
+    correct: int
+    seconds: float
+
+
+def average_certified_radius(radii: Sequence[float] | np.ndarray, correct: Sequence[int] | np.ndarray) -> float:
+    """Mean over all samples of radius * correct (ACR)."""
+    radii_array, correct_array = _as_arrays(radii, correct)
+    return float(np.mean(radii_array * correct_array))
+
+
+def certified_accuracy(
+    radii: Sequence[float] | np.ndarray, correct: Sequence[int] | np.ndarray, radius: float
+) -> float:
+    """Fraction of samples classified correctly with a certified radius of at least `radius`."""
+    radii_array, correct_array = _as_arrays(radii, correct)
+    return float(np.mean((correct_array == 1) & (radii_array >= radius)))
+
+
+def summarize(
+    radii: Sequence[float] | np.ndarray,
+    correct: Sequence[int] | np.ndarray,
+    predictions: Sequence[int] | np.ndarray,
+    radius_grid: Iterable[float] = DEFAULT_RADII,
+) -> Summary:
+    """ACR, clean accuracy, abstain rate and certified accuracy at each radius of the grid."""
+    radii_array, correct_array = _as_arrays(radii, correct)
+    predictions_array = np.asarray(predictions)
+    if predictions_array.shape != radii_array.shape:
+        raise ValueError(f"predictions of shape {predictions_array.shape} for radii of shape {radii_array.shape}")
+    return Summary(
+        num_samples=int(radii_array.size),
+        acr=average_certified_radius(radii_array, correct_array),
+        clean_accuracy=float(np.mean(correct_array == 1)),
+        abstain_rate=float(np.mean(predictions_array == -1)),
+        certified_accuracy={
+            float(radius): certified_accuracy(radii_array, correct_array, radius) for radius in radius_grid
+        },
+    )
+
+
+def read_certification_log(path: str | os.PathLike[str]) -> list[LogRow]:
+    """Rows of a TSV certification log (header `idx label predict radius correct time`)."""
+    with open(path, encoding="utf-8") as log:
+        lines = log.read().splitlines()
+    if not lines or lines[0] != LOG_HEADER:
+        found = repr(lines[0]) if lines else "an empty file"
+        raise CertificationLogError(
+            f"{path}, line 1: expected the header {LOG_HEADER!r}, found {found}. "
+            "Pass a certification log in the field's tab-separated format."
+        )
+    return [_parse_row(line, path, line_number) for line_number, line in enumerate(lines[1:], start=2)]
+
+
+def write_certification_log(path: str | os.PathLike[str], rows: Iterable[LogRow]) -> None:
+    """Writes rows in the field's TSV format; radii keep full precision, times have microsecond resolution."""
+    with open(path, "w", encoding="utf-8", newline="\n") as log:
+        log.write(LOG_HEADER + "\n")
+        for row in rows:
+            elapsed = timedelta(seconds=row.seconds)
+            fields = (row.index, row.label, row.prediction, float(row.radius), row.correct, elapsed)
+            log.write("\t".join(str(field) for field in fields) + "\n")
+
+
+def _parse_row(line: str, path: str | os.PathLike[str], line_number: int) -> LogRow:
+    fields = line.split("\t")
+    try:
+        if len(fields) != len(LOG_COLUMNS):
+            raise ValueError(f"{len(fields)} tab-separated fields instead of {len(LOG_COLUMNS)}")
+        index, label, prediction, correct = (int(field) for field in (fields[0], fields[1], fields[2], fields[4]))
+        radius = float(fields[3])
+        if not math.isfinite(radius) or radius < 0:
+            raise ValueError(f"radius must be a finite number >= 0, not {fields[3]!r}")
+        if correct not in (0, 1):
+            raise ValueError(f"correct must be 0 or 1, not {correct}")
+        time_match = _TIME_PATTERN.fullmatch(fields[5])
+        if time_match is None:
+            raise ValueError(f"time {fields[5]!r} is not H:MM:SS.ffffff")
+    except ValueError as problem:
+        raise CertificationLogError(
+            f"{path}, line {line_number}: {problem}. Expected `idx label predict radius correct time`, "
+            "e.g. '0\\t7\\t7\\t1.91\\t1\\t0:00:00.298455'."
+        ) from None
+    days, hours, minutes, seconds, microseconds = (int(part or 0) for part in time_match.groups())
+    elapsed = timedelta(days=days, hours=hours, minutes=minutes, seconds=seconds, microseconds=microseconds)
+    return LogRow(index, label, prediction, radius, correct, elapsed.total_seconds())
+
+
+def _as_arrays(
+    radii: Sequence[float] | np.ndarray, correct: Sequence[int] | np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    radii_array = np.asarray(radii, dtype=np.float64)
+    correct_array = np.asarray(correct, dtype=np.int64)
+    if radii_array.ndim != 1 or radii_array.shape != correct_array.shape or radii_array.size == 0:
+        raise ValueError(
+            "radii and correct must be non-empty 1-D arrays of one length, "
+            f"got shapes {radii_array.shape} and {correct_array.shape}"
+        )
+    return radii_array, correct_array

@@ -1,0 +1,221 @@
+"""Randomized smoothing (Cohen et al., 2019): CERTIFY and PREDICT. The only place smx computes a radius.
+
+The smoothed classifier g(x) = argmax_c P(f(x + e) = c), e ~ N(0, sigma^2 I), is estimated by counting the
+base classifier f's predictions on noisy copies of x. CERTIFY returns a class and an l2 radius that are
+correct with probability at least 1 - alpha over the noise; PREDICT returns g(x) with the same guarantee, or
+abstains. Everything runs in fp32: reduced precision can produce false certificates.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import torch
+from scipy.stats import beta, binomtest, norm
+
+ABSTAIN = -1
+
+# Images that share one host sync are sized to fill this many forward passes: the sync idles the device
+# while the host turns counts into certificates, and each group ends in at most one partly filled pass.
+_PASSES_PER_SYNC = 8
+
+
+@dataclass
+class Certificate:
+    """CERTIFY's answer for one test image."""
+
+    index: int  # position in the dataset
+    label: int
+    prediction: int  # ABSTAIN when the lower bound on pA is below 1/2
+    radius: float  # 0.0 on abstain
+    correct: int  # 1 if prediction == label else 0
+    pa_lower: float
+    count: int  # estimation draws, out of n, on which the base classifier chose the selected class
+    seconds: float  # wall time attributed to this image
+
+
+def lower_confidence_bound(successes: int, trials: int, alpha: float) -> float:
+    """One-sided (1 - alpha) Clopper-Pearson lower bound on a binomial proportion."""
+    if successes == 0:
+        return 0.0
+    return float(beta.ppf(alpha, successes, trials - successes + 1))
+
+
+def certified_radius(pa_lower: float, sigma: float) -> float:
+    """The l2 radius within which the smoothed prediction cannot change, given pA >= pa_lower."""
+    return float(sigma * norm.ppf(pa_lower))
+
+
+def certify(
+    model: torch.nn.Module,
+    image: torch.Tensor,
+    sigma: float,
+    n0: int,
+    n: int,
+    alpha: float,
+    batch_size: int,
+    num_classes: int,
+) -> tuple[int, float, float, int]:
+    """CERTIFY one image (C, H, W): returns (prediction, radius, pa_lower, count).
+
+    The class is chosen on n0 draws and its probability bounded on n independent draws; prediction is
+    ABSTAIN and radius 0.0 when that bound is below 1/2.
+    """
+    with _evaluating(model):
+        images = image.unsqueeze(0).to(_model_device(model), torch.float32)
+        counts = _count_predictions(model, images, (n0, n), sigma, batch_size, num_classes)
+    return _certify_from_counts(counts, n, alpha, sigma)[0]
+
+
+def certify_dataset(
+    model: torch.nn.Module,
+    images: torch.Tensor,
+    labels: torch.Tensor | Sequence[int],
+    indices: Sequence[int],
+    sigma: float,
+    n0: int,
+    n: int,
+    alpha: float,
+    batch_size: int,
+    num_classes: int,
+    on_certificate: Callable[[Certificate], None] | None = None,
+    device: torch.device | str | None = None,
+) -> list[Certificate]:
+    """CERTIFY each of images (N, C, H, W) with the statistics of `certify`, but many images per pass.
+
+    images[k] has label labels[k] and is image indices[k] of its dataset; the index is only recorded in
+    its certificate. Each image gets its own n0 selection and n estimation draws; the draws of several
+    images share forward passes of at most batch_size rows and are counted on the device, with one host
+    sync per group of images. on_certificate receives each certificate, in order, as soon as its group is
+    done, so a caller can store it and resume later with the images not yet certified. device defaults to
+    the model's; images may live on the host.
+    """
+    if not len(images) == len(labels) == len(indices):
+        raise ValueError(f"{len(images)} images, {len(labels)} labels and {len(indices)} indices: need one each")
+    device = torch.device(device) if device is not None else _model_device(model)
+    draws_per_image = n0 + n
+    images_per_group = max(1, min(batch_size, math.ceil(_PASSES_PER_SYNC * batch_size / draws_per_image)))
+    certificates = []
+    with _evaluating(model):
+        for group_start in range(0, len(indices), images_per_group):
+            group_stop = min(group_start + images_per_group, len(indices))
+            group_started = time.perf_counter()
+            group_images = images[group_start:group_stop].to(device, torch.float32)
+            counts = _count_predictions(model, group_images, (n0, n), sigma, batch_size, num_classes)
+            answers = _certify_from_counts(counts, n, alpha, sigma)
+            seconds = (time.perf_counter() - group_started) / (group_stop - group_start)
+            for position, (prediction, radius, pa_lower, count) in zip(range(group_start, group_stop), answers):
+                label = int(labels[position])
+                certificate = Certificate(
+                    index=int(indices[position]),
+                    label=label,
+                    prediction=prediction,
+                    radius=radius,
+                    correct=int(prediction == label),
+                    pa_lower=pa_lower,
+                    count=count,
+                    seconds=seconds,
+                )
+                certificates.append(certificate)
+                if on_certificate is not None:
+                    on_certificate(certificate)
+    return certificates
+
+
+def predict(
+    model: torch.nn.Module,
+    image: torch.Tensor,
+    sigma: float,
+    n: int,
+    alpha: float,
+    batch_size: int,
+    num_classes: int,
+) -> int:
+    """PREDICT one image (C, H, W): the top class over n draws, or ABSTAIN when a two-sided binomial test
+    cannot tell it from the runner-up at level alpha."""
+    with _evaluating(model):
+        images = image.unsqueeze(0).to(_model_device(model), torch.float32)
+        counts = _count_predictions(model, images, (n,), sigma, batch_size, num_classes)[0, 0]
+        top_counts, top_classes = counts.topk(2)
+    [top_count, runner_up_count], [top_class, _] = torch.stack((top_counts, top_classes)).tolist()
+    if binomtest(top_count, top_count + runner_up_count, p=0.5).pvalue > alpha:
+        return ABSTAIN
+    return top_class
+
+
+def _count_predictions(
+    model: torch.nn.Module,
+    images: torch.Tensor,
+    draws_per_phase: Sequence[int],
+    sigma: float,
+    batch_size: int,
+    num_classes: int,
+) -> torch.Tensor:
+    """How often the base classifier predicts each class on noisy copies of each image.
+
+    Returns int64 counts of shape (images, phases, num_classes) on the images' device. Every draw gets its
+    own noise, so the phases (CERTIFY's selection and estimation) are independent samples. The draws are
+    laid out image after image, phase after phase, and cut into forward passes of at most batch_size rows:
+    a pass holds the draws of several images when n is small and a slice of one image's draws when n is
+    large, so memory depends on batch_size only.
+    """
+    if batch_size < 1 or min(draws_per_phase) < 1:
+        raise ValueError(f"batch_size and the numbers of draws must be positive, got {batch_size}, {draws_per_phase}")
+    device = images.device
+    num_images, num_phases = images.shape[0], len(draws_per_phase)
+    draws_per_image = sum(draws_per_phase)
+    # A draw's phase is the number of phase starts at or before its position within its image.
+    phase_starts = torch.tensor(list(itertools.accumulate(draws_per_phase))[:-1], dtype=torch.int64, device=device)
+    counts = torch.zeros(num_images * num_phases * num_classes, dtype=torch.int64, device=device)
+    total_draws = num_images * draws_per_image
+    for first_draw in range(0, total_draws, batch_size):
+        draws = torch.arange(first_draw, min(first_draw + batch_size, total_draws), device=device)
+        image_of_draw = draws // draws_per_image
+        phase_of_draw = torch.bucketize(draws % draws_per_image, phase_starts, right=True)
+        noisy = torch.randn((len(draws), *images.shape[1:]), dtype=images.dtype, device=device)
+        noisy.mul_(sigma).add_(images[image_of_draw])
+        logits = model(noisy)
+        if logits.shape[1] != num_classes:
+            raise ValueError(f"the model returns {logits.shape[1]} logits, expected num_classes = {num_classes}")
+        cells = (image_of_draw * num_phases + phase_of_draw) * num_classes + logits.argmax(dim=1)
+        # scatter_add_ rather than bincount: on CUDA, bincount reads its largest input back to the host.
+        counts.scatter_add_(0, cells, torch.ones_like(cells))
+    return counts.view(num_images, num_phases, num_classes)
+
+
+def _certify_from_counts(
+    counts: torch.Tensor, n: int, alpha: float, sigma: float
+) -> list[tuple[int, float, float, int]]:
+    """CERTIFY's decision for each image from its (selection, estimation) counts, with one host sync."""
+    guesses = counts[:, 0].argmax(dim=1)
+    guess_counts = counts[:, 1].gather(1, guesses.unsqueeze(1)).squeeze(1)
+    answers = []
+    for guess, count in torch.stack((guesses, guess_counts), dim=1).tolist():
+        pa_lower = lower_confidence_bound(count, n, alpha)
+        if pa_lower < 0.5:
+            answers.append((ABSTAIN, 0.0, pa_lower, count))
+        else:
+            answers.append((guess, certified_radius(pa_lower, sigma), pa_lower, count))
+    return answers
+
+
+@contextmanager
+def _evaluating(model: torch.nn.Module) -> Iterator[None]:
+    """Eval mode without autograd for the duration, then the model's own mode again."""
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.inference_mode():
+            yield
+    finally:
+        model.train(was_training)
+
+
+def _model_device(model: torch.nn.Module) -> torch.device:
+    parameter = next(model.parameters(), None)
+    return parameter.device if parameter is not None else torch.device("cpu")
