@@ -55,7 +55,6 @@ class Store:
         engine = self.engine.execution_options(smx_read_only=True)
         with sessionmaker(engine, expire_on_commit=False).begin() as session:
             yield session
-            session.rollback()
 
     def checkpoint_dir(self, job_key: str) -> Path:
         return self.root / "checkpoints" / job_key

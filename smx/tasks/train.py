@@ -30,6 +30,7 @@ def settings_from_config(config: dict, device: str) -> TrainSettings:
         momentum=train_config["momentum"],
         weight_decay=train_config["weight_decay"],
         seed=config["seed"],
+        dataset=config["data"]["dataset"],
         device=device,
     )
 
@@ -53,4 +54,4 @@ def run(store: Store, job: Job, device: str, progress: ProgressReporter) -> None
     final = train(model, data, settings_from_config(config, device), store.checkpoint_dir(job.key),
                   on_checkpoint=on_checkpoint, on_checkpoint_removed=lambda path: checkpoints.forget(store, path),
                   on_epoch=on_epoch, on_progress=progress)
-    checkpoints.mark_final(store, job.key, final, epoch=config["train"]["epochs"] - 1)
+    checkpoints.mark_final(store, job.key, final, epoch=config["train"]["epochs"])

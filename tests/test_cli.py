@@ -1,0 +1,168 @@
+"""End to end through the real `smx` command: submit a tiny spec, then read every table it filled."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import smx_command
+
+TINY_SPEC = textwrap.dedent("""
+    [experiment]
+    name = "tiny"
+    description = "smallest end-to-end run"
+    seed = 0
+
+    [data]
+    dataset = "mnist-mini"
+
+    [model]
+    arch = "lenet"
+
+    [train]
+    sigma = 0.5
+    epochs = 2
+    batch_size = 256
+    lr = 0.01
+
+    [certify]
+    n0 = 10
+    n = 100
+    alpha = 0.01
+    batch_size = 250
+    max_samples = 6
+
+    [[variant]]
+    name = "gaussian"
+    train.method = "gaussian"
+
+    [[variant]]
+    name = "smoothmix"
+    train.method = "smoothmix"
+    train.smoothmix = { eta = 5.0, alpha = 1.0, steps = 1, noise_samples = 2 }
+""")
+
+
+def run_smx(*arguments: str, store: Path, check: bool = True) -> subprocess.CompletedProcess:
+    environment = {**os.environ, "SMX_STORE": str(store), "CUDA_VISIBLE_DEVICES": ""}
+    result = subprocess.run(smx_command(*arguments), capture_output=True, text=True, env=environment, timeout=600)
+    if check and result.returncode != 0:
+        raise AssertionError(f"smx {' '.join(arguments)} exited {result.returncode}\n{result.stdout}\n{result.stderr}")
+    return result
+
+
+def query_json(sql: str, store: Path) -> list[dict]:
+    return json.loads(run_smx("query", sql, "--format", "json", store=store).stdout)
+
+
+@pytest.fixture(scope="module")
+def submitted(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, subprocess.CompletedProcess]:
+    root = tmp_path_factory.mktemp("e2e")
+    spec = root / "tiny.toml"
+    spec.write_text(TINY_SPEC)
+    store = root / "store"
+    return spec, store, run_smx("submit", str(spec), store=store)
+
+
+def test_submit_runs_every_job_and_fills_every_table(submitted) -> None:
+    spec, store, result = submitted
+    assert "all 5 jobs done" in result.stdout
+    jobs = query_json("SELECT kind, status, attempts, log_path FROM jobs ORDER BY kind", store)
+    assert [job["kind"] for job in jobs] == ["aggregate", "certify", "certify", "train", "train"]
+    assert {job["status"] for job in jobs} == {"done"}
+    assert all(Path(job["log_path"]).is_file() for job in jobs)
+    counts = query_json(
+        "SELECT (SELECT count(*) FROM experiments) AS experiments, (SELECT count(*) FROM experiment_jobs) AS members,"
+        " (SELECT count(*) FROM job_parents) AS edges, (SELECT count(*) FROM train_metrics) AS epochs,"
+        " (SELECT count(*) FROM certificates) AS certificates, (SELECT count(*) FROM aggregates) AS aggregates,"
+        " (SELECT count(*) FROM certified_accuracy) AS accuracies, (SELECT count(*) FROM results) AS results", store)[0]
+    assert counts == {"experiments": 1, "members": 5, "edges": 4, "epochs": 4, "certificates": 12, "aggregates": 2,
+                      "accuracies": 2 * 17, "results": 2}
+    checkpoints = query_json("SELECT path, sha256, size FROM checkpoints WHERE final", store)
+    assert len(checkpoints) == 2
+    for checkpoint in checkpoints:
+        import hashlib
+
+        assert hashlib.sha256(Path(checkpoint["path"]).read_bytes()).hexdigest() == checkpoint["sha256"]
+    results = query_json("SELECT config, method, sigma, acr, clean_accuracy, acc_0_00 FROM results ORDER BY config", store)
+    assert [(row["config"], row["method"], row["sigma"]) for row in results] == [
+        ("gaussian", "gaussian", 0.5), ("smoothmix", "smoothmix", 0.5)]
+    for row in results:
+        assert 0.0 <= row["acr"] <= 4 * 0.5
+        assert row["acc_0_00"] == pytest.approx(row["clean_accuracy"])
+    assert (store / "results" / "tiny" / "gaussian.tsv").read_text().startswith("idx\tlabel\tpredict\tradius\tcorrect\ttime\n")
+
+
+def test_a_second_submit_runs_nothing(submitted) -> None:
+    spec, store, _ = submitted
+    before = query_json("SELECT key, finished_at FROM jobs ORDER BY key", store)
+    result = run_smx("submit", str(spec), store=store)
+    assert "0 new, 5 cached" in result.stdout
+    assert query_json("SELECT key, finished_at FROM jobs ORDER BY key", store) == before
+
+
+def test_dry_run_shows_cached_jobs_and_changes_nothing(submitted, tmp_path: Path) -> None:
+    spec, store, _ = submitted
+    edited = tmp_path / "edited.toml"
+    edited.write_text(TINY_SPEC.replace("max_samples = 6", "max_samples = 8"))
+    before = query_json("SELECT count(*) AS jobs FROM jobs", store)
+    result = run_smx("submit", str(edited), "--dry-run", store=store)
+    lines = [line for line in result.stdout.splitlines() if "│" in line]
+    assert sum("cached" in line for line in lines) == 2  # the two trainings
+    assert sum("to run" in line for line in lines) == 3  # certify x2 and the aggregate
+    assert query_json("SELECT count(*) AS jobs FROM jobs", store) == before
+
+
+def test_exports_and_plot(submitted, tmp_path: Path) -> None:
+    _, store, _ = submitted
+    csv_text = run_smx("query", "--experiment", "tiny", "--format", "csv", store=store).stdout
+    header = csv_text.splitlines()[0].split(",")
+    assert header[:4] == ["experiment", "config", "method", "sigma"]
+    assert "acr" in header and "acc_0_50" in header
+    assert len(csv_text.splitlines()) == 3
+    markdown = run_smx("query", "--experiment", "tiny", "--format", "md", store=store).stdout
+    assert markdown.startswith("| experiment | config |")
+    status = run_smx("status", store=store).stdout
+    assert "tiny" in status
+    png = tmp_path / "tiny.png"
+    run_smx("plot", "tiny", "--out", str(png), store=store)
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_user_errors_exit_2_without_traceback(submitted, tmp_path: Path) -> None:
+    _, store, _ = submitted
+    bad = tmp_path / "bad.toml"
+    bad.write_text(TINY_SPEC.replace("sigma = 0.5", "sigmaa = 0.5"))
+    for arguments in (("validate", str(bad)), ("submit", str(bad)), ("validate", str(tmp_path / "missing.toml")),
+                      ("query", "DELETE FROM jobs"), ("query", "SELECT * FROM nope"), ("plot", "nope"),
+                      ("retry", "no-such-thing")):
+        result = run_smx(*arguments, store=store, check=False)
+        assert result.returncode == 2, (arguments, result.stdout, result.stderr)
+        assert "Traceback" not in result.stderr and "error:" in result.stderr
+    empty = run_smx("status", store=tmp_path / "nowhere", check=False)
+    assert empty.returncode == 2 and "smx submit" in empty.stderr
+    assert not (tmp_path / "nowhere").exists()
+
+
+def test_read_commands_do_not_import_torch(submitted) -> None:
+    _, store, _ = submitted
+    probe = textwrap.dedent("""
+        import sys
+        from smx.cli import main
+        sys.argv = ["smx", *sys.argv[1:]]
+        try:
+            main()
+        except SystemExit:
+            pass
+        assert "torch" not in sys.modules, "torch was imported"
+    """)
+    for arguments in (["status"], ["query", "SELECT 1"], ["validate", "experiments/quickstart.toml"]):
+        result = subprocess.run([sys.executable, "-c", probe, *arguments], capture_output=True, text=True,
+                                env={**os.environ, "SMX_STORE": str(store)}, cwd=Path(__file__).parents[1])
+        assert result.returncode == 0, result.stderr
