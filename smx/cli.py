@@ -9,6 +9,7 @@ from typing import Annotated, Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from smx.errors import UserError
@@ -37,7 +38,7 @@ def main() -> None:
     try:
         app()
     except UserError as error:
-        errors.print(f"[bold red]error:[/] {error.message}", highlight=False, markup=True)
+        errors.print(f"[bold red]error:[/] {escape(error.message)}", highlight=False, soft_wrap=True)
         sys.exit(error.exit_code)
 
 
@@ -209,9 +210,9 @@ def _print_jobs(store, experiment: str | None, only_unfinished: bool = False, st
             note = job.error.strip().splitlines()[-1][:120]
         if job.blocked_by:
             note = f"waiting: a parent is {job.blocked_by}"
-        table.add_row(job.key[:12], job.kind, job.name, f"[{style}]{job.status}[/]",
-                      job.progress_text if job.status == "running" else "", job.device or "",
-                      _seconds(job.elapsed_seconds), note)
+        table.add_row(job.key[:12], job.kind, escape(job.name), f"[{style}]{job.status}[/]",
+                      escape(job.progress_text) if job.status == "running" else "", job.device or "",
+                      _seconds(job.elapsed_seconds), escape(note))
     console.print(table)
 
 
@@ -328,3 +329,14 @@ def plot(
     opened = open_store(store, create=False)
     path = plot_experiment(opened, experiment, out or opened.root / "plots" / f"{experiment}.png")
     console.print(f"wrote {path}")
+
+
+@app.command()
+def tui(
+    store: StoreOption = None,
+    read_only: Annotated[bool, typer.Option("--read-only", help="Only look: refuse cancel, retry and export.")] = False,
+) -> None:
+    """Live terminal UI: experiments, jobs (with logs and errors), results and certified-accuracy curves."""
+    from smx.tui.app import SmxApp
+
+    SmxApp(store, read_only=read_only).run()

@@ -49,7 +49,12 @@ def run(store: Store, job: Job, device: str, progress: ProgressReporter) -> None
         arch = train_job.config["model"]["arch"]
         done = set(session.scalars(select(CertificateRow.sample_index).where(CertificateRow.job_key == job.key)))
 
-    checkpoint = checkpoints.verified_final(store, train_key)
+    try:
+        checkpoint = checkpoints.verified_final(store, train_key)
+    except checkpoints.CheckpointError as error:
+        checkpoints.retrain_after_corruption(store, train_key, job.key, error.message)
+        print(f"{error.message}\nIts training was queued again; this job runs once it is done.", flush=True)
+        return
     model = build_model(arch, dataset)
     load_weights(model, checkpoint)
     model.to(device).eval()

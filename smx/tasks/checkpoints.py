@@ -7,7 +7,7 @@ from pathlib import Path
 
 from sqlalchemy import delete, select, update
 
-from smx.db.models import Checkpoint
+from smx.db.models import Checkpoint, Job
 from smx.db.store import Store
 from smx.errors import UserError
 
@@ -46,15 +46,31 @@ def mark_final(store: Store, job_key: str, path: Path, epoch: int) -> None:
                         .values(final=Checkpoint.path == str(path)))
 
 
+def retrain_after_corruption(store: Store, train_key: str, waiting_key: str, reason: str) -> None:
+    """Never use a damaged checkpoint: set it aside, queue its training again and make `waiting_key` wait.
+
+    The damaged file is renamed (kept for inspection) so that resuming training cannot pick it up; training
+    then continues from the newest intact epoch checkpoint and reproduces the same weights.
+    """
+    with store.session() as session:
+        for row in session.scalars(select(Checkpoint).where(Checkpoint.job_key == train_key, Checkpoint.final)):
+            path = Path(row.path)
+            if path.exists():
+                path.rename(path.with_name(path.name + ".corrupt"))
+            session.delete(row)
+        for key in (train_key, waiting_key):
+            session.execute(update(Job).where(Job.key == key)
+                            .values(status="pending", error=reason, progress_text="waiting to retrain"))
+
+
 def verified_final(store: Store, train_key: str) -> Path:
     """The trained model's final checkpoint, after checking that its bytes are the ones recorded."""
     with store.session() as session:
         row = session.scalar(select(Checkpoint).where(Checkpoint.job_key == train_key, Checkpoint.final))
     if row is None:
-        raise CheckpointError(f"training job {train_key[:12]} has no final checkpoint in the store.\n"
-                              f"Fix: `smx retry {train_key[:12]}` to train it again.")
+        raise CheckpointError(f"training job {train_key[:12]} has no final checkpoint in the store")
     path = Path(row.path)
     if not path.is_file() or sha256_file(path) != row.sha256:
         problem = "is missing" if not path.is_file() else "does not match its recorded sha256 (corrupted or truncated)"
-        raise CheckpointError(f"checkpoint {path} {problem}.\nFix: `smx retry {train_key[:12]}` to train it again.")
+        raise CheckpointError(f"checkpoint {path} {problem}")
     return path

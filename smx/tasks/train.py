@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import torch
 from sqlalchemy import delete
 
 from smx.db.models import Job, TrainMetric
@@ -39,6 +40,8 @@ def run(store: Store, job: Job, device: str, progress: ProgressReporter) -> None
     config = job.config
     dataset = config["data"]["dataset"]
     data = load_dataset(dataset, "train", root=job.runtime.get("data_root"), download=job.runtime.get("download", False))
+    # The initial weights are part of the run: seed before building the model, not only before training.
+    torch.manual_seed(config["seed"])
     model = build_model(config["model"]["arch"], dataset)
 
     def on_epoch(metrics: EpochMetrics) -> None:

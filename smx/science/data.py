@@ -1,0 +1,253 @@
+"""Datasets as images in [0, 1]: the embedded `mnist-mini`, MNIST-like IDX files, CIFAR-10 and ImageNet.
+
+Small datasets load whole into an `ImageTensors`, so training can keep them on the GPU and gather batches by
+index. ImageNet is a torchvision `ImageFolder` read through a DataLoader. Normalisation is never applied
+here: it is the first layer of every model (see smx.science.models).
+"""
+
+from __future__ import annotations
+
+import gzip
+import os
+import pickle
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import torch
+import torchvision
+from torchvision import transforms
+
+from smx.errors import UserError
+from smx.science.catalog import DATASETS
+
+Split = Literal["train", "test"]
+
+MNIST_MINI_PATH = Path(__file__).resolve().parent / "data" / "mnist_mini.npz"
+
+# File names of the MNIST-like datasets, and the folder torchvision downloads each into (root/<folder>/raw).
+IDX_FILES: dict[str, tuple[str, str]] = {
+    "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
+    "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
+}
+TORCHVISION_FOLDERS = {"mnist": "MNIST", "fashion-mnist": "FashionMNIST"}
+
+CIFAR_FOLDER = "cifar-10-batches-py"
+CIFAR_BATCHES: dict[str, list[str]] = {
+    "train": [f"data_batch_{index}" for index in range(1, 6)],
+    "test": ["test_batch"],
+}
+
+
+class DataError(UserError):
+    """A dataset that cannot be found or read; the message says where smx looked and how to fix it."""
+
+
+@dataclass
+class ImageTensors:
+    """A whole dataset in memory: images (N, C, H, W) float32 in [0, 1] and labels (N,) int64."""
+
+    images: torch.Tensor
+    labels: torch.Tensor
+
+    def __post_init__(self) -> None:
+        if self.images.ndim != 4 or self.labels.shape != (self.images.shape[0],):
+            raise ValueError(f"images {tuple(self.images.shape)} and labels {tuple(self.labels.shape)} do not match")
+
+    def __len__(self) -> int:
+        return self.labels.shape[0]
+
+    def to(self, device: torch.device | str) -> ImageTensors:
+        return ImageTensors(self.images.to(device), self.labels.to(device))
+
+    def subset(self, indices: torch.Tensor | list[int]) -> ImageTensors:
+        index = torch.as_tensor(indices, dtype=torch.long, device=self.labels.device)
+        return ImageTensors(self.images[index], self.labels[index])
+
+
+def data_root(root: Path | str | None = None) -> Path:
+    """Where datasets live: the argument, else $SMX_DATA, else ~/.smx/data."""
+    if root is not None:
+        return Path(root).expanduser()
+    if os.environ.get("SMX_DATA"):
+        return Path(os.environ["SMX_DATA"]).expanduser()
+    return Path.home() / ".smx" / "data"
+
+
+def load_dataset(
+    name: str, split: Split, root: Path | str | None = None, download: bool = False
+) -> ImageTensors | torch.utils.data.Dataset:
+    """One split of a catalog dataset. Only `download=True` reaches the network, through torchvision."""
+    if name not in DATASETS:
+        raise DataError(f"unknown dataset {name!r} in data.dataset; known: {', '.join(sorted(DATASETS))}")
+    if split not in ("train", "test"):
+        raise DataError(f"unknown split {split!r}; use 'train' or 'test'")
+    if name == "mnist-mini":
+        return load_mnist_mini(split)
+    folder = data_root(root)
+    if name in TORCHVISION_FOLDERS:
+        return load_idx_dataset(name, split, folder, download)
+    if name == "cifar10":
+        return load_cifar10(split, folder, download)
+    return load_imagenet(split, folder, download)
+
+
+def load_mnist_mini(split: Split) -> ImageTensors:
+    with np.load(MNIST_MINI_PATH) as arrays:
+        images, labels = arrays[f"{split}_images"], arrays[f"{split}_labels"]
+    return from_uint8(images[:, None], labels)
+
+
+def from_uint8(images: np.ndarray, labels: np.ndarray) -> ImageTensors:
+    """uint8 images (N, C, H, W) and integer labels to an ImageTensors."""
+    return ImageTensors(
+        torch.from_numpy(np.ascontiguousarray(images)).float().div_(255.0),
+        torch.from_numpy(np.asarray(labels, dtype=np.int64)),
+    )
+
+
+def read_idx(path: Path) -> np.ndarray:
+    """An unsigned-byte IDX array (the MNIST file format), gzip-compressed when the name ends in .gz."""
+    opener = gzip.open if path.suffix == ".gz" else open
+    try:
+        with opener(path, "rb") as file:
+            # A bytearray, unlike bytes, gives a writable array that torch can wrap without copying.
+            content = bytearray(file.read())
+    except OSError as error:
+        raise DataError(f"cannot read {path}: {error}") from error
+    if len(content) < 4 or content[:2] != b"\x00\x00" or content[2] != 0x08:
+        raise DataError(f"{path} is not an unsigned-byte IDX file; replace it with the original download")
+    ndim = content[3]
+    header_size = 4 + 4 * ndim
+    shape = tuple(int(size) for size in np.frombuffer(content[4:header_size], dtype=">u4"))
+    expected = header_size + int(np.prod(shape))
+    if len(content) != expected:
+        raise DataError(f"{path} holds {len(content)} bytes but its header announces {expected}; it is truncated")
+    return np.frombuffer(content, dtype=np.uint8, offset=header_size).reshape(shape)
+
+
+def idx_candidates(name: str, root: Path, file_name: str) -> list[Path]:
+    """Where an IDX file may lie: torchvision's layout first, then the flat layout of Debian's dataset packages."""
+    folders = [root / TORCHVISION_FOLDERS[name] / "raw", root / name, root]
+    return [folder / candidate for folder in folders for candidate in (file_name, file_name + ".gz")]
+
+
+def find_idx_files(name: str, split: Split, root: Path) -> tuple[Path, Path] | None:
+    found = []
+    for file_name in IDX_FILES[split]:
+        existing = [path for path in idx_candidates(name, root, file_name) if path.is_file()]
+        if not existing:
+            return None
+        found.append(existing[0])
+    return found[0], found[1]
+
+
+def load_idx_dataset(name: str, split: Split, root: Path, download: bool) -> ImageTensors:
+    paths = find_idx_files(name, split, root)
+    if paths is None and download:
+        source = torchvision.datasets.MNIST if name == "mnist" else torchvision.datasets.FashionMNIST
+        download_with_torchvision(name, root, lambda: source(str(root), train=split == "train", download=True))
+        paths = find_idx_files(name, split, root)
+    if paths is None:
+        images_file, labels_file = IDX_FILES[split]
+        raise DataError(
+            f"the {split} split of {name} is not under data root {root}: expected {images_file} and {labels_file} "
+            f"(or the same names with .gz) in {root / TORCHVISION_FOLDERS[name] / 'raw'} (torchvision's layout), "
+            f"in {root / name} or directly in {root} (the layout of Debian's dataset packages, "
+            f"e.g. /usr/share/datasets/fashion-mnist). Fix: set data.root (or the SMX_DATA environment variable) "
+            f"to the folder that holds them, or set data.download = true to fetch them with torchvision"
+        )
+    images_path, labels_path = paths
+    images, labels = read_idx(images_path), read_idx(labels_path)
+    if images.ndim != 3 or labels.ndim != 1 or images.shape[0] != labels.shape[0]:
+        raise DataError(
+            f"{images_path} {images.shape} and {labels_path} {labels.shape} are not matching images and labels"
+        )
+    return from_uint8(images[:, None], labels)
+
+
+def load_cifar10(split: Split, root: Path, download: bool) -> ImageTensors:
+    folder = root / CIFAR_FOLDER
+    paths = [folder / batch for batch in CIFAR_BATCHES[split]]
+    if not all(path.is_file() for path in paths) and download:
+        download_with_torchvision(
+            "cifar10", root, lambda: torchvision.datasets.CIFAR10(str(root), train=split == "train", download=True)
+        )
+    missing = [path.name for path in paths if not path.is_file()]
+    if missing:
+        raise DataError(
+            f"the {split} split of cifar10 is not under data root {root}: expected {', '.join(missing)} in {folder} "
+            f"(the python version of CIFAR-10, as torchvision downloads it). Fix: set data.root (or the SMX_DATA "
+            f"environment variable) to the folder that contains {CIFAR_FOLDER}, or set data.download = true"
+        )
+    images, labels = [], []
+    for path in paths:
+        try:
+            with path.open("rb") as file:
+                batch = pickle.load(file, encoding="latin1")
+            images.append(np.asarray(batch["data"], dtype=np.uint8).reshape(-1, 3, 32, 32))
+            labels.append(np.asarray(batch["labels"], dtype=np.int64))
+        except (OSError, pickle.UnpicklingError, EOFError, KeyError, ValueError) as error:
+            raise DataError(f"cannot read CIFAR-10 batch {path}: {error}; delete it and download again") from error
+    return from_uint8(np.concatenate(images), np.concatenate(labels))
+
+
+def load_imagenet(split: Split, root: Path, download: bool) -> torchvision.datasets.ImageFolder:
+    """ImageNet as class folders under root/imagenet/{train,val} or root/{train,val}; it is never downloaded."""
+    folder_name = "train" if split == "train" else "val"
+    candidates = [root / "imagenet" / folder_name, root / folder_name]
+    existing = [folder for folder in candidates if folder.is_dir()]
+    if not existing:
+        raise DataError(
+            f"the {split} split of imagenet is not under data root {root}: expected one folder per class in "
+            f"{candidates[0]} or {candidates[1]}. ImageNet cannot be downloaded automatically"
+            f"{' (data.download = true does not apply)' if download else ''}; fetch it from image-net.org, "
+            f"arrange it as class folders, and set data.root (or the SMX_DATA environment variable)"
+        )
+    if split == "train":
+        transform = transforms.Compose(
+            [transforms.RandomResizedCrop(224), transforms.RandomHorizontalFlip(), transforms.ToTensor()]
+        )
+    else:
+        transform = transforms.Compose([transforms.Resize(256), transforms.CenterCrop(224), transforms.ToTensor()])
+    try:
+        return torchvision.datasets.ImageFolder(str(existing[0]), transform=transform)
+    except (FileNotFoundError, OSError) as error:
+        raise DataError(f"cannot read ImageNet folder {existing[0]}: {error}") from error
+
+
+def download_with_torchvision(name: str, root: Path, fetch: Callable[[], object]) -> None:
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        fetch()
+    except (OSError, RuntimeError) as error:
+        raise DataError(
+            f"downloading {name} into {root} failed: {error}. Check the network, or place the files there by "
+            f"hand and set data.download = false"
+        ) from error
+
+
+def random_crop_flip(images: torch.Tensor, padding: int = 4) -> torch.Tensor:
+    """CIFAR training augmentation on a batch, on its own device: a random crop of the zero-padded image at
+    the original size, then a horizontal flip with probability 1/2, independently per image."""
+    count, _, height, width = images.shape
+    padded = torch.nn.functional.pad(images, (padding, padding, padding, padding))
+    top = torch.randint(0, 2 * padding + 1, (count, 1), device=images.device)
+    left = torch.randint(0, 2 * padding + 1, (count, 1), device=images.device)
+    rows = (top + torch.arange(height, device=images.device)).view(count, 1, height, 1)
+    columns = (left + torch.arange(width, device=images.device)).view(count, 1, 1, width)
+    batch = torch.arange(count, device=images.device).view(count, 1, 1, 1)
+    channels = torch.arange(images.shape[1], device=images.device).view(1, -1, 1, 1)
+    cropped = padded[batch, channels, rows, columns]
+    flip = torch.rand(count, device=images.device) < 0.5
+    return torch.where(flip.view(count, 1, 1, 1), cropped.flip(3), cropped)
+
+
+# Augmentations training applies on the device to a tensor dataset's batches; the rest are fed as they are.
+TENSOR_AUGMENTATIONS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {"cifar10": random_crop_flip}
+
+
+def train_augmentation(dataset: str) -> Callable[[torch.Tensor], torch.Tensor] | None:
+    return TENSOR_AUGMENTATIONS.get(dataset)

@@ -1,0 +1,138 @@
+"""SmoothMix (Jeong et al. 2021): Gaussian training plus a mixup towards the uniform distribution along an
+unrestricted adversarial direction of the smoothed classifier. Follows the reference implementation
+(docs: shared/notes/algorithms.md, sections 6 and 8).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import torch
+import torch.nn.functional as F
+
+from smx.science.methods.base import StepContext, StepOutput, add_noise, draw_noise
+from smx.science.methods.params import SmoothMixParams
+
+# Floor of the averaged probability before the log, so a confidently wrong class gives a finite loss.
+MIN_PROBABILITY = 1e-20
+# Guard against division by a zero gradient norm.
+NORM_EPSILON = 1e-8
+
+
+@contextmanager
+def frozen_eval(model: torch.nn.Module) -> Iterator[None]:
+    """Eval mode with parameter gradients off, so an attack neither updates BatchNorm statistics nor spends
+    work on parameter gradients; both are restored afterwards."""
+    was_training = model.training
+    requires_grad = [(parameter, parameter.requires_grad) for parameter in model.parameters()]
+    model.eval()
+    for parameter, _ in requires_grad:
+        parameter.requires_grad_(False)
+    try:
+        yield
+    finally:
+        for parameter, flag in requires_grad:
+            parameter.requires_grad_(flag)
+        model.train(was_training)
+
+
+def per_image_norm(tensor: torch.Tensor) -> torch.Tensor:
+    """L2 norm of every image, shaped to broadcast against the batch."""
+    return tensor.flatten(1).norm(dim=1).view(-1, *([1] * (tensor.ndim - 1)))
+
+
+def project_l2(points: torch.Tensor, centers: torch.Tensor, radius: float) -> torch.Tensor:
+    """Each point moved onto the L2 ball of `radius` around its center when it lies outside."""
+    return centers + (points - centers).renorm(p=2, dim=0, maxnorm=radius)
+
+
+def smoothed_adversary(
+    model: torch.nn.Module,
+    inputs: torch.Tensor,
+    targets: torch.Tensor,
+    noise: torch.Tensor,
+    steps: int,
+    step_size: float,
+    mix_step: int = 0,
+    max_norm: float | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Normalised gradient ascent on the soft smoothed classifier's loss -log(mean_j softmax(f(x + n_j))_y).
+
+    `noise` (m, *inputs.shape) holds the fixed draws n_j; every step moves each image by exactly `step_size`
+    in L2 before the optional projection onto the `max_norm` ball around `inputs` and the clamp to [0, 1].
+    Returns (the iterate at step `mix_step`, the input itself if the search is shorter, and the final iterate);
+    the model's mode and gradient flags are restored on return.
+    """
+    noise_samples, batch_size = noise.shape[0], inputs.shape[0]
+    adversary = inputs.detach()
+    kept = adversary
+    # Gradients with respect to the input are needed even when the caller runs under torch.no_grad().
+    with frozen_eval(model), torch.enable_grad():
+        for step in range(steps):
+            if step == mix_step:
+                kept = adversary
+            adversary = adversary.detach().requires_grad_(True)
+            probabilities = F.softmax(model(add_noise(adversary, noise)), dim=1)
+            mean_probabilities = probabilities.view(noise_samples, batch_size, -1).mean(dim=0)
+            # Summed as in the reference: each image's gradient is its own, whatever the chunk size.
+            attack_loss = F.nll_loss(torch.log(mean_probabilities.clamp(min=MIN_PROBABILITY)), targets, reduction="sum")
+            (gradient,) = torch.autograd.grad(attack_loss, adversary)
+            adversary = adversary + step_size * gradient / (per_image_norm(gradient) + NORM_EPSILON)
+            if max_norm is not None:
+                adversary = project_l2(adversary, inputs, max_norm)
+            adversary = adversary.clamp(0.0, 1.0).detach()
+    return kept, adversary
+
+
+def loss(
+    model: torch.nn.Module,
+    inputs: torch.Tensor,
+    targets: torch.Tensor,
+    sigma: float,
+    context: StepContext[SmoothMixParams],
+) -> StepOutput:
+    """L = mean CE on noisy copies of the mix start + eta * w_e * mean(mask * KL(y_mix || f(x_mix + n))).
+
+    The same m noise draws serve the attack, the clean branch and the mix branch. The soft target y_mix keeps
+    its gradient, as in the reference, so the mix term also trains the clean branch.
+    """
+    params = context.params
+    warmup_weight = min(1.0, (context.epoch + 1) / params.warmup)
+    noise = draw_noise(inputs, params.noise_samples, sigma)
+    start, adversary = smoothed_adversary(
+        model, inputs, targets, noise, params.steps, params.alpha, params.mix_step, params.max_norm
+    )
+    # With mix_step = 1 the one-step adversary replaces the clean input; its allowed radius grows with warm-up.
+    start = project_l2(start, inputs, params.alpha * params.mix_step * warmup_weight).clamp(0.0, 1.0)
+
+    noise_samples, batch_size = params.noise_samples, inputs.shape[0]
+    noisy_targets = targets.repeat(noise_samples)
+    clean_logits = model(add_noise(start, noise))
+    clean_loss = F.cross_entropy(clean_logits, noisy_targets)
+    num_classes = clean_logits.shape[1]
+    smoothed_probabilities = F.softmax(clean_logits, dim=1).view(noise_samples, batch_size, num_classes).mean(dim=0)
+
+    mix_ratio = torch.rand(batch_size, device=inputs.device, dtype=inputs.dtype) * 0.5
+    image_ratio = mix_ratio.view(-1, *([1] * (inputs.ndim - 1)))
+    mixed_inputs = (1.0 - image_ratio) * start + image_ratio * adversary
+    mixed_targets = (1.0 - mix_ratio[:, None]) * smoothed_probabilities + mix_ratio[:, None] / num_classes
+    mixed_log_probabilities = F.log_softmax(model(add_noise(mixed_inputs, noise)), dim=1)
+    mix_divergence = F.kl_div(
+        mixed_log_probabilities, mixed_targets.repeat(noise_samples, 1), reduction="none"
+    ).sum(dim=1)
+
+    # Only images the smoothed classifier already gets right are calibrated; the others still count in the mean.
+    correct = (smoothed_probabilities.argmax(dim=1) == targets).to(mix_divergence.dtype)
+    mix_loss = (correct.repeat(noise_samples) * mix_divergence).mean()
+    total_loss = clean_loss + params.eta * warmup_weight * mix_loss
+    return StepOutput(
+        loss=total_loss,
+        noisy_logits=clean_logits,
+        noisy_targets=noisy_targets,
+        extras={
+            "clean_loss": clean_loss.detach(),
+            "mix_loss": mix_loss.detach(),
+            "mask_rate": correct.mean(),
+        },
+    )

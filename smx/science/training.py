@@ -1,0 +1,388 @@
+"""The one training loop for every method, with a durable checkpoint per epoch and exact resume.
+
+Each loader batch of B images is split into m = params.optimizer_steps_per_batch() chunks of B // m images
+with one optimizer step per chunk; the B mod m leftover images are dropped, as in the reference code.
+
+Learning rate: SGD with StepLR stepped after every epoch, so epoch e (0-based) trains at
+lr * gamma ** (e // lr_step). That is Cohen's and Salman's schedule. The jh-jeong reference repositories
+(consistency, SmoothMix) step the scheduler the same way but under an older PyTorch convention, so with
+current PyTorch their decays land one epoch late (epochs 0..lr_step at lr); smx does not reproduce that.
+
+Reproducibility: the loop seeds torch and a separate shuffle generator from `settings.seed`, and every
+checkpoint stores the model, optimizer, scheduler and all RNG states, so a run resumed from any checkpoint
+ends with the same weights as an uninterrupted one (bit for bit on CPU; on GPU up to cuDNN's own
+non-determinism). The caller seeds torch before building the model.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import pickle
+import time
+import zipfile
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from smx.errors import UserError
+from smx.science.catalog import DATASETS
+from smx.science.data import ImageTensors, train_augmentation
+from smx.science.methods import load_method
+from smx.science.methods.base import LossFunction, StepContext
+from smx.science.methods.params import METHOD_PARAMS, MethodParams
+
+CHECKPOINT_PREFIX = "epoch-"
+CHECKPOINT_SUFFIX = ".pt"
+TEMPORARY_SUFFIX = ".tmp"
+CHECKPOINTS_KEPT = 2
+PROGRESS_INTERVAL_SECONDS = 0.25
+# Settings that say where a run executes, not what it computes; a run may resume under different values.
+RUNTIME_SETTINGS = ("device", "num_workers")
+
+
+@dataclass
+class TrainSettings:
+    method: str
+    params: MethodParams
+    sigma: float
+    epochs: int
+    batch_size: int
+    lr: float
+    lr_step: int
+    lr_gamma: float
+    momentum: float
+    weight_decay: float
+    seed: int
+    dataset: str  # a catalog name: gives the number of classes and the on-device augmentation
+    device: str = "cpu"
+    num_workers: int = 4  # DataLoader processes, used only for datasets that are not ImageTensors
+
+    def record(self) -> dict[str, Any]:
+        """The settings as plain values, as stored in every checkpoint."""
+        values = {item.name: getattr(self, item.name) for item in fields(self)}
+        values["params"] = self.params.model_dump()
+        return values
+
+
+@dataclass
+class EpochMetrics:
+    epoch: int  # 1-based: the number of epochs finished, as in the checkpoint's name
+    loss: float  # mean training loss over the epoch's optimizer steps
+    noisy_accuracy: float  # accuracy of the base classifier on the noisy training inputs of its loss
+    lr: float
+    seconds: float
+    extras: dict[str, float] = field(default_factory=dict)  # the method's diagnostics, averaged over steps
+
+
+CheckpointCallback = Callable[[Path, int], None]
+RemovedCallback = Callable[[Path], None]
+EpochCallback = Callable[[EpochMetrics], None]
+ProgressCallback = Callable[[float, str], None]
+
+
+def checkpoint_path(checkpoint_dir: Path, epoch: int) -> Path:
+    return checkpoint_dir / f"{CHECKPOINT_PREFIX}{epoch:04d}{CHECKPOINT_SUFFIX}"
+
+
+def list_checkpoints(checkpoint_dir: Path) -> list[tuple[int, Path]]:
+    """(epoch, path) of every checkpoint file in the folder, oldest first."""
+    found = []
+    for path in checkpoint_dir.glob(f"{CHECKPOINT_PREFIX}*{CHECKPOINT_SUFFIX}"):
+        number = path.name[len(CHECKPOINT_PREFIX) : -len(CHECKPOINT_SUFFIX)]
+        if number.isdigit():
+            found.append((int(number), path))
+    return sorted(found)
+
+
+def save_checkpoint(state: dict[str, Any], path: Path) -> None:
+    """Write atomically and durably: a temporary file in the same folder, fsync, rename, fsync the folder."""
+    temporary = path.with_name(path.name + TEMPORARY_SUFFIX)
+    with temporary.open("wb") as file:
+        torch.save(state, file)
+        file.flush()
+        os.fsync(file.fileno())
+    os.replace(temporary, path)
+    if os.name == "posix":
+        folder = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(folder)
+        finally:
+            os.close(folder)
+
+
+def load_checkpoint(path: Path) -> dict[str, Any]:
+    """A checkpoint's contents on the CPU; raises ValueError when the file is unreadable or incomplete."""
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except (OSError, EOFError, KeyError, RuntimeError, ValueError, pickle.UnpicklingError, zipfile.BadZipFile) as error:
+        raise ValueError(f"unreadable checkpoint {path}: {error}") from error
+    required = ("epoch", "model", "optimizer", "scheduler", "rng", "settings")
+    if not isinstance(state, dict) or any(key not in state for key in required):
+        raise ValueError(f"checkpoint {path} lacks some of {', '.join(required)}")
+    return state
+
+
+def load_weights(model: torch.nn.Module, checkpoint: Path) -> None:
+    """Load a training checkpoint's model weights into `model` (weights_only loading: no code runs)."""
+    try:
+        state = load_checkpoint(checkpoint)
+    except ValueError as error:
+        raise UserError(f"{error}; retrain, or point to another checkpoint") from error
+    model.load_state_dict(state["model"])
+
+
+def resolve_device(name: str) -> torch.device:
+    try:
+        device = torch.device(name)
+    except RuntimeError as error:
+        raise UserError(f"train device {name!r} is not a device; use 'cpu', 'cuda' or 'cuda:<index>'") from error
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise UserError(f"train device {name!r} was asked for, but torch sees no CUDA GPU; use 'cpu'")
+    return device
+
+
+def validate(settings: TrainSettings) -> None:
+    if settings.method not in METHOD_PARAMS:
+        raise UserError(f"unknown training method {settings.method!r}; known: {', '.join(sorted(METHOD_PARAMS))}")
+    if not isinstance(settings.params, METHOD_PARAMS[settings.method]):
+        raise UserError(f"train.params are {type(settings.params).__name__}, not the parameters of {settings.method}")
+    if settings.dataset not in DATASETS:
+        raise UserError(f"unknown dataset {settings.dataset!r}; known: {', '.join(sorted(DATASETS))}")
+    if settings.epochs < 1 or settings.lr_step < 1:
+        raise UserError("train.epochs and train.lr_step must be at least 1")
+    chunks = settings.params.optimizer_steps_per_batch()
+    if settings.batch_size < chunks:
+        raise UserError(
+            f"train.batch_size = {settings.batch_size} is smaller than the {chunks} chunks each batch is split into; "
+            f"raise it or lower noise_samples"
+        )
+
+
+def rng_state(shuffle: torch.Generator, device: torch.device) -> dict[str, torch.Tensor]:
+    state = {"torch": torch.get_rng_state(), "shuffle": shuffle.get_state()}
+    if device.type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state(device)
+    return state
+
+
+def restore_rng_state(state: dict[str, torch.Tensor], shuffle: torch.Generator, device: torch.device) -> None:
+    torch.set_rng_state(state["torch"])
+    shuffle.set_state(state["shuffle"])
+    if device.type == "cuda" and "cuda" in state:
+        torch.cuda.set_rng_state(state["cuda"], device)
+
+
+def batches(
+    data: ImageTensors | torch.utils.data.Dataset,
+    settings: TrainSettings,
+    shuffle: torch.Generator,
+    device: torch.device,
+) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """One epoch of (images, labels) batches on `device` in a fresh shuffled order; the last may be partial."""
+    if isinstance(data, ImageTensors):
+        augment = train_augmentation(settings.dataset)
+        order = torch.randperm(len(data), generator=shuffle).to(device)
+        for indices in order.split(settings.batch_size):
+            images = data.images[indices]
+            yield (augment(images) if augment else images), data.labels[indices]
+        return
+    loader = torch.utils.data.DataLoader(
+        data,
+        batch_size=settings.batch_size,
+        shuffle=True,
+        generator=shuffle,
+        num_workers=settings.num_workers,
+        pin_memory=device.type == "cuda",
+    )
+    for images, labels in loader:
+        yield images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
+
+
+def resume(
+    checkpoint_dir: Path,
+    settings: TrainSettings,
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
+    shuffle: torch.Generator,
+    device: torch.device,
+    on_checkpoint_removed: RemovedCallback | None,
+) -> tuple[int, Path | None]:
+    """Restore the newest readable checkpoint; returns (epochs it finished, its path), or (0, None) without one.
+    Unreadable checkpoints on the way are deleted: training is about to write them again anyway."""
+    for _, path in reversed(list_checkpoints(checkpoint_dir)):
+        try:
+            state = load_checkpoint(path)
+        except ValueError:
+            path.unlink()
+            if on_checkpoint_removed:
+                on_checkpoint_removed(path)
+            continue
+        check_same_run(state["settings"], settings, path)
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        restore_rng_state(state["rng"], shuffle, device)
+        return state["epoch"], path
+    return 0, None
+
+
+def train(
+    model: torch.nn.Module,
+    data: ImageTensors | torch.utils.data.Dataset,
+    settings: TrainSettings,
+    checkpoint_dir: Path,
+    *,
+    on_checkpoint: CheckpointCallback | None = None,
+    on_checkpoint_removed: RemovedCallback | None = None,
+    on_epoch: EpochCallback | None = None,
+    on_progress: ProgressCallback | None = None,
+) -> Path:
+    """Train `model` in place, resuming from the newest readable checkpoint in `checkpoint_dir`.
+
+    After each epoch: the checkpoint is written and made durable, then on_checkpoint(path, epoch), then
+    on_checkpoint_removed(path) for each checkpoint pruned (all but the newest two, and unreadable ones found
+    when resuming), then on_epoch(metrics). on_progress(fraction of the whole run, text) is called at most
+    every PROGRESS_INTERVAL_SECONDS. Returns the final checkpoint.
+    """
+    validate(settings)
+    device = resolve_device(settings.device)
+    method = load_method(settings.method)
+    checkpoint_dir = Path(checkpoint_dir)
+    checkpoint_dir.mkdir(parents=True, exist_ok=True)
+    for leftover in checkpoint_dir.glob(f"{CHECKPOINT_PREFIX}*{CHECKPOINT_SUFFIX}{TEMPORARY_SUFFIX}"):
+        leftover.unlink()  # a write that was interrupted before its rename
+
+    model.to(device)
+    optimizer = torch.optim.SGD(
+        model.parameters(), lr=settings.lr, momentum=settings.momentum, weight_decay=settings.weight_decay
+    )
+    scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=settings.lr_step, gamma=settings.lr_gamma)
+    torch.manual_seed(settings.seed)
+    shuffle = torch.Generator().manual_seed(settings.seed)
+
+    start_epoch, latest = resume(
+        checkpoint_dir, settings, model, optimizer, scheduler, shuffle, device, on_checkpoint_removed
+    )
+    if latest is not None and start_epoch >= settings.epochs:
+        return latest
+
+    if isinstance(data, ImageTensors):
+        data = data.to(device)
+    num_classes = DATASETS[settings.dataset].num_classes
+    report = throttled(on_progress)
+    for epoch in range(start_epoch, settings.epochs):
+        context = StepContext(params=settings.params, epoch=epoch, epochs=settings.epochs, num_classes=num_classes)
+        metrics = train_epoch(model, method.loss, optimizer, data, settings, context, shuffle, device, report)
+        scheduler.step()
+        latest = checkpoint_path(checkpoint_dir, epoch + 1)
+        save_checkpoint(
+            {
+                "epoch": epoch + 1,
+                "model": model.state_dict(),
+                "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict(),
+                "rng": rng_state(shuffle, device),
+                "settings": settings.record(),
+            },
+            latest,
+        )
+        if on_checkpoint:
+            on_checkpoint(latest, epoch + 1)
+        for _, old in list_checkpoints(checkpoint_dir)[:-CHECKPOINTS_KEPT]:
+            old.unlink()
+            if on_checkpoint_removed:
+                on_checkpoint_removed(old)
+        if on_epoch:
+            on_epoch(metrics)
+    return latest
+
+
+def check_same_run(stored: dict[str, Any], settings: TrainSettings, path: Path) -> None:
+    current = settings.record()
+    differing = sorted(
+        name
+        for name in set(stored) | set(current)
+        if name not in RUNTIME_SETTINGS and stored.get(name) != current.get(name)
+    )
+    if differing:
+        raise UserError(
+            f"checkpoint {path} was written by a run with different {', '.join(differing)}; "
+            f"use an empty checkpoint folder for a new configuration"
+        )
+
+
+def throttled(on_progress: ProgressCallback | None) -> ProgressCallback:
+    """on_progress, but skipping calls that come within PROGRESS_INTERVAL_SECONDS of the last one passed on."""
+    last_call = -math.inf
+
+    def report(fraction: float, text: str) -> None:
+        nonlocal last_call
+        now = time.monotonic()
+        if on_progress and now - last_call >= PROGRESS_INTERVAL_SECONDS:
+            last_call = now
+            on_progress(fraction, text)
+
+    return report
+
+
+def train_epoch(
+    model: torch.nn.Module,
+    loss_function: LossFunction,
+    optimizer: torch.optim.Optimizer,
+    data: ImageTensors | torch.utils.data.Dataset,
+    settings: TrainSettings,
+    context: StepContext,
+    shuffle: torch.Generator,
+    device: torch.device,
+    report: ProgressCallback,
+) -> EpochMetrics:
+    started = time.perf_counter()
+    model.train()
+    chunks = settings.params.optimizer_steps_per_batch()
+    lr = optimizer.param_groups[0]["lr"]
+    # Sums stay on the device so that no step waits for the GPU; they are read once at the end.
+    loss_sum = torch.zeros((), device=device)
+    correct = torch.zeros((), device=device, dtype=torch.long)
+    extras_sum: dict[str, torch.Tensor | float] = {}
+    steps = noisy_count = 0
+    num_batches = math.ceil(len(data) / settings.batch_size)
+    for batch_index, (images, labels) in enumerate(batches(data, settings, shuffle, device)):
+        # The len(labels) % chunks leftover images are dropped, as in the reference; a tiny last batch gives no step.
+        chunk_size = len(labels) // chunks
+        for chunk in range(chunks if chunk_size else 0):
+            inputs = images[chunk * chunk_size : (chunk + 1) * chunk_size]
+            targets = labels[chunk * chunk_size : (chunk + 1) * chunk_size]
+            output = loss_function(model, inputs, targets, settings.sigma, context)
+            optimizer.zero_grad(set_to_none=True)
+            output.loss.backward()
+            optimizer.step()
+            loss_sum += output.loss.detach()
+            correct += (output.noisy_logits.detach().argmax(dim=1) == output.noisy_targets).sum()
+            noisy_count += len(output.noisy_targets)
+            for name, value in output.extras.items():
+                extras_sum[name] = extras_sum.get(name, 0.0) + (value.detach() if torch.is_tensor(value) else value)
+            steps += 1
+        report(
+            (context.epoch + (batch_index + 1) / num_batches) / context.epochs,
+            f"epoch {context.epoch + 1}/{context.epochs} batch {batch_index + 1}/{num_batches}",
+        )
+    if steps == 0:
+        raise UserError("the training data yielded no optimizer step; it has fewer images than noise_samples")
+    loss = float(loss_sum) / steps
+    if not math.isfinite(loss):
+        raise UserError(
+            f"training diverged: the mean loss of epoch {context.epoch + 1} is {loss}; lower train.lr or check the data"
+        )
+    return EpochMetrics(
+        epoch=context.epoch + 1,
+        loss=loss,
+        noisy_accuracy=int(correct) / noisy_count,
+        lr=lr,
+        seconds=time.perf_counter() - started,
+        extras={name: float(total) / steps for name, total in extras_sum.items()},
+    )

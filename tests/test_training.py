@@ -1,0 +1,157 @@
+import pytest
+import torch
+
+from smx.errors import UserError
+from smx.science import training
+from smx.science.data import ImageTensors, load_dataset
+from smx.science.methods.params import GaussianParams, SmoothMixParams
+from smx.science.models import build_model
+from smx.science.training import TrainSettings, list_checkpoints, load_weights, train
+
+
+class Interrupted(Exception):
+    pass
+
+
+def settings(**changes):
+    values = dict(
+        method="smoothmix",
+        params=SmoothMixParams(steps=1, noise_samples=2, eta=1.0, warmup=2),
+        sigma=0.5,
+        epochs=3,
+        batch_size=16,
+        lr=0.05,
+        lr_step=2,
+        lr_gamma=0.1,
+        momentum=0.9,
+        weight_decay=1e-4,
+        seed=3,
+        dataset="mnist-mini",
+    )
+    values.update(changes)
+    return TrainSettings(**values)
+
+
+def fresh_model():
+    torch.manual_seed(0)
+    return build_model("lenet", "mnist-mini")
+
+
+@pytest.fixture(scope="module")
+def data():
+    return load_dataset("mnist-mini", "train").subset(range(40))  # 2 full batches and a partial one
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(data, tmp_path_factory):
+    model = fresh_model()
+    metrics = []
+    final = train(model, data, settings(), tmp_path_factory.mktemp("reference"), on_epoch=metrics.append)
+    return model.state_dict(), final, metrics
+
+
+def assert_same_weights(model, state):
+    for name, tensor in model.state_dict().items():
+        assert torch.equal(tensor, state[name]), name
+
+
+def stop_after(epoch):
+    def on_epoch(metrics):
+        if metrics.epoch == epoch:
+            raise Interrupted
+
+    return on_epoch
+
+
+def test_resumed_run_ends_with_identical_weights(data, uninterrupted, tmp_path):
+    with pytest.raises(Interrupted):
+        train(fresh_model(), data, settings(), tmp_path, on_epoch=stop_after(1))
+    assert [epoch for epoch, _ in list_checkpoints(tmp_path)] == [1]
+
+    resumed = fresh_model()
+    saved, removed, metrics = [], [], []
+    final = train(
+        resumed,
+        data,
+        settings(),
+        tmp_path,
+        on_checkpoint=lambda path, epoch: saved.append((path.name, epoch)),
+        on_checkpoint_removed=removed.append,
+        on_epoch=metrics.append,
+    )
+
+    assert_same_weights(resumed, uninterrupted[0])
+    assert final.name == uninterrupted[1].name == "epoch-0003.pt"
+    assert saved == [("epoch-0002.pt", 2), ("epoch-0003.pt", 3)]
+    assert [path.name for path in removed] == ["epoch-0001.pt"]
+    assert [epoch for epoch, _ in list_checkpoints(tmp_path)] == [2, 3]
+    assert [m.epoch for m in metrics] == [2, 3]
+    assert [m.loss for m in metrics] == [m.loss for m in uninterrupted[2][1:]]
+
+
+def test_epoch_metrics_follow_the_step_schedule(uninterrupted):
+    metrics = uninterrupted[2]
+    assert [m.lr for m in metrics] == pytest.approx([0.05, 0.05, 0.005])
+    for m in metrics:
+        assert m.loss > 0 and 0 <= m.noisy_accuracy <= 1 and m.seconds > 0
+        assert set(m.extras) == {"clean_loss", "mix_loss", "mask_rate"}
+
+
+def test_checkpoint_loads_with_weights_only(uninterrupted):
+    state = torch.load(uninterrupted[1], weights_only=True)
+    assert state["epoch"] == 3
+    assert all(torch.is_tensor(value) for value in state["rng"].values())
+    assert state["settings"]["params"]["noise_samples"] == 2
+    model = build_model("lenet", "mnist-mini")
+    load_weights(model, uninterrupted[1])
+    assert_same_weights(model, uninterrupted[0])
+
+
+def test_corrupt_newest_checkpoint_falls_back_to_the_previous(data, uninterrupted, tmp_path):
+    with pytest.raises(Interrupted):
+        train(fresh_model(), data, settings(), tmp_path, on_epoch=stop_after(2))
+    newest = tmp_path / "epoch-0002.pt"
+    newest.write_bytes(newest.read_bytes()[: newest.stat().st_size // 2])
+
+    resumed, removed = fresh_model(), []
+    train(resumed, data, settings(), tmp_path, on_checkpoint_removed=removed.append)
+
+    assert newest in removed
+    assert_same_weights(resumed, uninterrupted[0])
+
+
+def test_finished_run_returns_its_final_checkpoint(data, uninterrupted, tmp_path):
+    final = train(fresh_model(), data, settings(epochs=1), tmp_path)
+    again, epochs = fresh_model(), []
+    assert train(again, data, settings(epochs=1), tmp_path, on_epoch=epochs.append) == final
+    assert epochs == []
+
+
+def test_resuming_with_other_settings_is_refused(data, tmp_path):
+    train(fresh_model(), data, settings(epochs=1), tmp_path)
+    with pytest.raises(UserError, match="sigma"):
+        train(fresh_model(), data, settings(epochs=2, sigma=0.25), tmp_path)
+
+
+def test_gaussian_trains_from_a_dataset_through_a_dataloader(data, tmp_path, monkeypatch):
+    monkeypatch.setattr(training, "PROGRESS_INTERVAL_SECONDS", 0.0)
+    dataset = torch.utils.data.TensorDataset(data.images, data.labels)
+    progress = []
+    gaussian = settings(method="gaussian", params=GaussianParams(), epochs=1, num_workers=0)
+    train(fresh_model(), dataset, gaussian, tmp_path, on_progress=lambda *call: progress.append(call))
+    assert progress[-1] == (1.0, "epoch 1/1 batch 3/3")
+    assert [fraction for fraction, _ in progress] == sorted(fraction for fraction, _ in progress)
+
+
+def test_too_small_a_batch_for_the_chunks_is_a_user_error(data, tmp_path):
+    with pytest.raises(UserError, match="batch_size"):
+        train(fresh_model(), data, settings(batch_size=1), tmp_path)
+
+
+def test_training_lowers_the_loss_on_mnist_mini(tmp_path):
+    subset = load_dataset("mnist-mini", "train").subset(range(256))
+    gaussian = settings(method="gaussian", params=GaussianParams(), epochs=3, batch_size=16, lr=0.05, sigma=0.25)
+    metrics = []
+    train(fresh_model(), ImageTensors(subset.images, subset.labels), gaussian, tmp_path, on_epoch=metrics.append)
+    assert metrics[-1].loss < 0.7 * metrics[0].loss
+    assert metrics[-1].noisy_accuracy > 0.5
