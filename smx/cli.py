@@ -201,16 +201,21 @@ def _print_jobs(store, experiment: str | None, only_unfinished: bool = False, st
         if not jobs:
             return
     table = Table(title=f"jobs of {experiment}" if experiment else "jobs", title_justify="left")
-    for column in ("key", "kind", "name", "status", "progress", "device", "elapsed", "note"):
-        table.add_column(column, overflow="fold")
+    table.add_column("key", no_wrap=True)
+    table.add_column("job", overflow="fold")
+    table.add_column("status", no_wrap=True)
+    table.add_column("progress")
+    table.add_column("device", no_wrap=True)
+    table.add_column("elapsed", no_wrap=True)
+    table.add_column("note", overflow="ellipsis", max_width=60)
     for job in jobs:
         style = STATUS_STYLES.get(job.status, "")
         note = ""
         if job.error:
-            note = job.error.strip().splitlines()[-1][:120]
+            note = job.error.strip().splitlines()[-1]
         if job.blocked_by:
             note = f"waiting: a parent is {job.blocked_by}"
-        table.add_row(job.key[:12], job.kind, escape(job.name), f"[{style}]{job.status}[/]",
+        table.add_row(job.key[:8], escape(job.name), f"[{style}]{job.status}[/]",
                       escape(job.progress_text) if job.status == "running" else "", job.device or "",
                       _seconds(job.elapsed_seconds), escape(note))
     console.print(table)
