@@ -1,0 +1,99 @@
+"""PGD on the soft smoothed classifier, as SmoothAdv (Salman et al. 2019) and consistency regularization's SmoothAdv
+combination (Jeong & Shin 2020) run it. Both ascend
+
+    mean_i -log(max(mean_j softmax(f(x'_i + n_j))_{y_i}, 1e-20))
+
+with the noise draws n_j fixed for the whole attack, in eval mode with parameter gradients off, with the step size
+2 * epsilon / T. They differ in the details of the reference code each follows (shared/notes/algorithms.md
+sections 3 and 5), which these functions keep.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from smx.science.methods.base import add_noise
+from smx.science.methods.smoothmix import (
+    MIN_PROBABILITY,
+    NORM_EPSILON,
+    frozen_eval,
+    per_image_norm,
+    project_l2,
+)
+
+
+def warmed_up_radius(epsilon: float, warmup: int, epoch: int) -> float:
+    """The attack radius of a 0-based epoch: it grows linearly over the first `warmup` epochs, then stays at epsilon."""
+    return min(epsilon, (epoch + 1) * epsilon / warmup)
+
+
+def smoothed_loss_gradient(
+    model: torch.nn.Module, points: torch.Tensor, targets: torch.Tensor, noise: torch.Tensor
+) -> torch.Tensor:
+    """Gradient with respect to `points` of the soft smoothed classifier's NLL, averaged over the images as in both
+    references (the averaging does not matter: each image's gradient is normalised on its own)."""
+    noise_samples, batch_size = noise.shape[0], points.shape[0]
+    points = points.detach().requires_grad_(True)
+    probabilities = F.softmax(model(add_noise(points, noise)), dim=1)
+    mean_probabilities = probabilities.view(noise_samples, batch_size, -1).mean(dim=0)
+    attack_loss = F.nll_loss(torch.log(mean_probabilities.clamp(min=MIN_PROBABILITY)), targets)
+    (gradient,) = torch.autograd.grad(attack_loss, points)
+    return gradient
+
+
+def smoothadv_pgd(
+    model: torch.nn.Module,
+    inputs: torch.Tensor,
+    targets: torch.Tensor,
+    noise: torch.Tensor,
+    epsilon: float,
+    steps: int,
+) -> torch.Tensor:
+    """Salman et al.'s multi-noise PGD: from a zero perturbation, `steps` unit-direction steps of 2 * epsilon / steps,
+    each followed by the clamp of the image to [0, 1] and then the projection onto the epsilon ball.
+
+    `noise` (m, *inputs.shape) holds the fixed draws. Returns the adversarial images, detached; the model's mode
+    and gradient flags are restored on return.
+    """
+    step_size = 2.0 * epsilon / steps
+    perturbation = torch.zeros_like(inputs)
+    # Gradients with respect to the input are needed even when the caller runs under torch.no_grad().
+    with frozen_eval(model), torch.enable_grad():
+        for _ in range(steps):
+            gradient = smoothed_loss_gradient(model, inputs + perturbation, targets, noise)
+            norms = per_image_norm(gradient)
+            # A zero gradient has no direction; the reference steps along a standard normal draw instead (its
+            # length is then cut by the projection). torch.where keeps the GPU from waiting on a test of `norms`.
+            direction = torch.where(norms > 0, gradient / norms, torch.randn_like(gradient))
+            perturbation = perturbation + step_size * direction
+            # Reference order: into the pixel range first, then into the ball (the reverse of consistency_pgd).
+            perturbation = (inputs + perturbation).clamp(0.0, 1.0) - inputs
+            perturbation = perturbation.renorm(p=2, dim=0, maxnorm=epsilon)
+    return (inputs + perturbation).detach()
+
+
+def consistency_pgd(
+    model: torch.nn.Module,
+    inputs: torch.Tensor,
+    targets: torch.Tensor,
+    noise: torch.Tensor,
+    epsilon: float,
+    steps: int,
+) -> torch.Tensor:
+    """The consistency repository's own SmoothAdv PGD: from the clean input, `steps` steps of 2 * epsilon / steps
+    along the gradient divided by its norm + 1e-8, each followed by the projection onto the epsilon ball and then
+    the clamp to [0, 1].
+
+    The reference runs the m noisy copies through the model one at a time; in eval mode one batched forward
+    computes the same. Returns the adversarial images, detached; the model's mode and flags are restored.
+    """
+    step_size = 2.0 * epsilon / steps
+    adversary = inputs.detach()
+    with frozen_eval(model), torch.enable_grad():
+        for _ in range(steps):
+            gradient = smoothed_loss_gradient(model, adversary, targets, noise)
+            adversary = adversary + step_size * gradient / (per_image_norm(gradient) + NORM_EPSILON)
+            # Reference order: into the ball first, then into the pixel range (the reverse of smoothadv_pgd).
+            adversary = project_l2(adversary, inputs, epsilon).clamp(0.0, 1.0)
+    return adversary.detach()
