@@ -1,0 +1,162 @@
+"""Table cells (what each column shows for an experiment, a job or a results row, and what it sorts by) and the
+other bits of text the screens share."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, NamedTuple
+
+from rich.cells import cell_len
+from rich.console import Console, ConsoleOptions, RenderResult
+from rich.measure import Measurement
+from rich.text import Text
+
+from smx.tui.model import JobSummary
+
+if TYPE_CHECKING:
+    from smx.db.queries import ExperimentOverview
+
+STATUS_STYLES = {"pending": "yellow", "running": "cyan", "done": "green", "failed": "red", "cancelled": "magenta"}
+# Sorting by status puts what needs attention first.
+STATUS_ORDER = {status: order for order, status in enumerate(("failed", "running", "pending", "cancelled", "done"))}
+
+
+class Cell(NamedTuple):
+    """A table cell: its text, and the value it sorts by (so "epoch 10/90" sorts after "epoch 9/90").
+
+    A tuple rather than a Rich Text: cheap to make, compare and measure for 10,000 rows, and turned into Text
+    only for the rows on screen.
+    """
+
+    shown: str
+    sort_value: tuple[Any, ...]
+    style: str = ""
+
+    def __rich_console__(self, console: Console, options: ConsoleOptions) -> RenderResult:
+        yield Text(self.shown, style=self.style, no_wrap=True, overflow="ellipsis", end="")
+
+    def __rich_measure__(self, console: Console, options: ConsoleOptions) -> Measurement:
+        width = cell_len(self.shown)
+        return Measurement(width, width)
+
+
+def cell(value: Any, shown: str | None = None, style: str = "") -> Cell:
+    """A cell showing `shown` (default: the value) and sorting by the value.
+
+    Numbers sort as numbers, anything else by its text (dates too, as ISO text), empty values last: a column of
+    mixed values still sorts.
+    """
+    if shown is None:
+        shown = "" if value is None else str(value)
+    if value is None or value == "":
+        order: tuple[Any, ...] = (2, "")
+    elif isinstance(value, (int, float)):
+        order = (0, value)
+    else:
+        order = (1, str(value))
+    return Cell(shown, order, style)
+
+
+def shown_path(path: str | Path) -> str:
+    """A path as the user would type it: relative to the working directory when inside it."""
+    try:
+        return str(Path(path).relative_to(Path.cwd()))
+    except ValueError:
+        return str(path)
+
+
+def duration(seconds: float | None) -> str:
+    if seconds is None:
+        return ""
+    seconds = int(seconds)
+    return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
+
+
+def number(value: float | None, digits: int = 3) -> Cell:
+    return cell(value, "" if value is None else f"{value:.{digits}f}")
+
+
+def status_cell(status: str) -> Cell:
+    return Cell(status, (0, STATUS_ORDER.get(status, len(STATUS_ORDER))), STATUS_STYLES.get(status, ""))
+
+
+EXPERIMENT_COLUMNS = [("name", "experiment"), ("progress", "done"), ("running", "run"), ("pending", "wait"),
+                      ("failed", "fail"), ("cancelled", "cancel"), ("jobs", "jobs"), ("configs", "configs"),
+                      ("best_acr", "best ACR"), ("updated", "updated")]
+
+
+def experiment_cells(experiment: ExperimentOverview) -> tuple[Cell, ...]:
+    counts = experiment.counts
+    done = counts.get("done", 0) / experiment.total if experiment.total else 0.0
+
+    def count(status: str) -> Cell:
+        jobs = counts.get(status, 0)
+        return cell(jobs, str(jobs), STATUS_STYLES[status] if jobs else "dim")
+
+    return (
+        cell(experiment.name, style="bold"),
+        cell(done, f"{progress_bar(done)} {done:4.0%}"),
+        count("running"), count("pending"), count("failed"), count("cancelled"),
+        cell(experiment.total),
+        cell(experiment.configs),
+        number(experiment.best_acr),
+        cell(experiment.updated_at, f"{experiment.updated_at:%m-%d %H:%M}"),
+    )
+
+
+def progress_bar(fraction: float, width: int = 6) -> str:
+    filled = round(fraction * width)
+    return "█" * filled + "░" * (width - filled)
+
+
+JOB_COLUMNS = [("kind", "kind"), ("config", "config"), ("status", "status"), ("progress", "progress"),
+               ("device", "device"), ("elapsed", "elapsed"), ("eta", "ETA"), ("note", "note")]
+
+
+def job_progress(job: JobSummary) -> str:
+    if job.status == "running":
+        return f"{job.progress:4.0%} {job.progress_text}".rstrip()
+    if job.status == "pending":
+        return f"waits: parent {job.blocked_by}" if job.blocked_by else job.progress_text or "ready"
+    if job.status == "done":
+        return job.progress_text or "done"
+    return job.progress_text
+
+
+def describe(job: JobSummary) -> str:
+    """How a question about the job names it."""
+    return f"{job.kind} job {job.config_name or job.name} ({job.key[:12]})"
+
+
+@lru_cache(maxsize=50_000)
+def job_cells(job: JobSummary) -> tuple[Cell, ...]:
+    """A job's row. Cached: a refresh rebuilds only the rows of jobs that changed, so cells compare by identity."""
+    return (
+        cell(job.kind),
+        cell(job.config_name or job.name.removeprefix(f"{job.kind}/")),
+        status_cell(job.status),
+        cell(job.progress, job_progress(job)),
+        cell(job.device),
+        cell(job.elapsed_seconds, duration(job.elapsed_seconds)),
+        cell(job.eta_seconds, duration(job.eta_seconds)),
+        cell(job.error_line, style="red" if job.status == "failed" else "dim"),
+    )
+
+
+def result_label(column: str) -> str:
+    """Short column titles: acc_0_25 -> @0.25 (certified accuracy at radius 0.25)."""
+    if column.startswith("acc_"):
+        return "@" + column.removeprefix("acc_").replace("_", ".")
+    return {"clean_accuracy": "clean", "abstain_rate": "abstain", "num_samples": "n", "acr": "ACR",
+            "published_acr": "paper ACR"}.get(column, column)
+
+
+# Results columns that hold a fraction or a radius; other numbers (sigma, swept hyperparameters) show as given.
+METRIC_COLUMNS = ("acr", "published_acr", "clean_accuracy", "abstain_rate")
+
+
+def result_cells(columns: list[str], row: tuple[Any, ...]) -> tuple[Cell, ...]:
+    return tuple(number(value) if column in METRIC_COLUMNS or column.startswith("acc_")
+                 else cell(value, f"{value:g}" if isinstance(value, float) else None)
+                 for column, value in zip(columns, row))

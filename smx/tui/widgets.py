@@ -1,0 +1,184 @@
+"""Widgets shared by the screens: a DataTable that refreshes in place, and terminal charts."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+from textual.binding import Binding
+from textual.coordinate import Coordinate
+from textual.message import Message
+from textual.widgets import DataTable
+from textual_plotext import PlotextPlot
+
+from smx.tui.cells import Cell
+from smx.tui.model import CurveSet, EpochMetric
+
+# DataTable.remove_row costs time linear in the table's size, so removing many rows one by one is quadratic:
+# past this many, the table is rebuilt instead.
+REBUILD_AFTER_REMOVALS = 50
+
+
+class LiveTable(DataTable[Cell]):
+    """A table that a refresh updates in place.
+
+    Only cells that changed are updated, the cursor stays on the row it was on (rows are identified by key, not
+    position), and rows stay sorted by the chosen column. `s` picks the next column to sort by, `S` reverses the
+    order, and clicking a column's header sorts by it.
+    """
+
+    BINDINGS = [
+        Binding("s", "next_sort", "Sort"),
+        Binding("S", "reverse_sort", "Reverse", show=False),
+    ]
+    DEFAULT_CSS = """
+    LiveTable {
+        height: 1fr;
+    }
+    """
+
+    class SortChanged(Message):
+        """The column or direction the table is sorted by changed."""
+
+    def __init__(self, columns: Sequence[tuple[str, str]] = (), *, id: str | None = None) -> None:
+        super().__init__(id=id, cursor_type="row")
+        self.column_spec: list[tuple[str, str]] = []  # (key, title) of each column
+        self.sort_column: str | None = None  # None: the order the rows were given in
+        self.sort_reverse = False
+        self._shown: dict[str, tuple[Cell, ...]] = {}
+        self._initial_columns = list(columns)
+
+    def on_mount(self) -> None:
+        self.set_columns(self._initial_columns)
+
+    def set_columns(self, columns: Sequence[tuple[str, str]]) -> None:
+        """Show these columns, emptying the table if they are not the ones shown."""
+        if list(columns) == self.column_spec:
+            return
+        self.column_spec = list(columns)
+        self.clear(columns=True)
+        self._shown = {}
+        for key, title in self.column_spec:
+            self.add_column(title, key=key)
+        if self.sort_column is not None and self.sort_column not in dict(self.column_spec):
+            self.sort_column, self.sort_reverse = None, False
+            self.post_message(self.SortChanged())
+
+    @property
+    def selected_key(self) -> str | None:
+        """Key of the row under the cursor."""
+        if not self.row_count:
+            return None
+        return self.coordinate_to_cell_key(Coordinate(self.cursor_row, 0)).row_key.value
+
+    @property
+    def sort_title(self) -> str | None:
+        """The sort column's title with an arrow for the direction, or None when unsorted."""
+        if self.sort_column is None:
+            return None
+        return f"{dict(self.column_spec)[self.sort_column]} {'▼' if self.sort_reverse else '▲'}"
+
+    def show_rows(self, rows: Mapping[str, tuple[Cell, ...]]) -> None:
+        """Make the table show these rows (row key -> cells, in their default order), changing only what differs."""
+        selected = self.selected_key
+        stale = self._shown.keys() - rows.keys()
+        if len(stale) > REBUILD_AFTER_REMOVALS:
+            self._empty()
+        else:
+            for key in stale:
+                self.remove_row(key)
+        changed, added = bool(stale), False
+        column_keys = [key for key, _ in self.column_spec]
+        for key, cells in rows.items():
+            shown = self._shown.get(key)
+            if shown is None:
+                self.add_row(*cells, key=key)
+                added = True
+            elif shown != cells:
+                for column, old, new in zip(column_keys, shown, cells):
+                    if old != new:
+                        self.update_cell(key, column, new, update_width=True)
+            else:
+                continue
+            changed = True
+        self._shown = dict(rows)
+        if self.sort_column is not None:
+            if changed:
+                self._sort()
+        elif added and [row.key.value for row in self.ordered_rows] != list(rows):
+            # New rows went to the bottom, but belong elsewhere in the default order.
+            self._empty()
+            self.show_rows(rows)
+        self._keep_cursor_on(selected)
+
+    def _empty(self) -> None:
+        self.clear()
+        self._shown = {}
+
+    def _sort(self) -> None:
+        self.sort(self.sort_column, key=lambda cell: cell.sort_value, reverse=self.sort_reverse)
+
+    def _keep_cursor_on(self, key: str | None) -> None:
+        if key in self._shown and self.get_row_index(key) != self.cursor_row:
+            self.move_cursor(row=self.get_row_index(key))
+
+    def sort_by(self, column: str | None, reverse: bool = False) -> None:
+        selected = self.selected_key
+        self.sort_column, self.sort_reverse = column, reverse
+        if column is None:
+            rows = self._shown  # in the default order, the order they were given in
+            self._empty()
+            self.show_rows(rows)
+        else:
+            self._sort()
+        self._keep_cursor_on(selected)
+        self.post_message(self.SortChanged())
+
+    def action_next_sort(self) -> None:
+        """Sort by the next column, and after the last one, in the default order again."""
+        keys = [None, *(key for key, _ in self.column_spec)]
+        self.sort_by(keys[(keys.index(self.sort_column) + 1) % len(keys)])
+
+    def action_reverse_sort(self) -> None:
+        if self.sort_column is not None:
+            self.sort_by(self.sort_column, not self.sort_reverse)
+
+    def on_data_table_header_selected(self, event: DataTable.HeaderSelected) -> None:
+        event.stop()
+        column = event.column_key.value
+        self.sort_by(column, reverse=column == self.sort_column and not self.sort_reverse)
+
+
+class CurvesPlot(PlotextPlot):
+    """Certified accuracy against radius, one line per selected config."""
+
+    # More lines than this are unreadable in a terminal, and slow to draw.
+    MAX_CURVES = 20
+
+    def show_curves(self, curves: CurveSet | None, selected: set[str]) -> int:
+        """Draw the selected curves that have samples; returns how many were drawn."""
+        plt = self.plt
+        plt.clear_data()
+        plt.clear_figure()
+        plt.xlabel("radius (L2)")
+        plt.ylim(0, 1)
+        drawn = [curve for curve in (curves.curves if curves else []) if curve.job_key in selected and curve.samples]
+        for curve in drawn[:self.MAX_CURVES]:
+            plt.plot(curves.radii, curve.accuracy, label=f"{curve.config} ACR {curve.acr:.3f}", marker="braille")
+        self.refresh()
+        return min(len(drawn), self.MAX_CURVES)
+
+
+class MetricsPlot(PlotextPlot):
+    """A training run's loss and accuracy under noise, per epoch."""
+
+    def show_metrics(self, metrics: list[EpochMetric]) -> None:
+        plt = self.plt
+        plt.clear_data()
+        plt.clear_figure()
+        plt.xlabel("epoch")
+        if metrics:
+            epochs = [metric.epoch for metric in metrics]
+            plt.plot(epochs, [metric.loss for metric in metrics], label="loss", marker="braille")
+            plt.plot(epochs, [metric.noisy_accuracy for metric in metrics], label="noisy acc", marker="braille",
+                     yside="right")
+        self.refresh()
