@@ -32,6 +32,8 @@ GpusOption = Annotated[str, typer.Option("--gpus", help="GPUs to use: auto, none
 JobsPerGpuOption = Annotated[int, typer.Option("--jobs-per-gpu", min=1, help="Jobs packed on each GPU.")]
 CpuJobsOption = Annotated[int, typer.Option("--cpu-jobs", min=1, help="Jobs run at once when there is no GPU.")]
 STATUS_STYLES = {"pending": "yellow", "running": "cyan", "done": "green", "failed": "red", "cancelled": "magenta"}
+# While another scheduler holds every slot, `smx submit` follows its jobs and looks this often for a free slot.
+SLOT_RETRY_SECONDS = 5.0
 
 
 def main() -> None:
@@ -88,7 +90,7 @@ def submit(
     from smx.plan import build_plan
     from smx.scheduler import queue
     from smx.scheduler.local import LocalOptions, start_workers
-    from smx.scheduler.slots import make_slots, parse_gpus
+    from smx.scheduler.slots import is_free, make_slots, parse_gpus
     from smx.spec import load_spec
 
     plan = build_plan(load_spec(spec_file))
@@ -117,11 +119,22 @@ def submit(
         console.print(f"Scheduler running in the background on {device}; follow it with `smx status "
                       f"{plan.experiment}` or `smx tui`. Worker output: {opened.root / 'logs' / 'workers.log'}")
         return
-    _follow(opened, plan.experiment, workers, device)
+    _follow(opened, plan.experiment, workers, device,
+            start_on_free_slots=lambda: start_workers(opened, options, sum(is_free(slot.lock_path) for slot in slots),
+                                                      detach=False))
 
 
-def _follow(store, experiment: str, workers, device: str) -> None:  # type: ignore[no-untyped-def]
-    """Show live progress until every worker has exited; exit 1 if any of the experiment's jobs failed."""
+def _can_progress(jobs) -> bool:  # type: ignore[no-untyped-def]
+    """Whether some job is running or ready to run; otherwise the rest wait on failed or cancelled jobs."""
+    return any(job.status == "running" or (job.status == "pending" and job.blocked_by is None) for job in jobs)
+
+
+def _follow(store, experiment: str, workers, device: str, start_on_free_slots) -> None:  # type: ignore[no-untyped-def]
+    """Show live progress until the experiment's jobs can go no further; exit 1 if any of them failed.
+
+    Another scheduler on the store (a second `smx submit`) may hold every slot, so that our workers exit at once
+    and its workers run our jobs: we follow them all the same, and start workers when a slot frees up.
+    """
     from rich.live import Live
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
@@ -131,9 +144,12 @@ def _follow(store, experiment: str, workers, device: str) -> None:  # type: igno
                         TextColumn("{task.fields[detail]}"), TimeElapsedColumn(), console=console)
     overall = progress.add_task(f"{experiment} on {device}", total=1, detail="")
     bars: dict[str, int] = {}
+    workers = list(workers)
+    last_start = time.monotonic()
     try:
         with Live(progress, console=console, refresh_per_second=4):
             while True:
+                workers_exited = all(worker.poll() is not None for worker in workers)
                 with store.read_session() as session:
                     jobs = jobs_view(session, experiment)
                 counts = {status: sum(job.status == status for job in jobs) for status in STATUS_STYLES}
@@ -146,8 +162,12 @@ def _follow(store, experiment: str, workers, device: str) -> None:  # type: igno
                         progress.update(bars[job.key], completed=job.progress, detail=job.progress_text)
                         if job.status != "running":
                             progress.remove_task(bars.pop(job.key))
-                if all(worker.poll() is not None for worker in workers):
-                    break
+                if workers_exited:
+                    if any(worker.returncode != 0 for worker in workers) or not _can_progress(jobs):
+                        break
+                    if time.monotonic() - last_start >= SLOT_RETRY_SECONDS:
+                        workers += start_on_free_slots()
+                        last_start = time.monotonic()
                 time.sleep(0.5)
     except KeyboardInterrupt:
         console.print("[yellow]interrupted: running jobs were put back in the queue and resume from their "
@@ -327,13 +347,15 @@ def plot(
     out: Annotated[Optional[Path], typer.Option("--out", "-o", help="PNG path [default: STORE/plots/NAME.png].")] = None,
     store: StoreOption = None,
 ) -> None:
-    """Plot certified accuracy against radius for each config of an experiment (PNG)."""
+    """Plot certified accuracy against radius for each config of an experiment, and its analyses (PNG)."""
+    from smx.analysis_report import plot_analysis
     from smx.db.store import open_store
     from smx.report import plot_experiment
 
     opened = open_store(store, create=False)
     path = plot_experiment(opened, experiment, out or opened.root / "plots" / f"{experiment}.png")
-    console.print(f"wrote {path}")
+    for written in [path, *plot_analysis(opened, experiment, path.parent)]:
+        console.print(f"wrote {written}", markup=False, highlight=False, soft_wrap=True)
 
 
 @app.command()
@@ -345,3 +367,70 @@ def tui(
     from smx.tui.app import SmxApp
 
     SmxApp(store, read_only=read_only).run()
+
+
+@app.command()
+def report(
+    experiment: Annotated[str, typer.Argument(help="Experiment name.")],
+    format: Annotated[str, typer.Option("--format", "-f", help="text, md or latex.")] = "text",
+    compare: Annotated[Optional[str], typer.Option("--compare", help="paper: add the published row and the "
+                                                   "difference beside each config of a published setting.")] = None,
+    store: StoreOption = None,
+) -> None:
+    """Print an experiment's table in the paper's layout: ACR and certified accuracy (%) per radius, by sigma."""
+    from smx.analysis_report import analysis_tables
+    from smx.db.store import open_store
+    from smx.report import COMPARE_CHOICES, REPORT_FORMATS, experiment_report, render_analysis, render_report
+
+    if format not in REPORT_FORMATS:
+        raise UserError(f"unknown --format {format!r}.\nFix: use one of {', '.join(REPORT_FORMATS)}.")
+    if compare is not None and compare not in COMPARE_CHOICES:
+        raise UserError(f"unknown --compare {compare!r}.\nFix: use --compare {' or '.join(COMPARE_CHOICES)}.")
+    opened = open_store(store, create=False)
+    result = experiment_report(opened, experiment, compare_with_paper=compare == "paper")
+    sys.stdout.write(render_report(result, format))
+    for kind, table in analysis_tables(opened, experiment).items():
+        sys.stdout.write(render_analysis(kind, table, format))
+
+
+@app.command("import")
+def import_log(
+    file: Annotated[Path, typer.Argument(help="Certification log (TSV: idx label predict radius correct time).")],
+    name: Annotated[str, typer.Option("--name", help="Experiment to add it to (created if new).")],
+    method: Annotated[str, typer.Option("--method", help="Training method of the certified model.")],
+    sigma: Annotated[float, typer.Option("--sigma", help="Noise level it was trained and certified with.")],
+    dataset: Annotated[str, typer.Option("--dataset", help="Dataset it was certified on.")] = "mnist",
+    config: Annotated[Optional[str], typer.Option("--config", help="Config name [default: the file's stem].")] = None,
+    param: Annotated[Optional[list[str]], typer.Option("--param", help="A hyperparameter of the method, KEY=VALUE "
+                                                       "(repeatable); unset ones are smx's defaults.")] = None,
+    note: Annotated[str, typer.Option("--note", help="Free text kept with the import.")] = "",
+    store: StoreOption = None,
+) -> None:
+    """Add a certification log in the field's TSV format to the store, beside our own results."""
+    from smx.db.store import open_store
+    from smx.imports import ImportOptions, load_log, store_log
+
+    options = ImportOptions(experiment=name, method=method, sigma=sigma, dataset=dataset, config_name=config,
+                            params=param or [], note=note)
+    # Read and check everything first: a bad log leaves the store as it was (and does not create one).
+    log = load_log(file, options)
+    outcome = store_log(open_store(store), log)
+    what = "already imported" if outcome.already_imported else "imported"
+    console.print(f"{what} {escape(str(file))} as [bold]{outcome.experiment}[/] / {outcome.config_name}: "
+                  f"{outcome.samples} certificates, ACR {outcome.acr:.4f} (job {outcome.certify_key[:12]})",
+                  highlight=False, soft_wrap=True)
+
+
+@app.command()
+def export(
+    experiment: Annotated[str, typer.Argument(help="Experiment name.")],
+    out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Directory [default: STORE/exports/NAME/]")] = None,
+    store: StoreOption = None,
+) -> None:
+    """Write an experiment's certifications in the field's TSV format, one file per config."""
+    from smx.db.store import open_store
+    from smx.imports import export_certification_logs
+
+    opened = open_store(store, create=False)
+    for path in export_certification_logs(opened, experiment, out or opened.root / "exports" / experiment):
+        console.print(str(path), markup=False, highlight=False, soft_wrap=True)

@@ -1,5 +1,8 @@
 """Resolved configs → the job graph: train → certify → aggregate, each job named by a content key. Torch-free.
 
+A spec with [analyze] also gets one analyze job per trained model, a child of its train job. The aggregate
+does not wait for them: it summarises certificates only, and its key is the same with or without [analyze].
+
 A key is the sha256 of the canonical JSON of what the job computes from (its kind, inputs, parents and
 CODE_VERSION), so editing a spec re-keys exactly the jobs whose results would change: a new certify.n
 re-keys that config's certify job and the aggregate, not the training. Runtime settings (where the data
@@ -20,7 +23,7 @@ from smx.spec import ResolvedConfig, Spec, canonical_json, resolve_configs, spec
 # certification, a new log format): every key changes, so nothing stale is reused.
 CODE_VERSION = 1
 
-JobKind = Literal["train", "certify", "aggregate"]
+JobKind = Literal["train", "certify", "analyze", "aggregate"]
 
 
 def content_key(kind: JobKind, inputs: dict[str, Any], parents: Iterable[str]) -> str:
@@ -33,11 +36,11 @@ def content_key(kind: JobKind, inputs: dict[str, Any], parents: Iterable[str]) -
 class PlannedJob:
     key: str
     kind: JobKind
-    name: str  # "train/<config>", "certify/<config>" or "aggregate/<experiment>"
+    name: str  # "train/<config>", "certify/<config>", "analyze/<config>" or "aggregate/<experiment>"
     inputs: dict[str, Any]
     parents: list[str]  # keys of the jobs whose results this one reads, sorted
     config_name: str | None  # the (first) config the job belongs to; None for the aggregate
-    runtime: dict[str, Any] = field(default_factory=dict)  # {"data_root", "download"} for train and certify jobs
+    runtime: dict[str, Any] = field(default_factory=dict)  # {"data_root", "download"}; {} for the aggregate
     swept: dict[str, Any] = field(default_factory=dict)  # that config's ResolvedConfig.swept; {} for the aggregate
 
 
@@ -47,12 +50,12 @@ class Plan:
     description: str
     spec_hash: str
     spec_text: str
-    jobs: list[PlannedJob]  # topological: every train job, then every certify job, then the aggregate
+    jobs: list[PlannedJob]  # topological: every train job, every certify job, every analyze job, the aggregate
     configs: list[ResolvedConfig]
 
 
 def _config_job(kind: JobKind, inputs: dict[str, Any], parents: list[str], resolved: ResolvedConfig) -> PlannedJob:
-    """A train or certify job of one config; its runtime settings and swept values ride outside the key."""
+    """A train, certify or analyze job of one config; its runtime settings and swept values ride outside the key."""
     return PlannedJob(
         key=content_key(kind, inputs, parents),
         kind=kind,
@@ -66,10 +69,12 @@ def _config_job(kind: JobKind, inputs: dict[str, Any], parents: list[str], resol
 
 
 def build_plan(spec: Spec) -> Plan:
-    """One train job per distinct training setup, one certify job per config, one aggregate."""
+    """One train job per distinct training setup, one certify job per config, one analyze job per trained model
+    when the spec has [analyze], one aggregate."""
     configs = resolve_configs(spec)
     train_jobs: dict[str, PlannedJob] = {}
     certify_jobs: dict[str, PlannedJob] = {}
+    analyze_jobs: dict[str, PlannedJob] = {}
     aggregate_configs = []
     for resolved in configs:
         config = resolved.config
@@ -80,6 +85,10 @@ def build_plan(spec: Spec) -> Plan:
         certify_inputs = copy.deepcopy({key: config[key] for key in ("certify", "data")})
         certify = _config_job("certify", certify_inputs, [train.key], resolved)
         certify_jobs.setdefault(certify.key, certify)
+        if "analyze" in config:
+            analyze_inputs = copy.deepcopy({key: config[key] for key in ("analyze", "data")})
+            analyze = _config_job("analyze", analyze_inputs, [train.key], resolved)
+            analyze_jobs.setdefault(analyze.key, analyze)
         aggregate_configs.append({
             "name": resolved.name,
             "certify_key": certify.key,
@@ -102,6 +111,6 @@ def build_plan(spec: Spec) -> Plan:
         description=spec.experiment.description,
         spec_hash=spec_hash(spec),
         spec_text=spec.text,
-        jobs=[*train_jobs.values(), *certify_jobs.values(), aggregate],
+        jobs=[*train_jobs.values(), *certify_jobs.values(), *analyze_jobs.values(), aggregate],
         configs=configs,
     )

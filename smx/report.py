@@ -1,21 +1,25 @@
-"""Results out of the store: tables in CSV / JSON / Markdown and certified-accuracy plots as PNG."""
+"""Results out of the store: tables in CSV / JSON / Markdown, the paper-style report (text / Markdown / LaTeX,
+optionally beside the published numbers) and certified-accuracy plots as PNG."""
 
 from __future__ import annotations
 
 import csv
 import io
 import json
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from sqlalchemy import select
+from sqlalchemy.orm import Session
 
-from smx.db.models import Certificate
-from smx.db.queries import aggregates_of
+from smx.db.models import Aggregate, Certificate
+from smx.db.queries import aggregates_of, experiment_names
 from smx.db.readonly import QueryResult, run_query
 from smx.db.store import Store
 from smx.errors import UserError
-from smx.science.metrics import certified_accuracy
+from smx.reference import RADIUS_TOLERANCE, PublishedRow, Setting, find_published, setting_of
+from smx.science.metrics import DEFAULT_RADII, certified_accuracy
 
 FORMATS = ("table", "csv", "json", "md")
 
@@ -106,3 +110,252 @@ def plot_experiment(store: Store, experiment: str, out: Path) -> Path:
     figure.savefig(out)
     plt.close(figure)
     return out
+
+
+# ---- `smx report`: an experiment's table in the paper's layout, optionally beside the published numbers ----
+
+REPORT_FORMATS = ("text", "md", "latex")
+COMPARE_CHOICES = ("paper",)
+# The paper's order of methods within a sigma; methods it does not have come after them.
+METHOD_ORDER = ("gaussian", "stability", "smoothadv", "macer", "consistency", "smoothmix")
+# Always shown in a row's hyperparameter summary: they tell the paper's SmoothMix rows apart.
+KEY_PARAMS = {"smoothmix": ("eta", "mix_step")}
+MISSING = "-"
+
+
+@dataclass
+class ReportRow:
+    config: str
+    method: str
+    sigma: float
+    hyperparameters: str  # "eta=1, mix_step=1": key parameters and those that differ between the method's rows
+    acr: float
+    certified_accuracy: dict[float, float]  # radius -> fraction
+    published: PublishedRow | None  # set when comparing with the paper and the setting is published
+
+
+@dataclass
+class ExperimentReport:
+    experiment: str
+    radii: list[float]  # the radius columns
+    rows: list[ReportRow]  # by sigma, then method in the paper's order, then hyperparameters
+    compared: bool  # with the paper
+
+
+def _value_text(value: Any) -> str:
+    return "none" if value is None else f"{value:.4g}" if isinstance(value, float) else str(value)
+
+
+def _hyperparameter_summaries(settings: list[Setting | None]) -> tuple[list[str], list[tuple[Any, ...]]]:
+    """Per row, the summary text and a sort key: the method's key parameters and those that vary in the report."""
+    resolved = [setting.resolved_params() if setting else {} for setting in settings]
+    shown: dict[str, list[str]] = {}
+    for method in {setting.method for setting in settings if setting}:
+        peers = [params for setting, params in zip(settings, resolved) if setting and setting.method == method]
+        shown[method] = [key for key in peers[0] if key in KEY_PARAMS.get(method, ())
+                         or any(peer.get(key) != peers[0][key] for peer in peers)]
+    texts, sort_keys = [], []
+    for setting, params in zip(settings, resolved):
+        keys = shown.get(setting.method, []) if setting else []
+        texts.append(", ".join(f"{key}={_value_text(params[key])}" for key in keys))
+        # None (an unbounded max_norm) after every number, as in the paper's ablation.
+        sort_keys.append(tuple((params[key] is None, params[key] if params[key] is not None else 0) for key in keys))
+    return texts, sort_keys
+
+
+def _report_radii(rows: list[ReportRow]) -> list[float]:
+    """0.00, 0.25, ... up to 4 sigma_max (CERTIFY cannot certify much past 3.8 sigma), or further while some row is
+    still certified; never past the grid of the results view."""
+    certified = [radius for row in rows for radius, accuracy in row.certified_accuracy.items() if accuracy > 0]
+    last = max([4 * max(row.sigma for row in rows), *certified])
+    return [radius for radius in DEFAULT_RADII if radius <= last + RADIUS_TOLERANCE]
+
+
+def summaries_of(session: Session, experiment: str) -> list[Aggregate]:
+    """The experiment's current summaries; an error that says why when there are none."""
+    aggregates = aggregates_of(session, experiment)
+    if not aggregates:
+        known = experiment_names(session)
+        if experiment not in known:
+            raise UserError(f"no experiment named {experiment!r} in the store "
+                            f"(known: {', '.join(known) or 'none yet'}).")
+        raise UserError(f"experiment {experiment!r} has no results yet.\n"
+                        "Fix: wait for its jobs (`smx status`) or submit it with `smx submit`.")
+    return aggregates
+
+
+def experiment_report(store: Store, experiment: str, compare_with_paper: bool = False) -> ExperimentReport:
+    """The experiment's certified configs in the paper's layout; with `compare_with_paper`, each matched to the
+    published row of its setting (dataset, method, sigma and key hyperparameters), where there is one."""
+    with store.read_session() as session:
+        aggregates = summaries_of(session, experiment)
+        settings = [setting_of(session, aggregate.certify_key) for aggregate in aggregates]
+        accuracies = [{round(item.radius, 6): item.accuracy for item in aggregate.certified}
+                      for aggregate in aggregates]
+    summaries, sort_keys = _hyperparameter_summaries(settings)
+
+    def paper_order(item: tuple[Aggregate, Setting | None, dict[float, float], str, tuple[Any, ...]]) -> tuple:
+        aggregate, _, _, _, parameters_key = item
+        known = aggregate.method in METHOD_ORDER
+        position = METHOD_ORDER.index(aggregate.method) if known else len(METHOD_ORDER)
+        return aggregate.sigma, position, aggregate.method, parameters_key, aggregate.config_name
+
+    ordered = sorted(zip(aggregates, settings, accuracies, summaries, sort_keys), key=paper_order)
+    rows = [
+        ReportRow(config=aggregate.config_name, method=aggregate.method, sigma=aggregate.sigma,
+                  hyperparameters=summary, acr=aggregate.acr, certified_accuracy=accuracy,
+                  published=find_published(setting) if compare_with_paper and setting else None)
+        for aggregate, setting, accuracy, summary, _ in ordered
+    ]
+    return ExperimentReport(experiment=experiment, radii=_report_radii(rows), rows=rows, compared=compare_with_paper)
+
+
+def _accuracy(row: ReportRow, radius: float) -> float | None:
+    return row.certified_accuracy.get(round(radius, 6))
+
+
+def _signed(value: float, places: int) -> str:
+    rounded = round(value, places) + 0.0  # + 0.0 turns -0.0 into 0.0: a difference that rounds to 0 reads +0.0
+    return f"{rounded:+.{places}f}"
+
+
+@dataclass
+class _Line:
+    """One line of the table: our row, the published row beside it, or the difference between them."""
+
+    kind: str  # "ours", "paper" or "difference"
+    cells: list[str]
+    group_start: bool  # the first line of a sigma
+    best: bool = False  # our row with the best ACR of its sigma
+
+
+def _sigma_text(sigma: float) -> str:
+    return f"{sigma:.2f}" if round(sigma, 2) == sigma else f"{sigma:g}"
+
+
+def _report_lines(report: ExperimentReport, missing: str) -> list[_Line]:
+    best_acr: dict[float, float] = {}
+    for row in report.rows:
+        best_acr[row.sigma] = max(best_acr.get(row.sigma, row.acr), row.acr)
+    lines = []
+    previous_sigma = None
+    for row in report.rows:
+        group_start = row.sigma != previous_sigma
+        previous_sigma = row.sigma
+        ours = [_accuracy(row, radius) for radius in report.radii]
+        lines.append(_Line("ours", [
+            _sigma_text(row.sigma) if group_start else "", row.config, row.method, row.hyperparameters,
+            f"{row.acr:.3f}", *(missing if value is None else f"{100 * value:.1f}" for value in ours),
+        ], group_start, best=row.acr == best_acr[row.sigma]))
+        published = row.published
+        if published is None:
+            continue
+        theirs = [published.accuracy_at(radius) for radius in report.radii]
+        lines.append(_Line("paper", [
+            "", f"paper ({published.table})", published.label, "", f"{published.acr:.3f}",
+            *(missing if value is None else f"{100 * value:.1f}" for value in theirs),
+        ], False))
+        lines.append(_Line("difference", [
+            "", "ours - paper", "", "", _signed(row.acr - published.acr, 3),
+            *(missing if mine is None or paper is None else _signed(100 * (mine - paper), 1)
+              for mine, paper in zip(ours, theirs)),
+        ], False))
+    return lines
+
+
+def _report_header(report: ExperimentReport, sigma: str) -> list[str]:
+    return [sigma, "config", "method", "hyperparameters", "ACR", *(f"{radius:.2f}" for radius in report.radii)]
+
+
+# Columns before this one hold text (left-aligned); from it on, numbers (right-aligned).
+_FIRST_NUMBER_COLUMN = 4
+
+
+def _text_report(report: ExperimentReport) -> str:
+    header = _report_header(report, "sigma")
+    lines = _report_lines(report, MISSING)
+    widths = [max(len(cells[column]) for cells in [header, *(line.cells for line in lines)])
+              for column in range(len(header))]
+
+    def aligned(cells: list[str]) -> str:
+        return "  ".join(cell.ljust(width) if column < _FIRST_NUMBER_COLUMN else cell.rjust(width)
+                         for column, (cell, width) in enumerate(zip(cells, widths))).rstrip()
+
+    rule = "-" * len(aligned(["-" * width for width in widths]))
+    out = [f"{report.experiment}: ACR and certified accuracy (%) at radius r", aligned(header)]
+    for line in lines:
+        if line.group_start:
+            out.append(rule)
+        out.append(aligned(line.cells))
+    out.append(rule)
+    if report.compared:
+        matched = sum(row.published is not None for row in report.rows)
+        out.append(f"{matched} of {len(report.rows)} config(s) match a published setting of SmoothMix "
+                   "(Jeong et al., NeurIPS 2021); differences are ours - paper.")
+    return "\n".join(out) + "\n"
+
+
+def _markdown_report(report: ExperimentReport) -> str:
+    header = _report_header(report, "σ")
+    out = ["| " + " | ".join(header) + " |",
+           "|" + "---|" * _FIRST_NUMBER_COLUMN + "---:|" * (len(header) - _FIRST_NUMBER_COLUMN)]
+    for line in _report_lines(report, MISSING):
+        cells = [cell.replace("|", "\\|") for cell in line.cells]
+        if line.best:
+            cells[_FIRST_NUMBER_COLUMN] = f"**{cells[_FIRST_NUMBER_COLUMN]}**"
+        out.append("| " + " | ".join(cells) + " |")
+    return "\n".join(out) + "\n"
+
+
+_LATEX_SPECIAL = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_",
+                  "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}"}
+
+
+def _latex_escape(text: str) -> str:
+    return "".join(_LATEX_SPECIAL.get(character, character) for character in text)
+
+
+def _latex_report(report: ExperimentReport) -> str:
+    header = _report_header(report, r"$\sigma$")
+    out = [r"\begin{tabular}{" + "l" * _FIRST_NUMBER_COLUMN + "r" * (len(header) - _FIRST_NUMBER_COLUMN) + "}",
+           r"\hline",
+           " & ".join([header[0], *(_latex_escape(cell) for cell in header[1:])]) + r" \\"]
+    for line in _report_lines(report, "--"):
+        if line.group_start:
+            out.append(r"\hline")
+        cells = [_latex_escape(cell) for cell in line.cells]
+        if line.kind == "difference":
+            # A signed number in math mode, so that its minus is a minus sign and not a hyphen.
+            cells = cells[:_FIRST_NUMBER_COLUMN] + [cell if cell == "--" else f"${cell}$"
+                                                    for cell in cells[_FIRST_NUMBER_COLUMN:]]
+        if line.best:
+            cells[_FIRST_NUMBER_COLUMN] = rf"\textbf{{{cells[_FIRST_NUMBER_COLUMN]}}}"
+        out.append(" & ".join(cells) + r" \\")
+    out += [r"\hline", r"\end{tabular}"]
+    return "\n".join(out) + "\n"
+
+
+def render_report(report: ExperimentReport, format: str) -> str:
+    return {"text": _text_report, "md": _markdown_report, "latex": _latex_report}[format](report)
+
+
+ANALYSIS_TITLES = {
+    "confidence": "Confidence of the smoothed classifier on inputs attacked by L2 PGD (the paper's Table 1)",
+    "mixing_ratio": "Equal-confidence mixing ratios towards the unrestricted adversary (the paper's Figure 3)",
+}
+
+
+def _latex_table(result: QueryResult) -> str:
+    out = [r"\begin{tabular}{" + "l" + "r" * (len(result.columns) - 1) + "}", r"\hline",
+           " & ".join(_latex_escape(column) for column in result.columns) + r" \\", r"\hline"]
+    out += [" & ".join(_latex_escape(_cell(value)) for value in row) + r" \\" for row in result.rows]
+    out += [r"\hline", r"\end{tabular}"]
+    return "\n".join(out) + "\n"
+
+
+def render_analysis(kind: str, result: QueryResult, format: str) -> str:
+    """One analysis table after the report: Markdown for text and md, a tabular for latex."""
+    title = ANALYSIS_TITLES.get(kind, kind)
+    if format == "latex":
+        return f"\n% {title}\n" + _latex_table(result)
+    return f"\n{title}\n\n" + to_markdown(result)

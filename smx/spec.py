@@ -1,10 +1,10 @@
 """Experiment specs: a TOML file → validated pydantic models → resolved configs. Torch-free.
 
 A spec has the sections [experiment], [data], [model], [train], [certify] and [report], an optional
-[sweep] (`[sweep.grid]`: every combination of its lists; `[[sweep.zip]]`: equal-length lists varied
-together) and any number of [[variant]] tables whose keys override the base settings. Configs are
-variant × zip × grid. `load_spec` reads, validates and expands a spec completely, so a spec that loads
-is a spec that can be planned; `resolve_configs` hands out the expansion.
+[analyze] (absent: no analyze jobs), an optional [sweep] (`[sweep.grid]`: every combination of its lists;
+`[[sweep.zip]]`: equal-length lists varied together) and any number of [[variant]] tables whose keys
+override the base settings. Configs are variant × zip × grid. `load_spec` reads, validates and expands a
+spec completely, so a spec that loads is a spec that can be planned; `resolve_configs` hands out the expansion.
 
 Conventions the rest of smx relies on:
 
@@ -22,6 +22,9 @@ Conventions the rest of smx relies on:
   validated values.
 - Overrides apply in the order base, variant, sweep: a swept key wins over a variant's value for it.
 - Configs with identical contents are merged; the first one keeps its name.
+- [analyze] is shared by the whole experiment, like [report], so that its configs are compared under the same
+  analysis; its sigma defaults to each config's training sigma. When present, the resolved settings are the
+  config's "analyze" entry.
 - `data.root` and `data.download` are runtime settings (`ResolvedConfig.runtime` = {"data_root",
   "download"}) and never part of a config; a relative root is taken relative to the spec file's directory.
 """
@@ -58,7 +61,7 @@ SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 BARE_TOML_KEY = re.compile(r"[A-Za-z0-9_-]+")
 
 # Shared by every config of an experiment, so neither a variant nor a sweep may change them.
-EXPERIMENT_WIDE_KEYS = ("experiment.name", "experiment.description", "report")
+EXPERIMENT_WIDE_KEYS = ("experiment.name", "experiment.description", "report", "analyze")
 # Where the data live changes no result: a variant may set them, a sweep may not.
 RUNTIME_KEYS = ("data.root", "data.download")
 VARIANT_SECTIONS = ("experiment", "data", "model", "train", "certify")
@@ -185,6 +188,56 @@ class ReportSection(_Section):
         return sorted(set(radii))
 
 
+ANALYSES = ("confidence", "mixing_ratio")
+# Table 1 of Jeong et al. 2021 attacks at these L2 radii, besides the clean inputs.
+PAPER_EPSILONS = (1.0, 2.0, 3.0, 4.0, 5.0)
+
+
+class AnalyzeSection(_Section):
+    """[analyze]: the analyses of section 3.1 of the SmoothMix paper, run on each trained model.
+
+    "confidence" (Table 1): mean true-class and max off-class confidence of the smoothed classifier on test
+    inputs attacked by SmoothAdv's PGD within each L2 radius. "mixing_ratio" (Figure 3): for each correctly
+    classified input, the smallest ratio along the line to its SmoothMix adversary (normalised-gradient ascent,
+    steps of mix_alpha) at which the smoothed prediction changes. Figure 3's search is the paper's "50-step PGD
+    with a loose bound of 8": 50 steps of 2 * 8 / 50 = 0.32 within the L2 ball of radius 8. A bound of at least
+    mix_alpha * mix_steps never binds, as each step moves mix_alpha, so that gives the unrestricted search.
+    The paper states neither Table 1's PGD steps nor any sample sizes: T = 10 is SmoothAdv's default, and
+    m = 4 noise samples in both attacks, as in SmoothAdv's MNIST recipe.
+    """
+
+    kinds: list[str] = Field(default_factory=lambda: list(ANALYSES))
+    sigma: float | None = Field(None, gt=0.0)  # None: the training sigma
+    max_samples: int | None = Field(500, ge=1)  # the first test images; None: the whole split
+    mc_samples: int = Field(1000, ge=1)  # noise draws per point to estimate P(f(x + delta) = c)
+    batch_size: int = Field(1000, ge=1)  # rows per forward pass (images x noise samples in the attacks)
+    epsilons: list[float] = Field(default_factory=lambda: list(PAPER_EPSILONS), validate_default=True)
+    attack_steps: int = Field(10, ge=1)
+    attack_noise_samples: int = Field(4, ge=1)
+    mix_alpha: float = Field(0.32, gt=0.0)
+    mix_steps: int = Field(50, ge=1)
+    mix_max_norm: float = Field(8.0, gt=0.0)
+    mix_noise_samples: int = Field(4, ge=1)
+    grid: int = Field(20, ge=1)  # mixing ratios are searched among 1/grid, 2/grid, ..., 1
+
+    @field_validator("kinds")
+    @classmethod
+    def _known_kinds(cls, kinds: list[str]) -> list[str]:
+        if not kinds:
+            raise ValueError(f"needs at least one analysis, e.g. kinds = {json.dumps(list(ANALYSES))}")
+        for kind in kinds:
+            _check_choice(kind, ANALYSES, "analysis")
+        return [kind for kind in ANALYSES if kind in kinds]
+
+    @field_validator("epsilons")
+    @classmethod
+    def _clean_and_sorted_epsilons(cls, epsilons: list[float]) -> list[float]:
+        if epsilons and min(epsilons) < 0:
+            raise ValueError(f"epsilons must be >= 0 (got {min(epsilons)}); remove the negative ones")
+        # The clean inputs are always analysed: listing 0.0 or not names the same analysis.
+        return sorted(set(epsilons) | {0.0})
+
+
 class SpecDocument(_Section):
     """The settings of one config: the base spec with a variant's overrides and sweep values applied."""
 
@@ -193,6 +246,7 @@ class SpecDocument(_Section):
     model: ModelSection = Field(default_factory=ModelSection)
     train: TrainSection
     certify: CertifySection = Field(default_factory=CertifySection)
+    analyze: AnalyzeSection | None = None
     report: ReportSection = Field(default_factory=ReportSection)
 
 
@@ -504,8 +558,8 @@ def _read_variants(tables: Any) -> tuple[list[_Variant], list[Problem]]:
 def _variant_key_problems(overrides: dict[str, Any], where: KeyPath) -> list[Problem]:
     problems = []
     for key, value in overrides.items():
-        if key == "report":
-            problem = "report settings are shared by the whole experiment; set them in [report]"
+        if key in ("report", "analyze"):
+            problem = f"{key} settings are shared by the whole experiment; set them in [{key}]"
             problems.append((_key_path(where + (key,)), problem))
         elif key == "sweep":
             problems.append((_key_path(where + (key,)), "a variant cannot have its own sweep; put it in [sweep]"))
@@ -724,7 +778,7 @@ def _canonical_config(document: SpecDocument) -> dict[str, Any]:
     def chosen(value: Any, recipe_value: Any) -> Any:
         return recipe_value if value is None else value
 
-    return {
+    config = {
         "seed": document.experiment.seed,
         "data": {"dataset": dataset.name},
         "model": {"arch": document.model.arch or dataset.default_arch},
@@ -751,6 +805,9 @@ def _canonical_config(document: SpecDocument) -> dict[str, Any]:
             "split": certify.split,
         },
     }
+    if document.analyze is not None:
+        config["analyze"] = {**document.analyze.model_dump(), "sigma": chosen(document.analyze.sigma, train.sigma)}
+    return config
 
 
 def _applies(dotted_key: str, document: SpecDocument) -> bool:

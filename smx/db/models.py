@@ -11,7 +11,7 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 SCHEMA_VERSION = 1
 
 JOB_STATUSES = ("pending", "running", "done", "failed", "cancelled")
-JOB_KINDS = ("train", "certify", "aggregate")
+JOB_KINDS = ("train", "certify", "analyze", "aggregate")
 
 
 def utcnow() -> datetime:
@@ -133,6 +133,33 @@ class Certificate(Base):
     pa_lower: Mapped[float | None] = mapped_column(Float)
     count: Mapped[int | None] = mapped_column(Integer)
     seconds: Mapped[float] = mapped_column(Float)
+
+
+class AnalysisResult(Base):
+    """One test image in one analysis of a trained model, as computed by its analyze job.
+
+    "confidence" rows (Table 1 of the SmoothMix paper) have one row per image and attack radius: epsilon, the
+    image's distance after the attack, the smoothed prediction there and the two confidences. "mixing_ratio"
+    rows (Figure 3) exist for the images the smoothed classifier gets right: distance is that of the adversary,
+    mixing_ratio the smallest grid ratio at which the prediction changes and prediction the class it changes
+    to, both NULL when it does not change up to the adversary itself.
+    """
+
+    __tablename__ = "analysis_results"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    job_key: Mapped[str] = mapped_column(ForeignKey("jobs.key", ondelete="CASCADE"))
+    analysis: Mapped[str] = mapped_column(String(32))  # "confidence" or "mixing_ratio"
+    sample_index: Mapped[int] = mapped_column(Integer)
+    label: Mapped[int] = mapped_column(Integer)
+    epsilon: Mapped[float | None] = mapped_column(Float)  # the PGD radius (0.0: clean); NULL for mixing_ratio
+    distance: Mapped[float] = mapped_column(Float)  # L2 distance of the attacked point from the test image
+    prediction: Mapped[int | None] = mapped_column(Integer)
+    true_confidence: Mapped[float | None] = mapped_column(Float)  # estimated P(f(x + delta) = y)
+    off_class_confidence: Mapped[float | None] = mapped_column(Float)  # estimated max_{c != y} P(f(x + delta) = c)
+    mixing_ratio: Mapped[float | None] = mapped_column(Float)
+
+    __table_args__ = (Index("ix_analysis_results_job", "job_key", "analysis"),)
 
 
 class Aggregate(Base):

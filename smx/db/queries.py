@@ -4,11 +4,21 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
 from sqlalchemy import func, select, text
 from sqlalchemy.orm import Session, aliased
 
-from smx.db.models import JOB_STATUSES, Aggregate, Experiment, ExperimentJob, Job, JobParent, utcnow
+from smx.db.models import (
+    JOB_STATUSES,
+    Aggregate,
+    AnalysisResult,
+    Experiment,
+    ExperimentJob,
+    Job,
+    JobParent,
+    utcnow,
+)
 
 
 @dataclass
@@ -69,7 +79,8 @@ def experiments_overview(session: Session) -> list[ExperimentOverview]:
         select(Experiment.name, func.count())
         .join(ExperimentJob, ExperimentJob.experiment_id == Experiment.id)
         .join(Job, Job.key == ExperimentJob.job_key)
-        .where(Job.kind == "train")
+        # Certified configs: imported logs have no training job, and certify-only variations count too.
+        .where(Job.kind == "certify")
         .group_by(Experiment.name)
     ).all())
     best = dict(session.execute(text("SELECT experiment, MAX(acr) FROM results GROUP BY experiment")).all())
@@ -124,3 +135,34 @@ def aggregates_of(session: Session, experiment: str) -> list[Aggregate]:
         select(Aggregate).where(Aggregate.experiment == experiment, Aggregate.job_key.in_(current))
         .order_by(Aggregate.config_name)
     ))
+
+
+@dataclass
+class ConfigAnalysis:
+    """One analyze job of an experiment with the rows it stored."""
+
+    config_name: str
+    settings: dict[str, Any]  # the job's resolved [analyze] settings
+    results: list[AnalysisResult]  # by analysis, epsilon and sample
+
+
+def analyses_of(session: Session, experiment: str) -> list[ConfigAnalysis]:
+    """The analyze jobs of the experiment's current plan that have results, by config name."""
+    jobs = session.execute(
+        select(ExperimentJob.config_name, Job)
+        .join(Job, Job.key == ExperimentJob.job_key)
+        .join(Experiment, Experiment.id == ExperimentJob.experiment_id)
+        .where(Experiment.name == experiment, Job.kind == "analyze")
+        .order_by(ExperimentJob.config_name)
+    ).all()
+    results: dict[str, list[AnalysisResult]] = {job.key: [] for _, job in jobs}
+    for row in session.scalars(
+        select(AnalysisResult).where(AnalysisResult.job_key.in_(list(results)))
+        .order_by(AnalysisResult.analysis, AnalysisResult.epsilon, AnalysisResult.sample_index)
+    ):
+        results[row.job_key].append(row)
+    return [
+        ConfigAnalysis(config_name=config_name, settings=job.config["analyze"], results=results[job.key])
+        for config_name, job in jobs
+        if results[job.key]
+    ]

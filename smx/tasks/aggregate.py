@@ -1,9 +1,14 @@
 """Aggregate job: summarise each certified config of an experiment (ACR, certified accuracy at radii).
 
 Also writes each config's certificates in the field's TSV log format under `store/results/<experiment>/`.
+The summary itself (`summarise_config`) is torch-free and shared with `smx import`, which stores an imported
+log's summary exactly as this job would have.
 """
 
 from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from typing import Any, Protocol
 
 from sqlalchemy import delete, select
 
@@ -13,11 +18,46 @@ from smx.science.metrics import DEFAULT_RADII, LogRow, summarize, write_certific
 from smx.tasks.progress import ProgressReporter
 
 
+class CertifiedSample(Protocol):
+    """What a summary needs of one certified sample: a stored Certificate or a row of a certification log."""
+
+    @property
+    def prediction(self) -> int: ...
+
+    @property
+    def radius(self) -> float: ...
+
+    @property
+    def correct(self) -> int: ...
+
+
+def aggregate_radii(report_radii: Iterable[float]) -> list[float]:
+    """The radii a summary covers: the spec's report radii and, for the results view's columns, the defaults."""
+    return sorted(set(report_radii) | set(DEFAULT_RADII))
+
+
+def summarise_config(job_key: str, experiment: str, entry: dict[str, Any], samples: Sequence[CertifiedSample],
+                     radii: Iterable[float]) -> Aggregate:
+    """One certified config's summary row, with its certified accuracy at each radius.
+
+    `entry` is the config's item of an aggregate job's inputs: name, certify_key, method, sigma and swept values.
+    """
+    summary = summarize([sample.radius for sample in samples], [sample.correct for sample in samples],
+                        [sample.prediction for sample in samples], radii)
+    return Aggregate(
+        job_key=job_key, certify_key=entry["certify_key"], experiment=experiment, config_name=entry["name"],
+        method=entry["method"], sigma=entry["sigma"], hyperparams=entry["swept"],
+        num_samples=summary.num_samples, acr=summary.acr, clean_accuracy=summary.clean_accuracy,
+        abstain_rate=summary.abstain_rate,
+        certified=[CertifiedAccuracy(radius=round(radius, 6), accuracy=accuracy)
+                   for radius, accuracy in summary.certified_accuracy.items()],
+    )
+
+
 def run(store: Store, job: Job, device: str, progress: ProgressReporter) -> None:
     inputs = job.config
     experiment, configs = inputs["experiment"], inputs["configs"]
-    # The results view has columns at the default radii, so those are always computed too.
-    radii = sorted(set(inputs["radii"]) | set(DEFAULT_RADII))
+    radii = aggregate_radii(inputs["radii"])
     results_dir = store.root / "results" / experiment
     results_dir.mkdir(parents=True, exist_ok=True)
     summaries = []
@@ -25,16 +65,7 @@ def run(store: Store, job: Job, device: str, progress: ProgressReporter) -> None
         with store.read_session() as session:
             rows = session.scalars(select(Certificate).where(Certificate.job_key == entry["certify_key"])
                                    .order_by(Certificate.sample_index)).all()
-        summary = summarize([row.radius for row in rows], [row.correct for row in rows],
-                            [row.prediction for row in rows], radii)
-        summaries.append(Aggregate(
-            job_key=job.key, certify_key=entry["certify_key"], experiment=experiment, config_name=entry["name"],
-            method=entry["method"], sigma=entry["sigma"], hyperparams=entry["swept"],
-            num_samples=summary.num_samples, acr=summary.acr, clean_accuracy=summary.clean_accuracy,
-            abstain_rate=summary.abstain_rate,
-            certified=[CertifiedAccuracy(radius=round(radius, 6), accuracy=accuracy)
-                       for radius, accuracy in summary.certified_accuracy.items()],
-        ))
+        summaries.append(summarise_config(job.key, experiment, entry, rows, radii))
         write_certification_log(results_dir / f"{entry['name']}.tsv", [
             LogRow(index=row.sample_index, label=row.label, prediction=row.prediction, radius=row.radius,
                    correct=row.correct, seconds=row.seconds)

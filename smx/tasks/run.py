@@ -8,11 +8,12 @@ import sys
 import traceback
 
 from smx.db.models import Job
-from smx.db.store import open_store
+from smx.db.store import file_storage_error, open_store, resolve_location, storage_cause
 from smx.errors import UserError
 from smx.tasks.progress import ProgressReporter
 
-TASKS = {"train": "smx.tasks.train", "certify": "smx.tasks.certify", "aggregate": "smx.tasks.aggregate"}
+TASKS = {"train": "smx.tasks.train", "certify": "smx.tasks.certify", "analyze": "smx.tasks.analyze",
+         "aggregate": "smx.tasks.aggregate"}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -33,9 +34,16 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as error:
         print(f"error: {error.message}", file=sys.stderr, flush=True)
         return 2
-    except Exception:
-        traceback.print_exc()
-        return 1
+    except Exception as error:
+        # A full disk is the user's to fix, not a bug: say so plainly, whatever library the write failed in.
+        cause = storage_cause(error)
+        if cause is None:
+            traceback.print_exc()
+            return 1
+        _, store_root = resolve_location(arguments.store)
+        problem = file_storage_error(cause, store_root, then="`smx retry` the job: it resumes from its last checkpoint")
+        print(f"error: {problem.message}", file=sys.stderr, flush=True)
+        return 2
     print("finished", flush=True)
     return 0
 

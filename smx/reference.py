@@ -1,0 +1,136 @@
+"""Published numbers of SmoothMix (Jeong et al., NeurIPS 2021), shipped as data, and matching our results to them.
+
+`smx/reference_data/paper_tables.json` holds Table 2 (MNIST), Table 3 (CIFAR-10) and the MNIST sigma = 1.0
+ablations. Each row gives the dataset, sigma, method, the paper's label, the hyperparameters that identify its
+setting, the ACR and the certified accuracy in percent as printed (an empty list where only the ACR is
+published). In Python, certified accuracy is a fraction, as everywhere else in smx. Torch-free.
+
+A result matches a published row when its dataset, method and sigma (of training and of certification) are the
+row's and so is every hyperparameter the row names; the method's defaults fill in those a result does not state
+(an imported log states only what was given on the command line). The first matching row in file order wins, so
+a setting that is both in Table 2 and in an ablation is compared with Table 2.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+from functools import lru_cache
+from importlib import resources
+from statistics import NormalDist
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from smx.db.models import Job, JobParent
+from smx.science.methods.params import METHOD_PARAMS
+
+REFERENCE_FILE = "reference_data/paper_tables.json"
+# Radii of the grid are multiples of the table's step; this much floating-point slack still counts as one.
+RADIUS_TOLERANCE = 1e-6
+
+
+@dataclass(frozen=True)
+class PublishedRow:
+    table: str  # "Table 2", "Ablation: eta", ...
+    source: str  # "paper", or how the numbers were obtained
+    dataset: str
+    sigma: float
+    method: str
+    label: str  # as the paper writes the row: "SmoothMix (eta=1) + one-step adversary"
+    params: Mapping[str, Any]  # the hyperparameters that identify the setting
+    acr: float
+    certified_accuracy: tuple[float, ...]  # fractions at radius 0, radius_step, 2 * radius_step, ...
+    radius_step: float
+    # CERTIFY with the table's n and alpha cannot certify a larger radius: past it the paper prints 0.0.
+    max_certifiable_radius: float
+
+    def accuracy_at(self, radius: float) -> float | None:
+        """Published certified accuracy at a radius, as a fraction; None where the paper gives none."""
+        if not self.certified_accuracy:
+            return None
+        position = radius / self.radius_step
+        index = round(position)
+        if abs(position - index) > RADIUS_TOLERANCE:
+            return None
+        if index < len(self.certified_accuracy):
+            return self.certified_accuracy[index]
+        return 0.0 if radius > self.max_certifiable_radius else None
+
+
+@dataclass(frozen=True)
+class Setting:
+    """What a certified result was trained and certified as: what a published row is matched on."""
+
+    dataset: str
+    method: str
+    sigma: float  # of training
+    certify_sigma: float
+    params: Mapping[str, Any]  # the method's hyperparameters as stated; defaults fill in the rest when matching
+
+    def resolved_params(self) -> dict[str, Any]:
+        """The hyperparameters with the method's defaults for those not stated."""
+        defaults = METHOD_PARAMS[self.method]().model_dump() if self.method in METHOD_PARAMS else {}
+        return {**defaults, **self.params}
+
+
+def max_certifiable_radius(sigma: float, n: int, alpha: float) -> float:
+    """The largest radius CERTIFY can return: every one of n noisy samples votes for the top class, so the
+    Clopper-Pearson lower bound on its probability is alpha ** (1 / n), and the radius sigma * Phi^-1 of that."""
+    return sigma * NormalDist().inv_cdf(alpha ** (1 / n))
+
+
+@lru_cache(maxsize=1)
+def published_rows() -> tuple[PublishedRow, ...]:
+    """Every published row, in file order."""
+    document = json.loads(resources.files("smx").joinpath(REFERENCE_FILE).read_text(encoding="utf-8"))
+    step, certify = document["radius_step"], document["certify"]
+    return tuple(
+        PublishedRow(
+            table=table["title"], source=table["source"], dataset=table["dataset"], sigma=row["sigma"],
+            method=row["method"], label=row["label"], params=row["params"], acr=row["acr"],
+            certified_accuracy=tuple(percent / 100 for percent in row["certified_accuracy_percent"]),
+            radius_step=step,
+            max_certifiable_radius=max_certifiable_radius(row["sigma"], certify["n"], certify["alpha"]),
+        )
+        for table in document["tables"]
+        for row in table["rows"]
+    )
+
+
+def _same(ours: Any, published: Any) -> bool:
+    if isinstance(ours, (int, float)) and isinstance(published, (int, float)) and not isinstance(ours, bool):
+        return math.isclose(ours, published, rel_tol=1e-9, abs_tol=1e-12)
+    return bool(ours == published)
+
+
+def find_published(setting: Setting) -> PublishedRow | None:
+    """The published row of the same setting, or None (e.g. for mnist-mini, which the paper does not use)."""
+    params = setting.resolved_params()
+    for row in published_rows():
+        if (row.dataset == setting.dataset and row.method == setting.method and _same(setting.sigma, row.sigma)
+                and _same(setting.certify_sigma, row.sigma)
+                and all(key in params and _same(params[key], value) for key, value in row.params.items())):
+            return row
+    return None
+
+
+def setting_of(session: Session, certify_key: str) -> Setting | None:
+    """The setting of a certify job: dataset and certification sigma from its own config, method, training sigma
+    and hyperparameters from its train job's (an imported log has no train job: its config holds them)."""
+    certify = session.get(Job, certify_key)
+    if certify is None:
+        return None
+    train = session.scalar(
+        select(Job).join(JobParent, JobParent.parent_key == Job.key)
+        .where(JobParent.child_key == certify_key, Job.kind == "train")
+    )
+    train_config = (train.config if train is not None else certify.config).get("train")
+    if train_config is None:
+        return None
+    return Setting(dataset=certify.config["data"]["dataset"], method=train_config["method"],
+                   sigma=train_config["sigma"], certify_sigma=certify.config["certify"]["sigma"],
+                   params=train_config.get("params", {}))

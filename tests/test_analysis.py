@@ -1,0 +1,294 @@
+"""Section 3.1 analyses (Table 1's confidences under attack, Figure 3's mixing ratios): the science against a
+linear classifier whose smoothed probabilities are known in closed form, the [analyze] spec section and its
+jobs, and one tiny experiment through `smx submit` into the store, the tables and the plots."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import torch
+from scipy.stats import norm
+from sqlalchemy import select
+from torch import nn
+
+from smx.analysis_report import CONFIDENCE_COLUMNS, MIXING_RATIO_COLUMNS, analysis_tables, plot_analysis
+from smx.db.models import AnalysisResult, Job
+from smx.db.store import open_store
+from smx.plan import build_plan, content_key
+from smx.science.analysis import confidence_under_attack, equal_confidence_mixing_ratios
+from smx.spec import SpecError, parse_spec
+from smx.tasks import analyze
+from tests.conftest import REPO, smx_command
+
+SIGMA = 0.25
+DIRECTION = (0.6, 0.8)  # unit normal of the decision boundary
+MC_SAMPLES = 4000
+# Several standard errors of a Monte Carlo proportion from MC_SAMPLES draws (at most 0.5 / sqrt(4000) = 0.008).
+TOLERANCE = 0.03
+
+
+def linear_classifier(bias: float) -> nn.Module:
+    """Two classes split by the line DIRECTION . x + bias = 0 (class 1 on the positive side), for 1x1x2 images.
+
+    Under noise N(0, SIGMA^2 I) the base classifier picks class 1 with probability Phi(margin / SIGMA), where
+    margin = DIRECTION . x + bias (DIRECTION has unit norm), and every attack moves straight along DIRECTION.
+    """
+    layer = nn.Linear(2, 2)
+    with torch.no_grad():
+        normal = torch.tensor(DIRECTION)
+        layer.weight.copy_(torch.stack((-normal, normal)))
+        layer.bias.copy_(torch.tensor([-bias, bias]))
+    return nn.Sequential(nn.Flatten(), layer)
+
+
+def images_of(*points: tuple[float, float]) -> torch.Tensor:
+    return torch.tensor(points).view(len(points), 1, 1, 2)
+
+
+def margin(point: tuple[float, float], bias: float) -> float:
+    return point[0] * DIRECTION[0] + point[1] * DIRECTION[1] + bias
+
+
+# ---- science ----
+
+
+def test_confidences_match_the_closed_form_and_fall_with_the_attack_radius() -> None:
+    torch.manual_seed(0)
+    bias = -0.8
+    points = [(0.8, 0.9), (0.3, 0.4)]  # margins +0.4 (class 1) and -0.3 (class 0); the attacks stay inside [0, 1]
+    labels = torch.tensor([1, 0])
+    epsilons = [0.0, 0.2, 0.4]
+    fractions: list[float] = []
+    results = confidence_under_attack(
+        linear_classifier(bias), images_of(*points), labels, [10, 11], sigma=SIGMA, epsilons=epsilons,
+        attack_steps=5, attack_noise_samples=8, mc_samples=MC_SAMPLES, batch_size=1000, num_classes=2,
+        on_progress=fractions.append,
+    )
+    assert len(results) == len(points) * len(epsilons)
+    assert fractions == sorted(fractions) and fractions[-1] == 1.0
+    for result in results:
+        point = points[result.index - 10]
+        # The best L2 attack on a linear classifier moves the full radius towards the boundary.
+        expected = norm.cdf((abs(margin(point, bias)) - result.epsilon) / SIGMA)
+        assert result.distance == pytest.approx(result.epsilon, abs=1e-5)
+        assert result.true_confidence == pytest.approx(expected, abs=TOLERANCE)
+        # Two classes: the only other class has the rest.
+        assert result.off_class_confidence == pytest.approx(1 - result.true_confidence)
+        if abs(expected - 0.5) > TOLERANCE:
+            assert (result.prediction == result.label) == (expected > 0.5)
+    for index in (10, 11):
+        curve = [result.true_confidence for result in results if result.index == index]
+        assert curve == sorted(curve, reverse=True) and curve[0] - curve[-1] > 0.3
+
+
+def test_mixing_ratio_is_the_boundary_crossing_rounded_up_to_the_grid() -> None:
+    torch.manual_seed(0)
+    bias, grid = -0.875, 20
+    # Margins +0.325 and -0.675: the adversary, 4 steps of 0.25 straight across the boundary (a distance of 1),
+    # crosses it at ratios 0.325 and 0.675. The third image is misclassified and left out.
+    points = [(0.8, 0.9), (0.2, 0.1), (0.2, 0.1)]
+    labels = torch.tensor([1, 0, 1])
+    fractions: list[float] = []
+    results = equal_confidence_mixing_ratios(
+        linear_classifier(bias), images_of(*points), labels, [0, 1, 2], sigma=SIGMA, alpha=0.25, steps=4,
+        max_norm=8.0, noise_samples=4, mc_samples=MC_SAMPLES, grid=grid, batch_size=1000, num_classes=2,
+        on_progress=fractions.append,
+    )
+    assert [result.index for result in results] == [0, 1]
+    assert fractions == sorted(fractions) and fractions[-1] == 1.0
+    for result in results:
+        crossing = abs(margin(points[result.index], bias))  # the adversary lies at distance 1
+        assert result.distance == pytest.approx(1.0, abs=1e-5)
+        assert crossing <= result.ratio < crossing + 1 / grid
+        assert result.prediction == 1 - result.label
+
+
+def test_an_adversary_that_stops_short_of_the_boundary_leaves_no_ratio() -> None:
+    torch.manual_seed(0)
+    results = equal_confidence_mixing_ratios(
+        linear_classifier(-0.875), images_of((0.8, 0.9)), torch.tensor([1]), [0], sigma=SIGMA, alpha=0.05, steps=2,
+        max_norm=8.0, noise_samples=4, mc_samples=MC_SAMPLES, grid=10, batch_size=1000, num_classes=2,
+    )
+    assert [(result.ratio, result.prediction) for result in results] == [(None, None)]
+    assert results[0].distance == pytest.approx(0.1, abs=1e-5)
+
+
+# ---- spec and plan ----
+
+BASE_SPEC = textwrap.dedent("""
+    [experiment]
+    name = "analysis"
+
+    [data]
+    dataset = "mnist-mini"
+
+    [train]
+    sigma = 0.5
+    epochs = 1
+
+    [[variant]]
+    name = "gaussian"
+    train.method = "gaussian"
+
+    [[variant]]
+    name = "smoothmix"
+    train.method = "smoothmix"
+
+    [[variant]]
+    name = "gaussian-certified-at-0.25"
+    train.method = "gaussian"
+    certify.sigma = 0.25
+""")
+ANALYZE_SECTION = "\n[analyze]\nepsilons = [2.0, 1.0]\nmc_samples = 64\n"
+
+
+def test_analyze_adds_one_job_per_trained_model_and_changes_no_other_key() -> None:
+    plain, analysed = build_plan(parse_spec(BASE_SPEC)), build_plan(parse_spec(BASE_SPEC + ANALYZE_SECTION))
+    assert "analyze" not in {job.kind for job in plain.jobs}
+    assert {job.name: job.key for job in plain.jobs} == {
+        job.name: job.key for job in analysed.jobs if job.kind != "analyze"
+    }
+    assert [job.kind for job in analysed.jobs] == ["train"] * 2 + ["certify"] * 3 + ["analyze"] * 2 + ["aggregate"]
+    trains = {job.config_name: job for job in analysed.jobs if job.kind == "train"}
+    analyses = [job for job in analysed.jobs if job.kind == "analyze"]
+    assert [job.name for job in analyses] == ["analyze/gaussian", "analyze/smoothmix"]
+    for job in analyses:
+        assert job.parents == [trains[job.config_name].key]
+        assert job.inputs == {"analyze": job.inputs["analyze"], "data": {"dataset": "mnist-mini"}}
+        assert job.key == content_key("analyze", job.inputs, job.parents)
+        assert job.runtime == {"data_root": None, "download": False}
+    settings = analyses[0].inputs["analyze"]
+    assert settings["epsilons"] == [0.0, 1.0, 2.0] and settings["sigma"] == 0.5 and settings["mc_samples"] == 64
+    assert settings["kinds"] == ["confidence", "mixing_ratio"]
+    assert analysed.jobs[-1].parents == plain.jobs[-1].parents
+
+
+def test_analysis_settings_rekey_only_the_analyze_jobs() -> None:
+    before = build_plan(parse_spec(BASE_SPEC + ANALYZE_SECTION))
+    after = build_plan(parse_spec(BASE_SPEC + ANALYZE_SECTION.replace("64", "128")))
+    changed = {job.name for job, other in zip(before.jobs, after.jobs) if job.key != other.key}
+    assert changed == {"analyze/gaussian", "analyze/smoothmix"}
+
+
+@pytest.mark.parametrize(("section", "expected"), [
+    ("[analyze]\nepsilon = [1.0]\n", 'analyze.epsilon: unknown key (did you mean "epsilons"?)'),
+    ('[analyze]\nkinds = ["confidense"]\n', 'unknown analysis \'confidense\' (did you mean "confidence"?)'),
+    ("[analyze]\nepsilons = [-1.0]\n", "analyze.epsilons: epsilons must be >= 0"),
+    ("[analyze]\ngrid = 0\n", "analyze.grid: must be >= 1"),
+    ('[sweep.grid]\n"analyze.grid" = [10, 20]\n[analyze]\n', "is shared by the whole experiment and cannot be swept"),
+    ("[[variant]]\nname = \"x\"\nanalyze.grid = 5\n", "variant[4].analyze: analyze settings are shared by the whole"),
+])
+def test_analyze_mistakes_name_the_key_and_the_fix(section: str, expected: str) -> None:
+    with pytest.raises(SpecError) as caught:
+        parse_spec(BASE_SPEC + section)
+    assert expected in str(caught.value)
+
+
+# ---- end to end ----
+
+TINY_SPEC = textwrap.dedent("""
+    [experiment]
+    name = "tiny_analysis"
+
+    [data]
+    dataset = "mnist-mini"
+
+    [model]
+    arch = "lenet"
+
+    [train]
+    sigma = 0.5
+    epochs = 1
+    batch_size = 256
+
+    [certify]
+    n0 = 10
+    n = 50
+    batch_size = 250
+    max_samples = 2
+
+    [analyze]
+    max_samples = 4
+    mc_samples = 32
+    epsilons = [0.5, 1.0]
+    attack_steps = 2
+    attack_noise_samples = 2
+    mix_alpha = 1.0
+    mix_steps = 2
+    mix_noise_samples = 2
+    grid = 5
+""")
+
+
+@pytest.fixture(scope="module")
+def analysed_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("analysis")
+    spec = root / "tiny_analysis.toml"
+    spec.write_text(TINY_SPEC)
+    store = root / "store"
+    environment = {**os.environ, "SMX_STORE": str(store), "CUDA_VISIBLE_DEVICES": ""}
+    result = subprocess.run(smx_command("submit", str(spec)), capture_output=True, text=True, env=environment,
+                            cwd=REPO, timeout=300)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "all 4 jobs done" in result.stdout
+    return store
+
+
+def test_submit_fills_analysis_results(analysed_store: Path) -> None:
+    store = open_store(str(analysed_store), create=False)
+    with store.engine.connect() as connection:
+        rows = connection.exec_driver_sql(
+            "SELECT analysis, epsilon, count(*), min(sample_index), max(sample_index) FROM analysis_results "
+            "GROUP BY analysis, epsilon ORDER BY analysis, epsilon").all()
+        ratios = connection.exec_driver_sql(
+            "SELECT mixing_ratio FROM analysis_results WHERE analysis = 'mixing_ratio'").scalars().all()
+    assert [tuple(row) for row in rows[:3]] == [("confidence", epsilon, 4, 0, 3) for epsilon in (0.0, 0.5, 1.0)]
+    assert [row[0] for row in rows[3:]] == ["mixing_ratio"] * (len(rows) - 3)
+    assert all(ratio is None or ratio in (0.2, 0.4, 0.6, 0.8, 1.0) for ratio in ratios)
+
+
+def test_analysis_tables_and_plots(analysed_store: Path, tmp_path: Path) -> None:
+    store = open_store(str(analysed_store), create=False)
+    tables = analysis_tables(store, "tiny_analysis")
+    confidence = tables["confidence"]
+    assert confidence.columns == CONFIDENCE_COLUMNS
+    assert [(row[0], row[1], row[2]) for row in confidence.rows] == [("base", eps, 4) for eps in (0.0, 0.5, 1.0)]
+    for _, _, _, true, off_class, accuracy in confidence.rows:
+        assert 0 <= true <= 1 and 0 <= off_class <= 1 and true + off_class <= 1 + 1e-9 and 0 <= accuracy <= 1
+    # The one-epoch model gets at least one of the 4 digits right, so there are mixing ratios too.
+    [(config, samples, changed, *_)] = tables["mixing_ratio"].rows
+    assert tables["mixing_ratio"].columns == MIXING_RATIO_COLUMNS
+    assert config == "base" and 1 <= samples <= 4 and 0 <= changed <= samples
+    paths = plot_analysis(store, "tiny_analysis", tmp_path / "plots")
+    plots = tmp_path / "plots"
+    assert paths == [plots / "tiny_analysis-confidence.png", plots / "tiny_analysis-mixing-ratio.png"]
+    for path in paths:
+        assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_analysis_report_is_torch_free_and_a_rerun_replaces_the_rows(analysed_store: Path) -> None:
+    report = ("import json, sys; from smx.db.store import open_store; from smx.analysis_report import analysis_tables;"
+              f"tables = analysis_tables(open_store({str(analysed_store)!r}, create=False), 'tiny_analysis');"
+              "assert 'torch' not in sys.modules; print(json.dumps({k: v.rows for k, v in tables.items()}))")
+    listed = subprocess.run([sys.executable, "-c", report], capture_output=True, text=True, cwd=REPO, check=True)
+    store = open_store(str(analysed_store), create=False)
+    in_process = analysis_tables(store, "tiny_analysis")
+    assert json.loads(listed.stdout) == {name: [list(row) for row in table.rows] for name, table in in_process.items()}
+    with store.session() as session:
+        job = session.scalars(select(Job).where(Job.kind == "analyze")).one()
+        before = session.execute(select(AnalysisResult.analysis, AnalysisResult.sample_index, AnalysisResult.epsilon,
+                                        AnalysisResult.true_confidence, AnalysisResult.mixing_ratio)
+                                 .order_by(AnalysisResult.id)).all()
+    analyze.run(store, job, "cpu", lambda fraction, text: None)
+    with store.session() as session:
+        after = session.execute(select(AnalysisResult.analysis, AnalysisResult.sample_index, AnalysisResult.epsilon,
+                                       AnalysisResult.true_confidence, AnalysisResult.mixing_ratio)
+                                .order_by(AnalysisResult.id)).all()
+    # Seeded: the rerun computes the same rows and replaces the old ones instead of adding to them.
+    assert after == before

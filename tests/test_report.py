@@ -1,0 +1,206 @@
+"""`smx report` and the published numbers: matching a result to the paper's setting, and the table in its layout."""
+
+from __future__ import annotations
+
+import textwrap
+
+import pytest
+
+from smx.db.store import Store
+from smx.plan import build_plan
+from smx.reference import Setting, find_published, max_certifiable_radius, published_rows
+from smx.report import experiment_report, render_report
+from smx.scheduler.queue import enqueue
+from smx.science.metrics import LogRow
+from smx.spec import parse_spec
+from smx.tasks.aggregate import aggregate_radii, summarise_config
+
+SPEC = textwrap.dedent("""
+    [experiment]
+    name = "paper"
+
+    [data]
+    dataset = "mnist"
+
+    [train]
+    sigma = 0.5
+
+    [train.smoothmix]
+    noise_samples = 4
+    steps = 4
+
+    [[variant]]
+    name = "gaussian-sigma0.5"
+    train.method = "gaussian"
+
+    [[variant]]
+    name = "smoothmix-eta5-onestep-sigma0.5"
+    train.method = "smoothmix"
+    train.smoothmix = { eta = 5.0, mix_step = 1 }
+
+    [[variant]]
+    name = "smoothmix-eta1-sigma0.5"
+    train.method = "smoothmix"
+    train.smoothmix = { eta = 1.0 }
+
+    [[variant]]
+    name = "gaussian-sigma0.25"
+    train.method = "gaussian"
+    train.sigma = 0.25
+
+    [[variant]]
+    name = "gaussian-mini"
+    train.method = "gaussian"
+    data.dataset = "mnist-mini"
+""")
+
+# (radius, correct) of each certified sample; an abstention has radius 0 and is not correct.
+SAMPLES = {
+    "gaussian-sigma0.5": [(2.0, 1), (1.0, 1), (0.5, 1), (0.0, 0)],  # ACR 0.875
+    "smoothmix-eta5-onestep-sigma0.5": [(1.5, 1), (1.5, 1), (1.0, 1), (0.3, 0)],  # ACR 1.0: the best at 0.5
+    "smoothmix-eta1-sigma0.5": [(1.2, 1), (1.0, 1), (0.2, 1), (0.0, 0)],  # ACR 0.6
+    "gaussian-sigma0.25": [(0.9, 1), (0.6, 1), (0.4, 1), (0.1, 1)],  # ACR 0.5
+    "gaussian-mini": [(1.0, 1), (1.0, 1), (0.0, 0), (0.0, 0)],  # ACR 0.5
+}
+
+
+@pytest.fixture
+def seeded(store: Store) -> Store:
+    """The spec's experiment as `smx submit` records it, with summaries of made-up certificates."""
+    plan = build_plan(parse_spec(SPEC))
+    enqueue(store, plan, store.root / "paper.toml")
+    aggregate = next(job for job in plan.jobs if job.kind == "aggregate")
+    with store.session() as session:
+        for entry in aggregate.inputs["configs"]:
+            samples = [LogRow(index, 0, 0 if correct else -1, radius, correct, 0.1)
+                       for index, (radius, correct) in enumerate(SAMPLES[entry["name"]])]
+            session.add(summarise_config(aggregate.key, "paper", entry, samples, aggregate_radii([])))
+    return store
+
+
+def test_text_report_has_one_row_per_config_grouped_by_sigma_in_the_papers_order(seeded: Store) -> None:
+    text = render_report(experiment_report(seeded, "paper"), "text")
+    lines = text.splitlines()
+    assert lines[0] == "paper: ACR and certified accuracy (%) at radius r"
+    header = lines[1].split()
+    # Up to 4 sigma_max = 2.0, where the sigma = 0.5 Gaussian still certifies a sample.
+    assert header[:5] == ["sigma", "config", "method", "hyperparameters", "ACR"]
+    assert header[5:] == ["0.00", "0.25", "0.50", "0.75", "1.00", "1.25", "1.50", "1.75", "2.00"]
+    configs = [line.split()[1] if line.startswith("0.") else line.split()[0] for line in lines[2:]
+               if line and not line.startswith("-")]
+    assert configs == ["gaussian-sigma0.25", "gaussian-mini", "gaussian-sigma0.5", "smoothmix-eta1-sigma0.5",
+                       "smoothmix-eta5-onestep-sigma0.5"]
+    # sigma is written once per group, on its first row
+    assert [line[:6] for line in lines if "gaussian-" in line] == ["0.25  ", "0.50  ", "      "]
+    gaussian = next(line for line in lines if "gaussian-sigma0.5" in line).split()
+    assert gaussian[-10:] == ["0.875", "75.0", "75.0", "75.0", "50.0", "50.0", "25.0", "25.0", "25.0", "25.0"]
+    onestep = next(line for line in lines if "smoothmix-eta5-onestep" in line)
+    # eta and mix_step always name a SmoothMix row; steps and noise_samples are the same in both rows.
+    assert "eta=5, mix_step=1" in onestep and "steps" not in onestep
+    assert "eta=1, mix_step=0" in next(line for line in lines if "smoothmix-eta1" in line)
+    assert "paper (" not in text
+
+
+def test_markdown_and_latex_bold_the_best_acr_of_each_sigma(seeded: Store) -> None:
+    report = experiment_report(seeded, "paper")
+    markdown = render_report(report, "md")
+    lines = markdown.splitlines()
+    assert lines[0].startswith("| σ | config | method | hyperparameters | ACR | 0.00 |")
+    assert lines[1] == "|---|---|---|---|" + "---:|" * 10
+    bold = [line for line in lines if "**" in line]
+    assert len(bold) == 2
+    assert "gaussian-sigma0.25" in bold[0] and "**0.500**" in bold[0]
+    assert "smoothmix-eta5-onestep-sigma0.5" in bold[1] and "**1.000**" in bold[1]
+    latex = render_report(report, "latex")
+    assert latex.startswith(r"\begin{tabular}{llllrrrrrrrrrr}")
+    assert latex.rstrip().endswith(r"\end{tabular}")
+    assert r"$\sigma$ & config & method & hyperparameters & ACR & 0.00" in latex
+    assert r"\textbf{1.000}" in latex and r"\textbf{0.500}" in latex and latex.count(r"\textbf") == 2
+    assert r"eta=5, mix\_step=1" in latex
+    assert latex.count(r"\hline") == 4  # top, after the header, between the two sigmas, bottom
+
+
+def test_compare_adds_the_published_row_and_the_difference(seeded: Store) -> None:
+    report = experiment_report(seeded, "paper", compare_with_paper=True)
+    published = {row.config: row.published for row in report.rows}
+    assert published["gaussian-sigma0.5"].label == "Gaussian" and published["gaussian-sigma0.5"].acr == 1.553
+    assert published["smoothmix-eta5-onestep-sigma0.5"].label == "SmoothMix (eta=5) + one-step adversary"
+    assert published["smoothmix-eta1-sigma0.5"].acr == 1.678
+    assert published["gaussian-sigma0.25"].acr == 0.911
+    assert published["gaussian-mini"] is None  # the paper has no mnist-mini
+    text = render_report(report, "text")
+    lines = text.splitlines()
+    position = next(index for index, line in enumerate(lines) if "gaussian-sigma0.5" in line)
+    assert lines[position + 1].split()[:5] == ["paper", "(Table", "2)", "Gaussian", "1.553"]
+    difference = lines[position + 2].split()
+    assert difference[:4] == ["ours", "-", "paper", f"{0.875 - 1.553:+.3f}"]
+    assert difference[4] == f"{75.0 - 99.2:+.1f}"
+    assert text.rstrip().endswith("4 of 5 config(s) match a published setting of SmoothMix "
+                                  "(Jeong et al., NeurIPS 2021); differences are ours - paper.")
+    markdown = render_report(report, "md")
+    assert "| paper (Table 2) | SmoothMix (eta=5) + one-step adversary |  | 1.685 |" in markdown
+    assert "| ours - paper |  |  | -0.685 |" in markdown
+    latex = render_report(report, "latex")
+    assert r"ours - paper &  &  & $-0.678$" in latex  # eta = 1: 0.600 - 1.678
+
+
+def test_report_of_an_unknown_or_empty_experiment_says_so(store: Store) -> None:
+    from smx.errors import UserError
+
+    with pytest.raises(UserError, match="no experiment named 'nope'"):
+        experiment_report(store, "nope")
+    enqueue(store, build_plan(parse_spec(SPEC)), store.root / "paper.toml")
+    with pytest.raises(UserError, match="has no results yet"):
+        experiment_report(store, "paper")
+
+
+def test_published_rows_hold_every_table_and_ablation() -> None:
+    rows = published_rows()
+    tables = {}
+    for row in rows:
+        tables[row.table] = tables.get(row.table, 0) + 1
+    assert tables == {"Table 2": 27, "Table 3": 14, "Ablation: eta": 5, "Ablation: (alpha, T)": 4,
+                      "Ablation: noise samples m": 4, "Ablation: L2 bound on the search": 5}
+    gaussian = next(row for row in rows if row.table == "Table 2" and row.sigma == 1.0 and row.method == "gaussian")
+    assert gaussian.acr == 1.620 and gaussian.certified_accuracy[0] == pytest.approx(0.963)
+    assert len(gaussian.certified_accuracy) == 12  # r = 0.00 ... 2.75
+
+
+def smoothmix(sigma: float = 1.0, dataset: str = "mnist", **params: object) -> Setting:
+    base = {"eta": 1.0, "alpha": 1.0, "steps": 8, "noise_samples": 4, "mix_step": 0, "max_norm": None, "warmup": 10}
+    return Setting(dataset=dataset, method="smoothmix", sigma=sigma, certify_sigma=sigma, params={**base, **params})
+
+
+def test_a_setting_matches_only_the_published_row_of_the_same_dataset_method_sigma_and_key_parameters() -> None:
+    assert find_published(smoothmix()).table == "Table 2"  # also an ablation's base: Table 2 comes first
+    assert find_published(smoothmix()).acr == 1.788
+    assert find_published(smoothmix(mix_step=1)).label == "SmoothMix (eta=1) + one-step adversary"
+    assert find_published(smoothmix(eta=2.0)).table == "Ablation: eta"
+    assert find_published(smoothmix(eta=2.0)).acr == 1.810
+    assert find_published(smoothmix(alpha=2.0, steps=4)).label == "SmoothMix (alpha=2, T=4)"
+    assert find_published(smoothmix(noise_samples=1)).acr == 1.744
+    assert find_published(smoothmix(max_norm=6.0)).acr == 1.778
+    assert find_published(smoothmix(steps=4)) is None  # T = 4 at sigma 1.0 is in no table
+    assert find_published(smoothmix(dataset="mnist-mini")) is None
+    assert find_published(smoothmix(dataset="fashion-mnist")) is None
+    assert find_published(smoothmix(sigma=0.5, steps=4, eta=5.0)).acr == 1.694
+    certified_elsewhere = Setting("mnist", "gaussian", sigma=0.5, certify_sigma=0.25, params={})
+    assert find_published(certified_elsewhere) is None
+    # An imported log states some hyperparameters; the method's defaults fill in the rest (Gaussian: m = 1).
+    assert find_published(Setting("mnist", "gaussian", sigma=0.5, certify_sigma=0.5, params={})).acr == 1.553
+    cifar = Setting("cifar10", "smoothmix", sigma=0.25, certify_sigma=0.25,
+                    params={"eta": 5.0, "alpha": 0.5, "steps": 4, "noise_samples": 2, "mix_step": 1})
+    assert find_published(cifar).label == "SmoothMix + one-step adversary"
+
+
+def test_published_accuracy_past_the_printed_columns_is_zero_only_where_certify_cannot_reach() -> None:
+    assert max_certifiable_radius(1.0, 100_000, 0.001) == pytest.approx(3.81, abs=0.01)
+    gaussian_quarter = next(row for row in published_rows() if row.sigma == 0.25 and row.method == "gaussian")
+    assert gaussian_quarter.accuracy_at(0.75) == pytest.approx(0.933)
+    assert gaussian_quarter.accuracy_at(1.0) == 0.0  # 1.0 > 3.81 * 0.25: the paper prints 0.0
+    assert gaussian_quarter.accuracy_at(0.3) is None  # not a column of the paper
+    sigma_one = find_published(smoothmix())
+    assert sigma_one.accuracy_at(2.75) == pytest.approx(0.141)
+    assert sigma_one.accuracy_at(3.0) is None  # certifiable, but not printed
+    assert sigma_one.accuracy_at(4.0) == 0.0
+    assert find_published(smoothmix(eta=2.0)).accuracy_at(0.0) is None  # ablations publish the ACR only
