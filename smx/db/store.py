@@ -6,6 +6,7 @@ A SQLAlchemy URL may be given instead of a directory; files then go to `SMX_STOR
 
 from __future__ import annotations
 
+import errno
 import os
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -22,10 +23,43 @@ from smx.errors import UserError
 
 DEFAULT_STORE = "store"
 BUSY_TIMEOUT_MS = 60_000
+# OS errors that mean the store's disk refuses writes: full, over quota, read-only or forbidden.
+DISK_FULL_ERRNOS = {errno.ENOSPC, errno.EDQUOT}
+STORAGE_ERRNOS = DISK_FULL_ERRNOS | {errno.EROFS, errno.EACCES, errno.EPERM}
+# The same in SQLite's primary result codes (the low byte of an extended code).
+SQLITE_FULL = 13
+SQLITE_STORAGE_CODES = {8, 10, SQLITE_FULL, 14}  # READONLY, IOERR, FULL, CANTOPEN
 
 
 class StoreError(UserError):
     pass
+
+
+def storage_error(path: Path | str, reason: str, *, disk_full: bool, then: str = "run the command again") -> StoreError:
+    """A write to the store failed: say where, why, and what to do about it."""
+    if disk_full:
+        fix = f"free some space on the disk that holds {path}, or move the store (--store / SMX_STORE)"
+    else:
+        fix = f"make {path} writable, or use a store elsewhere (--store / SMX_STORE)"
+    return StoreError(f"cannot write to {path}: {reason}.\nFix: {fix}; then {then}.")
+
+
+def file_storage_error(error: OSError, store_root: Path, *, then: str = "run the command again") -> StoreError:
+    return storage_error(error.filename or store_root, error.strerror or str(error),
+                         disk_full=error.errno in DISK_FULL_ERRNOS, then=then)
+
+
+def storage_cause(error: BaseException) -> OSError | None:
+    """The full disk or unwritable file behind an error, if that is what it was. Libraries may wrap it: torch
+    reports a checkpoint write that failed for want of space as a RuntimeError raised while handling the OSError."""
+    seen: set[int] = set()
+    current: BaseException | None = error
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, OSError) and current.errno in STORAGE_ERRNOS:
+            return current
+        current = current.__cause__ or current.__context__
+    return None
 
 
 @dataclass
@@ -46,15 +80,27 @@ class Store:
     @contextmanager
     def session(self) -> Iterator[Session]:
         """A session whose transaction commits on success and rolls back on any error."""
-        with sessionmaker(self.engine, expire_on_commit=False).begin() as session:
+        with self._storage_failures_reported(), sessionmaker(self.engine, expire_on_commit=False).begin() as session:
             yield session
 
     @contextmanager
     def read_session(self) -> Iterator[Session]:
         """A session for reading only: it takes no write lock, so it never delays a running scheduler."""
         engine = self.engine.execution_options(smx_read_only=True)
-        with sessionmaker(engine, expire_on_commit=False).begin() as session:
+        with self._storage_failures_reported(), sessionmaker(engine, expire_on_commit=False).begin() as session:
             yield session
+
+    @contextmanager
+    def _storage_failures_reported(self) -> Iterator[None]:
+        """A full disk or a read-only database file becomes a StoreError naming the file; the transaction that
+        met it has been rolled back, so the database holds all of it or nothing."""
+        try:
+            yield
+        except OperationalError as error:
+            code = getattr(error.orig, "sqlite_errorcode", None)
+            if self.sqlite_path is None or code is None or code & 0xFF not in SQLITE_STORAGE_CODES:
+                raise
+            raise storage_error(self.sqlite_path, str(error.orig), disk_full=code & 0xFF == SQLITE_FULL) from error
 
     def checkpoint_dir(self, job_key: str) -> Path:
         return self.root / "checkpoints" / job_key

@@ -8,7 +8,7 @@ from datetime import timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from sqlalchemy import case, delete, exists, func, select, update
+from sqlalchemy import ColumnElement, Select, case, delete, exists, func, select, update
 from sqlalchemy.orm import Session, aliased
 
 from smx.db.models import Experiment, ExperimentJob, Job, JobParent, utcnow
@@ -21,7 +21,7 @@ if TYPE_CHECKING:
 # A running job whose worker has not written a heartbeat for this long is presumed dead, wherever it ran.
 STALE_AFTER = timedelta(minutes=5)
 # Results sooner: finish certifying and aggregating trained models before starting new trainings.
-KIND_PRIORITY = case({"aggregate": 0, "certify": 1, "train": 2}, value=Job.kind, else_=3)
+KIND_PRIORITY = case({"aggregate": 0, "certify": 1, "analyze": 1, "train": 2}, value=Job.kind, else_=3)
 
 
 @dataclass
@@ -86,16 +86,20 @@ def enqueue(store: Store, plan: Plan, spec_path: Path) -> EnqueueSummary:
     return summary
 
 
-def claim_next(store: Store, *, device: str, slot: Path, pid: int) -> Job | None:
-    """Atomically take the highest-priority pending job whose parents are all done."""
+def _ready_jobs() -> Select[tuple[str]]:
+    """Keys of pending jobs whose parents are all done."""
     parent = aliased(Job)
     unfinished_parent = (
         exists()
         .where(JobParent.child_key == Job.key, JobParent.parent_key == parent.key, parent.status != "done")
     )
+    return select(Job.key).where(Job.status == "pending", ~unfinished_parent)
+
+
+def claim_next(store: Store, *, device: str, slot: Path, pid: int) -> Job | None:
+    """Atomically take the highest-priority pending job whose parents are all done."""
     ready = (
-        select(Job.key)
-        .where(Job.status == "pending", ~unfinished_parent)
+        _ready_jobs()
         .order_by(KIND_PRIORITY, Job.created_at, Job.key)
         .limit(1)
         .with_for_update(skip_locked=True)
@@ -114,6 +118,12 @@ def claim_next(store: Store, *, device: str, slot: Path, pid: int) -> Job | None
         return session.get(Job, key) if key else None
 
 
+def has_ready_work(store: Store) -> bool:
+    """Whether some pending job could be claimed now."""
+    with store.session() as session:
+        return bool(session.scalar(select(_ready_jobs().exists())))
+
+
 def has_waitable_work(store: Store) -> bool:
     """Whether pending jobs could still become ready: something is running that may unblock them."""
     with store.session() as session:
@@ -122,10 +132,12 @@ def has_waitable_work(store: Store) -> bool:
     return bool(pending) and bool(running)
 
 
-def heartbeat(session: Session, key: str) -> str | None:
-    """Record that the job's worker is alive; returns the job's status (a user may have cancelled it)."""
-    session.execute(update(Job).where(Job.key == key, Job.status == "running").values(heartbeat_at=utcnow()))
-    return session.scalar(select(Job.status).where(Job.key == key))
+def heartbeat(session: Session, key: str, attempt: int) -> bool:
+    """Record that the worker running `attempt` of the job is alive. False when that attempt should stop: a user
+    cancelled the job, or it was presumed dead, put back in the queue and claimed again as a later attempt."""
+    beat = session.execute(update(Job).where(Job.key == key, Job.status == "running", Job.attempts == attempt)
+                           .values(heartbeat_at=utcnow()))
+    return beat.rowcount == 1
 
 
 def set_progress(store: Store, key: str, fraction: float, text: str) -> None:
@@ -133,16 +145,21 @@ def set_progress(store: Store, key: str, fraction: float, text: str) -> None:
         session.execute(update(Job).where(Job.key == key).values(progress=fraction, progress_text=text[:200]))
 
 
-def finish(store: Store, key: str, *, succeeded: bool, error: str | None = None) -> None:
+def _running(key: str, attempt: int | None) -> ColumnElement[bool]:
+    """The job while it runs; with `attempt`, only while it runs that attempt (a later one is another worker's)."""
+    condition = (Job.key == key) & (Job.status == "running")
+    return condition if attempt is None else condition & (Job.attempts == attempt)
+
+
+def finish(store: Store, key: str, *, succeeded: bool, error: str | None = None, attempt: int | None = None) -> None:
     """Close a running job. A job cancelled meanwhile stays cancelled."""
     values = {"status": "done", "progress": 1.0, "progress_text": "done"} if succeeded else {"status": "failed"}
     with store.session() as session:
-        session.execute(update(Job).where(Job.key == key, Job.status == "running")
-                        .values(finished_at=utcnow(), error=error, **values))
+        session.execute(update(Job).where(_running(key, attempt)).values(finished_at=utcnow(), error=error, **values))
 
 
-def requeue(session: Session, key: str, reason: str) -> None:
-    session.execute(update(Job).where(Job.key == key, Job.status == "running")
+def requeue(session: Session, key: str, reason: str, attempt: int | None = None) -> None:
+    session.execute(update(Job).where(_running(key, attempt))
                     .values(status="pending", error=reason, pid=None, progress_text="waiting to resume"))
 
 
@@ -150,15 +167,19 @@ def recover_abandoned(store: Store, *, slot_is_free) -> list[str]:  # type: igno
     """Put back in the queue running jobs whose worker is gone, so they resume from their last checkpoint.
 
     On this host a job is abandoned when nobody holds its slot lock; elsewhere, when its heartbeat is stale.
+    The lock is the better witness: a worker that was suspended (Ctrl-Z, a machine asleep) misses heartbeats
+    but still holds its lock, and running its job a second time beside it would be wrong.
     """
     host = socket.gethostname()
     recovered = []
     with store.session() as session:
         running = session.execute(select(Job.key, Job.host, Job.slot, Job.heartbeat_at).where(Job.status == "running"))
         for key, job_host, slot, beat in running.all():
-            stale = beat is None or utcnow() - beat > STALE_AFTER
-            dead_here = job_host == host and slot is not None and slot_is_free(Path(slot))
-            if dead_here or stale:
+            if job_host == host and slot is not None:
+                abandoned = slot_is_free(Path(slot))
+            else:
+                abandoned = beat is None or utcnow() - beat > STALE_AFTER
+            if abandoned:
                 requeue(session, key, "its worker stopped; resumed from the last checkpoint")
                 recovered.append(key)
     return recovered

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ctypes
+import functools
 import os
 import signal
 import socket
@@ -12,11 +13,12 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
+from typing import TextIO
 
 from sqlalchemy import select, update
 
 from smx.db.models import Job, utcnow
-from smx.db.store import Store
+from smx.db.store import Store, file_storage_error
 from smx.scheduler import queue
 from smx.scheduler.slots import Slot, claim_slot, is_free
 
@@ -37,11 +39,14 @@ class _Interrupted(Exception):
     pass
 
 
-def _die_with_parent() -> None:
+def _die_with_parent(worker_pid: int) -> None:
     # If the worker is killed (even by SIGKILL), its job process must not run on unsupervised.
     if sys.platform.startswith("linux"):
         PR_SET_PDEATHSIG = 1
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+        # A worker that died before prctl took effect sends no signal: its job must not start at all.
+        if os.getppid() != worker_pid:
+            os._exit(1)
 
 
 def log_tail(path: Path, lines: int = LOG_TAIL_LINES) -> str:
@@ -64,17 +69,38 @@ def _stop(process: subprocess.Popen) -> None:
         process.wait()
 
 
+def _open_log(store: Store, job: Job, slot: Slot) -> TextIO:
+    """The job's log, opened for appending, with this attempt's header written."""
+    log_path = store.log_path(job.key)
+    started = f"{utcnow():%Y-%m-%d %H:%M:%S} UTC"
+    header = f"{job.name} attempt {job.attempts} on {socket.gethostname()} {slot.name} at {started}"
+    try:
+        log_path.parent.mkdir(parents=True, exist_ok=True)
+        log = log_path.open("a")
+        try:
+            log.write(f"==== {header} ====\n")
+            log.flush()
+        except OSError:
+            log.close()
+            raise
+    except OSError as error:
+        # Nothing ran: the job goes back to the queue, and the worker stops, as every job would meet the same disk.
+        with store.session() as session:
+            queue.requeue(session, job.key, f"its log {log_path} could not be written", attempt=job.attempts)
+        raise file_storage_error(error, log_path, then="start the workers again (`smx worker` or `smx submit`); "
+                                 "the job is back in the queue") from error
+    return log
+
+
 def run_job(store: Store, job: Job, slot: Slot) -> bool:
     """Run one claimed job to its end; returns whether it succeeded."""
     log_path = store.log_path(job.key)
-    log_path.parent.mkdir(parents=True, exist_ok=True)
     command = [sys.executable, "-m", "smx.tasks.run", job.key, "--store", store.location, "--device", slot.device]
     environment = {**os.environ, **slot.environment(), "PYTHONUNBUFFERED": "1"}
-    with log_path.open("a") as log:
-        log.write(f"==== {job.name} attempt {job.attempts} on {socket.gethostname()} {slot.name} at {utcnow():%Y-%m-%d %H:%M:%S} UTC ====\n")
-        log.flush()
+    with _open_log(store, job, slot) as log:
         process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=environment,
-                                   stdin=subprocess.DEVNULL, preexec_fn=_die_with_parent,
+                                   stdin=subprocess.DEVNULL,
+                                   preexec_fn=functools.partial(_die_with_parent, os.getpid()),
                                    # Its own process group: a Ctrl-C reaches the worker, which stops the job cleanly.
                                    process_group=0)
     with store.session() as session:
@@ -85,8 +111,8 @@ def run_job(store: Store, job: Job, slot: Slot) -> bool:
             if time.monotonic() - last_beat >= HEARTBEAT_SECONDS:
                 last_beat = time.monotonic()
                 with store.session() as session:
-                    status = queue.heartbeat(session, job.key)
-                if status != "running":
+                    still_ours = queue.heartbeat(session, job.key, job.attempts)
+                if not still_ours:
                     _stop(process)
                     return False
             try:
@@ -96,13 +122,14 @@ def run_job(store: Store, job: Job, slot: Slot) -> bool:
     except _Interrupted:
         _stop(process)
         with store.session() as session:
-            queue.requeue(session, job.key, "interrupted; resumes from its last checkpoint")
+            queue.requeue(session, job.key, "interrupted; resumes from its last checkpoint", attempt=job.attempts)
         raise
     if process.returncode == 0:
-        queue.finish(store, job.key, succeeded=True)
+        queue.finish(store, job.key, succeeded=True, attempt=job.attempts)
         return True
     reason = f"exit code {process.returncode}" if process.returncode > 0 else f"killed by signal {-process.returncode}"
-    queue.finish(store, job.key, succeeded=False, error=f"{reason}; log {log_path}\n{log_tail(log_path)}")
+    queue.finish(store, job.key, succeeded=False, error=f"{reason}; log {log_path}\n{log_tail(log_path)}",
+                 attempt=job.attempts)
     return False
 
 
@@ -115,36 +142,47 @@ def _requeue_orphans_of(store: Store, slot: Slot) -> None:
             queue.requeue(session, key, "its worker stopped; resumed from the last checkpoint")
 
 
+def _run_on_slot(store: Store, slot: Slot, report: WorkerReport, *, stay: bool) -> None:
+    _requeue_orphans_of(store, slot)
+    queue.recover_abandoned(store, slot_is_free=is_free)
+    while True:
+        job = queue.claim_next(store, device=slot.name, slot=slot.lock_path, pid=os.getpid())
+        if job is not None:
+            report.ran += 1
+            if not run_job(store, job, slot):
+                report.failed += 1
+            continue
+        # Before deciding there is nothing left, take back what dead workers left: nobody else may be about to.
+        if queue.recover_abandoned(store, slot_is_free=is_free):
+            continue
+        if not stay and not queue.has_waitable_work(store):
+            return
+        time.sleep(POLL_SECONDS)
+
+
 def run_worker(store: Store, slots: list[Slot], *, stay: bool = False) -> WorkerReport:
     """Claim jobs until none can become ready (or forever with `stay`)."""
-    claimed = claim_slot(slots)
-    if claimed is None:
-        return WorkerReport(slot=None)
-    slot, lock = claimed
-    report = WorkerReport(slot=slot.name)
+    report = WorkerReport(slot=None)
 
     def interrupt(signum: int, _frame: FrameType | None) -> None:
         raise _Interrupted(signal.Signals(signum).name)
 
     previous = {sig: signal.signal(sig, interrupt) for sig in (signal.SIGTERM, signal.SIGINT)}
     try:
-        _requeue_orphans_of(store, slot)
-        queue.recover_abandoned(store, slot_is_free=is_free)
-        while True:
-            job = queue.claim_next(store, device=slot.name, slot=slot.lock_path, pid=os.getpid())
-            if job is None:
-                if not stay and not queue.has_waitable_work(store):
-                    break
-                time.sleep(POLL_SECONDS)
-                queue.recover_abandoned(store, slot_is_free=is_free)
-                continue
-            report.ran += 1
-            if not run_job(store, job, slot):
-                report.failed += 1
+        while (claimed := claim_slot(slots)) is not None:
+            slot, lock = claimed
+            report.slot = slot.name
+            try:
+                _run_on_slot(store, slot, report, stay=stay)
+            finally:
+                lock.release()
+            # A submitter may have queued jobs after our last look and found our slot taken, leaving them to us:
+            # look once more now that the slot is free. Whoever holds a slot from here on sees them too.
+            if not queue.has_ready_work(store):
+                break
     except _Interrupted:
         pass
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
-        lock.release()
     return report
