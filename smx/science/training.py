@@ -8,6 +8,11 @@ lr * gamma ** (e // lr_step). That is Cohen's and Salman's schedule. The jh-jeon
 (consistency, SmoothMix) step the scheduler the same way but under an older PyTorch convention, so with
 current PyTorch their decays land one epoch late (epochs 0..lr_step at lr); smx does not reproduce that.
 
+Speed (docs/performance.md): tensor datasets live on the device and batches are index gathers; the loop never
+waits for the device within an epoch. On CUDA the model is channels-last and cuDNN autotunes its convolutions.
+`amp` opts in to bf16 autocast of the loss's forward passes: faster on GPUs (and on CPUs with AMX), but the
+results are not those of fp32 training, so it is recorded in every checkpoint and off by default.
+
 Reproducibility: the loop seeds torch and a separate shuffle generator from `settings.seed`, and every
 checkpoint stores the model, optimizer, scheduler and all RNG states, so a run resumed from any checkpoint
 ends with the same weights as an uninterrupted one (bit for bit on CPU; on GPU up to cuDNN's own
@@ -22,7 +27,7 @@ import pickle
 import time
 import zipfile
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field, fields
+from dataclasses import MISSING, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -60,6 +65,7 @@ class TrainSettings:
     dataset: str  # a catalog name: gives the number of classes and the on-device augmentation
     device: str = "cpu"
     num_workers: int = 4  # DataLoader processes, used only for datasets that are not ImageTensors
+    amp: bool = False  # bf16 autocast of the forward passes; changes the results, so it is off by default
 
     def record(self) -> dict[str, Any]:
         """The settings as plain values, as stored in every checkpoint."""
@@ -258,6 +264,10 @@ def train(
         leftover.unlink()  # a write that was interrupted before its rename
 
     model.to(device)
+    if device.type == "cuda":
+        # cuDNN's NHWC kernels are faster, and every full batch has the same shape for the autotuner.
+        model.to(memory_format=torch.channels_last)
+        torch.backends.cudnn.benchmark = True
     optimizer = torch.optim.SGD(
         model.parameters(), lr=settings.lr, momentum=settings.momentum, weight_decay=settings.weight_decay
     )
@@ -304,10 +314,12 @@ def train(
 
 def check_same_run(stored: dict[str, Any], settings: TrainSettings, path: Path) -> None:
     current = settings.record()
+    # A checkpoint written before a setting existed ran with that setting's default.
+    defaults = {item.name: item.default for item in fields(TrainSettings) if item.default is not MISSING}
     differing = sorted(
         name
         for name in set(stored) | set(current)
-        if name not in RUNTIME_SETTINGS and stored.get(name) != current.get(name)
+        if name not in RUNTIME_SETTINGS and stored.get(name, defaults.get(name)) != current.get(name)
     )
     if differing:
         raise UserError(
@@ -357,7 +369,8 @@ def train_epoch(
         for chunk in range(chunks if chunk_size else 0):
             inputs = images[chunk * chunk_size : (chunk + 1) * chunk_size]
             targets = labels[chunk * chunk_size : (chunk + 1) * chunk_size]
-            output = loss_function(model, inputs, targets, settings.sigma, context)
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=settings.amp):
+                output = loss_function(model, inputs, targets, settings.sigma, context)
             optimizer.zero_grad(set_to_none=True)
             output.loss.backward()
             optimizer.step()

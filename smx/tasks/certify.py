@@ -1,10 +1,13 @@
 """Certify job: run CERTIFY on the test images a config selects, storing one row per image as it goes.
 
 A restarted job skips the images already in the store, so a crash costs at most one group of images.
+The job certifies in fp32; SMX_COMPILE=1 in a worker's environment opts in to torch.compile for its jobs
+(docs/performance.md: it pays for itself only on long runs).
 """
 
 from __future__ import annotations
 
+import os
 import time
 
 import torch
@@ -16,7 +19,7 @@ from smx.db.store import Store
 from smx.science.catalog import DATASETS
 from smx.science.data import ImageTensors, load_dataset
 from smx.science.models import build_model
-from smx.science.smoothing import Certificate, certify_dataset
+from smx.science.smoothing import Certificate, certify_dataset, forward_batch_size, prepare_for_certification
 from smx.science.training import load_weights
 from smx.tasks import checkpoints
 from smx.tasks.progress import ProgressReporter
@@ -57,7 +60,7 @@ def run(store: Store, job: Job, device: str, progress: ProgressReporter) -> None
         return
     model = build_model(arch, dataset)
     load_weights(model, checkpoint)
-    model.to(device).eval()
+    model = prepare_for_certification(model, device, compile_model=os.environ.get("SMX_COMPILE") == "1")
 
     data = load_dataset(dataset, certify_config["split"], root=job.runtime.get("data_root"),
                         download=job.runtime.get("download", False))
@@ -66,6 +69,8 @@ def run(store: Store, job: Job, device: str, progress: ProgressReporter) -> None
     pending: list[Certificate] = []
     last_flush = time.monotonic()
     certified = len(indices) - len(remaining)
+    # certify.batch_size bounds the rows of a forward pass; the device may be faster with fewer.
+    batch_size = forward_batch_size(model, DATASETS[dataset].input_shape, certify_config["batch_size"], device)
 
     def flush() -> None:
         nonlocal last_flush
@@ -92,7 +97,7 @@ def run(store: Store, job: Job, device: str, progress: ProgressReporter) -> None
         images, labels = images_at(data, group)
         certify_dataset(model, images, labels, group, sigma=certify_config["sigma"], n0=certify_config["n0"],
                         n=certify_config["n"], alpha=certify_config["alpha"],
-                        batch_size=certify_config["batch_size"], num_classes=DATASETS[dataset].num_classes,
+                        batch_size=batch_size, num_classes=DATASETS[dataset].num_classes,
                         on_certificate=on_certificate, device=device)
         flush()
     progress(1.0, f"image {len(indices)}/{len(indices)}")

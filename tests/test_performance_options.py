@@ -1,0 +1,131 @@
+"""The opt-in speed options (bf16 certification, AMP training, torch.compile) and the device-dependent choices
+that must leave results alone (forward batch, model preparation)."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+
+from smx.errors import UserError
+from smx.science import smoothing
+from smx.science.data import load_dataset
+from smx.science.methods.params import SmoothMixParams
+from smx.science.models import build_model
+from smx.science.smoothing import (
+    ABSTAIN,
+    CPU_FORWARD_BATCH,
+    certify_dataset,
+    forward_batch_size,
+    prepare_for_certification,
+    rows_that_fit,
+)
+from smx.science.training import TrainSettings, load_checkpoint, save_checkpoint, train
+
+
+@pytest.fixture(scope="module")
+def lenet():
+    torch.manual_seed(0)
+    return build_model("lenet", "mnist-mini").eval()
+
+
+@pytest.fixture(scope="module")
+def test_images():
+    data = load_dataset("mnist-mini", "test")
+    return data.images[:3], data.labels[:3]
+
+
+def certificates(model, images, labels, batch_size=100, **options):
+    torch.manual_seed(0)
+    found = certify_dataset(model, images, labels, range(len(images)), 0.5, 20, 200, 0.01, batch_size, 10, **options)
+    return [(c.prediction, c.radius, c.pa_lower, c.count) for c in found]
+
+
+def test_default_precision_is_fp32_and_explicit_fp32_changes_nothing(lenet, test_images):
+    assert certificates(lenet, *test_images) == certificates(lenet, *test_images, precision="fp32")
+
+
+def test_bf16_is_an_opt_in_that_runs_on_a_cpu(lenet, test_images):
+    answers = certificates(lenet, *test_images, precision="bf16")
+    assert len(answers) == 3
+    for prediction, radius, pa_lower, count in answers:
+        assert 0 <= count <= 200 and 0.0 <= pa_lower <= 1.0
+        assert (prediction == ABSTAIN and radius == 0.0) or (0 <= prediction < 10 and radius >= 0.0)
+
+
+def test_an_unknown_precision_is_rejected(lenet, test_images):
+    with pytest.raises(ValueError, match="precision"):
+        certificates(lenet, *test_images, precision="fp16")
+
+
+def test_prepared_model_computes_the_same_function(lenet):
+    prepared = prepare_for_certification(copy.deepcopy(lenet), "cpu")
+    inputs = torch.rand(64, 1, 28, 28)
+    with torch.inference_mode():
+        expected, found = lenet(inputs), prepared(inputs)
+    assert not prepared.training
+    convolutions = [layer for layer in prepared.modules() if isinstance(layer, torch.nn.Conv2d)]
+    assert all(layer.weight.is_contiguous(memory_format=torch.channels_last) for layer in convolutions)
+    assert all(layer.inplace for layer in prepared.modules() if isinstance(layer, torch.nn.ReLU))
+    assert torch.allclose(found, expected, atol=1e-5)
+    assert torch.equal(found.argmax(dim=1), expected.argmax(dim=1))
+
+
+def test_in_place_relu_only_where_its_input_is_a_fresh_tensor():
+    model = torch.nn.Sequential(torch.nn.ReLU(), torch.nn.Flatten(), torch.nn.ReLU(), torch.nn.Linear(4, 4),
+                                torch.nn.ReLU())
+    smoothing._relu_in_place(model)
+    assert [getattr(layer, "inplace", None) for layer in model] == [False, None, False, None, True]
+
+
+def test_forward_batch_never_exceeds_the_configured_batch_size(lenet):
+    assert forward_batch_size(lenet, (1, 28, 28), 1000, "cpu") == CPU_FORWARD_BATCH
+    assert forward_batch_size(lenet, (1, 28, 28), 50, "cpu") == 50
+
+
+def test_rows_that_fit_a_share_of_free_gpu_memory():
+    free = 8 * 2**30
+    assert rows_that_fit(free, bytes_per_row=2**20, batch_size=1000) == 1000
+    assert rows_that_fit(free, bytes_per_row=2**24, batch_size=1000) == int(smoothing.GPU_MEMORY_SHARE * 512)
+    assert rows_that_fit(free, bytes_per_row=2**40, batch_size=1000) == 1
+
+
+def amp_settings(**changes):
+    values = dict(method="smoothmix", params=SmoothMixParams(steps=1, noise_samples=2, eta=1.0, warmup=2), sigma=0.5,
+                  epochs=1, batch_size=16, lr=0.05, lr_step=2, lr_gamma=0.1, momentum=0.9, weight_decay=1e-4,
+                  seed=3, dataset="mnist-mini")
+    values.update(changes)
+    return TrainSettings(**values)
+
+
+def test_amp_training_is_opt_in_recorded_and_runs_on_a_cpu(tmp_path):
+    assert amp_settings().amp is False
+    data = load_dataset("mnist-mini", "train").subset(range(32))
+    torch.manual_seed(0)
+    metrics = []
+    final = train(build_model("lenet", "mnist-mini"), data, amp_settings(amp=True), tmp_path, on_epoch=metrics.append)
+    assert load_checkpoint(final)["settings"]["amp"] is True
+    assert torch.isfinite(torch.tensor(metrics[0].loss))
+
+
+class Interrupted(Exception):
+    pass
+
+
+def interrupt(metrics):
+    raise Interrupted
+
+
+def test_a_checkpoint_from_before_amp_existed_resumes_as_fp32(tmp_path):
+    data = load_dataset("mnist-mini", "train").subset(range(32))
+    with pytest.raises(Interrupted):
+        train(build_model("lenet", "mnist-mini"), data, amp_settings(epochs=2), tmp_path, on_epoch=interrupt)
+    [first] = tmp_path.glob("epoch-*.pt")
+    state = load_checkpoint(first)
+    del state["settings"]["amp"]
+    save_checkpoint(state, first)
+
+    with pytest.raises(UserError, match="amp"):
+        train(build_model("lenet", "mnist-mini"), data, amp_settings(epochs=2, amp=True), tmp_path)
+    assert train(build_model("lenet", "mnist-mini"), data, amp_settings(epochs=2), tmp_path).name == "epoch-0002.pt"
