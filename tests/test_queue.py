@@ -101,3 +101,15 @@ def test_cancel_and_retry(store, tmp_path: Path) -> None:
     assert queue.claim_next(store, device="cpu", slot=tmp_path / "slot", pid=1) is None
     assert queue.retry(store, ["train-a"]) == ["train-a"]
     assert queue.claim_next(store, device="cpu", slot=tmp_path / "slot", pid=1).key == "train-a"
+
+
+def test_cpu_slots_share_the_cores_and_hide_gpus(tmp_path: Path, monkeypatch) -> None:
+    from smx.scheduler.slots import make_slots
+
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.setattr("os.cpu_count", lambda: 8)
+    slots = make_slots(tmp_path, gpus=[], cpu_jobs=2)
+    assert [slot.environment() for slot in slots] == [{"CUDA_VISIBLE_DEVICES": "", "OMP_NUM_THREADS": "4"}] * 2
+    gpu_slots = make_slots(tmp_path, gpus=["0", "3"], jobs_per_gpu=2)
+    assert [slot.environment() for slot in gpu_slots] == [{"CUDA_VISIBLE_DEVICES": gpu} for gpu in "0033"]
+    assert len({slot.lock_path for slot in gpu_slots}) == 4

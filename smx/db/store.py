@@ -186,7 +186,8 @@ def open_store(location: str | None = None, *, create: bool = True) -> Store:
 def stored_version(store: Store) -> int | None:
     if not inspect(store.engine).has_table("meta"):
         return None
-    with store.session() as session:
+    # A read session: opening a store must not wait behind a scheduler that is writing.
+    with store.read_session() as session:
         value = session.scalar(select(Meta.value).where(Meta.key == "schema_version"))
     return int(value) if value is not None else None
 

@@ -23,6 +23,8 @@ class Slot:
     # The GPU index as the machine numbers it, or None for a CPU slot.
     gpu: str | None
     lock_path: Path
+    # CPU threads for the job: the cores shared among the CPU slots, since oversubscribed threads run slower.
+    cpu_threads: int | None = None
 
     @property
     def device(self) -> str:
@@ -31,7 +33,10 @@ class Slot:
 
     def environment(self) -> dict[str, str]:
         # An empty CUDA_VISIBLE_DEVICES hides every GPU, so a CPU slot never touches one by accident.
-        return {"CUDA_VISIBLE_DEVICES": self.gpu if self.gpu is not None else ""}
+        environment = {"CUDA_VISIBLE_DEVICES": self.gpu if self.gpu is not None else ""}
+        if self.cpu_threads is not None and "OMP_NUM_THREADS" not in os.environ:
+            environment["OMP_NUM_THREADS"] = str(self.cpu_threads)
+        return environment
 
 
 def detect_gpus() -> list[str]:
@@ -74,7 +79,9 @@ def make_slots(locks_dir: Path, gpus: list[str], jobs_per_gpu: int = 1, cpu_jobs
     if gpus:
         return [Slot(f"gpu{gpu}-slot{index}", gpu, locks_dir / f"gpu{gpu}-slot{index}.lock")
                 for gpu in gpus for index in range(jobs_per_gpu)]
-    return [Slot(f"cpu-slot{index}", None, locks_dir / f"cpu-slot{index}.lock") for index in range(cpu_jobs)]
+    threads = max(1, (os.cpu_count() or 1) // cpu_jobs)
+    return [Slot(f"cpu-slot{index}", None, locks_dir / f"cpu-slot{index}.lock", cpu_threads=threads)
+            for index in range(cpu_jobs)]
 
 
 def try_lock(path: Path) -> FileLock | None:
