@@ -272,9 +272,10 @@ def test_a_certification_killed_midway_resumes_after_its_last_stored_sample(
     reference: Reference, tmp_path: Path
 ) -> None:
     store = reference.store
-    # Long enough (a few seconds) for the task to store a first batch of certificates well before its end.
-    max_samples = 100
-    plan = enqueue(store.root, spec_text("killed-in-certification", n=250, max_samples=max_samples))
+    # Long enough (several seconds even on a fast machine) for the task to store a first batch of certificates
+    # (it flushes every 2 s) well before its end.
+    max_samples = 200
+    plan = enqueue(store.root, spec_text("killed-in-certification", n=1000, max_samples=max_samples))
     certify_key = key_of(plan, "certify")
     assert job_row(store, reference.train_key).status == "done"  # the trained model is reused
     worker = start_worker(store.root, tmp_path / "worker.out")
