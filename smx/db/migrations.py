@@ -10,10 +10,16 @@ from typing import Callable
 
 from sqlalchemy import Connection
 
-from smx.db.models import SCHEMA_VERSION
+from smx.db.models import SCHEMA_VERSION, AnalysisResult
 from smx.errors import UserError
 
-MIGRATIONS: dict[int, Callable[[Connection], None]] = {}
+
+def add_analysis_results(connection: Connection) -> None:
+    """Version 2 stores the results of analyze jobs."""
+    AnalysisResult.__table__.create(connection, checkfirst=True)
+
+
+MIGRATIONS: dict[int, Callable[[Connection], None]] = {1: add_analysis_results}
 
 
 def migrate(connection: Connection, from_version: int) -> None:

@@ -8,7 +8,7 @@ from sqlalchemy import JSON, Float, ForeignKey, Index, Integer, String, Text
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
 # Bump when a table changes, and add the step that upgrades an older store to smx/db/migrations.py.
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 JOB_STATUSES = ("pending", "running", "done", "failed", "cancelled")
 JOB_KINDS = ("train", "certify", "analyze", "aggregate")

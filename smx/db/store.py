@@ -173,7 +173,9 @@ def open_store(location: str | None = None, *, create: bool = True) -> Store:
         engine = create_engine(url, pool_pre_ping=True)
     store = Store(url=url, root=root, engine=engine)
     try:
-        if create:
+        version = stored_version(store) if not create else None
+        # A store written by an older smx is upgraded on first use, by reading commands too: they need its tables.
+        if create or (version is not None and version < SCHEMA_VERSION):
             initialise(store)
         else:
             check_version(store)

@@ -1,0 +1,30 @@
+"""The store's schema version and the upgrade of an older store."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from sqlalchemy import inspect, text
+
+from smx.db.models import SCHEMA_VERSION
+from smx.db.store import StoreError, open_store, stored_version
+
+
+def test_an_older_store_is_upgraded_when_a_reading_command_opens_it(tmp_path: Path) -> None:
+    store = open_store(str(tmp_path / "store"))
+    with store.engine.begin() as connection:
+        connection.execute(text("DROP TABLE analysis_results"))
+        connection.execute(text("UPDATE meta SET value = '1' WHERE key = 'schema_version'"))
+    reopened = open_store(str(tmp_path / "store"), create=False)
+    assert stored_version(reopened) == SCHEMA_VERSION
+    assert inspect(reopened.engine).has_table("analysis_results")
+
+
+def test_a_newer_store_is_refused(tmp_path: Path) -> None:
+    store = open_store(str(tmp_path / "store"))
+    with store.engine.begin() as connection:
+        connection.execute(text("UPDATE meta SET value = :version WHERE key = 'schema_version'"),
+                           {"version": str(SCHEMA_VERSION + 1)})
+    with pytest.raises(StoreError, match="newer than this smx"):
+        open_store(str(tmp_path / "store"), create=False)
