@@ -364,9 +364,10 @@ def tui(
     read_only: Annotated[bool, typer.Option("--read-only", help="Only look: refuse cancel, retry and export.")] = False,
 ) -> None:
     """Live terminal UI: experiments, jobs (with logs and errors), results and certified-accuracy curves."""
+    from smx.reference import PaperAcr
     from smx.tui.app import SmxApp
 
-    SmxApp(store, read_only=read_only).run()
+    SmxApp(store, read_only=read_only, published_acr=PaperAcr(store)).run()
 
 
 @app.command()

@@ -26,6 +26,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from smx.db.models import Job, JobParent
+from smx.db.store import Store, open_store
 from smx.science.methods.params import METHOD_PARAMS
 
 REFERENCE_FILE = "reference_data/paper_tables.json"
@@ -134,3 +135,22 @@ def setting_of(session: Session, certify_key: str) -> Setting | None:
     return Setting(dataset=certify.config["data"]["dataset"], method=train_config["method"],
                    sigma=train_config["sigma"], certify_sigma=certify.config["certify"]["sigma"],
                    params=train_config.get("params", {}))
+
+
+class PaperAcr:
+    """The published ACR of a `results` row's setting, or None: fills the TUI's "paper ACR" column.
+
+    The store is opened on first use, so the TUI can start before `smx submit` has created it.
+    """
+
+    def __init__(self, location: str | None) -> None:
+        self.location = location
+        self._store: Store | None = None
+
+    def __call__(self, row: Mapping[str, Any]) -> float | None:
+        if self._store is None:
+            self._store = open_store(self.location, create=False)
+        with self._store.read_session() as session:
+            setting = setting_of(session, row["certify_key"])
+        published = find_published(setting) if setting is not None else None
+        return published.acr if published is not None else None

@@ -209,3 +209,16 @@ def test_report_import_and_export_do_not_import_torch(imported: Path, tmp_path: 
         result = subprocess.run([sys.executable, "-c", probe, *arguments], capture_output=True, text=True,
                                 env={**os.environ, "SMX_STORE": str(store)}, cwd=REPO)
         assert result.returncode == 0, result.stderr
+
+
+def test_the_tui_shows_the_published_acr_beside_an_imported_log(imported: Path) -> None:
+    from smx.reference import PaperAcr
+    from smx.tui.data import StoreReader
+    from smx.tui.model import LoadRequest
+
+    reader = StoreReader(str(imported), published_acr=PaperAcr(str(imported)))
+    snapshot = reader.load(LoadRequest(experiment="cohen", results=True))
+    results = snapshot.results
+    published = dict(zip((row[results.columns.index("config")] for row in results.rows),
+                         (row[results.columns.index("published_acr")] for row in results.rows)))
+    assert published["mnist_gaussian_sigma0.50"] == pytest.approx(1.553)
