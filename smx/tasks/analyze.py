@@ -18,8 +18,6 @@ from smx.db.store import Store
 from smx.science.analysis import ProgressCallback, confidence_under_attack, equal_confidence_mixing_ratios
 from smx.science.catalog import DATASETS
 from smx.science.data import load_dataset
-from smx.science.models import build_model
-from smx.science.training import load_weights
 from smx.tasks import checkpoints
 from smx.tasks.certify import images_at, selected_indices
 from smx.tasks.progress import ProgressReporter
@@ -33,14 +31,9 @@ def run(store: Store, job: Job, device: str, progress: ProgressReporter) -> None
     with store.session() as session:
         train_key = session.scalar(select(JobParent.parent_key).where(JobParent.child_key == job.key))
         train_config = session.get(Job, train_key).config
-    try:
-        checkpoint = checkpoints.verified_final(store, train_key)
-    except checkpoints.CheckpointError as error:
-        checkpoints.retrain_after_corruption(store, train_key, job.key, error.message)
-        print(f"{error.message}\nIts training was queued again; this job runs once it is done.", flush=True)
+    model = checkpoints.trained_model(store, job.key, train_key, train_config["model"]["arch"], dataset)
+    if model is None:
         return
-    model = build_model(train_config["model"]["arch"], dataset)
-    load_weights(model, checkpoint)
     model.to(device).eval()
     data = load_dataset(dataset, "test", root=job.runtime.get("data_root"), download=job.runtime.get("download", False))
     indices = selected_indices(len(data), 1, settings["max_samples"])

@@ -18,9 +18,7 @@ from smx.db.models import Job, JobParent
 from smx.db.store import Store
 from smx.science.catalog import DATASETS
 from smx.science.data import ImageTensors, load_dataset
-from smx.science.models import build_model
 from smx.science.smoothing import Certificate, certify_dataset, forward_batch_size, prepare_for_certification
-from smx.science.training import load_weights
 from smx.tasks import checkpoints
 from smx.tasks.progress import ProgressReporter
 
@@ -52,14 +50,9 @@ def run(store: Store, job: Job, device: str, progress: ProgressReporter) -> None
         arch = train_job.config["model"]["arch"]
         done = set(session.scalars(select(CertificateRow.sample_index).where(CertificateRow.job_key == job.key)))
 
-    try:
-        checkpoint = checkpoints.verified_final(store, train_key)
-    except checkpoints.CheckpointError as error:
-        checkpoints.retrain_after_corruption(store, train_key, job.key, error.message)
-        print(f"{error.message}\nIts training was queued again; this job runs once it is done.", flush=True)
+    model = checkpoints.trained_model(store, job.key, train_key, arch, dataset)
+    if model is None:
         return
-    model = build_model(arch, dataset)
-    load_weights(model, checkpoint)
     model = prepare_for_certification(model, device, compile_model=os.environ.get("SMX_COMPILE") == "1")
 
     data = load_dataset(dataset, certify_config["split"], root=job.runtime.get("data_root"),

@@ -5,11 +5,14 @@ from __future__ import annotations
 import hashlib
 from pathlib import Path
 
+import torch
 from sqlalchemy import delete, select, update
 
 from smx.db.models import Checkpoint, Job
 from smx.db.store import Store
 from smx.errors import UserError
+from smx.science.models import build_model
+from smx.science.training import load_weights
 
 
 class CheckpointError(UserError):
@@ -74,3 +77,19 @@ def verified_final(store: Store, train_key: str) -> Path:
         problem = "is missing" if not path.is_file() else "does not match its recorded sha256 (corrupted or truncated)"
         raise CheckpointError(f"checkpoint {path} {problem}")
     return path
+
+
+def trained_model(store: Store, waiting_key: str, train_key: str, arch: str, dataset: str) -> torch.nn.Module | None:
+    """The final model of training `train_key`, its checkpoint verified first.
+
+    None when the checkpoint failed the check: its training is queued again and `waiting_key` waits for it.
+    """
+    try:
+        checkpoint = verified_final(store, train_key)
+    except CheckpointError as error:
+        retrain_after_corruption(store, train_key, waiting_key, error.message)
+        print(f"{error.message}\nIts training was queued again; this job runs once it is done.", flush=True)
+        return None
+    model = build_model(arch, dataset)
+    load_weights(model, checkpoint)
+    return model
