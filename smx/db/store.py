@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
 
+from filelock import FileLock
 from sqlalchemy import Engine, create_engine, event, inspect, select, text
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session, sessionmaker
@@ -135,7 +136,9 @@ def _sqlite_engine(url: str) -> Engine:
         # We issue BEGIN ourselves (below): pysqlite's deferred BEGIN lets two writers deadlock on upgrade.
         dbapi_connection.isolation_level = None
         cursor = dbapi_connection.cursor()
-        cursor.execute("PRAGMA journal_mode=WAL")
+        # Switching to WAL needs an exclusive lock, and WAL persists in the file: switch only a new database.
+        if cursor.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
+            cursor.execute("PRAGMA journal_mode=WAL")
         cursor.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
         cursor.execute("PRAGMA foreign_keys=ON")
         cursor.execute("PRAGMA synchronous=NORMAL")
@@ -176,13 +179,28 @@ def open_store(location: str | None = None, *, create: bool = True) -> Store:
         version = stored_version(store) if not create else None
         # A store written by an older smx is upgraded on first use, by reading commands too: they need its tables.
         if create or (version is not None and version < SCHEMA_VERSION):
-            initialise(store)
+            with _schema_lock(store):
+                initialise(store)
         else:
             check_version(store)
     except OperationalError as error:
         raise StoreError(f"cannot open the store database {url}: {error.orig}.\n"
                          "Fix: check the path and its permissions, or the server address.") from error
     return store
+
+
+@contextmanager
+def _schema_lock(store: Store) -> Iterator[None]:
+    """One process at a time creates or upgrades an SQLite store's schema.
+
+    Two `smx submit` started together both create the database; SQLite may answer the second "database is locked"
+    at once (without waiting) while the first switches a new file to WAL, so they take turns instead.
+    """
+    if not store.is_sqlite:
+        yield
+        return
+    with FileLock(store.locks_dir / "schema.lock", timeout=BUSY_TIMEOUT_MS / 1000):
+        yield
 
 
 def stored_version(store: Store) -> int | None:
