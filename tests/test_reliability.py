@@ -352,6 +352,7 @@ def test_a_checkpoint_write_that_fails_halfway_keeps_the_previous_one_and_traini
     assert "Traceback" not in disk_full.stderr
     assert "No space left on device" in disk_full.stderr and str(store.root) in disk_full.stderr
     assert "Fix:" in disk_full.stderr
+    assert not (folder / "epoch-0002.pt.tmp").exists()  # the failed write gave its space back
     first_epoch = epoch_metric(store, train_key, 1)
     assert trained_epochs(store, train_key) == [1]
     assert recorded_checkpoints(store, train_key) == [(1, epoch_one.name, checkpoints.sha256_file(epoch_one))]

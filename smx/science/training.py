@@ -107,10 +107,15 @@ def list_checkpoints(checkpoint_dir: Path) -> list[tuple[int, Path]]:
 def save_checkpoint(state: dict[str, Any], path: Path) -> None:
     """Write atomically and durably: a temporary file in the same folder, fsync, rename, fsync the folder."""
     temporary = path.with_name(path.name + TEMPORARY_SUFFIX)
-    with temporary.open("wb") as file:
-        torch.save(state, file)
-        file.flush()
-        os.fsync(file.fileno())
+    try:
+        with temporary.open("wb") as file:
+            torch.save(state, file)
+            file.flush()
+            os.fsync(file.fileno())
+    except BaseException:
+        # A half-written file would hold on to the space a full disk needs back.
+        temporary.unlink(missing_ok=True)
+        raise
     os.replace(temporary, path)
     if os.name == "posix":
         folder = os.open(path.parent, os.O_RDONLY)
