@@ -10,7 +10,7 @@ from typing import Callable
 
 from sqlalchemy import Connection
 
-from smx.db.models import SCHEMA_VERSION, AnalysisResult
+from smx.db.models import SCHEMA_VERSION, AnalysisResult, Certificate
 from smx.errors import UserError
 
 
@@ -19,7 +19,13 @@ def add_analysis_results(connection: Connection) -> None:
     AnalysisResult.__table__.create(connection, checkfirst=True)
 
 
-MIGRATIONS: dict[int, Callable[[Connection], None]] = {1: add_analysis_results}
+def add_curve_index(connection: Connection) -> None:
+    """Version 3 indexes certificates for certified-accuracy curves."""
+    for index in Certificate.__table__.indexes:
+        index.create(connection, checkfirst=True)
+
+
+MIGRATIONS: dict[int, Callable[[Connection], None]] = {1: add_analysis_results, 2: add_curve_index}
 
 
 def migrate(connection: Connection, from_version: int) -> None:
