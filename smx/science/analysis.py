@@ -27,7 +27,7 @@ from smx.science.methods.attacks import smoothadv_pgd
 from smx.science.methods.base import draw_noise
 from smx.science.methods.smoothmix import per_image_norm, smoothed_adversary
 # CERTIFY's own counting (batched draws, counted on the device), so the estimates here are made the same way.
-from smx.science.smoothing import _count_predictions, _evaluating
+from smx.science.smoothing import count_predictions, evaluating
 
 ProgressCallback = Callable[[float], None]  # receives the fraction of the images done
 
@@ -61,8 +61,8 @@ def class_probabilities(
 ) -> torch.Tensor:
     """Estimated P(f(x + delta) = c) for each image and class, shape (images, classes): the share of mc_samples
     noisy copies of the image on which the base classifier predicts c. Forward passes have at most batch_size rows."""
-    with _evaluating(model):
-        counts = _count_predictions(model, images, (mc_samples,), sigma, batch_size, num_classes)
+    with evaluating(model):
+        counts = count_predictions(model, images, (mc_samples,), sigma, batch_size, num_classes)
     return counts[:, 0].to(torch.float64) / mc_samples
 
 

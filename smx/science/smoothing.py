@@ -84,9 +84,9 @@ def certify(
     The class is chosen on n0 draws and its probability bounded on n independent draws; prediction is
     ABSTAIN and radius 0.0 when that bound is below 1/2.
     """
-    with _evaluating(model):
+    with evaluating(model):
         images = image.unsqueeze(0).to(_model_device(model), torch.float32)
-        counts = _count_predictions(model, images, (n0, n), sigma, batch_size, num_classes)
+        counts = count_predictions(model, images, (n0, n), sigma, batch_size, num_classes)
     return _certify_from_counts(counts, n, alpha, sigma)[0]
 
 
@@ -124,12 +124,12 @@ def certify_dataset(
     draws_per_image = n0 + n
     images_per_group = max(1, min(batch_size, math.ceil(_PASSES_PER_SYNC * batch_size / draws_per_image)))
     certificates = []
-    with _evaluating(model):
+    with evaluating(model):
         for group_start in range(0, len(indices), images_per_group):
             group_stop = min(group_start + images_per_group, len(indices))
             group_started = time.perf_counter()
             group_images = images[group_start:group_stop].to(device, torch.float32)
-            counts = _count_predictions(model, group_images, (n0, n), sigma, batch_size, num_classes, precision)
+            counts = count_predictions(model, group_images, (n0, n), sigma, batch_size, num_classes, precision)
             answers = _certify_from_counts(counts, n, alpha, sigma)
             seconds = (time.perf_counter() - group_started) / (group_stop - group_start)
             for position, (prediction, radius, pa_lower, count) in zip(range(group_start, group_stop), answers):
@@ -161,9 +161,9 @@ def predict(
 ) -> int:
     """PREDICT one image (C, H, W): the top class over n draws, or ABSTAIN when a two-sided binomial test
     cannot tell it from the runner-up at level alpha."""
-    with _evaluating(model):
+    with evaluating(model):
         images = image.unsqueeze(0).to(_model_device(model), torch.float32)
-        counts = _count_predictions(model, images, (n,), sigma, batch_size, num_classes)[0, 0]
+        counts = count_predictions(model, images, (n,), sigma, batch_size, num_classes)[0, 0]
         top_counts, top_classes = counts.topk(2)
     [top_count, runner_up_count], [top_class, _] = torch.stack((top_counts, top_classes)).tolist()
     if binomtest(top_count, top_count + runner_up_count, p=0.5).pvalue > alpha:
@@ -171,7 +171,7 @@ def predict(
     return top_class
 
 
-def _count_predictions(
+def count_predictions(
     model: torch.nn.Module,
     images: torch.Tensor,
     draws_per_phase: Sequence[int],
@@ -300,12 +300,12 @@ def _gpu_bytes_per_row(
     model: torch.nn.Module, image_shape: Sequence[int], device: torch.device, precision: Precision
 ) -> float:
     """Peak GPU memory of a certification pass per row: one trial pass of PROBE_ROWS, plus the noise and the
-    gathered clean images that _count_predictions holds next to it."""
+    gathered clean images that count_predictions holds next to it."""
     input_bytes = math.prod(image_shape) * 4  # fp32
     torch.cuda.synchronize(device)
     torch.cuda.reset_peak_memory_stats(device)
     allocated_before = torch.cuda.memory_allocated(device)
-    with _evaluating(model), _forward_precision(precision, device):
+    with evaluating(model), _forward_precision(precision, device):
         model(torch.zeros((PROBE_ROWS, *image_shape), device=device))
     peak = torch.cuda.max_memory_allocated(device) - allocated_before
     return peak / PROBE_ROWS + 2 * input_bytes
@@ -331,7 +331,7 @@ def _forward_precision(precision: Precision, device: torch.device) -> Iterator[N
 
 
 @contextmanager
-def _evaluating(model: torch.nn.Module) -> Iterator[None]:
+def evaluating(model: torch.nn.Module) -> Iterator[None]:
     """Eval mode without autograd for the duration, then the model's own mode again."""
     was_training = model.training
     model.eval()
