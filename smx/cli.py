@@ -28,7 +28,8 @@ StoreOption = Annotated[
     Optional[str],
     typer.Option("--store", help="Store directory or SQLAlchemy URL [default: $SMX_STORE or ./store]."),
 ]
-GpusOption = Annotated[str, typer.Option("--gpus", help="GPUs to use: auto, none, a count (2) or indices (0,1).")]
+GpusOption = Annotated[str, typer.Option(
+    "--gpus", help="GPUs to use: auto, none, a count (2; 0 is none) or indices (0,1; '0,' for index 0 alone).")]
 JobsPerGpuOption = Annotated[int, typer.Option("--jobs-per-gpu", min=1, help="Jobs packed on each GPU.")]
 CpuJobsOption = Annotated[int, typer.Option("--cpu-jobs", min=1, help="Jobs run at once when there is no GPU.")]
 STATUS_STYLES = {"pending": "yellow", "running": "cyan", "done": "green", "failed": "red", "cancelled": "magenta"}

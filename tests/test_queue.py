@@ -7,11 +7,13 @@ import sys
 import textwrap
 from pathlib import Path
 
+import pytest
 from sqlalchemy import select
 
 from smx.db.models import Job, JobParent
+from smx.errors import UserError
 from smx.scheduler import queue
-from smx.scheduler.slots import is_free, try_lock
+from smx.scheduler.slots import is_free, parse_gpus, try_lock
 
 
 def add_jobs(store, keys: list[str], kind: str = "train", parents: dict[str, list[str]] | None = None) -> None:
@@ -113,3 +115,15 @@ def test_cpu_slots_share_the_cores_and_hide_gpus(tmp_path: Path, monkeypatch) ->
     gpu_slots = make_slots(tmp_path, gpus=["0", "3"], jobs_per_gpu=2)
     assert [slot.environment() for slot in gpu_slots] == [{"CUDA_VISIBLE_DEVICES": gpu} for gpu in "0033"]
     assert len({slot.lock_path for slot in gpu_slots}) == 4
+
+
+def test_gpus_option_counts_indices_and_index_zero_alone(monkeypatch) -> None:
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0,1,2")
+    assert parse_gpus("auto") == ["0", "1", "2"]
+    assert parse_gpus("2") == ["0", "1"]
+    assert parse_gpus("0") == parse_gpus("none") == []
+    assert parse_gpus("0,") == ["0"]
+    assert parse_gpus("1,2") == ["1", "2"]
+    for bad in ("4", "one", ",", "0,x"):
+        with pytest.raises(UserError, match="--gpus"):
+            parse_gpus(bad)

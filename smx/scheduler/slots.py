@@ -55,7 +55,8 @@ def detect_gpus() -> list[str]:
 
 
 def parse_gpus(option: str | None) -> list[str]:
-    """--gpus: 'auto' (default), 'none', a count ('2') or a list of indices ('0,3')."""
+    """--gpus: 'auto' (default), 'none', a count ('2'; '0' means none) or a list of indices ('0,3'; '0,'
+    for index 0 alone, as a bare '0' is the count)."""
     if option is None or option == "auto":
         return detect_gpus()
     if option == "none":
@@ -66,8 +67,8 @@ def parse_gpus(option: str | None) -> list[str]:
             raise UserError(f"--gpus {option}: only {len(available)} GPU(s) visible.\n"
                             "Fix: ask for fewer, list indices (--gpus 0,1), or use --gpus none for CPU.")
         return available[: int(option)]
-    indices = [index.strip() for index in option.split(",")]
-    if not all(index.isdigit() for index in indices):
+    indices = [index.strip() for index in option.split(",") if index.strip()]
+    if not indices or not all(index.isdigit() for index in indices):
         raise UserError(f"--gpus {option!r} is not a GPU count or a list of indices.\n"
                         "Fix: use auto, none, a count like 2, or indices like 0,1.")
     return indices
