@@ -185,7 +185,9 @@ def main() -> None:
           f"sigma {args.sigma}")
     if not args.skip_reference:
         print(f"reference: passes of <= {args.batch} rows, NCHW, no_grad, host bincount, one sync per pass")
-    print(f"smx: passes of {runner.smx_batch} rows, channels_last, in-place ReLU, inference_mode, {args.precision}, "
+    layout = "channels_last" if args.device == "cpu" else "NCHW"
+    print(f"smx: passes of {runner.smx_batch} rows, {layout}, pool before ReLU, in-place ReLU, inference_mode, "
+          f"{args.precision}, "
           f"compile {args.compile}, setup and first image {runner.smx_setup_seconds:.1f} s (not timed)")
     rates: dict[str, list[float]] = {name: [] for name in implementations}
     radii: dict[str, list[float]] = {name: [] for name in implementations}
