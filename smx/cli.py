@@ -314,7 +314,7 @@ def query(
     store: StoreOption = None,
 ) -> None:
     """Run read-only SQL on the store, or export an experiment's results."""
-    from smx.db.readonly import run_query
+    from smx.db.readonly import run_query, tables_sql
     from smx.db.store import open_store
     from smx.report import FORMATS, experiment_results, render
 
@@ -325,9 +325,7 @@ def query(
                         "Example: smx query \"SELECT experiment, config, acr FROM results\"")
     opened = open_store(store, create=False)
     if tables:
-        sql = ("SELECT m.name AS name, m.type AS type, group_concat(p.name, ', ') AS columns "
-               "FROM sqlite_master m, pragma_table_info(m.name) p "
-               "WHERE m.type IN ('table', 'view') GROUP BY m.name ORDER BY m.type, m.name")
+        sql = tables_sql(opened)
     result = experiment_results(opened, experiment) if experiment else run_query(opened, sql or "")
     if format != "table":
         sys.stdout.write(render(result, format))

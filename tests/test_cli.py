@@ -7,11 +7,14 @@ import os
 import subprocess
 import sys
 import textwrap
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterator
 
 import pytest
 
 from tests.conftest import smx_command
+from tests.servers import fresh_postgres_database
 
 TINY_SPEC = textwrap.dedent("""
     [experiment]
@@ -49,25 +52,46 @@ TINY_SPEC = textwrap.dedent("""
 """)
 
 
-def run_smx(*arguments: str, store: Path, check: bool = True) -> subprocess.CompletedProcess:
-    environment = {**os.environ, "SMX_STORE": str(store), "CUDA_VISIBLE_DEVICES": ""}
+@dataclass
+class StoreTarget:
+    """A store as the CLI is pointed at it: --store's value, and the directory that holds its files."""
+
+    location: str
+    files: Path
+
+    @classmethod
+    def directory(cls, path: Path) -> StoreTarget:
+        return cls(str(path), path)
+
+    def environment(self) -> dict[str, str]:
+        return {**os.environ, "SMX_STORE": self.location, "SMX_STORE_FILES": str(self.files)}
+
+
+def run_smx(*arguments: str, store: StoreTarget, check: bool = True) -> subprocess.CompletedProcess:
+    environment = {**store.environment(), "CUDA_VISIBLE_DEVICES": ""}
     result = subprocess.run(smx_command(*arguments), capture_output=True, text=True, env=environment, timeout=600)
     if check and result.returncode != 0:
         raise AssertionError(f"smx {' '.join(arguments)} exited {result.returncode}\n{result.stdout}\n{result.stderr}")
     return result
 
 
-def query_json(sql: str, store: Path) -> list[dict]:
+def query_json(sql: str, store: StoreTarget) -> list[dict]:
     return json.loads(run_smx("query", sql, "--format", "json", store=store).stdout)
 
 
-@pytest.fixture(scope="module")
-def submitted(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, subprocess.CompletedProcess]:
+@pytest.fixture(scope="module", params=["sqlite", "postgresql"])
+def submitted(request, tmp_path_factory: pytest.TempPathFactory
+              ) -> Iterator[tuple[Path, StoreTarget, subprocess.CompletedProcess]]:
     root = tmp_path_factory.mktemp("e2e")
     spec = root / "tiny.toml"
     spec.write_text(TINY_SPEC)
-    store = root / "store"
-    return spec, store, run_smx("submit", str(spec), store=store)
+    if request.param == "sqlite":
+        store = StoreTarget.directory(root / "store")
+        yield spec, store, run_smx("submit", str(spec), store=store)
+        return
+    with fresh_postgres_database() as url:
+        store = StoreTarget(url, root / "store")
+        yield spec, store, run_smx("submit", str(spec), store=store)
 
 
 def test_submit_runs_every_job_and_fills_every_table(submitted) -> None:
@@ -96,7 +120,7 @@ def test_submit_runs_every_job_and_fills_every_table(submitted) -> None:
     for row in results:
         assert 0.0 <= row["acr"] <= 4 * 0.5
         assert row["acc_0_00"] == pytest.approx(row["clean_accuracy"])
-    assert (store / "results" / "tiny" / "gaussian.tsv").read_text().startswith("idx\tlabel\tpredict\tradius\tcorrect\ttime\n")
+    assert (store.files / "results" / "tiny" / "gaussian.tsv").read_text().startswith("idx\tlabel\tpredict\tradius\tcorrect\ttime\n")
 
 
 def test_a_second_submit_runs_nothing(submitted) -> None:
@@ -145,7 +169,7 @@ def test_user_errors_exit_2_without_traceback(submitted, tmp_path: Path) -> None
         result = run_smx(*arguments, store=store, check=False)
         assert result.returncode == 2, (arguments, result.stdout, result.stderr)
         assert "Traceback" not in result.stderr and "error:" in result.stderr
-    empty = run_smx("status", store=tmp_path / "nowhere", check=False)
+    empty = run_smx("status", store=StoreTarget.directory(tmp_path / "nowhere"), check=False)
     assert empty.returncode == 2 and "smx submit" in empty.stderr
     assert not (tmp_path / "nowhere").exists()
 
@@ -164,5 +188,5 @@ def test_read_commands_do_not_import_torch(submitted) -> None:
     """)
     for arguments in (["status"], ["query", "SELECT 1"], ["validate", "experiments/quickstart.toml"]):
         result = subprocess.run([sys.executable, "-c", probe, *arguments], capture_output=True, text=True,
-                                env={**os.environ, "SMX_STORE": str(store)}, cwd=Path(__file__).parents[1])
+                                env=store.environment(), cwd=Path(__file__).parents[1])
         assert result.returncode == 0, result.stderr

@@ -42,7 +42,7 @@ def test_two_processes_never_claim_the_same_job(store, tmp_path: Path) -> None:
     add_jobs(store, keys)
     outputs = [tmp_path / f"claimed{index}.txt" for index in range(2)]
     processes = [
-        subprocess.Popen([sys.executable, "-c", CLAIMER, str(store.root), str(tmp_path / f"slot{index}"), str(out)])
+        subprocess.Popen([sys.executable, "-c", CLAIMER, store.location, str(tmp_path / f"slot{index}"), str(out)])
         for index, out in enumerate(outputs)
     ]
     assert [process.wait(timeout=120) for process in processes] == [0, 0]

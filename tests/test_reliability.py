@@ -29,7 +29,7 @@ import pytest
 import torch
 from sqlalchemy import event, func, select, update
 
-from smx.db.models import Aggregate, Certificate, CertifiedAccuracy, Checkpoint, Job, JobParent, TrainMetric
+from smx.db.models import Aggregate, Base, Certificate, CertifiedAccuracy, Checkpoint, Job, JobParent, TrainMetric
 from smx.db.store import Store, open_store
 from smx.plan import Plan, build_plan
 from smx.scheduler import queue
@@ -121,8 +121,8 @@ def start(command: list[str], **options: Any) -> subprocess.Popen:
     return process
 
 
-def start_worker(store_dir: Path, output: Path, slots: int = 1) -> subprocess.Popen:
-    command = smx_command("worker", "--store", str(store_dir), "--gpus", "none", "--cpu-jobs", str(slots))
+def start_worker(location: str | Path, output: Path, slots: int = 1) -> subprocess.Popen:
+    command = smx_command("worker", "--store", str(location), "--gpus", "none", "--cpu-jobs", str(slots))
     with output.open("a") as log:
         return start(command, stdout=log, stderr=subprocess.STDOUT)
 
@@ -499,7 +499,7 @@ def test_soak_random_worker_kills_lose_and_repeat_nothing(store: Store, tmp_path
     rng = random.Random(7)
     configs_of = add_soak_jobs(store, aggregates=200, rng=rng)
     output = tmp_path / "workers.out"
-    workers = [start_worker(store.root, output, slots=4) for _ in range(4)]
+    workers = [start_worker(store.location, output, slots=4) for _ in range(4)]
     kills = 0
     while kills < 20 and any(worker.poll() is None for worker in workers):
         time.sleep(rng.uniform(0.3, 1.5))
@@ -510,7 +510,7 @@ def test_soak_random_worker_kills_lose_and_repeat_nothing(store: Store, tmp_path
         victim.send_signal(signal.SIGKILL)
         victim.wait()
         kills += 1
-        workers[workers.index(victim)] = start_worker(store.root, output, slots=4)
+        workers[workers.index(victim)] = start_worker(store.location, output, slots=4)
     for worker in workers:
         assert worker.wait(timeout=TIMEOUT_SECONDS) == 0, output.read_text()
 
@@ -662,10 +662,21 @@ HOSTILE_QUERIES = [
     "REPLACE INTO meta (key, value) VALUES ('schema_version', '99')",
     "VACUUM INTO '{attached}'",
     "SELECT load_extension('{attached}')",
+    # What a server store's SQL could try: leave the read-only transaction, or write files on the server.
+    "COMMIT; DELETE FROM jobs",
+    "ROLLBACK; DROP TABLE jobs",
+    "SET TRANSACTION READ WRITE; DELETE FROM jobs",
+    "SELECT lo_import('/etc/hostname')",
+    "COPY jobs TO '{attached}'",
+    "SELECT set_config('default_transaction_read_only', 'off', false); DELETE FROM jobs",
 ]
 
 
 def database_dump(store: Store) -> list[str]:
+    if not store.is_sqlite:
+        with store.read_session() as session:
+            return [repr(row) for table in reversed(Base.metadata.sorted_tables)
+                    for row in session.execute(select(table).order_by(*table.primary_key.columns))]
     database = sqlite3.connect(store.sqlite_path)
     try:
         return list(database.iterdump())
@@ -679,10 +690,10 @@ def test_smx_query_cannot_change_anything(store: Store, tmp_path: Path) -> None:
     before = database_dump(store)
     for sql in HOSTILE_QUERIES:
         sql = sql.replace("{attached}", str(attached))
-        assert_user_error(run_cli("query", sql, "--store", str(store.root)), "query failed")
+        assert_user_error(run_cli("query", sql, "--store", store.location), "query failed")
     assert database_dump(store) == before
     assert not attached.exists()
-    assert run_cli("query", "SELECT count(*) FROM jobs", "--store", str(store.root), "-f", "csv")[0] == 0
+    assert run_cli("query", "SELECT count(*) FROM jobs", "--store", store.location, "-f", "csv")[0] == 0
 
 
 class CodeOnLoad:

@@ -8,7 +8,7 @@ import pytest
 from sqlalchemy import inspect, text
 
 from smx.db.models import SCHEMA_VERSION
-from smx.db.store import StoreError, open_store, stored_version
+from smx.db.store import StoreError, open_store, resolve_location, stored_version
 
 
 def test_an_older_store_is_upgraded_when_a_reading_command_opens_it(tmp_path: Path) -> None:
@@ -30,3 +30,12 @@ def test_a_newer_store_is_refused(tmp_path: Path) -> None:
                            {"version": str(SCHEMA_VERSION + 1)})
     with pytest.raises(StoreError, match="newer than this smx"):
         open_store(str(tmp_path / "store"), create=False)
+
+
+def test_store_urls_smx_cannot_use_are_a_clear_error(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setenv("SMX_STORE_FILES", str(tmp_path / "files"))
+    with pytest.raises(StoreError, match="postgresql\\+psycopg://user:password@host/database"):
+        open_store("mysql://user@host/db")
+    assert resolve_location("postgres://u:p@db.example/smx")[0] == "postgresql+psycopg://u:p@db.example/smx"
+    assert resolve_location("postgresql://u:p@db.example/smx") == ("postgresql+psycopg://u:p@db.example/smx",
+                                                                   tmp_path / "files")

@@ -7,7 +7,6 @@ from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import text
-from sqlalchemy.exc import DBAPIError
 
 from smx.db.store import Store
 from smx.errors import UserError
@@ -54,21 +53,46 @@ def _sqlite_query(store: Store, sql: str, params: dict[str, Any]) -> QueryResult
 
 
 def _server_query(store: Store, sql: str, params: dict[str, Any]) -> QueryResult:
-    with store.engine.connect() as connection:
-        connection.exec_driver_sql("SET TRANSACTION READ ONLY")
-        try:
-            result = connection.execute(text(sql), params)
-            return QueryResult(list(result.keys()), [tuple(row) for row in result])
-        except DBAPIError as error:
-            raise QueryError(_explain(sql, str(error.orig))) from error
-        finally:
-            connection.rollback()
+    """On a database server: a read-only transaction, and the statement sent as a prepared statement, which the
+    server refuses to hold more than one command (so "COMMIT; DELETE ..." cannot leave the read-only transaction).
+    The connection is closed afterwards rather than returned to the pool, whatever the statement changed in it."""
+    if params:
+        compiled = text(sql).bindparams(**params).compile(dialect=store.engine.dialect)
+        statement, arguments = str(compiled), compiled.params
+    else:
+        statement, arguments = sql, None
+    connection = store.engine.raw_connection()
+    try:
+        driver = connection.driver_connection
+        driver.rollback()
+        driver.read_only = True
+        with driver.cursor() as cursor:
+            cursor.execute(statement, arguments, prepare=True)
+            columns = [column.name for column in cursor.description or []]
+            return QueryResult(columns, [tuple(row) for row in cursor.fetchall()] if cursor.description else [])
+    except store.engine.dialect.dbapi.Error as error:
+        raise QueryError(_explain(sql, str(error).strip())) from error
+    finally:
+        connection.invalidate()
 
 
 def _explain(sql: str, reason: str) -> str:
     if "not authorized" in reason or "readonly" in reason or "read-only" in reason:
         reason += " (smx query is read-only: only SELECT statements are allowed)"
     return f"query failed: {reason}\n  query: {sql.strip()}\nFix: write a single read-only SELECT; `smx query --tables` lists tables and views."
+
+
+def tables_sql(store: Store) -> str:
+    """A query listing the store's tables and views with their columns, in the store's own dialect."""
+    if store.is_sqlite:
+        return ("SELECT m.name AS name, m.type AS type, group_concat(p.name, ', ') AS columns "
+                "FROM sqlite_master m, pragma_table_info(m.name) p "
+                "WHERE m.type IN ('table', 'view') GROUP BY m.name ORDER BY m.type, m.name")
+    return ("SELECT c.table_name AS name, CASE t.table_type WHEN 'VIEW' THEN 'view' ELSE 'table' END AS type, "
+            "string_agg(c.column_name, ', ' ORDER BY c.ordinal_position) AS columns "
+            "FROM information_schema.columns c JOIN information_schema.tables t "
+            "ON t.table_schema = c.table_schema AND t.table_name = c.table_name "
+            "WHERE c.table_schema = current_schema() GROUP BY c.table_name, t.table_type ORDER BY 2, 1")
 
 
 def run_query(store: Store, sql: str, params: dict[str, Any] | None = None) -> QueryResult:

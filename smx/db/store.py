@@ -1,7 +1,9 @@
 """Where results live: a database (SQLite under `store/` by default) and the files beside it.
 
 The store directory holds `smx.db`, `checkpoints/<job key>/`, `logs/<job key>.log` and `locks/`.
-A SQLAlchemy URL may be given instead of a directory; files then go to `SMX_STORE_FILES` (default `store/`).
+A PostgreSQL URL (`postgresql+psycopg://user:password@host/database`) may be given instead of a directory, for a
+store shared by the nodes of a cluster; files then go to `SMX_STORE_FILES` (default `store/`), which must be a
+directory every node sees at the same path.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from typing import Iterator
 
 from filelock import FileLock
 from sqlalchemy import Engine, create_engine, event, inspect, select, text
-from sqlalchemy.exc import OperationalError
+from sqlalchemy.exc import ArgumentError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
 from smx.db.models import SCHEMA_VERSION, Base, Meta
@@ -24,6 +26,8 @@ from smx.errors import UserError
 
 DEFAULT_STORE = "store"
 BUSY_TIMEOUT_MS = 60_000
+# PostgreSQL advisory lock key under which clients create or upgrade the schema one at a time.
+SCHEMA_LOCK_ID = 0x736D78  # "smx"
 # OS errors that mean the store's disk refuses writes: full, over quota, read-only or forbidden.
 DISK_FULL_ERRNOS = {errno.ENOSPC, errno.EDQUOT}
 STORAGE_ERRNOS = DISK_FULL_ERRNOS | {errno.EROFS, errno.EACCES, errno.EPERM}
@@ -123,6 +127,10 @@ def resolve_location(location: str | None) -> tuple[str, Path]:
     """Turn --store / SMX_STORE into (database URL, files root)."""
     location = location or os.environ.get("SMX_STORE") or DEFAULT_STORE
     if "://" in location:
+        # PostgreSQL's own URL forms mean psycopg (version 3) to smx, the driver it installs.
+        for scheme in ("postgresql://", "postgres://"):
+            if location.startswith(scheme):
+                location = "postgresql+psycopg://" + location.removeprefix(scheme)
         return location, Path(os.environ.get("SMX_STORE_FILES", DEFAULT_STORE)).resolve()
     root = Path(location).expanduser().resolve()
     return f"sqlite:///{root / 'smx.db'}", root
@@ -153,6 +161,21 @@ def _sqlite_engine(url: str) -> Engine:
     return engine
 
 
+def _server_engine(url: str) -> Engine:
+    """A database server's engine (PostgreSQL: `postgresql+psycopg://user:password@host/database`)."""
+    if not url.startswith("postgresql+psycopg://"):
+        raise StoreError(f"smx cannot keep a store at {url!r}.\n"
+                         "Fix: give a directory (SQLite), or a URL like postgresql+psycopg://user:password@host/database.")
+    try:
+        return create_engine(url, pool_pre_ping=True)
+    except ArgumentError as error:
+        raise StoreError(f"cannot use the store URL {url!r}: {error}.\n"
+                         "Fix: give a directory, or a URL like postgresql+psycopg://user:password@host/database.") from error
+    except ModuleNotFoundError as error:
+        raise StoreError(f"the store URL {url!r} needs the Python package {error.name!r}, which is not installed.\n"
+                         "Fix: pip install 'smx[cluster]' (PostgreSQL through psycopg).") from error
+
+
 def open_store(location: str | None = None, *, create: bool = True) -> Store:
     """Open (and with `create`, initialise or migrate) the store at a directory or SQLAlchemy URL."""
     url, root = resolve_location(location)
@@ -164,16 +187,15 @@ def open_store(location: str | None = None, *, create: bool = True) -> Store:
                 "Fix: run `smx submit experiments/quickstart.toml` to create one, or point --store / SMX_STORE "
                 "at an existing store."
             )
-        if create:
-            try:
-                for sub in ("", "checkpoints", "logs", "locks"):
-                    (root / sub).mkdir(parents=True, exist_ok=True)
-            except OSError as error:
-                raise StoreError(f"cannot create the store directory {root}: {error.strerror}.\n"
-                                 "Fix: choose a writable location with --store or SMX_STORE.") from error
-        engine = _sqlite_engine(url)
-    else:
-        engine = create_engine(url, pool_pre_ping=True)
+    if create:
+        try:
+            for sub in ("", "checkpoints", "logs", "locks"):
+                (root / sub).mkdir(parents=True, exist_ok=True)
+        except OSError as error:
+            where = "--store or SMX_STORE" if url.startswith("sqlite") else "SMX_STORE_FILES"
+            raise StoreError(f"cannot create the store directory {root}: {error.strerror}.\n"
+                             f"Fix: choose a writable location with {where}.") from error
+    engine = _sqlite_engine(url) if url.startswith("sqlite") else _server_engine(url)
     store = Store(url=url, root=root, engine=engine)
     try:
         version = stored_version(store) if not create else None
@@ -191,13 +213,21 @@ def open_store(location: str | None = None, *, create: bool = True) -> Store:
 
 @contextmanager
 def _schema_lock(store: Store) -> Iterator[None]:
-    """One process at a time creates or upgrades an SQLite store's schema.
+    """One process at a time creates or upgrades a store's schema.
 
     Two `smx submit` started together both create the database; SQLite may answer the second "database is locked"
     at once (without waiting) while the first switches a new file to WAL, so they take turns instead.
     """
     if not store.is_sqlite:
-        yield
+        # A server store's clients may be on several hosts: they take turns through the server's own lock.
+        with store.engine.connect() as connection:
+            connection.execute(text("SELECT pg_advisory_lock(:id)"), {"id": SCHEMA_LOCK_ID})
+            connection.commit()
+            try:
+                yield
+            finally:
+                connection.execute(text("SELECT pg_advisory_unlock(:id)"), {"id": SCHEMA_LOCK_ID})
+                connection.commit()
         return
     with FileLock(store.locks_dir / "schema.lock", timeout=BUSY_TIMEOUT_MS / 1000):
         yield
