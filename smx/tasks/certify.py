@@ -47,7 +47,7 @@ def run(store: Store, job: Job, device: str, progress: ProgressReporter) -> None
     with store.session() as session:
         train_key = session.scalar(select(JobParent.parent_key).where(JobParent.child_key == job.key))
         train_job = session.get(Job, train_key)
-        arch = train_job.config["model"]["arch"]
+        arch, seed = train_job.config["model"]["arch"], train_job.config.get("seed", 0)
         done = set(session.scalars(select(CertificateRow.sample_index).where(CertificateRow.job_key == job.key)))
 
     model = checkpoints.trained_model(store, job.key, train_key, arch, dataset)
@@ -88,6 +88,9 @@ def run(store: Store, job: Job, device: str, progress: ProgressReporter) -> None
     for start in range(0, len(remaining), IMAGES_PER_CALL):
         group = remaining[start:start + IMAGES_PER_CALL]
         images, labels = images_at(data, group)
+        # Noise seeded by the experiment's seed and the group's first image: a run's certificates can be
+        # reproduced on the same kind of device, whichever machine or executor runs it.
+        torch.manual_seed(seed * 1_000_003 + group[0])
         certify_dataset(model, images, labels, group, sigma=certify_config["sigma"], n0=certify_config["n0"],
                         n=certify_config["n"], alpha=certify_config["alpha"],
                         batch_size=batch_size, num_classes=DATASETS[dataset].num_classes,
