@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import datetime
+import decimal
+import json
 import sqlite3
 from dataclasses import dataclass
 from typing import Any
@@ -69,11 +72,24 @@ def _server_query(store: Store, sql: str, params: dict[str, Any]) -> QueryResult
         with driver.cursor() as cursor:
             cursor.execute(statement, arguments, prepare=True)
             columns = [column.name for column in cursor.description or []]
-            return QueryResult(columns, [tuple(row) for row in cursor.fetchall()] if cursor.description else [])
+            rows = cursor.fetchall() if cursor.description else []
+            return QueryResult(columns, [tuple(_as_sqlite_gives(value) for value in row) for row in rows])
     except store.engine.dialect.dbapi.Error as error:
         raise QueryError(_explain(sql, str(error).strip())) from error
     finally:
         connection.invalidate()
+
+
+def _as_sqlite_gives(value: Any) -> Any:
+    """A server's value as SQLite would give it, so that exports read the same from either store: JSON as text,
+    times as ISO text, exact decimals as floats."""
+    if isinstance(value, (dict, list)):
+        return json.dumps(value)
+    if isinstance(value, datetime.datetime):
+        return str(value)
+    if isinstance(value, decimal.Decimal):
+        return float(value)
+    return value
 
 
 def _explain(sql: str, reason: str) -> str:

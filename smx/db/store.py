@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Iterator
 
 from filelock import FileLock
-from sqlalchemy import Engine, create_engine, event, inspect, select, text
+from sqlalchemy import Engine, create_engine, event, inspect, make_url, select, text
 from sqlalchemy.exc import ArgumentError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -118,6 +118,11 @@ class Store:
         return self.root / "locks"
 
     @property
+    def display_location(self) -> str:
+        """The location to show people: a server URL's password is hidden."""
+        return self.location if self.is_sqlite else self.engine.url.render_as_string(hide_password=True)
+
+    @property
     def location(self) -> str:
         """What to pass as --store / SMX_STORE to reach this store from another process."""
         return str(self.root) if self.is_sqlite and self.sqlite_path == self.root / "smx.db" else self.url
@@ -161,18 +166,26 @@ def _sqlite_engine(url: str) -> Engine:
     return engine
 
 
+def _shown(url: str) -> str:
+    """A URL fit to print: its password hidden."""
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except ArgumentError:
+        return url
+
+
 def _server_engine(url: str) -> Engine:
     """A database server's engine (PostgreSQL: `postgresql+psycopg://user:password@host/database`)."""
     if not url.startswith("postgresql+psycopg://"):
-        raise StoreError(f"smx cannot keep a store at {url!r}.\n"
+        raise StoreError(f"smx cannot keep a store at {_shown(url)!r}.\n"
                          "Fix: give a directory (SQLite), or a URL like postgresql+psycopg://user:password@host/database.")
     try:
         return create_engine(url, pool_pre_ping=True)
     except ArgumentError as error:
-        raise StoreError(f"cannot use the store URL {url!r}: {error}.\n"
+        raise StoreError(f"cannot use the store URL {_shown(url)!r}: {error}.\n"
                          "Fix: give a directory, or a URL like postgresql+psycopg://user:password@host/database.") from error
     except ModuleNotFoundError as error:
-        raise StoreError(f"the store URL {url!r} needs the Python package {error.name!r}, which is not installed.\n"
+        raise StoreError(f"the store URL {_shown(url)!r} needs the Python package {error.name!r}, which is not installed.\n"
                          "Fix: pip install 'smx[cluster]' (PostgreSQL through psycopg).") from error
 
 
@@ -206,7 +219,7 @@ def open_store(location: str | None = None, *, create: bool = True) -> Store:
         else:
             check_version(store)
     except OperationalError as error:
-        raise StoreError(f"cannot open the store database {url}: {error.orig}.\n"
+        raise StoreError(f"cannot open the store database {_shown(url)}: {error.orig}.\n"
                          "Fix: check the path and its permissions, or the server address.") from error
     return store
 
@@ -246,7 +259,7 @@ def check_version(store: Store) -> None:
     version = stored_version(store)
     if version is not None and version > SCHEMA_VERSION:
         raise StoreError(
-            f"the store at {store.location} has schema version {version}, newer than this smx "
+            f"the store at {store.display_location} has schema version {version}, newer than this smx "
             f"understands ({SCHEMA_VERSION}).\nFix: upgrade smx."
         )
 

@@ -27,7 +27,7 @@ def main(argv: list[str] | None = None) -> int:
         with store.session() as session:
             job = session.get(Job, arguments.key)
             if job is None:
-                raise UserError(f"no job with key {arguments.key} in the store at {store.location}")
+                raise UserError(f"no job with key {arguments.key} in the store at {store.display_location}")
         task = importlib.import_module(TASKS[job.kind])
         print(f"{job.kind} {job.name} ({job.key[:12]}) on {arguments.device}", flush=True)
         task.run(store, job, arguments.device, ProgressReporter(store, job.key))
