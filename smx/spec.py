@@ -61,7 +61,7 @@ SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 BARE_TOML_KEY = re.compile(r"[A-Za-z0-9_-]+")
 
 # Shared by every config of an experiment, so neither a variant nor a sweep may change them.
-EXPERIMENT_WIDE_KEYS = ("experiment.name", "experiment.description", "report", "analyze")
+EXPERIMENT_WIDE_KEYS = ("experiment.name", "experiment.description", "report", "analyze", "executor")
 # Where the data live changes no result: a variant may set them, a sweep may not.
 RUNTIME_KEYS = ("data.root", "data.download")
 VARIANT_SECTIONS = ("experiment", "data", "model", "train", "certify")
@@ -238,6 +238,27 @@ class AnalyzeSection(_Section):
         return sorted(set(epsilons) | {0.0})
 
 
+class SlurmSection(_Section):
+    """How each job is asked of Slurm. Aggregate jobs ask for one CPU and no GPU whatever is set here."""
+
+    partition: str | None = None  # None: the cluster's default partition
+    gpus_per_job: int = Field(1, ge=0)
+    cpus_per_job: int = Field(4, ge=1)
+    mem_gb: float | None = Field(None, gt=0.0)  # None: the partition's default
+    time_min: int = Field(24 * 60, ge=1)
+    # Further sbatch options by their long names without dashes, e.g. {account = "lab", qos = "high"}.
+    sbatch: dict[str, str | int] = Field(default_factory=dict)
+    # Shell lines run before each job on its node, e.g. "module load cuda".
+    setup: list[str] = Field(default_factory=list)
+
+
+class ExecutorSection(_Section):
+    """Where jobs run: "local" (this machine's GPUs or CPU) or "slurm". Never part of a job's key."""
+
+    kind: Literal["local", "slurm"] = "local"
+    slurm: SlurmSection = Field(default_factory=SlurmSection)
+
+
 class SpecDocument(_Section):
     """The settings of one config: the base spec with a variant's overrides and sweep values applied."""
 
@@ -248,6 +269,7 @@ class SpecDocument(_Section):
     certify: CertifySection = Field(default_factory=CertifySection)
     analyze: AnalyzeSection | None = None
     report: ReportSection = Field(default_factory=ReportSection)
+    executor: ExecutorSection | None = None
 
 
 @dataclass(frozen=True)
@@ -265,6 +287,7 @@ class Spec:
     document: dict[str, Any]  # the parsed TOML
     experiment: ExperimentSection
     report: ReportSection
+    executor: dict[str, Any]  # the spec's [executor] table as written (validated); see executor_settings
     variant_names: tuple[str, ...]  # the [[variant]] names in file order; empty without variants
     swept_keys: tuple[str, ...]  # full dotted keys, in schema order
     configs: tuple[ResolvedConfig, ...]
@@ -340,10 +363,48 @@ def parse_spec(text: str, path: str | Path = "<spec>") -> Spec:
         document=document,
         experiment=first_document.experiment,
         report=first_document.report,
+        executor=document.get("executor", {}),
         variant_names=tuple(variant.name for variant in variants if variant.name is not None),
         swept_keys=tuple(sweep.ordered_keys()),
         configs=tuple(configs),
     )
+
+
+def user_config_path() -> Path:
+    """The user's own settings (an [executor] table, say): $SMX_CONFIG, or ~/.config/smx/config.toml."""
+    configured = os.environ.get("SMX_CONFIG")
+    if configured:
+        return Path(configured).expanduser()
+    return Path(os.environ.get("XDG_CONFIG_HOME") or Path.home() / ".config") / "smx" / "config.toml"
+
+
+def executor_settings(spec: Spec, kind: str | None = None) -> ExecutorSection:
+    """Where to run a spec's jobs: the user config's [executor], then the spec's over it, then `kind`
+    (`smx submit --executor`) over both."""
+    merged: dict[str, Any] = {}
+    path = user_config_path()
+    if path.is_file():
+        try:
+            user_config = tomllib.loads(path.read_text(encoding="utf-8-sig"))
+        except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as error:
+            raise SpecError(f"{path}: cannot read this smx user config ({error}); fix or remove it") from None
+        unknown = sorted(set(user_config) - {"executor"})
+        if unknown:
+            raise SpecError(f"{path}: unknown table(s) {', '.join(unknown)}; a user config holds only [executor]")
+        merged = _validated_executor(path, user_config.get("executor", {})).model_dump(exclude_unset=True)
+    for key, value in spec.executor.items():
+        merged[key] = {**merged.get(key, {}), **value} if isinstance(value, dict) else value
+    if kind is not None:
+        merged["kind"] = kind
+    return _validated_executor(spec.path, merged)
+
+
+def _validated_executor(path: Path, table: Any) -> ExecutorSection:
+    try:
+        return ExecutorSection.model_validate(table)
+    except ValidationError as error:
+        problems = [{**problem, "loc": ("executor", *problem["loc"])} for problem in error.errors()]
+        raise _spec_error(path, [(_key_path(problem["loc"]), _explain(problem)) for problem in problems]) from None
 
 
 def resolve_configs(spec: Spec) -> list[ResolvedConfig]:

@@ -10,7 +10,7 @@ import pytest
 import smx.plan
 from smx.plan import CODE_VERSION, Plan, build_plan, content_key
 from smx.science.metrics import DEFAULT_RADII
-from smx.spec import parse_spec, spec_hash
+from smx.spec import SpecError, executor_settings, parse_spec, spec_hash
 
 REPO = Path(__file__).resolve().parents[1]
 QUICKSTART_TEXT = (REPO / "experiments" / "quickstart.toml").read_text()
@@ -71,6 +71,39 @@ def test_runtime_settings_travel_beside_the_keys_not_in_them() -> None:
     assert rooted.jobs[2].runtime == {"data_root": "/data", "download": True}
     assert rooted.jobs[-1].runtime == {}
     assert all("root" not in job.inputs.get("data", {}) for job in rooted.jobs)
+
+
+SLURM_EXECUTOR = """
+[executor]
+kind = "slurm"
+
+[executor.slurm]
+partition = "gpu"
+gpus_per_job = 2
+sbatch = { account = "lab", qos = "high" }
+"""
+
+
+def test_the_executor_changes_no_job_key() -> None:
+    with_executor = QUICKSTART_TEXT.replace("[[variant]]", SLURM_EXECUTOR + "\n[[variant]]", 1)
+    assert keys_by_name(plan_of(with_executor)) == keys_by_name(plan_of(QUICKSTART_TEXT))
+
+
+def test_executor_settings_merge_the_user_config_the_spec_and_the_command_line(tmp_path: Path, monkeypatch) -> None:
+    user_config = tmp_path / "config.toml"
+    user_config.write_text('[executor]\nkind = "slurm"\n[executor.slurm]\npartition = "cpu"\ncpus_per_job = 8\n'
+                           'time_min = 60\n')
+    monkeypatch.setenv("SMX_CONFIG", str(user_config))
+    spec = parse_spec(QUICKSTART_TEXT.replace("[[variant]]", SLURM_EXECUTOR + "\n[[variant]]", 1), tmp_path / "s.toml")
+    settings = executor_settings(spec)
+    assert settings.kind == "slurm"
+    assert (settings.slurm.partition, settings.slurm.gpus_per_job, settings.slurm.cpus_per_job) == ("gpu", 2, 8)
+    assert settings.slurm.time_min == 60 and settings.slurm.sbatch == {"account": "lab", "qos": "high"}
+    assert executor_settings(spec, "local").kind == "local"
+    assert executor_settings(parse_spec(QUICKSTART_TEXT, tmp_path / "q.toml")).slurm.partition == "cpu"
+    user_config.write_text('[executor.slurm]\ngpu = 1\n')
+    with pytest.raises(SpecError, match=f"{user_config}: executor.slurm.gpu: unknown key"):
+        executor_settings(spec)
 
 
 def test_changing_one_configs_certify_n_rekeys_only_its_certify_job_and_the_aggregate() -> None:
