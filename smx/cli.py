@@ -35,6 +35,8 @@ CpuJobsOption = Annotated[int, typer.Option("--cpu-jobs", min=1, help="Jobs run 
 STATUS_STYLES = {"pending": "yellow", "running": "cyan", "done": "green", "failed": "red", "cancelled": "magenta"}
 # While another scheduler holds every slot, `smx submit` follows its jobs and looks this often for a free slot.
 SLOT_RETRY_SECONDS = 5.0
+# How often `smx submit --executor slurm` looks for jobs that Slurm lost or that wait on a failed parent.
+SLURM_RESEND_SECONDS = 30.0
 
 
 def main() -> None:
@@ -85,16 +87,22 @@ def submit(
     gpus: GpusOption = "auto",
     jobs_per_gpu: JobsPerGpuOption = 1,
     cpu_jobs: CpuJobsOption = 1,
+    executor: Annotated[Optional[str], typer.Option(
+        "--executor", help="local or slurm [default: the spec's or user config's [executor], else local].")] = None,
 ) -> None:
-    """Enqueue an experiment's jobs and run them on this machine's GPUs (or CPU)."""
+    """Enqueue an experiment's jobs and run them on this machine's GPUs (or CPU), or send them to Slurm."""
     from smx.db.store import open_store
     from smx.plan import build_plan
     from smx.scheduler import queue
     from smx.scheduler.local import LocalOptions, start_workers
     from smx.scheduler.slots import is_free, make_slots, parse_gpus
-    from smx.spec import load_spec
+    from smx.spec import executor_settings, load_spec
 
-    plan = build_plan(load_spec(spec_file))
+    if executor not in (None, "local", "slurm"):
+        raise UserError(f"unknown --executor {executor!r}.\nFix: use local or slurm.")
+    spec = load_spec(spec_file)
+    plan = build_plan(spec)
+    where = executor_settings(spec, executor)
     options = LocalOptions(gpus=gpus, jobs_per_gpu=jobs_per_gpu, cpu_jobs=cpu_jobs)
     if dry_run:
         try:
@@ -104,16 +112,19 @@ def submit(
             states = {}
         _print_plan(plan, states)
         return
-    gpu_indices = parse_gpus(gpus)
+    gpu_indices = parse_gpus(gpus) if where.kind == "local" else []
     opened = open_store(store)
     slots = make_slots(opened.locks_dir, gpu_indices, jobs_per_gpu, cpu_jobs)
     summary = queue.enqueue(opened, plan, spec_file.resolve())
     console.print(f"[bold]{plan.experiment}[/]: {summary.total} jobs — {len(summary.new)} new, "
                   f"{len(summary.done)} cached, {len(summary.waiting)} already queued, {len(summary.failed)} failed "
-                  f"or cancelled. Store: {opened.location}")
+                  f"or cancelled. Store: {opened.display_location}")
     if summary.failed:
         console.print(f"  [yellow]{len(summary.failed)} job(s) failed or were cancelled earlier; "
                       f"`smx retry {plan.experiment}` runs them again.[/]")
+    if where.kind == "slurm":
+        _submit_to_slurm(opened, plan, where.slurm, detach=detach)
+        return
     device = f"{len(slots)} GPU slot(s)" if slots[0].gpu is not None else f"{len(slots)} CPU slot(s)"
     workers = start_workers(opened, options, len(slots), detach=detach)
     if detach:
@@ -125,12 +136,39 @@ def submit(
                                                       detach=False))
 
 
+def _submit_to_slurm(store, plan, settings, *, detach: bool) -> None:  # type: ignore[no-untyped-def]
+    """Send the plan's jobs to Slurm, then follow them; while following, send again what Slurm lost."""
+    from smx.scheduler import slurm
+
+    submission = slurm.send_plan(store, plan, settings)
+    console.print(f"Slurm: {len(submission.sent)} job(s) sent, {len(submission.in_slurm)} already there"
+                  + (f" (Slurm job ids {', '.join(submission.sent.values())})" if submission.sent else "") + ".")
+    if detach:
+        console.print(f"Follow them with `smx status {plan.experiment}`, `smx tui` or `squeue`; "
+                      f"Slurm's own output: {store.root / 'slurm'}")
+        return
+
+    def resend() -> list:  # type: ignore[type-arg]
+        slurm.cancel_orphans(store, plan)
+        slurm.send_plan(store, plan, settings)
+        return []
+
+    partition = f"partition {settings.partition}" if settings.partition else "default partition"
+    _follow(store, plan.experiment, [], f"Slurm ({partition})", start_on_free_slots=resend,
+            retry_seconds=SLURM_RESEND_SECONDS,
+            interrupt_note=f"stopped following; the jobs go on in Slurm (`smx status {plan.experiment}`, "
+                           f"`smx cancel {plan.experiment}`).")
+
+
 def _can_progress(jobs) -> bool:  # type: ignore[no-untyped-def]
     """Whether some job is running or ready to run; otherwise the rest wait on failed or cancelled jobs."""
     return any(job.status == "running" or (job.status == "pending" and job.blocked_by is None) for job in jobs)
 
 
-def _follow(store, experiment: str, workers, device: str, start_on_free_slots) -> None:  # type: ignore[no-untyped-def]
+def _follow(store, experiment: str, workers, device: str, start_on_free_slots,  # type: ignore[no-untyped-def]
+            retry_seconds: float = SLOT_RETRY_SECONDS,
+            interrupt_note: str = "interrupted: running jobs were put back in the queue and resume from their "
+                                  "last checkpoint on the next `smx submit` or `smx worker`.") -> None:
     """Show live progress until the experiment's jobs can go no further; exit 1 if any of them failed.
 
     Another scheduler on the store (a second `smx submit`) may hold every slot, so that our workers exit at once
@@ -166,13 +204,12 @@ def _follow(store, experiment: str, workers, device: str, start_on_free_slots) -
                 if workers_exited:
                     if any(worker.returncode != 0 for worker in workers) or not _can_progress(jobs):
                         break
-                    if time.monotonic() - last_start >= SLOT_RETRY_SECONDS:
+                    if time.monotonic() - last_start >= retry_seconds:
                         workers += start_on_free_slots()
                         last_start = time.monotonic()
                 time.sleep(0.5)
     except KeyboardInterrupt:
-        console.print("[yellow]interrupted: running jobs were put back in the queue and resume from their "
-                      "last checkpoint on the next `smx submit` or `smx worker`.[/]")
+        console.print(f"[yellow]{interrupt_note}[/]")
         for worker in workers:
             worker.wait()
         raise typer.Exit(130)
@@ -268,7 +305,7 @@ def status(
     if not overview:
         console.print("no experiments yet. Start one with `smx submit experiments/quickstart.toml`.")
         return
-    table = Table(title=f"experiments in {opened.location}", title_justify="left")
+    table = Table(title=f"experiments in {opened.display_location}", title_justify="left")
     for column in ("experiment", "configs", "jobs", "pending", "running", "done", "failed", "best ACR", "updated"):
         table.add_column(column)
     for item in overview:
@@ -297,12 +334,25 @@ def cancel(
     targets: Annotated[list[str], typer.Argument(help="Experiment names or job keys (prefixes of 4+ characters).")],
     store: StoreOption = None,
 ) -> None:
-    """Cancel pending or running jobs; a running job's process is stopped within seconds."""
+    """Cancel pending or running jobs; a running job's process is stopped within seconds, and the Slurm jobs
+    of jobs sent to Slurm are cancelled with scancel."""
+    from sqlalchemy import select
+
+    from smx.db.models import Job
     from smx.db.store import open_store
     from smx.scheduler import queue
 
-    keys = queue.cancel(open_store(store, create=False), targets)
-    console.print(f"{len(keys)} job(s) cancelled.")
+    opened = open_store(store, create=False)
+    keys = queue.cancel(opened, targets)
+    with opened.read_session() as session:
+        slurm_job_ids = sorted(set(session.scalars(select(Job.slurm_job_id).where(Job.key.in_(keys),
+                                                                                   Job.slurm_job_id.is_not(None)))))
+    if slurm_job_ids:
+        from smx.scheduler.slurm import cancel_slurm_jobs
+
+        cancel_slurm_jobs(slurm_job_ids)
+    console.print(f"{len(keys)} job(s) cancelled" + (f", and their Slurm jobs {', '.join(slurm_job_ids)}."
+                                                      if slurm_job_ids else "."))
 
 
 @app.command()

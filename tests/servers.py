@@ -57,7 +57,7 @@ def require_slurm() -> None:
     except subprocess.TimeoutExpired:
         unavailable("the Slurm controller did not answer sinfo within 20 s")
     states = answer.stdout.split()
-    if answer.returncode != 0 or not any(state.startswith(("idle", "mix", "alloc")) for state in states):
+    if answer.returncode != 0 or not any(state.startswith(("idle", "mix", "alloc", "comp")) for state in states):
         unavailable(f"no usable Slurm node (sinfo: {answer.stdout.strip() or answer.stderr.strip()})")
     try:
         import submitit  # noqa: F401

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Callable
 
-from sqlalchemy import Connection
+from sqlalchemy import Connection, inspect, text
 
 from smx.db.models import SCHEMA_VERSION, AnalysisResult, Certificate
 from smx.errors import UserError
@@ -25,7 +25,15 @@ def add_curve_index(connection: Connection) -> None:
         index.create(connection, checkfirst=True)
 
 
-MIGRATIONS: dict[int, Callable[[Connection], None]] = {1: add_analysis_results, 2: add_curve_index}
+def add_slurm_job_id(connection: Connection) -> None:
+    """Version 4 records the Slurm job that runs a job sent to Slurm."""
+    if "slurm_job_id" not in {column["name"] for column in inspect(connection).get_columns("jobs")}:
+        connection.execute(text("ALTER TABLE jobs ADD COLUMN slurm_job_id VARCHAR(64)"))
+
+
+MIGRATIONS: dict[int, Callable[[Connection], None]] = {
+    1: add_analysis_results, 2: add_curve_index, 3: add_slurm_job_id,
+}
 
 
 def migrate(connection: Connection, from_version: int) -> None:

@@ -8,7 +8,7 @@ from sqlalchemy import JSON, Float, ForeignKey, Index, Integer, String, Text
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
 # Bump when a table changes, and add the step that upgrades an older store to smx/db/migrations.py.
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 
 JOB_STATUSES = ("pending", "running", "done", "failed", "cancelled")
 JOB_KINDS = ("train", "certify", "analyze", "aggregate")
@@ -81,6 +81,8 @@ class Job(Base):
     progress_text: Mapped[str] = mapped_column(String(200), default="")
     log_path: Mapped[str | None] = mapped_column(Text)
     error: Mapped[str | None] = mapped_column(Text)
+    # The Slurm job last asked to run this job, when it was sent to Slurm (smx submit --executor slurm).
+    slurm_job_id: Mapped[str | None] = mapped_column(String(64))
 
     __table_args__ = (Index("ix_jobs_status", "status"),)
 

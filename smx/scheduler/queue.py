@@ -118,6 +118,39 @@ def claim_next(store: Store, *, device: str, slot: Path, pid: int) -> Job | None
         return session.get(Job, key) if key else None
 
 
+def claim(store: Store, key: str, *, device: str, slot: Path, pid: int, slurm_job_id: str) -> Job | None:
+    """Take one named job for the Slurm job sent to run it, if the job is ready.
+
+    A job still marked running by this same Slurm job was left by an earlier start of it (Slurm requeued it after
+    a preemption, a time limit or a node failure): its process is gone, so the job is taken over, and resumes from
+    its last checkpoint as any requeued job does.
+    """
+    now = utcnow()
+    with store.session() as session:
+        session.execute(update(Job).where(Job.key == key, Job.status == "running", Job.slurm_job_id == slurm_job_id)
+                        .values(status="pending", pid=None, progress_text="waiting to resume",
+                                error="its Slurm job was requeued; resumed from the last checkpoint"))
+        # Two submissions may have sent the job twice: whichever Slurm job starts first takes it.
+        claimed = session.scalar(
+            update(Job)
+            .where(Job.key == key, Job.status == "pending", Job.key.in_(_ready_jobs()))
+            .values(status="running", attempts=Job.attempts + 1, host=socket.gethostname(), pid=pid,
+                    slurm_job_id=slurm_job_id,
+                    device=device, slot=str(slot), started_at=now, heartbeat_at=now, finished_at=None,
+                    error=None, progress=0.0, progress_text="starting")
+            .returning(Job.key)
+        )
+        return session.get(Job, claimed) if claimed else None
+
+
+def record_slurm_jobs(store: Store, slurm_job_ids: dict[str, str]) -> None:
+    """Note the Slurm job sent to run each (still pending) job."""
+    with store.session() as session:
+        for key, slurm_job_id in slurm_job_ids.items():
+            session.execute(update(Job).where(Job.key == key, Job.status == "pending")
+                            .values(slurm_job_id=slurm_job_id))
+
+
 def has_ready_work(store: Store) -> bool:
     """Whether some pending job could be claimed now."""
     with store.session() as session:

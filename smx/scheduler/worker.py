@@ -35,8 +35,8 @@ class WorkerReport:
     failed: int = 0
 
 
-class _Interrupted(Exception):
-    pass
+class Interrupted(Exception):
+    """The worker was told to stop (SIGTERM, SIGINT): its running job goes back to the queue."""
 
 
 def _die_with_parent(worker_pid: int) -> None:
@@ -92,8 +92,12 @@ def _open_log(store: Store, job: Job, slot: Slot) -> TextIO:
     return log
 
 
-def run_job(store: Store, job: Job, slot: Slot) -> bool:
-    """Run one claimed job to its end; returns whether it succeeded."""
+def run_job(store: Store, job: Job, slot: Slot, *, requeue_if_terminated: bool = False) -> bool:
+    """Run one claimed job to its end; returns whether it succeeded.
+
+    requeue_if_terminated: a job process ended by SIGTERM goes back to the queue instead of failing. Slurm, when
+    it preempts or requeues a job, sends SIGTERM to every process of it, the job's own process perhaps first.
+    """
     log_path = store.log_path(job.key)
     command = [sys.executable, "-m", "smx.tasks.run", job.key, "--store", store.location, "--device", slot.device]
     environment = {**os.environ, **slot.environment(), "PYTHONUNBUFFERED": "1"}
@@ -119,7 +123,7 @@ def run_job(store: Store, job: Job, slot: Slot) -> bool:
                 process.wait(timeout=POLL_SECONDS)
             except subprocess.TimeoutExpired:
                 pass
-    except _Interrupted:
+    except Interrupted:
         _stop(process)
         with store.session() as session:
             queue.requeue(session, job.key, "interrupted; resumes from its last checkpoint", attempt=job.attempts)
@@ -127,6 +131,10 @@ def run_job(store: Store, job: Job, slot: Slot) -> bool:
     if process.returncode == 0:
         queue.finish(store, job.key, succeeded=True, attempt=job.attempts)
         return True
+    if requeue_if_terminated and process.returncode == -signal.SIGTERM:
+        with store.session() as session:
+            queue.requeue(session, job.key, "stopped by SIGTERM; resumes from its last checkpoint", attempt=job.attempts)
+        raise Interrupted("SIGTERM")
     reason = f"exit code {process.returncode}" if process.returncode > 0 else f"killed by signal {-process.returncode}"
     queue.finish(store, job.key, succeeded=False, error=f"{reason}; log {log_path}\n{log_tail(log_path)}",
                  attempt=job.attempts)
@@ -165,7 +173,7 @@ def run_worker(store: Store, slots: list[Slot], *, stay: bool = False) -> Worker
     report = WorkerReport(slot=None)
 
     def interrupt(signum: int, _frame: FrameType | None) -> None:
-        raise _Interrupted(signal.Signals(signum).name)
+        raise Interrupted(signal.Signals(signum).name)
 
     previous = {sig: signal.signal(sig, interrupt) for sig in (signal.SIGTERM, signal.SIGINT)}
     try:
@@ -180,7 +188,7 @@ def run_worker(store: Store, slots: list[Slot], *, stay: bool = False) -> Worker
             # look once more now that the slot is free. Whoever holds a slot from here on sees them too.
             if not queue.has_ready_work(store):
                 break
-    except _Interrupted:
+    except Interrupted:
         pass
     finally:
         for sig, handler in previous.items():
