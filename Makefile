@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 # Bring your own CUDA build by installing torch into the venv first; this only installs it when missing.
 TORCH ?= torch torchvision
 
-.PHONY: setup demo test benchmark clean
+.PHONY: setup demo test services benchmark clean
 
 setup: $(VENV)/.installed
 
@@ -22,6 +22,10 @@ demo: setup
 
 test: setup
 	$(BIN)/python -m pytest
+
+# Slurm (single node) and PostgreSQL on this host, for the cluster tests; as root, on Debian.
+services:
+	scripts/ci_services.sh
 
 clean:
 	rm -rf $(VENV) store/smx.db* store/checkpoints store/logs store/locks store/results store/plots
