@@ -172,3 +172,20 @@ def test_smx_cancel_cancels_the_slurm_jobs(cluster: Cluster, tmp_path: Path) -> 
     assert {job["status"] for job in cluster.query("SELECT status FROM jobs")} == {"cancelled"}
     cluster.wait_until(lambda: not set(slurm_states(slurm_job_ids).values()) - {"CANCELLED", "COMPLETED", "FAILED"},
                        "every Slurm job ended", timeout=60)
+
+
+def test_a_failed_job_stops_its_dependents_in_slurm_and_submit_exits_1(cluster: Cluster, tmp_path: Path) -> None:
+    empty = tmp_path / "no-data"
+    empty.mkdir()
+    spec = tmp_path / "fail.toml"
+    spec.write_text(spec_text("fail-slurm").replace('dataset = "mnist-mini"',
+                                                    f'dataset = "fashion-mnist"\nroot = "{empty}"'))
+    sent = cluster.smx("submit", str(spec), "--executor", "slurm")
+    assert sent.returncode == 1, sent.stdout + sent.stderr
+    jobs = {job["name"]: job for job in cluster.query("SELECT name, status, error, slurm_job_id FROM jobs")}
+    for name in ("train/gaussian", "train/stability"):
+        assert jobs[name]["status"] == "failed" and str(empty) in jobs[name]["error"]
+    waiting = [job for job in jobs.values() if job["status"] == "pending"]
+    assert len(waiting) == 3  # two certifications and the aggregate wait for a retry
+    cluster.wait_until(lambda: not set(slurm_states([job["slurm_job_id"] for job in waiting]).values())
+                       - {"CANCELLED", "COMPLETED", "FAILED"}, "no Slurm job left waiting", timeout=60)
