@@ -658,3 +658,11 @@ def test_mutated_specs_load_or_raise_spec_error(
         assert str(error).startswith(f"{path}: ")
         return
     build_plan(spec)
+
+
+def test_the_readme_spec_reference_is_a_valid_spec(tmp_path: Path) -> None:
+    readme = (REPO / "README.md").read_text()
+    reference = readme[readme.index("## Spec reference"):]
+    example = reference[reference.index("```toml") + len("```toml"):]
+    spec = parse_spec(example[:example.index("```")], tmp_path / "readme.toml")
+    assert spec.configs and spec.executor["slurm"] == {}
