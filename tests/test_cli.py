@@ -15,41 +15,14 @@ import pytest
 
 from tests.conftest import smx_command
 from tests.servers import fresh_postgres_database
+from tests.specs import tiny_spec, variants
 
-TINY_SPEC = textwrap.dedent("""
-    [experiment]
-    name = "tiny"
-    description = "smallest end-to-end run"
-    seed = 0
-
-    [data]
-    dataset = "mnist-mini"
-
-    [model]
-    arch = "lenet"
-
-    [train]
-    sigma = 0.5
-    epochs = 2
-    batch_size = 256
-    lr = 0.01
-
-    [certify]
-    n0 = 10
-    n = 100
-    alpha = 0.01
-    batch_size = 250
-    max_samples = 6
-
-    [[variant]]
-    name = "gaussian"
-    train.method = "gaussian"
-
-    [[variant]]
-    name = "smoothmix"
-    train.method = "smoothmix"
-    train.smoothmix = { eta = 5.0, alpha = 1.0, steps = 1, noise_samples = 2 }
-""")
+TINY_SPEC = tiny_spec("tiny", max_samples=6, description="smallest end-to-end run") + variants("gaussian") + """
+[[variant]]
+name = "smoothmix"
+train.method = "smoothmix"
+train.smoothmix = { eta = 5.0, alpha = 1.0, steps = 1, noise_samples = 2 }
+"""
 
 
 @dataclass

@@ -40,44 +40,19 @@ from smx.spec import MAX_CONFIGS, load_spec
 from smx.tasks import checkpoints
 from smx.tasks.certify import selected_indices
 from tests.conftest import smx_command
+from tests.specs import tiny_spec
 from tests.test_fuzz_cli import run_cli
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="uses /proc and PR_SET_PDEATHSIG")
 
 T = TypeVar("T")
 
-SPEC = textwrap.dedent("""
-    [experiment]
-    name = "{name}"
-    description = "{description}"
-    seed = 0
-
-    [data]
-    dataset = "mnist-mini"
-
-    [model]
-    arch = "lenet"
-
-    [train]
-    method = "gaussian"
-    sigma = 0.5
-    epochs = {epochs}
-    batch_size = 256
-    lr = 0.01
-
-    [certify]
-    n0 = 10
-    n = {n}
-    alpha = 0.01
-    batch_size = 250
-    max_samples = {max_samples}
-""")
 ATTEMPT_HEADER = re.compile(r"^==== .* attempt (\d+) on ", re.MULTILINE)
 TIMEOUT_SECONDS = 300
 
 
 def spec_text(name: str, *, epochs: int = 2, n: int = 100, max_samples: int = 4, description: str = "") -> str:
-    return SPEC.format(name=name, epochs=epochs, n=n, max_samples=max_samples, description=description)
+    return tiny_spec(name, epochs=epochs, n=n, max_samples=max_samples, description=description, method="gaussian")
 
 
 def environment() -> dict[str, str]:

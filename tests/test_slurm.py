@@ -13,46 +13,19 @@ import pytest
 
 from tests.conftest import smx_command
 from tests.servers import fresh_postgres_database, require_slurm
+from tests.specs import tiny_spec, variants
 
 TIMEOUT_SECONDS = 300
 
 
-def spec_text(name: str, *, epochs: int = 1, seed: int = 0) -> str:
-    return f"""
-[experiment]
-name = "{name}"
-seed = {seed}
+def spec_text(name: str, *, epochs: int = 1) -> str:
+    return tiny_spec(name, epochs=epochs) + SLURM_EXECUTOR + variants("gaussian", "stability")
 
-[data]
-dataset = "mnist-mini"
 
-[model]
-arch = "lenet"
-
-[train]
-sigma = 0.5
-epochs = {epochs}
-batch_size = 256
-lr = 0.01
-
-[certify]
-n0 = 10
-n = 100
-alpha = 0.01
-batch_size = 250
-max_samples = 4
-
+SLURM_EXECUTOR = """
 [executor.slurm]
 gpus_per_job = 0
 cpus_per_job = 1
-
-[[variant]]
-name = "gaussian"
-train.method = "gaussian"
-
-[[variant]]
-name = "stability"
-train.method = "stability"
 """
 
 
