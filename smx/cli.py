@@ -112,6 +112,10 @@ def submit(
             states = {}
         _print_plan(plan, states)
         return
+    if where.kind == "slurm":
+        from smx.scheduler.slurm import check_available
+
+        check_available()
     gpu_indices = parse_gpus(gpus) if where.kind == "local" else []
     opened = open_store(store)
     slots = make_slots(opened.locks_dir, gpu_indices, jobs_per_gpu, cpu_jobs)

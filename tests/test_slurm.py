@@ -162,3 +162,18 @@ def test_a_failed_job_stops_its_dependents_in_slurm_and_submit_exits_1(cluster: 
     assert len(waiting) == 3  # two certifications and the aggregate wait for a retry
     cluster.wait_until(lambda: not set(slurm_states([job["slurm_job_id"] for job in waiting]).values())
                        - {"CANCELLED", "COMPLETED", "FAILED"}, "no Slurm job left waiting", timeout=60)
+
+
+def test_without_slurm_commands_submit_says_so_and_queues_nothing(tmp_path: Path) -> None:
+    spec = tmp_path / "spec.toml"
+    spec.write_text(spec_text("no-slurm"))
+    no_slurm = tmp_path / "bin"
+    no_slurm.mkdir()
+    store = tmp_path / "store"
+    environment = {**os.environ, "PATH": str(no_slurm)}
+    result = subprocess.run(smx_command("submit", str(spec), "--executor", "slurm", "--store", str(store)),
+                            capture_output=True, text=True, env=environment, timeout=TIMEOUT_SECONDS)
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert "no `sbatch` on this machine" in result.stderr and "--executor local" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert not store.exists()

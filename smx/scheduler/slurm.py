@@ -64,6 +64,13 @@ def _slurm_command(name: str) -> str:
     return path
 
 
+def check_available() -> None:
+    """Refuse early, before anything is queued, where jobs cannot go to Slurm from this machine."""
+    _submitit()
+    for command in ("sbatch", "squeue", "scancel"):
+        _slurm_command(command)
+
+
 def live_slurm_jobs(slurm_job_ids: list[str]) -> set[str]:
     """Which of these Slurm jobs may still run (squeue, which needs no accounting database)."""
     if not slurm_job_ids:
@@ -96,7 +103,6 @@ class SlurmSubmission:
 def send_plan(store: Store, plan: Plan, settings: SlurmSection) -> SlurmSubmission:
     """Send to Slurm every pending job of the plan that no live Slurm job is already there to run."""
     submitit = _submitit()
-    _slurm_command("sbatch")
     with store.read_session() as session:
         rows = {row.key: row for row in session.scalars(select(Job).where(Job.key.in_([j.key for j in plan.jobs])))}
     live = live_slurm_jobs(sorted({row.slurm_job_id for row in rows.values() if row.slurm_job_id}))
