@@ -6,7 +6,7 @@ import socket
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import ColumnElement, Select, case, delete, exists, func, select, update
 from sqlalchemy.orm import Session, aliased
@@ -105,17 +105,18 @@ def claim_next(store: Store, *, device: str, slot: Path, pid: int) -> Job | None
         .with_for_update(skip_locked=True)
         .scalar_subquery()
     )
-    now = utcnow()
     with store.session() as session:
-        key = session.scalar(
-            update(Job)
-            .where(Job.key == ready, Job.status == "pending")
-            .values(status="running", attempts=Job.attempts + 1, host=socket.gethostname(), pid=pid,
-                    device=device, slot=str(slot), started_at=now, heartbeat_at=now, finished_at=None,
-                    error=None, progress=0.0, progress_text="starting")
-            .returning(Job.key)
-        )
+        key = session.scalar(update(Job).where(Job.key == ready, Job.status == "pending")
+                             .values(**_started(device, slot, pid)).returning(Job.key))
         return session.get(Job, key) if key else None
+
+
+def _started(device: str, slot: Path, pid: int) -> dict[str, Any]:
+    """The columns of a job that a worker has just claimed."""
+    now = utcnow()
+    return dict(status="running", attempts=Job.attempts + 1, host=socket.gethostname(), pid=pid, device=device,
+                slot=str(slot), started_at=now, heartbeat_at=now, finished_at=None, error=None, progress=0.0,
+                progress_text="starting")
 
 
 def claim(store: Store, key: str, *, device: str, slot: Path, pid: int, slurm_job_id: str) -> Job | None:
@@ -125,21 +126,15 @@ def claim(store: Store, key: str, *, device: str, slot: Path, pid: int, slurm_jo
     a preemption, a time limit or a node failure): its process is gone, so the job is taken over, and resumes from
     its last checkpoint as any requeued job does.
     """
-    now = utcnow()
     with store.session() as session:
-        session.execute(update(Job).where(Job.key == key, Job.status == "running", Job.slurm_job_id == slurm_job_id)
-                        .values(status="pending", pid=None, progress_text="waiting to resume",
-                                error="its Slurm job was requeued; resumed from the last checkpoint"))
+        left_running = session.scalar(select(Job.attempts).where(Job.key == key, Job.status == "running",
+                                                                 Job.slurm_job_id == slurm_job_id))
+        if left_running is not None:
+            requeue(session, key, "its Slurm job was requeued; resumed from the last checkpoint", left_running)
         # Two submissions may have sent the job twice: whichever Slurm job starts first takes it.
         claimed = session.scalar(
-            update(Job)
-            .where(Job.key == key, Job.status == "pending", Job.key.in_(_ready_jobs()))
-            .values(status="running", attempts=Job.attempts + 1, host=socket.gethostname(), pid=pid,
-                    slurm_job_id=slurm_job_id,
-                    device=device, slot=str(slot), started_at=now, heartbeat_at=now, finished_at=None,
-                    error=None, progress=0.0, progress_text="starting")
-            .returning(Job.key)
-        )
+            update(Job).where(Job.key == key, Job.status == "pending", Job.key.in_(_ready_jobs()))
+            .values(**_started(device, slot, pid), slurm_job_id=slurm_job_id).returning(Job.key))
         return session.get(Job, claimed) if claimed else None
 
 

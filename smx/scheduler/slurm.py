@@ -160,11 +160,10 @@ def cancel_orphans(store: Store, plan: Plan) -> list[str]:
     kill_invalid_depend they would stay pending forever, holding a place in the queue."""
     with store.read_session() as session:
         rows = {row.key: row for row in session.scalars(select(Job).where(Job.key.in_([j.key for j in plan.jobs])))}
-    orphans = [rows[planned.key].slurm_job_id for planned in plan.jobs
-               if rows[planned.key].status == "pending" and rows[planned.key].slurm_job_id
-               and any(rows[parent].status in ("failed", "cancelled") for parent in planned.parents)]
-    cancel_slurm_jobs([slurm_job_id for slurm_job_id in orphans if slurm_job_id])
-    return [slurm_job_id for slurm_job_id in orphans if slurm_job_id]
+    orphans = [row.slurm_job_id for planned in plan.jobs if (row := rows[planned.key]).status == "pending"
+               and row.slurm_job_id and any(rows[parent].status in ("failed", "cancelled") for parent in planned.parents)]
+    cancel_slurm_jobs(orphans)
+    return orphans
 
 
 def _checkpointable() -> type:
