@@ -118,7 +118,7 @@ def submit(
         check_available()
     gpu_indices = parse_gpus(gpus) if where.kind == "local" else []
     opened = open_store(store)
-    slots = make_slots(opened.locks_dir, gpu_indices, jobs_per_gpu, cpu_jobs)
+    slots = make_slots(opened.locks_dir, gpu_indices, jobs_per_gpu, cpu_jobs) if where.kind == "local" else []
     summary = queue.enqueue(opened, plan, spec_file.resolve())
     console.print(f"[bold]{plan.experiment}[/]: {summary.total} jobs — {len(summary.new)} new, "
                   f"{len(summary.done)} cached, {len(summary.waiting)} already queued, {len(summary.failed)} failed "
