@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import json
 import statistics
 import sys
 import time
@@ -33,7 +32,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.measure import memory_in_fresh_process, peak_memory_bytes, synchronize  # noqa: E402
+from benchmarks.measure import memory_in_fresh_process, print_peak_memory, synchronize  # noqa: E402
 from smx.science.data import load_dataset  # noqa: E402
 from smx.science.models import build_model  # noqa: E402
 from smx.science.smoothing import (  # noqa: E402
@@ -174,7 +173,7 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     if args.memory_of:
         runner = Runner(args)
-        print(json.dumps({"peak_bytes": peak_memory_bytes(runner.device, lambda: runner.run(args.memory_of))}))
+        print_peak_memory(runner.device, lambda: runner.run(args.memory_of))
         return
 
     implementations = ("smx",) if args.skip_reference else IMPLEMENTATIONS

@@ -63,3 +63,8 @@ def memory_in_fresh_process(script: str, arguments: list[str]) -> int:
     """Run `script` with `arguments` (which must include its --memory-of) and read the bytes it prints last."""
     finished = subprocess.run([sys.executable, script, *arguments], check=True, capture_output=True, text=True)
     return json.loads(finished.stdout.strip().splitlines()[-1])["peak_bytes"]
+
+
+def print_peak_memory(device: torch.device, work: Callable[[], object]) -> None:
+    """The fresh process's side of memory_in_fresh_process: measure `work` and print what the parent reads."""
+    print(json.dumps({"peak_bytes": peak_memory_bytes(device, work)}))
