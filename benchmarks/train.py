@@ -34,7 +34,7 @@ from smx.science.methods import smoothmix  # noqa: E402
 from smx.science.methods.base import StepContext  # noqa: E402
 from smx.science.methods.params import SmoothMixParams  # noqa: E402
 from smx.science.models import build_model  # noqa: E402
-from smx.science.training import TrainSettings, throttled, train_epoch  # noqa: E402
+from smx.science.training import TrainSettings, prepare_for_training, throttled, train_epoch  # noqa: E402
 
 IMPLEMENTATIONS = ("reference", "smx")
 NUM_CLASSES = 10
@@ -57,8 +57,6 @@ def parse_arguments() -> argparse.Namespace:
     parser.add_argument("--workers", type=int, default=4, help="the reference's DataLoader workers (its default)")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     parser.add_argument("--amp", action="store_true", help="smx trains under bf16 autocast")
-    parser.add_argument("--channels-last", action="store_true",
-                        help="what if smx trained channels-last on a CPU too (it does on CUDA only)")
     parser.add_argument("--skip-memory", action="store_true", help="skip the peak-memory processes")
     parser.add_argument("--memory-of", choices=IMPLEMENTATIONS, help=argparse.SUPPRESS)  # internal: one measurement
     return parser.parse_args()
@@ -164,10 +162,7 @@ class Runner:
             for epoch in range(self.args.epochs):
                 loss = reference_epoch(model, loader, optimizer, self.args, self.device, epoch)
             return loss
-        if self.device.type == "cuda" or self.args.channels_last:  # as smx.science.training.train does on CUDA
-            model.to(memory_format=torch.channels_last)
-        if self.device.type == "cuda":
-            torch.backends.cudnn.benchmark = True
+        prepare_for_training(model, self.device)
         shuffle = torch.Generator().manual_seed(0)
         for epoch in range(self.args.epochs):
             context = StepContext(params=self.params, epoch=epoch, epochs=self.args.epochs, num_classes=NUM_CLASSES)
@@ -204,8 +199,8 @@ def main() -> None:
           f"sigma {args.sigma}; {args.epochs} epoch(s) x {args.rounds} rounds")
     print(f"reference: DataLoader with {args.workers} workers, host batches copied per step, "
           f"{args.noise_samples} forwards per attack step, .item() every step")
-    layout = "channels_last" if args.channels_last or args.device.startswith("cuda") else "NCHW"
-    print(f"smx: data on the device, index-gather batches, one forward per attack step, {layout}, amp {args.amp}")
+    print(f"smx: data on the device, index-gather batches, one forward per attack step, prepare_for_training "
+          f"(channels_last, pooling before ReLU, fast single-channel image gradients), amp {args.amp}")
     seconds: dict[str, list[float]] = {name: [] for name in IMPLEMENTATIONS}
     losses: dict[str, list[float]] = {name: [] for name in IMPLEMENTATIONS}
     for _ in range(args.rounds):

@@ -72,24 +72,6 @@ def test_prepared_model_computes_the_same_function(lenet):
     assert torch.equal(found.argmax(dim=1), expected.argmax(dim=1))
 
 
-def test_pooling_moved_before_relu_gives_the_same_values_exactly(lenet):
-    reordered = copy.deepcopy(lenet)
-    smoothing._pool_before_relu(reordered)
-    layers = [type(layer).__name__ for layer in reordered.modules()
-              if isinstance(layer, (torch.nn.Conv2d, torch.nn.ReLU, torch.nn.MaxPool2d, torch.nn.Linear))]
-    assert layers == ["Conv2d", "MaxPool2d", "ReLU", "Conv2d", "MaxPool2d", "ReLU", "Linear", "ReLU", "Linear"]
-    inputs = torch.randn(32, 1, 28, 28)
-    with torch.inference_mode():
-        assert torch.equal(reordered(inputs), lenet(inputs))
-
-
-def test_in_place_relu_only_where_its_input_is_a_fresh_tensor():
-    model = torch.nn.Sequential(torch.nn.ReLU(), torch.nn.Flatten(), torch.nn.ReLU(), torch.nn.Linear(4, 4),
-                                torch.nn.ReLU())
-    smoothing._relu_in_place(model)
-    assert [getattr(layer, "inplace", None) for layer in model] == [False, None, False, None, True]
-
-
 def test_forward_batch_never_exceeds_the_configured_batch_size(lenet):
     assert forward_batch_size(lenet, (1, 28, 28), 1000, "cpu") == CPU_FORWARD_BATCH
     assert forward_batch_size(lenet, (1, 28, 28), 50, "cpu") == 50

@@ -24,6 +24,8 @@ from typing import Literal
 import torch
 from scipy.stats import beta, binomtest, norm
 
+from smx.science.rewrites import pool_before_relu, relu_in_place
+
 ABSTAIN = -1
 
 # Images that share one host sync are sized to fill this many forward passes: the sync idles the device
@@ -237,8 +239,8 @@ def prepare_for_certification(
     - On a CPU, channels_last weights let oneDNN run convolutions without reordering every activation:
       LeNet certified 2x faster with them. On CUDA they are slower (cuDNN's NHWC fp32 kernels and layout
       conversions: LeNet 2.3 against 2.9 M draws/s NCHW on an H100), so the model stays NCHW there.
-    - A max-pooling that directly follows a ReLU runs first (see _pool_before_relu): the ReLU then touches a
-      quarter of the values. ReLUs whose input nothing else can hold run in place (see _relu_in_place),
+    - A max-pooling that directly follows a ReLU runs first (see rewrites.pool_before_relu): the ReLU then touches a
+      quarter of the values. ReLUs whose input nothing else can hold run in place (see rewrites.relu_in_place),
       which saves writing a new activation: another third faster for LeNet on a CPU.
     - On CUDA, cuDNN autotuning: a process-wide setting (each smx job is its own process) that pays off
       because every pass but a group's last has the same shape.
@@ -248,45 +250,11 @@ def prepare_for_certification(
     device = torch.device(device)
     layout = torch.channels_last if device.type == "cpu" else torch.contiguous_format
     model = model.to(device, memory_format=layout).eval()
-    _pool_before_relu(model)
-    _relu_in_place(model)
+    pool_before_relu(model)
+    relu_in_place(model)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
     return torch.compile(model) if compile_model else model
-
-
-def _pool_before_relu(model: torch.nn.Module) -> None:
-    """Swap each nn.ReLU directly followed by an nn.MaxPool2d in an nn.Sequential.
-
-    ReLU is monotone, so max(relu(a), relu(b)) = relu(max(a, b)) exactly, value for value; pooling first
-    leaves the ReLU a quarter of the values of a 2x2 pool. Training keeps the model as written (the
-    gradients at ties would differ); only inference models are changed.
-    """
-    for sequential in model.modules():
-        if isinstance(sequential, torch.nn.Sequential):
-            names = list(sequential._modules)
-            for first, second in zip(names, names[1:]):
-                relu, pool = sequential._modules[first], sequential._modules[second]
-                if isinstance(relu, torch.nn.ReLU) and isinstance(pool, torch.nn.MaxPool2d):
-                    sequential._modules[first], sequential._modules[second] = pool, relu
-
-
-# Layers whose output is always a new tensor, never their input or a view of it.
-_FRESH_OUTPUT_LAYERS = (torch.nn.Conv2d, torch.nn.Linear, torch.nn.BatchNorm2d, torch.nn.MaxPool2d)
-
-
-def _relu_in_place(model: torch.nn.Module) -> None:
-    """Make each nn.ReLU that directly follows a fresh-output layer in an nn.Sequential compute in place.
-
-    In a Sequential a layer's output goes to the next layer only, so overwriting it changes nothing else; the
-    result is bit for bit the same. Other ReLUs are left alone: their input might be used again elsewhere.
-    """
-    for sequential in model.modules():
-        if isinstance(sequential, torch.nn.Sequential):
-            layers = list(sequential)
-            for previous, layer in zip(layers, layers[1:]):
-                if isinstance(layer, torch.nn.ReLU) and isinstance(previous, _FRESH_OUTPUT_LAYERS):
-                    layer.inplace = True
 
 
 def forward_batch_size(

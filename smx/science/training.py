@@ -9,7 +9,7 @@ lr * gamma ** (e // lr_step). That is Cohen's and Salman's schedule. The jh-jeon
 current PyTorch their decays land one epoch late (epochs 0..lr_step at lr); smx does not reproduce that.
 
 Speed (docs/performance.md): tensor datasets live on the device and batches are index gathers; the loop never
-waits for the device within an epoch. On CUDA the model is channels-last and cuDNN autotunes its convolutions.
+waits for the device within an epoch. The model is rewritten for speed first (prepare_for_training).
 `amp` opts in to bf16 autocast of the loss's forward passes: faster on GPUs (and on CPUs with AMX), but the
 results are not those of fp32 training, so it is recorded in every checkpoint and off by default.
 
@@ -39,6 +39,7 @@ from smx.science.data import ImageTensors, train_augmentation
 from smx.science.methods import load_method
 from smx.science.methods.base import LossFunction, StepContext
 from smx.science.methods.params import METHOD_PARAMS, MethodParams
+from smx.science.rewrites import fast_image_gradients, pool_before_relu
 
 CHECKPOINT_PREFIX = "epoch-"
 CHECKPOINT_SUFFIX = ".pt"
@@ -268,11 +269,7 @@ def train(
     for leftover in checkpoint_dir.glob(f"{CHECKPOINT_PREFIX}*{CHECKPOINT_SUFFIX}{TEMPORARY_SUFFIX}"):
         leftover.unlink()  # a write that was interrupted before its rename
 
-    model.to(device)
-    if device.type == "cuda":
-        # cuDNN's NHWC kernels are faster, and every full batch has the same shape for the autotuner.
-        model.to(memory_format=torch.channels_last)
-        torch.backends.cudnn.benchmark = True
+    prepare_for_training(model, device)
     optimizer = torch.optim.SGD(
         model.parameters(), lr=settings.lr, momentum=settings.momentum, weight_decay=settings.weight_decay
     )
@@ -315,6 +312,24 @@ def train(
         if on_epoch:
             on_epoch(metrics)
     return latest
+
+
+def prepare_for_training(model: torch.nn.Module, device: torch.device) -> None:
+    """Move `model` to `device` and rewrite it in place for speed, without changing what it computes.
+
+    - channels_last weights: oneDNN (CPU) and cuDNN (CUDA) run convolutions without reordering activations;
+      a SmoothMix step on one CPU core ran 1.5x faster for LeNet and 1.2x for CIFAR ResNet-20. The same sums
+      in another order: results differ from NCHW training at fp32 rounding.
+    - pooling before ReLU (rewrites.pool_before_relu): the same values and gradients, bit for bit.
+    - a fast image gradient for single-channel first layers on CPUs (rewrites.fast_image_gradients), which
+      the attacks of SmoothAdv and SmoothMix need at every step.
+    - on CUDA, cuDNN autotuning: every full batch has the same shape.
+    """
+    model.to(device, memory_format=torch.channels_last)
+    pool_before_relu(model)
+    fast_image_gradients(model)
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
 
 
 def check_same_run(stored: dict[str, Any], settings: TrainSettings, path: Path) -> None:

@@ -1,0 +1,126 @@
+"""The model rewrites used for speed: each must leave the function, its gradients and the checkpoints alone."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from torch import nn
+
+from smx.science.methods import smoothmix
+from smx.science.methods.base import StepContext
+from smx.science.methods.params import SmoothMixParams
+from smx.science.models import build_model
+from smx.science.rewrites import SingleChannelConv2d, fast_image_gradients, pool_before_relu, relu_in_place
+from smx.science.training import prepare_for_training
+
+
+@pytest.fixture
+def lenet():
+    torch.manual_seed(0)
+    return build_model("lenet", "mnist-mini")
+
+
+def test_pooling_moved_before_relu_gives_the_same_values_and_gradients_exactly(lenet):
+    reordered = copy.deepcopy(lenet)
+    pool_before_relu(reordered)
+    layers = [type(layer).__name__ for layer in reordered.modules()
+              if isinstance(layer, (nn.Conv2d, nn.ReLU, nn.MaxPool2d, nn.Linear))]
+    assert layers == ["Conv2d", "MaxPool2d", "ReLU", "Conv2d", "MaxPool2d", "ReLU", "Linear", "ReLU", "Linear"]
+    inputs = torch.randn(32, 1, 28, 28)
+    for model in (lenet, reordered):
+        image = inputs.clone().requires_grad_(True)
+        nn.functional.cross_entropy(model(image), torch.arange(32) % 10).backward()
+        model.image_gradient = image.grad
+    assert torch.equal(reordered(inputs), lenet(inputs))
+    assert torch.equal(reordered.image_gradient, lenet.image_gradient)
+    for (name, original), (_, moved) in zip(lenet.named_parameters(), reordered.named_parameters()):
+        assert torch.equal(original.grad, moved.grad), name
+
+
+def test_in_place_relu_only_where_its_input_is_a_fresh_tensor():
+    model = nn.Sequential(nn.ReLU(), nn.Flatten(), nn.ReLU(), nn.Linear(4, 4), nn.ReLU())
+    relu_in_place(model)
+    assert [getattr(layer, "inplace", None) for layer in model] == [False, None, False, None, True]
+
+
+@pytest.mark.parametrize(
+    ("kernel", "stride", "padding", "size"), [(5, 1, 0, 28), (5, 2, 2, 28), (3, 1, 1, 9), (4, 3, 0, 17)]
+)
+@pytest.mark.parametrize("layout", [torch.contiguous_format, torch.channels_last])
+def test_single_channel_image_gradient_matches_the_convolution_s_own(kernel, stride, padding, size, layout):
+    torch.manual_seed(1)
+    plain = nn.Conv2d(1, 7, kernel, stride=stride, padding=padding).to(memory_format=layout)
+    fast = copy.deepcopy(plain)
+    fast_image_gradients(fast)
+    assert isinstance(fast, SingleChannelConv2d)
+    fast.requires_grad_(False)
+    images = torch.randn(6, 1, size, size)
+    gradients = []
+    for layer in (plain, fast):
+        image = images.clone().requires_grad_(True)
+        output = layer(image)
+        upstream = torch.randn(output.shape, generator=torch.Generator().manual_seed(2))
+        upstream = upstream.contiguous(memory_format=layout)
+        (gradient,) = torch.autograd.grad(output, image, upstream)
+        gradients.append((output, gradient))
+    (plain_output, plain_gradient), (fast_output, fast_gradient) = gradients
+    assert torch.equal(fast_output, plain_output)
+    assert fast_gradient.shape == images.shape
+    assert torch.allclose(fast_gradient, plain_gradient, rtol=1e-5, atol=1e-5)
+    assert fast_output.grad_fn.name().endswith("SingleChannelImageGradientBackward")
+
+
+def test_a_layer_that_trains_keeps_the_convolution_s_own_backward():
+    torch.manual_seed(1)
+    plain = nn.Conv2d(1, 4, 3)
+    fast = copy.deepcopy(plain)
+    fast_image_gradients(fast)
+    images = torch.randn(2, 1, 8, 8)
+    for layer in (plain, fast):
+        layer(images).square().sum().backward()
+    assert torch.equal(fast.weight.grad, plain.weight.grad) and torch.equal(fast.bias.grad, plain.bias.grad)
+    assert fast(images).grad_fn.name() == plain(images).grad_fn.name()
+
+
+def test_only_single_channel_convolutions_change_class_and_parameters_stay_the_same_objects():
+    model = nn.Sequential(nn.Conv2d(1, 4, 3), nn.Conv2d(4, 4, 3), nn.Conv2d(1, 2, 3, groups=1, dilation=2))
+    weights = [layer.weight for layer in model]
+    keys = list(model.state_dict())
+    fast_image_gradients(model)
+    assert [type(layer) for layer in model] == [SingleChannelConv2d, nn.Conv2d, nn.Conv2d]
+    assert [layer.weight for layer in model] == weights
+    assert list(model.state_dict()) == keys
+
+
+def test_the_image_gradient_runs_under_bf16_autocast():
+    layer = nn.Conv2d(1, 4, 3).requires_grad_(False)
+    fast_image_gradients(layer)
+    image = torch.rand(3, 1, 10, 10, requires_grad=True)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        (gradient,) = torch.autograd.grad(layer(image).float().sum(), image)
+    assert gradient.dtype == torch.float32 and gradient.shape == image.shape and gradient.abs().sum() > 0
+
+
+def test_a_prepared_model_attacks_and_trains_like_the_model_as_built(lenet):
+    prepared = copy.deepcopy(lenet)
+    prepare_for_training(prepared, torch.device("cpu"))
+    assert any(isinstance(layer, SingleChannelConv2d) for layer in prepared.modules())
+    assert all(parameter.is_contiguous(memory_format=torch.channels_last)
+               for parameter in prepared.parameters() if parameter.ndim == 4)
+    inputs, targets = torch.rand(8, 1, 28, 28), torch.arange(8)
+    context = StepContext(params=SmoothMixParams(steps=2, noise_samples=2, eta=1.0), epoch=0, epochs=1,
+                          num_classes=10)
+    losses, gradients = [], []
+    for model in (lenet, prepared):
+        torch.manual_seed(5)
+        output = smoothmix.loss(model, inputs, targets, 0.5, context)
+        output.loss.backward()
+        losses.append(output.loss.item())
+        gradients.append(model[1][0].weight.grad)
+    assert losses[1] == pytest.approx(losses[0], rel=1e-5)
+    assert torch.allclose(gradients[1], gradients[0], rtol=1e-4, atol=1e-6)
+    rebuilt = build_model("lenet", "mnist-mini")
+    rebuilt.load_state_dict(prepared.state_dict())
+    assert torch.allclose(rebuilt(inputs), lenet(inputs), atol=1e-6)
