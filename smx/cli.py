@@ -10,6 +10,7 @@ from typing import Annotated, Optional
 import typer
 from rich.console import Console
 from rich.markup import escape
+from rich.measure import Measurement
 from rich.table import Table
 
 from smx.errors import UserError
@@ -390,7 +391,15 @@ def query(
     for row in result.rows:
         table.add_row(*("" if value is None else f"{value:.4g}" if isinstance(value, float) else str(value)
                         for value in row))
-    console.print(table)
+    natural_width = Measurement.get(console, console.options.update_width(10_000), table).maximum
+    if console.is_terminal:
+        console.print(table)
+        if natural_width > console.width:
+            errors.print(f"{len(result.columns)} columns do not fit {console.width} characters; "
+                         "--format csv or md gives them whole, or select fewer columns.")
+    else:
+        # Written to a file or a pipe: rows at full width, not folded into the 80 columns Rich assumes there.
+        Console(width=max(natural_width, console.width)).print(table)
     console.print(f"{len(result.rows)} row(s)")
 
 

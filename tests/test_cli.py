@@ -123,6 +123,8 @@ def test_exports_and_plot(submitted, tmp_path: Path) -> None:
     assert header[:4] == ["experiment", "config", "method", "sigma"]
     assert "acr" in header and "acc_0_50" in header
     assert len(csv_text.splitlines()) == 3
+    table = run_smx("query", "--experiment", "tiny", store=store).stdout  # a pipe: whole rows, not folded
+    assert [name.strip() for name in table.splitlines()[1].strip("┃").split("┃")] == header
     markdown = run_smx("query", "--experiment", "tiny", "--format", "md", store=store).stdout
     assert markdown.startswith("| experiment | config |")
     status = run_smx("status", store=store).stdout
