@@ -6,7 +6,7 @@ import pytest
 from sqlalchemy import func, select
 
 from smx.db.models import Job
-from smx.db.readonly import QueryError, run_query
+from smx.db.readonly import QueryError, run_query, tables_sql
 
 
 @pytest.fixture
@@ -36,6 +36,8 @@ def test_select_works(seeded) -> None:
     "SELECT 1; DELETE FROM jobs",
     "WITH gone AS (DELETE FROM jobs RETURNING *) SELECT * FROM gone",
     "VACUUM",
+    "UPDATE sqlite_master SET name = 'x'",
+    "PRAGMA writable_schema = ON",
 ])
 def test_writes_are_refused(seeded, sql: str) -> None:
     with pytest.raises(QueryError):
@@ -49,3 +51,9 @@ def test_bad_sql_names_the_problem(seeded) -> None:
     # Each database names it its own way: SQLite "no such table: nope", PostgreSQL 'relation "nope" does not exist'.
     with pytest.raises(QueryError, match='no such table: nope|relation "nope" does not exist'):
         run_query(seeded, "SELECT * FROM nope")
+
+
+def test_tables_lists_every_table_and_view_with_its_columns(seeded) -> None:
+    listed = {name: (kind, columns) for name, kind, columns in run_query(seeded, tables_sql(seeded)).rows}
+    assert listed["jobs"][0] == "table" and "key" in listed["jobs"][1].split(", ")
+    assert listed["results"][0] == "view" and "acr" in listed["results"][1].split(", ")

@@ -16,7 +16,8 @@ from smx.errors import UserError
 
 # What a read-only statement may do: read tables, call functions, run WITH RECURSIVE.
 _ALLOWED_ACTIONS = {sqlite3.SQLITE_SELECT, sqlite3.SQLITE_READ, sqlite3.SQLITE_FUNCTION, sqlite3.SQLITE_RECURSIVE}
-# Pragmas that only report; any pragma given a value is refused.
+# Pragmas that only report, whatever their argument (a table or index name, as in pragma_table_info(name));
+# every other pragma is refused.
 _READ_PRAGMAS = {"table_info", "table_xinfo", "table_list", "index_list", "index_info", "foreign_key_list"}
 
 
@@ -33,7 +34,11 @@ class QueryResult:
 def _authorize(action: int, arg1: str | None, arg2: str | None, _db: str | None, _trigger: str | None) -> int:
     if action in _ALLOWED_ACTIONS:
         return sqlite3.SQLITE_OK
-    if action == sqlite3.SQLITE_PRAGMA and arg1 in _READ_PRAGMAS and arg2 is None:
+    if action == sqlite3.SQLITE_PRAGMA and arg1 in _READ_PRAGMAS:
+        return sqlite3.SQLITE_OK
+    # SQLite asks this when it first sets up a pragma table-valued function such as pragma_table_info(name) on a
+    # connection; nothing is written (the connection is read-only and query_only).
+    if action == sqlite3.SQLITE_UPDATE and arg1 == "sqlite_master":
         return sqlite3.SQLITE_OK
     return sqlite3.SQLITE_DENY
 
