@@ -62,10 +62,19 @@ def validate(spec_file: Annotated[Path, typer.Argument(help="Experiment spec (TO
     from smx.spec import load_spec
 
     plan = build_plan(load_spec(spec_file))
+    _warn_reduced_precision(plan)
     console.print(f"[green]ok[/] {spec_file}: experiment [bold]{plan.experiment}[/], "
                   f"{len(plan.configs)} config(s), {len(plan.jobs)} job(s)")
     for config in plan.configs:
         console.print(f"  {config.name}")
+
+
+def _warn_reduced_precision(plan) -> None:  # type: ignore[no-untyped-def]
+    names = [config.name for config in plan.configs if config.config["certify"].get("precision", "fp32") != "fp32"]
+    if names:
+        errors.print(f"[yellow]warning: certify.precision = \"bf16\" in {escape(', '.join(names))}: reduced "
+                     "precision can produce false certificates (Voráček & Hein, 2023). Use fp32 for results you "
+                     "publish.[/]")
 
 
 def _print_plan(plan, states: dict[str, str]) -> None:  # type: ignore[no-untyped-def]
@@ -103,6 +112,7 @@ def submit(
         raise UserError(f"unknown --executor {executor!r}.\nFix: use local or slurm.")
     spec = load_spec(spec_file)
     plan = build_plan(spec)
+    _warn_reduced_precision(plan)
     where = executor_settings(spec, executor)
     options = LocalOptions(gpus=gpus, jobs_per_gpu=jobs_per_gpu, cpu_jobs=cpu_jobs)
     if dry_run:

@@ -165,3 +165,31 @@ def test_read_commands_do_not_import_torch(submitted) -> None:
         result = subprocess.run([sys.executable, "-c", probe, *arguments], capture_output=True, text=True,
                                 env=store.environment(), cwd=Path(__file__).parents[1])
         assert result.returncode == 0, result.stderr
+
+
+def test_bf16_certification_is_accepted_with_a_warning(tmp_path: Path) -> None:
+    spec = tmp_path / "bf16.toml"
+    spec.write_text(TINY_SPEC.replace("[certify]\n", '[certify]\nprecision = "bf16"\n'))
+    assert 'precision = "bf16"' in spec.read_text()
+    result = subprocess.run(smx_command("validate", str(spec)), capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert "false certificates" in result.stderr and "tiny" in result.stdout
+    plain = tmp_path / "fp32.toml"
+    plain.write_text(TINY_SPEC)
+    result = subprocess.run(smx_command("validate", str(plain)), capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0 and "false certificates" not in result.stderr
+
+
+def test_amp_training_and_bf16_certification_run_end_to_end_and_are_recorded(tmp_path: Path) -> None:
+    spec = tmp_path / "opt.toml"
+    spec.write_text(tiny_spec("opt", epochs=1, max_samples=2, method="gaussian")
+                    .replace("lr = 0.01\n", "lr = 0.01\namp = true\n")
+                    .replace("[certify]\n", '[certify]\nprecision = "bf16"\n'))
+    store = StoreTarget.directory(tmp_path / "store")
+    run_smx("submit", str(spec), store=store)
+    rows = query_json("SELECT kind, status, json_extract(config, '$.train.amp') AS amp, "
+                      "json_extract(config, '$.certify.precision') AS precision FROM jobs ORDER BY kind", store)
+    assert [(row["kind"], row["status"]) for row in rows] == [
+        ("aggregate", "done"), ("certify", "done"), ("train", "done")]
+    assert rows[2]["amp"] == 1 and rows[1]["precision"] == "bf16"
+    assert query_json("SELECT count(*) AS certified FROM certificates", store) == [{"certified": 2}]

@@ -120,6 +120,22 @@ def test_changing_a_training_setting_rekeys_the_whole_chain_of_that_config() -> 
     assert changed == {"train/smoothmix", "certify/smoothmix", "aggregate/quickstart"}
 
 
+def test_precision_opt_ins_rekey_only_where_chosen_and_their_defaults_change_no_key() -> None:
+    before = keys_by_name(plan_of(QUICKSTART_TEXT))
+    defaults = QUICKSTART_TEXT.replace("[train]\n", "[train]\namp = false\n").replace(
+        "[certify]\n", '[certify]\nprecision = "fp32"\n')
+    assert keys_by_name(plan_of(defaults)) == before
+    amp_text = QUICKSTART_TEXT.replace('name = "smoothmix"\n', 'name = "smoothmix"\ntrain.amp = true\n')
+    amp = keys_by_name(plan_of(amp_text))
+    assert {name for name in before if before[name] != amp[name]} == {
+        "train/smoothmix", "certify/smoothmix", "aggregate/quickstart"}
+    bf16 = QUICKSTART_TEXT.replace('name = "smoothmix"\n', 'name = "smoothmix"\ncertify.precision = "bf16"\n')
+    plan = plan_of(bf16)
+    assert {name for name, key in keys_by_name(plan).items() if before[name] != key} == {
+        "certify/smoothmix", "aggregate/quickstart"}
+    assert [config.config["certify"].get("precision") for config in plan.configs] == [None, "bf16"]
+
+
 def test_description_changes_no_key_but_the_experiment_name_changes_the_aggregate() -> None:
     plan = keys_by_name(plan_of(QUICKSTART_TEXT))
     described = keys_by_name(plan_of(QUICKSTART_TEXT.replace("Gaussian vs SmoothMix", "Two methods")))

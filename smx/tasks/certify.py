@@ -1,8 +1,9 @@
 """Certify job: run CERTIFY on the test images a config selects, storing one row per image as it goes.
 
 A restarted job skips the images already in the store, so a crash costs at most one group of images.
-The job certifies in fp32; SMX_COMPILE=1 in a worker's environment opts in to torch.compile for its jobs
-(docs/performance.md: it pays for itself only on long runs).
+The job certifies in fp32 unless its config opts in to bf16 (certify.precision, part of the job key);
+SMX_COMPILE=1 in a worker's environment opts in to torch.compile for its jobs (docs/performance.md: it pays
+for itself only on long runs).
 """
 
 from __future__ import annotations
@@ -63,7 +64,9 @@ def run(store: Store, job: Job, device: str, progress: ProgressReporter) -> None
     last_flush = time.monotonic()
     certified = len(indices) - len(remaining)
     # certify.batch_size bounds the rows of a forward pass; the device may be faster with fewer.
-    batch_size = forward_batch_size(model, DATASETS[dataset].input_shape, certify_config["batch_size"], device)
+    precision = certify_config.get("precision", "fp32")
+    batch_size = forward_batch_size(model, DATASETS[dataset].input_shape, certify_config["batch_size"], device,
+                                    precision)
 
     def flush() -> None:
         nonlocal last_flush
@@ -94,6 +97,6 @@ def run(store: Store, job: Job, device: str, progress: ProgressReporter) -> None
         certify_dataset(model, images, labels, group, sigma=certify_config["sigma"], n0=certify_config["n0"],
                         n=certify_config["n"], alpha=certify_config["alpha"],
                         batch_size=batch_size, num_classes=DATASETS[dataset].num_classes,
-                        on_certificate=on_certificate, device=device)
+                        on_certificate=on_certificate, device=device, precision=precision)
         flush()
     progress(1.0, f"image {len(indices)}/{len(indices)}")

@@ -33,6 +33,7 @@ def settings_from_config(config: dict, device: str) -> TrainSettings:
         seed=config["seed"],
         dataset=config["data"]["dataset"],
         device=device,
+        amp=train_config.get("amp", False),
     )
 
 
