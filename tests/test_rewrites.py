@@ -8,11 +8,13 @@ import pytest
 import torch
 from torch import nn
 
+from smx.science.analysis import confidence_under_attack
 from smx.science.methods import smoothmix
 from smx.science.methods.base import StepContext
 from smx.science.methods.params import SmoothMixParams
 from smx.science.models import build_model
 from smx.science.rewrites import SingleChannelConv2d, fast_image_gradients, pool_before_relu, relu_in_place
+from smx.science.smoothing import prepare_for_certification
 from smx.science.training import prepare_for_training
 
 
@@ -124,3 +126,23 @@ def test_a_prepared_model_attacks_and_trains_like_the_model_as_built(lenet):
     rebuilt = build_model("lenet", "mnist-mini")
     rebuilt.load_state_dict(prepared.state_dict())
     assert torch.allclose(rebuilt(inputs), lenet(inputs), atol=1e-6)
+
+
+def test_the_analysis_job_s_preparation_leaves_its_numbers_alone(lenet):
+    """The analyze job runs attacks and Monte-Carlo estimates on a model prepared for certification with fast
+    image gradients: in-place ReLUs must not disturb the attacks' backward passes."""
+    prepared = prepare_for_certification(copy.deepcopy(lenet), "cpu")
+    fast_image_gradients(prepared)
+    images, labels = torch.rand(4, 1, 28, 28), torch.tensor([3, 1, 4, 1])
+    found = []
+    for model in (lenet.eval(), prepared):
+        torch.manual_seed(0)
+        found.append(confidence_under_attack(model, images, labels, range(4), epsilons=[1.0], attack_steps=3,
+                                             attack_noise_samples=2, sigma=0.5, mc_samples=64, batch_size=64,
+                                             num_classes=10))
+    assert len(found[0]) == len(found[1]) == 4
+    for built, fast in zip(*found):
+        assert fast.distance == pytest.approx(built.distance, abs=1e-4)
+        assert fast.prediction == built.prediction
+        assert fast.true_confidence == pytest.approx(built.true_confidence, abs=2 / 64)
+        assert fast.off_class_confidence == pytest.approx(built.off_class_confidence, abs=2 / 64)
