@@ -38,7 +38,8 @@ def relu_in_place(model: nn.Module) -> None:
 
     In a Sequential a layer's output goes to the next layer only, so overwriting it changes nothing else; the
     result is bit for bit the same. Other ReLUs are left alone: their input might be used again elsewhere.
-    For inference only: autograd may need the overwritten input.
+    Gradients through the rewritten model (an attack's) stay right: none of those layers keeps its output for
+    its own backward pass, and autograd raises rather than use a tensor that was overwritten.
     """
     for sequential in model.modules():
         if isinstance(sequential, nn.Sequential):
