@@ -154,8 +154,15 @@ def test_log_round_trip(tmp_path):
         ("idx\tlabel\tpredict\tradius\tcorrect\ttime\n0\t7\t7\t1.91\t2\t0:00:00.298455\n", 2),
         ("idx\tlabel\tpredict\tradius\tcorrect\ttime\n0\t7\t7\tnan\t1\t0:00:00.298455\n", 2),
         ("idx\tlabel\tpredict\tradius\tcorrect\ttime\n0\t7\t7\t1.91\t1\t0.298455\n", 2),
+        ("idx\tlabel\tpredict\tradius\tcorrect\ttime\n0\t7\t-1\t0.5\t1\t0:00:00.298455\n", 2),
+        ("idx\tlabel\tpredict\tradius\tcorrect\ttime\n0\t7\t-1\t0.5\t0\t0:00:00.298455\n", 2),
+        ("idx\tlabel\tpredict\tradius\tcorrect\ttime\n0\t7\t3\t1.91\t1\t0:00:00.298455\n", 2),
+        ("idx\tlabel\tpredict\tradius\tcorrect\ttime\n0\t7\t7\t1.91\t0\t0:00:00.298455\n", 2),
     ],
-    ids=["empty", "not-tab-separated", "missing-field", "text-label", "bad-correct", "nan-radius", "bad-time"],
+    ids=[
+        "empty", "not-tab-separated", "missing-field", "text-label", "bad-correct", "nan-radius", "bad-time",
+        "abstention-marked-correct", "abstention-with-radius", "wrong-marked-correct", "right-marked-wrong",
+    ],
 )
 def test_malformed_logs_name_the_file_and_line(tmp_path, text, bad_line):
     path = tmp_path / "broken.tsv"

@@ -19,6 +19,8 @@ from smx.errors import UserError
 
 DEFAULT_RADII: tuple[float, ...] = tuple(0.25 * step for step in range(17))  # 0.0, 0.25, ..., 4.0
 
+# The prediction CERTIFY and PREDICT report, and certification logs record, when they abstain.
+ABSTAIN = -1
 LOG_COLUMNS = ("idx", "label", "predict", "radius", "correct", "time")
 LOG_HEADER = "\t".join(LOG_COLUMNS)
 # str(datetime.timedelta): "[D day[s], ]H:MM:SS[.ffffff]"; the microseconds are left out when they are 0.
@@ -120,6 +122,11 @@ def _parse_row(line: str, path: str | os.PathLike[str], line_number: int) -> Log
             raise ValueError(f"radius must be a finite number >= 0, not {fields[3]!r}")
         if correct not in (0, 1):
             raise ValueError(f"correct must be 0 or 1, not {correct}")
+        # ACR and certified accuracy trust `correct`, so it must agree with the prediction it summarises.
+        if prediction == ABSTAIN and (correct != 0 or radius != 0):
+            raise ValueError(f"an abstention (predict -1) has correct 0 and radius 0.0, not {correct} and {fields[3]}")
+        if prediction != ABSTAIN and correct != int(prediction == label):
+            raise ValueError(f"correct is {correct} but predict {prediction} and label {label} say {int(prediction == label)}")
         time_match = _TIME_PATTERN.fullmatch(fields[5])
         if time_match is None:
             raise ValueError(f"time {fields[5]!r} is not H:MM:SS.ffffff")

@@ -24,9 +24,8 @@ from typing import Literal
 import torch
 from scipy.stats import beta, binomtest, norm
 
+from smx.science.metrics import ABSTAIN
 from smx.science.rewrites import pool_before_relu, relu_in_place
-
-ABSTAIN = -1
 
 # Images that share one host sync are sized to fill this many forward passes: the sync idles the device
 # while the host turns counts into certificates, and each group ends in at most one partly filled pass.
