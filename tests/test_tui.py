@@ -28,7 +28,7 @@ from smx.db.models import (
 from smx.db.store import Store, open_store
 from smx.science.metrics import DEFAULT_RADII
 from smx.tui.app import SmxApp
-from smx.tui.data import LOG_TAIL_BYTES, RADIUS_STEP, LoadRequest, LogFollower, StoreReader
+from smx.tui.data import LOG_TAIL_BYTES, RADIUS_STEP, LoadRequest, LogFollower, StoreReader, radius_histograms
 from smx.tui.panes import CurvesPane, ExperimentsPane, JobsPane, ResultsPane
 from smx.tui.screens import ConfirmScreen, HelpScreen, JobScreen
 from tests.conftest import smx_command
@@ -208,6 +208,20 @@ def test_curves_are_counted_in_sql_and_match_the_definition(seeded: Store) -> No
     assert curves.curves[2].samples == 0  # not certified yet
     assert curves.radii[-1] == pytest.approx(18 * 0.08 + RADIUS_STEP)  # one step past the largest radius
     assert curves.curves[1].accuracy[-1] == 0
+
+
+def test_radius_bins_are_floors_on_every_backend(store: Store) -> None:
+    """A radius just under a bin edge stays in the bin below it (PostgreSQL's CAST would round it up)."""
+    radii = [0.249, 0.25, 0.2999, 0.3, 0.004, 1.0]
+    with store.session() as session:
+        job_key = add_job(session, "certify-edges", "certify", "done")
+        session.add_all(Certificate(job_key=job_key, sample_index=index, label=1, prediction=1, radius=radius,
+                                    correct=1, seconds=0.0) for index, radius in enumerate(radii))
+    with store.read_session() as session:
+        histogram = radius_histograms(session, [job_key])[job_key]
+    assert histogram.samples == len(radii)
+    assert histogram.correct_per_bin == {24: 1, 25: 1, 29: 1, 30: 1, 0: 1, 100: 1}
+    assert histogram.correct_radius_sum == pytest.approx(sum(radii))
 
 
 def test_results_and_job_detail(seeded: Store) -> None:

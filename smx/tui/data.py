@@ -175,7 +175,9 @@ def radius_histograms(session: Session, job_keys: list[str]) -> dict[str, Radius
     # Bin i holds correct answers with i * RADIUS_STEP <= radius < (i + 1) * RADIUS_STEP; the nudge keeps a radius
     # that is a multiple of the step (0.29 / 0.01 = 28.999…) in its own bin. Bin -1 holds the wrong answers and
     # abstentions, which count towards the total only.
-    step_index = cast(Certificate.radius / RADIUS_STEP + BIN_NUDGE, Integer)
+    scaled = Certificate.radius / RADIUS_STEP + BIN_NUDGE
+    # SQLite's CAST truncates, which is the floor of these non-negative values; PostgreSQL's CAST rounds.
+    step_index = cast(scaled if session.get_bind().dialect.name == "sqlite" else func.floor(scaled), Integer)
     radius_bin = case((Certificate.correct == 1, step_index), else_=-1)
     counts: dict[str, dict[int, int]] = {key: {} for key in job_keys}
     radius_sums = dict.fromkeys(job_keys, 0.0)
