@@ -381,7 +381,7 @@ def query(
     """Run read-only SQL on the store, or export an experiment's results."""
     from smx.db.readonly import run_query, tables_sql
     from smx.db.store import open_store
-    from smx.report import FORMATS, experiment_results, render
+    from smx.report import FORMATS, experiment_results, format_cell, render
 
     if format not in FORMATS:
         raise UserError(f"unknown --format {format!r}.\nFix: use one of {', '.join(FORMATS)}.")
@@ -399,8 +399,7 @@ def query(
     for column in result.columns:
         table.add_column(column, overflow="fold")
     for row in result.rows:
-        table.add_row(*("" if value is None else f"{value:.4g}" if isinstance(value, float) else str(value)
-                        for value in row))
+        table.add_row(*(format_cell(value) for value in row))
     natural_width = Measurement.get(console, console.options.update_width(10_000), table).maximum
     if console.is_terminal:
         console.print(table)

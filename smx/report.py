@@ -24,11 +24,16 @@ from smx.science.metrics import DEFAULT_RADII, certified_accuracy
 FORMATS = ("table", "csv", "json", "md")
 
 
-def _cell(value: Any) -> str:
+def format_cell(value: Any) -> str:
+    """A query result's value as shown in tables and Markdown (CSV and JSON keep full precision)."""
     if value is None:
         return ""
     if isinstance(value, float):
-        return f"{value:.4g}" if abs(value) < 1e4 else f"{value:.6g}"
+        if value == 0 or 1e-3 <= abs(value) < 1e4:
+            # Four decimals at any magnitude: an ACR above 1 keeps as many digits as an accuracy below it.
+            text = f"{value:.4f}".rstrip("0")
+            return text + "0" if text.endswith(".") else text
+        return f"{value:.4g}" if abs(value) < 1e-3 else f"{value:.6g}"
     return str(value)
 
 
@@ -46,7 +51,7 @@ def to_json(result: QueryResult) -> str:
 
 def to_markdown(result: QueryResult) -> str:
     lines = ["| " + " | ".join(result.columns) + " |", "|" + "---|" * len(result.columns)]
-    lines += ["| " + " | ".join(_cell(value).replace("|", "\\|") for value in row) + " |" for row in result.rows]
+    lines += ["| " + " | ".join(format_cell(value).replace("|", "\\|") for value in row) + " |" for row in result.rows]
     return "\n".join(lines) + "\n"
 
 
@@ -348,7 +353,7 @@ ANALYSIS_TITLES = {
 def _latex_table(result: QueryResult) -> str:
     out = [r"\begin{tabular}{" + "l" + "r" * (len(result.columns) - 1) + "}", r"\hline",
            " & ".join(_latex_escape(column) for column in result.columns) + r" \\", r"\hline"]
-    out += [" & ".join(_latex_escape(_cell(value)) for value in row) + r" \\" for row in result.rows]
+    out += [" & ".join(_latex_escape(format_cell(value)) for value in row) + r" \\" for row in result.rows]
     out += [r"\hline", r"\end{tabular}"]
     return "\n".join(out) + "\n"
 

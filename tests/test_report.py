@@ -9,7 +9,7 @@ import pytest
 from smx.db.store import Store
 from smx.plan import build_plan
 from smx.reference import Setting, find_published, max_certifiable_radius, published_rows
-from smx.report import experiment_report, render_report
+from smx.report import experiment_report, format_cell, render_report
 from smx.scheduler.queue import enqueue
 from smx.science.metrics import LogRow
 from smx.spec import parse_spec
@@ -204,3 +204,12 @@ def test_published_accuracy_past_the_printed_columns_is_zero_only_where_certify_
     assert sigma_one.accuracy_at(3.0) is None  # certifiable, but not printed
     assert sigma_one.accuracy_at(4.0) == 0.0
     assert find_published(smoothmix(eta=2.0)).accuracy_at(0.0) is None  # ablations publish the ACR only
+
+
+@pytest.mark.parametrize(
+    "value, shown",
+    [(1.55955, "1.5595"), (0.7512345, "0.7512"), (0.25, "0.25"), (1.0, "1.0"), (0.0, "0.0"), (2.5e-05, "2.5e-05"),
+     (12345.678, "12345.7"), (None, "")],
+)
+def test_tables_show_four_decimals_whatever_the_magnitude(value, shown) -> None:
+    assert format_cell(value) == shown
