@@ -88,10 +88,7 @@ def plot_experiment(store: Store, experiment: str, out: Path) -> Path:
     import matplotlib.pyplot as plt
 
     with store.read_session() as session:
-        aggregates = aggregates_of(session, experiment)
-        if not aggregates:
-            raise UserError(f"experiment {experiment!r} has no results yet.\n"
-                            "Fix: wait for its jobs (`smx status`) or submit it with `smx submit`.")
+        aggregates = summaries_of(session, experiment)
         curves = []
         for aggregate in aggregates:
             rows = session.execute(select(Certificate.radius, Certificate.correct)

@@ -144,6 +144,8 @@ def test_user_errors_exit_2_without_traceback(submitted, tmp_path: Path) -> None
         result = run_smx(*arguments, store=store, check=False)
         assert result.returncode == 2, (arguments, result.stdout, result.stderr)
         assert "Traceback" not in result.stderr and "error:" in result.stderr
+        if "nope" in arguments:
+            assert "no experiment named 'nope'" in result.stderr or "no such table: nope" in result.stderr
     empty = run_smx("status", store=StoreTarget.directory(tmp_path / "nowhere"), check=False)
     assert empty.returncode == 2 and "smx submit" in empty.stderr
     assert not (tmp_path / "nowhere").exists()
