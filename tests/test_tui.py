@@ -388,7 +388,11 @@ async def test_tabs_show_experiments_jobs_results_and_curves(seeded: Store) -> N
         assert shown_keys(app.main.query_one(ResultsPane).table) == ["gaussian-0.25", "smoothmix-0.25"]
         await pilot.press("4")
         await settle(pilot)
-        assert len(app.main.query_one(CurvesPane).configs.options) == 3
+        configs = app.main.query_one(CurvesPane).configs
+        assert len(configs.options) == 3 and configs.has_focus
+        ticked = set(configs.selected)
+        await pilot.press("space")  # the first option is highlighted from the start
+        assert set(configs.selected) == ticked ^ {configs.get_option_at_index(0).value}
         # Enter on an experiment focuses every tab on it and shows its jobs.
         await pilot.press("1", "down", "enter")
         await settle(pilot)

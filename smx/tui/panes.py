@@ -307,8 +307,9 @@ class CurvesPane(Vertical):
             self.configs.clear_options()
             self.configs.add_options(Selection(Text(prompt), key, key in self._ticked)  # Text: not markup
                                      for key, prompt in options)
-            if highlighted is not None and options:
-                self.configs.highlighted = min(highlighted, len(options) - 1)
+            if options:
+                # A highlighted option from the start, so the first `space` ticks something.
+                self.configs.highlighted = 0 if highlighted is None else min(highlighted, len(options) - 1)
         self._curves = curves
         self._draw()
 
