@@ -103,6 +103,14 @@ def test_cancel_and_retry(store, tmp_path: Path) -> None:
     assert queue.claim_next(store, device="cpu", slot=tmp_path / "slot", pid=1) is None
     assert queue.retry(store, ["train-a"]) == ["train-a"]
     assert queue.claim_next(store, device="cpu", slot=tmp_path / "slot", pid=1).key == "train-a"
+    queue.set_progress(store, "train-a", 0.5, "epoch 2/4")
+    assert queue.retry(store, ["train-b"]) == []  # running, not failed
+    assert sorted(queue.cancel(store, ["train-a", "train-b"])) == ["train-a", "train-b"]
+    assert queue.retry(store, ["train-b"]) == ["train-b"]
+    assert queue.cancel(store, ["train-b"]) == ["train-b"]
+    with store.read_session() as session:
+        progress = dict(session.execute(select(Job.key, Job.progress_text)).all())
+    assert progress == {"train-a": "epoch 2/4", "train-b": ""}  # where it stopped; no stale "retrying"
 
 
 def test_cpu_slots_share_the_cores_and_hide_gpus(tmp_path: Path, monkeypatch) -> None:

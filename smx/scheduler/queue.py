@@ -233,8 +233,12 @@ def select_jobs(session: Session, targets: list[str]) -> list[Job]:
 def cancel(store: Store, targets: list[str]) -> list[str]:
     with store.session() as session:
         keys = [job.key for job in select_jobs(session, targets) if job.status in ("pending", "running")]
+        # A running job's progress says where it stopped; a pending job's ("retrying", "waiting to resume")
+        # would no longer be true.
+        progress_text = case((Job.status == "running", Job.progress_text), else_="")
         session.execute(update(Job).where(Job.key.in_(keys), Job.status.in_(("pending", "running")))
-                        .values(status="cancelled", finished_at=utcnow(), error="cancelled by the user"))
+                        .values(status="cancelled", finished_at=utcnow(), error="cancelled by the user",
+                                progress_text=progress_text))
     return keys
 
 
