@@ -189,7 +189,7 @@ def store_log(store: Store, log: LoadedLog) -> ImportOutcome:
                     "certify": {"sigma": log.sigma},
                     "train": {"method": log.method, "sigma": log.sigma, "params": log.params},
                 },
-                progress=1.0, progress_text="imported", started_at=now, finished_at=now,
+                progress=1.0, progress_text="imported", finished_at=now,
             ))
             session.flush()
             session.execute(insert(Certificate), [
@@ -202,7 +202,7 @@ def store_log(store: Store, log: LoadedLog) -> ImportOutcome:
         if session.get(Job, aggregate_key) is None:
             session.add(Job(key=aggregate_key, kind="aggregate", name=f"aggregate/{log.experiment}/{log.config_name}",
                             config=aggregate_inputs, status="done", progress=1.0, progress_text="imported",
-                            started_at=now, finished_at=now))
+                            finished_at=now))
             session.flush()
             session.add(JobParent(child_key=aggregate_key, parent_key=certify_key))
             session.add(summarise_config(aggregate_key, log.experiment, entry, log.rows, aggregate_radii([])))

@@ -99,6 +99,9 @@ def test_an_import_records_its_provenance_and_leaves_what_a_certify_job_would(im
     assert certify["train"] == {"method": "gaussian", "sigma": 0.5, "params": {}}
     nulls = query_json("SELECT count(*) AS n FROM certificates WHERE pa_lower IS NULL AND count IS NULL", imported)
     assert nulls == [{"n": 20_000}]
+    # Nothing ran here: no start time, so no made-up elapsed time of zero.
+    times = query_json("SELECT count(*) AS n FROM jobs WHERE started_at IS NULL AND finished_at IS NOT NULL", imported)
+    assert times == [{"n": 4}]
 
 
 def test_importing_the_same_file_again_changes_nothing(imported: Path) -> None:
