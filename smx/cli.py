@@ -491,6 +491,13 @@ def import_log(
     console.print(f"{what} {escape(str(file))} as [bold]{outcome.experiment}[/] / {outcome.config_name}: "
                   f"{outcome.samples} certificates, ACR {outcome.acr:.4f} (job {outcome.certify_key[:12]})",
                   highlight=False, soft_wrap=True)
+    assumed = log.assumed_params()
+    if assumed and not outcome.already_imported:
+        # Comparisons with the paper match on these; a wrong assumption (e.g. m=1 for an m=4 run) matches the
+        # wrong published row without any other sign.
+        console.print(f"{method} defaults assumed for what --param did not state: "
+                      f"{', '.join(f'{key}={value}' for key, value in assumed.items())}",
+                      highlight=False, soft_wrap=True)
 
 
 @app.command()

@@ -63,6 +63,11 @@ class LoadedLog:
     params: dict[str, Any]  # hyperparameters as stated, validated against the method's
     note: str
 
+    def assumed_params(self) -> dict[str, Any]:
+        """The method's defaults for the hyperparameters not stated: what matching with the paper assumes."""
+        defaults = METHOD_PARAMS[self.method]().model_dump()
+        return {key: value for key, value in defaults.items() if key not in self.params}
+
     def identity(self) -> dict[str, Any]:
         """What the certify job's key hashes: the file's content and what it is said to be."""
         return {"sha256": self.sha256, "dataset": self.dataset, "method": self.method, "sigma": self.sigma,

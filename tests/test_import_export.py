@@ -112,6 +112,17 @@ def test_importing_the_same_file_again_changes_nothing(imported: Path) -> None:
         == before
 
 
+def test_an_import_says_which_hyperparameters_it_assumed(imported: Path, tmp_path: Path) -> None:
+    store = tmp_path / "store"
+    shutil.copytree(imported, store)
+    result = run_smx("import", str(SMOOTHMIX), "--name", "assumed", "--method", "smoothmix", "--sigma", "1.0",
+                     "--param", "eta=1", store=store)
+    assert "smoothmix defaults assumed for what --param did not state: alpha=1.0, steps=8, noise_samples=1," \
+        in result.stdout
+    assert "eta=" not in result.stdout.split("assumed")[1]
+    assert "assumed" not in run_smx(*IMPORT_GAUSSIAN, store=store).stdout  # already imported: nothing to say
+
+
 def test_the_same_log_in_another_experiment_shares_its_certificates(imported: Path, tmp_path: Path) -> None:
     store = tmp_path / "store"
     shutil.copytree(imported, store)
