@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 import sys
 import time
 from pathlib import Path
@@ -224,9 +225,13 @@ def _follow(store, experiment: str, workers, device: str, start_on_free_slots,  
                         last_start = time.monotonic()
                 time.sleep(0.5)
     except KeyboardInterrupt:
-        console.print(f"[yellow]{interrupt_note}[/]")
+        # A Ctrl-C in a terminal reaches the workers too, but a SIGINT sent to this process alone does not.
+        for worker in workers:
+            if worker.poll() is None:
+                worker.send_signal(signal.SIGINT)
         for worker in workers:
             worker.wait()
+        console.print(f"[yellow]{interrupt_note}[/]")
         raise typer.Exit(130)
     for worker in workers:
         stderr = worker.stderr.read() if worker.stderr else ""

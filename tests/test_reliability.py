@@ -243,6 +243,28 @@ def test_a_worker_killed_in_training_is_noticed_by_a_live_worker_and_training_re
     assert_same_state(final_state(store, train_key), reference.final_state)
 
 
+def test_a_sigint_to_smx_submit_alone_stops_its_workers_and_requeues_the_job(tmp_path: Path) -> None:
+    """`kill -INT` of the submitting process only (no terminal Ctrl-C reaching the whole process group)."""
+    spec = tmp_path / "interrupted.toml"
+    spec.write_text(spec_text("interrupted", epochs=50))
+    store_dir = tmp_path / "store"
+    submit = start(smx_command("submit", str(spec), "--store", str(store_dir), "--gpus", "none"),
+                   stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    store = wait_until(lambda: (store_dir / "smx.db").exists() and open_store(str(store_dir), create=False),
+                       "the store")
+    train_key = key_of(build_plan(load_spec(spec)), "train")
+    wait_until(lambda: epoch_metric(store, train_key, 1), "the first epoch")
+    job_pid = job_row(store, train_key).pid
+    submit.send_signal(signal.SIGINT)
+    _, stderr = submit.communicate(timeout=60)
+    assert submit.returncode == 130, stderr
+    assert "Traceback" not in stderr
+    job = job_row(store, train_key)
+    assert job.status == "pending" and "interrupted" in job.error
+    assert not is_running(job_pid)
+    assert len(trained_epochs(store, train_key)) < 50
+
+
 def test_a_certification_killed_midway_resumes_after_its_last_stored_sample(
     reference: Reference, tmp_path: Path
 ) -> None:

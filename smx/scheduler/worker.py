@@ -173,6 +173,10 @@ def run_worker(store: Store, slots: list[Slot], *, stay: bool = False) -> Worker
     report = WorkerReport(slot=None)
 
     def interrupt(signum: int, _frame: FrameType | None) -> None:
+        # One stop request is enough: a second (a terminal's Ctrl-C reaches both `smx submit`, which passes it
+        # on, and this worker) must not break off putting the running job back in the queue.
+        for sig in previous:
+            signal.signal(sig, signal.SIG_IGN)
         raise Interrupted(signal.Signals(signum).name)
 
     previous = {sig: signal.signal(sig, interrupt) for sig in (signal.SIGTERM, signal.SIGINT)}
