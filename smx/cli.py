@@ -60,10 +60,12 @@ def _seconds(value: float | None) -> str:
 def validate(spec_file: Annotated[Path, typer.Argument(help="Experiment spec (TOML).")]) -> None:
     """Check a spec and list the configs it resolves to."""
     from smx.plan import build_plan
+    from smx.scheduler.local import missing_data
     from smx.spec import load_spec
 
     plan = build_plan(load_spec(spec_file))
     _warn_reduced_precision(plan)
+    _warn_missing_data(spec_file, missing_data(plan, done=set()))
     console.print(f"[green]ok[/] {spec_file}: experiment [bold]{plan.experiment}[/], "
                   f"{len(plan.configs)} config(s), {len(plan.jobs)} job(s)")
     for config in plan.configs:
@@ -76,6 +78,12 @@ def _warn_reduced_precision(plan) -> None:  # type: ignore[no-untyped-def]
         errors.print(f"[yellow]warning: certify.precision = \"bf16\" in {escape(', '.join(names))}: reduced "
                      "precision can produce false certificates (Voráček & Hein, 2023). Use fp32 for results you "
                      "publish.[/]")
+
+
+def _warn_missing_data(spec_file: Path, problems: list[str]) -> None:
+    for problem in problems:
+        errors.print(f"[yellow]warning:[/] {escape(str(spec_file))}: data.root: {escape(problem)}", highlight=False,
+                     soft_wrap=True)
 
 
 def _print_plan(plan, states: dict[str, str]) -> None:  # type: ignore[no-untyped-def]
@@ -102,10 +110,10 @@ def submit(
         "--executor", help="local or slurm [default: the spec's or user config's [executor], else local].")] = None,
 ) -> None:
     """Enqueue an experiment's jobs and run them on this machine's GPUs (or CPU), or send them to Slurm."""
-    from smx.db.store import open_store
+    from smx.db.store import NoStoreYet, open_store
     from smx.plan import build_plan
     from smx.scheduler import queue
-    from smx.scheduler.local import LocalOptions, start_workers
+    from smx.scheduler.local import LocalOptions, missing_data, start_workers
     from smx.scheduler.slots import is_free, make_slots, parse_gpus
     from smx.spec import executor_settings, load_spec
 
@@ -116,12 +124,19 @@ def submit(
     _warn_reduced_precision(plan)
     where = executor_settings(spec, executor)
     options = LocalOptions(gpus=gpus, jobs_per_gpu=jobs_per_gpu, cpu_jobs=cpu_jobs)
+    try:
+        existing = open_store(store, create=False)
+        states = queue.job_states(existing, [job.key for job in plan.jobs])
+        existing.engine.dispose()
+    except NoStoreYet:
+        states = {}
+    problems = missing_data(plan, {key for key, status in states.items() if status == "done"})
+    if problems and where.kind == "local" and not dry_run:
+        raise UserError(f"{spec_file}: data.root: jobs on this machine would not find their data; nothing was "
+                        "queued.\n" + "\n".join(problems))
+    # Slurm jobs may see other file systems than this machine does.
+    _warn_missing_data(spec_file, problems)
     if dry_run:
-        try:
-            existing = open_store(store, create=False)
-            states = queue.job_states(existing, [job.key for job in plan.jobs])
-        except UserError:
-            states = {}
         _print_plan(plan, states)
         return
     if where.kind == "slurm":

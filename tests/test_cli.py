@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import sqlite3
 import subprocess
 import sys
 import textwrap
@@ -149,6 +150,49 @@ def test_user_errors_exit_2_without_traceback(submitted, tmp_path: Path) -> None
     empty = run_smx("status", store=StoreTarget.directory(tmp_path / "nowhere"), check=False)
     assert empty.returncode == 2 and "smx submit" in empty.stderr
     assert not (tmp_path / "nowhere").exists()
+
+
+def test_a_damaged_or_foreign_database_is_a_clear_error(tmp_path: Path) -> None:
+    spec = tmp_path / "tiny.toml"
+    spec.write_text(TINY_SPEC)
+    damaged, foreign = tmp_path / "damaged", tmp_path / "foreign"
+    damaged.mkdir()
+    (damaged / "smx.db").write_bytes(bytes(range(256)) * 20)
+    foreign.mkdir()
+    connection = sqlite3.connect(foreign / "smx.db")
+    connection.execute("CREATE TABLE notes (text)")
+    connection.close()
+    for location, message in ((damaged, "file is not a database"), (foreign, "has no smx tables")):
+        for arguments in (("status",), ("query", "SELECT 1"), ("report", "tiny")):
+            result = run_smx(*arguments, store=StoreTarget.directory(location), check=False)
+            assert result.returncode == 2 and message in result.stderr, (arguments, result.stderr)
+            assert "Traceback" not in result.stderr
+    # A dry run shows a store it cannot read as an error, not as one where everything is still to run.
+    dry_run = run_smx("submit", str(spec), "--dry-run", store=StoreTarget.directory(damaged), check=False)
+    assert dry_run.returncode == 2 and "file is not a database" in dry_run.stderr
+    assert "to run" in run_smx("submit", str(spec), "--dry-run", store=StoreTarget.directory(tmp_path / "new")).stdout
+    assert not (tmp_path / "new").exists()
+
+
+def test_missing_data_is_refused_before_anything_is_queued(tmp_path: Path) -> None:
+    from tests.test_data import write_idx_split
+
+    root = tmp_path / "fashion"
+    spec = tmp_path / "nodata.toml"
+    spec.write_text(tiny_spec("nodata", method="gaussian").replace(
+        'dataset = "mnist-mini"', f'dataset = "fashion-mnist"\nroot = "{root}"'))
+    store = StoreTarget.directory(tmp_path / "store")
+    refused = run_smx("submit", str(spec), store=store, check=False)
+    assert refused.returncode == 2 and "Traceback" not in refused.stderr
+    assert f"{spec}: data.root" in refused.stderr and "nothing was queued" in refused.stderr
+    assert "train-images-idx3-ubyte" in refused.stderr and "t10k-images-idx3-ubyte" in refused.stderr
+    assert not (tmp_path / "store").exists()
+    dry_run = run_smx("submit", str(spec), "--dry-run", store=store)
+    assert "warning:" in dry_run.stderr and "to run" in dry_run.stdout
+    assert "data.root" in run_smx("validate", str(spec), store=store).stderr
+    write_idx_split(root, "train", 8, compress=True, seed=0)
+    write_idx_split(root, "t10k", 8, compress=False, seed=1)
+    assert "warning" not in run_smx("submit", str(spec), "--dry-run", store=store).stderr
 
 
 def test_read_commands_do_not_import_torch(submitted) -> None:

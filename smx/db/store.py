@@ -17,7 +17,7 @@ from typing import Iterator
 
 from filelock import FileLock
 from sqlalchemy import Engine, create_engine, event, inspect, make_url, select, text
-from sqlalchemy.exc import ArgumentError, OperationalError
+from sqlalchemy.exc import ArgumentError, DatabaseError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
 from smx.db.models import SCHEMA_VERSION, Base, Meta
@@ -38,6 +38,10 @@ SQLITE_STORAGE_CODES = {8, 10, SQLITE_FULL, 14}  # READONLY, IOERR, FULL, CANTOP
 
 class StoreError(UserError):
     pass
+
+
+class NoStoreYet(StoreError):
+    """Nothing at the location has smx's tables: `smx submit` would create the store there."""
 
 
 def storage_error(path: Path | str, reason: str, *, disk_full: bool, then: str = "run the command again") -> StoreError:
@@ -195,7 +199,7 @@ def open_store(location: str | None = None, *, create: bool = True) -> Store:
     if url.startswith("sqlite"):
         database = Path(url.removeprefix("sqlite:///"))
         if not create and not database.exists():
-            raise StoreError(
+            raise NoStoreYet(
                 f"no smx store at {root} (expected {database}).\n"
                 "Fix: run `smx submit experiments/quickstart.toml` to create one, or point --store / SMX_STORE "
                 "at an existing store."
@@ -212,15 +216,23 @@ def open_store(location: str | None = None, *, create: bool = True) -> Store:
     store = Store(url=url, root=root, engine=engine)
     try:
         version = stored_version(store) if not create else None
+        if not create and version is None:
+            store.engine.dispose()
+            where = f"the database {store.sqlite_path}" if store.is_sqlite else store.display_location
+            raise NoStoreYet(f"{where} has no smx tables: it is not an smx store, or one still being created.\n"
+                             "Fix: point --store / SMX_STORE at an smx store, or wait for `smx submit` to create it.")
         # A store written by an older smx is upgraded on first use, by reading commands too: they need its tables.
         if create or (version is not None and version < SCHEMA_VERSION):
             with _schema_lock(store):
                 initialise(store)
         else:
             check_version(store)
-    except OperationalError as error:
-        raise StoreError(f"cannot open the store database {_shown(url)}: {error.orig}.\n"
-                         "Fix: check the path and its permissions, or the server address.") from error
+    except DatabaseError as error:  # OperationalError, or a file that is not an SQLite database at all
+        store.engine.dispose()
+        where = store.sqlite_path if store.is_sqlite else store.display_location
+        raise StoreError(f"cannot open the store database {where}: {error.orig}.\n"
+                         "Fix: check the path and its permissions, or the server address; a damaged database "
+                         "file can be moved away, and `smx submit` starts a new store.") from error
     return store
 
 

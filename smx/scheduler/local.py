@@ -8,6 +8,8 @@ import sys
 from dataclasses import dataclass
 
 from smx.db.store import Store
+from smx.plan import Plan
+from smx.science.data_files import data_root, missing_files_message
 
 
 @dataclass(frozen=True)
@@ -34,3 +36,18 @@ def start_workers(store: Store, options: LocalOptions, count: int, *, detach: bo
             workers.append(subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                                             stderr=subprocess.PIPE, text=True, env=os.environ.copy()))
     return workers
+
+
+def missing_data(plan: Plan, done: set[str]) -> list[str]:
+    """What the plan's jobs still to run would not find on this machine: one line per missing dataset split,
+    naming a config that needs it. Empty when every job can load its data here."""
+    problems: dict[str, str] = {}
+    for job in plan.jobs:
+        if job.key in done or job.kind == "aggregate":
+            continue
+        split = {"train": "train", "certify": job.inputs.get("certify", {}).get("split", "test")}.get(job.kind, "test")
+        root = data_root(job.runtime.get("data_root"))
+        message = missing_files_message(job.inputs["data"]["dataset"], split, root, job.runtime.get("download", False))
+        if message is not None:
+            problems.setdefault(message, f"config {job.config_name!r} ({job.kind}): {message}")
+    return list(problems.values())

@@ -8,41 +8,30 @@ here: it is the first layer of every model (see smx.science.models).
 from __future__ import annotations
 
 import gzip
-import os
 import pickle
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
 
 import numpy as np
 import torch
 import torchvision
 from torchvision import transforms
 
-from smx.errors import UserError
 from smx.science.catalog import DATASETS
-
-Split = Literal["train", "test"]
+from smx.science.data_files import (
+    CIFAR_BATCHES,
+    CIFAR_FOLDER,
+    TORCHVISION_FOLDERS,
+    DataError,
+    Split,
+    data_root,
+    find_idx_files,
+    imagenet_folders,
+    missing_files_message,
+)
 
 MNIST_MINI_PATH = Path(__file__).resolve().parent / "data" / "mnist_mini.npz"
-
-# File names of the MNIST-like datasets, and the folder torchvision downloads each into (root/<folder>/raw).
-IDX_FILES: dict[str, tuple[str, str]] = {
-    "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
-    "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
-}
-TORCHVISION_FOLDERS = {"mnist": "MNIST", "fashion-mnist": "FashionMNIST"}
-
-CIFAR_FOLDER = "cifar-10-batches-py"
-CIFAR_BATCHES: dict[str, list[str]] = {
-    "train": [f"data_batch_{index}" for index in range(1, 6)],
-    "test": ["test_batch"],
-}
-
-
-class DataError(UserError):
-    """A dataset that cannot be found or read; the message says where smx looked and how to fix it."""
 
 
 @dataclass
@@ -65,15 +54,6 @@ class ImageTensors:
     def subset(self, indices: torch.Tensor | list[int]) -> ImageTensors:
         index = torch.as_tensor(indices, dtype=torch.long, device=self.labels.device)
         return ImageTensors(self.images[index], self.labels[index])
-
-
-def data_root(root: Path | str | None = None) -> Path:
-    """Where datasets live: the argument, else $SMX_DATA, else ~/.smx/data."""
-    if root is not None:
-        return Path(root).expanduser()
-    if os.environ.get("SMX_DATA"):
-        return Path(os.environ["SMX_DATA"]).expanduser()
-    return Path.home() / ".smx" / "data"
 
 
 def load_dataset(
@@ -128,22 +108,6 @@ def read_idx(path: Path) -> np.ndarray:
     return np.frombuffer(content, dtype=np.uint8, offset=header_size).reshape(shape)
 
 
-def idx_candidates(name: str, root: Path, file_name: str) -> list[Path]:
-    """Where an IDX file may lie: torchvision's layout first, then the flat layout of Debian's dataset packages."""
-    folders = [root / TORCHVISION_FOLDERS[name] / "raw", root / name, root]
-    return [folder / candidate for folder in folders for candidate in (file_name, file_name + ".gz")]
-
-
-def find_idx_files(name: str, split: Split, root: Path) -> tuple[Path, Path] | None:
-    found = []
-    for file_name in IDX_FILES[split]:
-        existing = [path for path in idx_candidates(name, root, file_name) if path.is_file()]
-        if not existing:
-            return None
-        found.append(existing[0])
-    return found[0], found[1]
-
-
 def load_idx_dataset(name: str, split: Split, root: Path, download: bool) -> ImageTensors:
     paths = find_idx_files(name, split, root)
     if paths is None and download:
@@ -151,14 +115,7 @@ def load_idx_dataset(name: str, split: Split, root: Path, download: bool) -> Ima
         download_with_torchvision(name, root, lambda: source(str(root), train=split == "train", download=True))
         paths = find_idx_files(name, split, root)
     if paths is None:
-        images_file, labels_file = IDX_FILES[split]
-        raise DataError(
-            f"the {split} split of {name} is not under data root {root}: expected {images_file} and {labels_file} "
-            f"(or the same names with .gz) in {root / TORCHVISION_FOLDERS[name] / 'raw'} (torchvision's layout), "
-            f"in {root / name} or directly in {root} (the layout of Debian's dataset packages, "
-            f"e.g. /usr/share/datasets/fashion-mnist). Fix: set data.root (or the SMX_DATA environment variable) "
-            f"to the folder that holds them, or set data.download = true to fetch them with torchvision"
-        )
+        raise DataError(missing_files_message(name, split, root, download=False))
     images_path, labels_path = paths
     images, labels = read_idx(images_path), read_idx(labels_path)
     if images.ndim != 3 or labels.ndim != 1 or images.shape[0] != labels.shape[0]:
@@ -175,13 +132,8 @@ def load_cifar10(split: Split, root: Path, download: bool) -> ImageTensors:
         download_with_torchvision(
             "cifar10", root, lambda: torchvision.datasets.CIFAR10(str(root), train=split == "train", download=True)
         )
-    missing = [path.name for path in paths if not path.is_file()]
-    if missing:
-        raise DataError(
-            f"the {split} split of cifar10 is not under data root {root}: expected {', '.join(missing)} in {folder} "
-            f"(the python version of CIFAR-10, as torchvision downloads it). Fix: set data.root (or the SMX_DATA "
-            f"environment variable) to the folder that contains {CIFAR_FOLDER}, or set data.download = true"
-        )
+    if problem := missing_files_message("cifar10", split, root, download=False):
+        raise DataError(problem)
     images, labels = [], []
     for path in paths:
         try:
@@ -196,16 +148,9 @@ def load_cifar10(split: Split, root: Path, download: bool) -> ImageTensors:
 
 def load_imagenet(split: Split, root: Path, download: bool) -> torchvision.datasets.ImageFolder:
     """ImageNet as class folders under root/imagenet/{train,val} or root/{train,val}; it is never downloaded."""
-    folder_name = "train" if split == "train" else "val"
-    candidates = [root / "imagenet" / folder_name, root / folder_name]
-    existing = [folder for folder in candidates if folder.is_dir()]
+    existing = [folder for folder in imagenet_folders(split, root) if folder.is_dir()]
     if not existing:
-        raise DataError(
-            f"the {split} split of imagenet is not under data root {root}: expected one folder per class in "
-            f"{candidates[0]} or {candidates[1]}. ImageNet cannot be downloaded automatically"
-            f"{' (data.download = true does not apply)' if download else ''}; fetch it from image-net.org, "
-            f"arrange it as class folders, and set data.root (or the SMX_DATA environment variable)"
-        )
+        raise DataError(missing_files_message("imagenet", split, root, download))
     if split == "train":
         transform = transforms.Compose(
             [transforms.RandomResizedCrop(224), transforms.RandomHorizontalFlip(), transforms.ToTensor()]
