@@ -177,3 +177,13 @@ def test_without_slurm_commands_submit_says_so_and_queues_nothing(tmp_path: Path
     assert "no `sbatch` on this machine" in result.stderr and "--executor local" in result.stderr
     assert "Traceback" not in result.stderr
     assert not store.exists()
+
+
+def test_a_job_sbatch_refuses_is_a_clear_error_naming_the_setting(cluster: Cluster, tmp_path: Path) -> None:
+    spec = tmp_path / "gpus.toml"
+    spec.write_text(spec_text("gpus-slurm").replace("gpus_per_job = 0", "gpus_per_job = 1"))  # no GPUs in this Slurm
+    refused = cluster.smx("submit", str(spec), "--executor", "slurm")
+    assert refused.returncode == 2 and "Traceback" not in refused.stderr, refused.stderr
+    assert "sbatch refused train/" in refused.stderr and "executor.slurm.gpus_per_job = 0" in refused.stderr
+    jobs = cluster.query("SELECT status, slurm_job_id FROM jobs")
+    assert jobs and all(job["status"] == "pending" and job["slurm_job_id"] is None for job in jobs)

@@ -125,10 +125,26 @@ def send_plan(store: Store, plan: Plan, settings: SlurmSection) -> SlurmSubmissi
             waits_for.append(in_flight[parent])
         else:
             executor.update_parameters(**_sbatch_parameters(settings, planned.kind, planned.name, waits_for))
-            slurm_job = executor.submit(SlurmJob(), planned.key, store.location, str(store.root))
+            try:
+                slurm_job = executor.submit(SlurmJob(), planned.key, store.location, str(store.root))
+            except submitit.core.utils.FailedJobError as error:
+                queue.record_slurm_jobs(store, submission.sent)  # what Slurm took is followed and never sent twice
+                raise _refused(planned.name, str(error), settings) from None
             in_flight[planned.key] = submission.sent[planned.key] = str(slurm_job.job_id)
     queue.record_slurm_jobs(store, submission.sent)
     return submission
+
+
+def _refused(name: str, output: str, settings: SlurmSection) -> SlurmError:
+    """sbatch's refusal of a job, with the setting most likely behind it."""
+    reason = next((line.strip() for line in output.splitlines() if "sbatch: error" in line), output.strip()[-500:])
+    if "gres" in reason.lower() and settings.gpus_per_job:
+        fix = (f"this cluster has no GPUs as generic resources for gpus_per_job = {settings.gpus_per_job}: set "
+               "executor.slurm.gpus_per_job = 0 (CPU jobs), or a partition that has GPUs")
+    else:
+        fix = "check executor.slurm (partition, account in sbatch, mem_gb, time_min) against what `sinfo` lists"
+    return SlurmError(f"sbatch refused {name}: {reason}\nFix: {fix}. The jobs stay queued in the store; "
+                      "`smx submit` again sends them to Slurm.")
 
 
 def _sbatch_parameters(settings: SlurmSection, kind: str, name: str, waits_for: list[str]) -> dict[str, Any]:
