@@ -49,6 +49,17 @@ def main() -> None:
         sys.exit(error.exit_code)
 
 
+def _print_table(table: Table) -> int:
+    """Print a table; to a file or a pipe, whole rows rather than folded into the 80 columns Rich assumes there.
+    Returns the table's natural width."""
+    natural_width = Measurement.get(console, console.options.update_width(10_000), table).maximum
+    if console.is_terminal:
+        console.print(table)
+    else:
+        Console(width=max(natural_width, console.width)).print(table)
+    return natural_width
+
+
 def _seconds(value: float | None) -> str:
     if value is None:
         return ""
@@ -94,7 +105,7 @@ def _print_plan(plan, states: dict[str, str]) -> None:  # type: ignore[no-untype
         state = states.get(job.key)
         label = {"done": "[green]cached[/]", None: "to run"}.get(state, f"in store ({state})")
         table.add_row(job.kind, job.name, job.key[:12], label)
-    console.print(table)
+    _print_table(table)
 
 
 @app.command()
@@ -305,13 +316,18 @@ def _print_jobs(store, experiment: str | None, only_unfinished: bool = False, st
         style = STATUS_STYLES.get(job.status, "")
         note = ""
         if job.error:
-            note = job.error.strip().splitlines()[-1]
+            lines = job.error.strip().splitlines()
+            # A job killed by a signal said nothing of it: its log's last line is not the cause.
+            note = lines[0] if lines[0].startswith("killed by signal") else lines[-1]
         if job.blocked_by:
             note = f"waiting: a parent is {job.blocked_by}"
+        if job.silent_seconds is not None:
+            note = (f"no word from its worker for {_seconds(job.silent_seconds)}: if it stopped, "
+                    "`smx submit` or `smx worker` resumes the job")
         table.add_row(job.key[:8], escape(job.name), f"[{style}]{job.status}[/]",
                       escape(job.progress_text) if job.status == "running" else "", job.device or "",
                       _seconds(job.elapsed_seconds), escape(note))
-    console.print(table)
+    _print_table(table)
 
 
 @app.command()
@@ -322,10 +338,16 @@ def status(
     store: StoreOption = None,
 ) -> None:
     """Show experiments and their jobs."""
-    from smx.db.queries import experiments_overview, jobs_view
+    from smx.db.queries import experiment_names, experiments_overview, jobs_view
     from smx.db.store import open_store
 
     opened = open_store(store, create=False)
+    if experiment is not None:
+        with opened.read_session() as session:
+            known = experiment_names(session)
+        if experiment not in known:
+            raise UserError(f"no experiment named {experiment!r} in the store "
+                            f"(known: {', '.join(known) or 'none yet'}).")
     if failed:
         with opened.read_session() as session:
             for job in jobs_view(session, experiment, ["failed"]):
@@ -348,7 +370,7 @@ def status(
                       str(item.counts["running"]), str(item.counts["done"]),
                       f"[red]{item.counts['failed']}[/]" if item.counts["failed"] else "0",
                       f"{item.best_acr:.3f}" if item.best_acr is not None else "", f"{item.updated_at:%Y-%m-%d %H:%M}")
-    console.print(table)
+    _print_table(table)
 
 
 @app.command()
@@ -420,15 +442,10 @@ def query(
         table.add_column(column, overflow="fold")
     for row in result.rows:
         table.add_row(*(format_cell(value) for value in row))
-    natural_width = Measurement.get(console, console.options.update_width(10_000), table).maximum
-    if console.is_terminal:
-        console.print(table)
-        if natural_width > console.width:
-            errors.print(f"{len(result.columns)} columns do not fit {console.width} characters; "
-                         "--format csv or md gives them whole, or select fewer columns.")
-    else:
-        # Written to a file or a pipe: rows at full width, not folded into the 80 columns Rich assumes there.
-        Console(width=max(natural_width, console.width)).print(table)
+    natural_width = _print_table(table)
+    if console.is_terminal and natural_width > console.width:
+        errors.print(f"{len(result.columns)} columns do not fit {console.width} characters; "
+                     "--format csv or md gives them whole, or select fewer columns.")
     console.print(f"{len(result.rows)} row(s)")
 
 

@@ -141,7 +141,7 @@ def test_user_errors_exit_2_without_traceback(submitted, tmp_path: Path) -> None
     bad.write_text(TINY_SPEC.replace("sigma = 0.5", "sigmaa = 0.5"))
     for arguments in (("validate", str(bad)), ("submit", str(bad)), ("validate", str(tmp_path / "missing.toml")),
                       ("query", "DELETE FROM jobs"), ("query", "SELECT * FROM nope"), ("plot", "nope"),
-                      ("retry", "no-such-thing")):
+                      ("retry", "no-such-thing"), ("status", "nope")):
         result = run_smx(*arguments, store=store, check=False)
         assert result.returncode == 2, (arguments, result.stdout, result.stderr)
         assert "Traceback" not in result.stderr and "error:" in result.stderr
@@ -193,6 +193,34 @@ def test_missing_data_is_refused_before_anything_is_queued(tmp_path: Path) -> No
     write_idx_split(root, "train", 8, compress=True, seed=0)
     write_idx_split(root, "t10k", 8, compress=False, seed=1)
     assert "warning" not in run_smx("submit", str(spec), "--dry-run", store=store).stderr
+
+
+def test_status_notes_say_why_a_job_died_and_when_a_worker_went_silent(store) -> None:
+    from datetime import timedelta
+
+    from smx.db.models import Job, utcnow
+
+    now = utcnow()
+    with store.session() as session:
+        session.add_all([
+            Job(key="a" * 64, kind="train", name="train/killed", config={}, status="failed", attempts=1,
+                created_at=now, started_at=now, finished_at=now,
+                error="killed by signal 9; log store/logs/a.log\nepoch 3/8 loss 2.1"),
+            Job(key="b" * 64, kind="train", name="train/raised", config={}, status="failed", attempts=1,
+                created_at=now, started_at=now, finished_at=now,
+                error="exit code 2; log store/logs/b.log\nerror: the train split of mnist is not under data root"),
+            Job(key="c" * 64, kind="train", name="train/silent", config={}, status="running", attempts=1,
+                created_at=now, started_at=now - timedelta(minutes=3), heartbeat_at=now - timedelta(minutes=2)),
+            Job(key="d" * 64, kind="train", name="train/beating", config={}, status="running", attempts=1,
+                created_at=now, started_at=now - timedelta(minutes=3), heartbeat_at=now),
+        ])
+    shown = run_smx("status", "--jobs", store=StoreTarget(store.location, store.root)).stdout
+    rows = {line.split("│")[2].strip(): line.split("│")[-2].strip() for line in shown.splitlines()
+            if line.startswith("│") and line.split("│")[1].strip()}
+    assert rows["train/killed"] == "killed by signal 9; log store/logs/a.log"
+    assert rows["train/raised"].startswith("error: the train split of mnist")
+    assert rows["train/silent"].startswith("no word from its worker for 0:02:")
+    assert rows["train/beating"] == ""
 
 
 def test_read_commands_do_not_import_torch(submitted) -> None:

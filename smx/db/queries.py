@@ -20,6 +20,9 @@ from smx.db.models import (
     utcnow,
 )
 
+# Workers beat every 5 s (scheduler.worker.HEARTBEAT_SECONDS): six missed beats say more than a slow disk.
+SILENT_WORKER_SECONDS = 30.0
+
 
 @dataclass
 class ExperimentOverview:
@@ -51,6 +54,16 @@ class JobView:
     error: str | None
     log_path: str | None
     blocked_by: str | None  # status of an unfinished parent that keeps a pending job waiting
+    heartbeat_at: datetime | None = None  # a running job's worker beats every few seconds
+
+    @property
+    def silent_seconds(self) -> float | None:
+        """How long a running job's worker has not been heard from, once that is long enough to be a sign that
+        it stopped (a killed machine or process); None otherwise. The next worker on the store resumes it."""
+        if self.status != "running" or self.heartbeat_at is None:
+            return None
+        silent = (utcnow() - self.heartbeat_at).total_seconds()
+        return silent if silent > SILENT_WORKER_SECONDS else None
 
     @property
     def elapsed_seconds(self) -> float | None:
@@ -115,7 +128,7 @@ def jobs_view(session: Session, experiment: str | None = None, statuses: list[st
             key=job.key, kind=job.kind, name=job.name, config_name=config_name, status=job.status,
             progress=job.progress, progress_text=job.progress_text, device=job.device, attempts=job.attempts,
             started_at=job.started_at, finished_at=job.finished_at, error=job.error, log_path=job.log_path,
-            blocked_by=blocked_by if job.status == "pending" else None,
+            blocked_by=blocked_by if job.status == "pending" else None, heartbeat_at=job.heartbeat_at,
         ))
     return list(views.values())
 

@@ -126,7 +126,9 @@ def _parse_row(line: str, path: str | os.PathLike[str], line_number: int) -> Log
         if prediction == ABSTAIN and (correct != 0 or radius != 0):
             raise ValueError(f"an abstention (predict -1) has correct 0 and radius 0.0, not {correct} and {fields[3]}")
         if prediction != ABSTAIN and correct != int(prediction == label):
-            raise ValueError(f"correct is {correct} but predict {prediction} and label {label} say {int(prediction == label)}")
+            raise ValueError(
+                f"correct is {correct} but predict {prediction} and label {label} say {int(prediction == label)}"
+            )
         time_match = _TIME_PATTERN.fullmatch(fields[5])
         if time_match is None:
             raise ValueError(f"time {fields[5]!r} is not H:MM:SS.ffffff")

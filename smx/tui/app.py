@@ -316,7 +316,8 @@ class SmxApp(App[None]):
 
         return [
             ("everywhere", keys(SmxApp, MainScreen)),
-            ("tables", [("↑ ↓ PgUp PgDn Ctrl+Home Ctrl+End", "move"), ("← → Home End", "scroll sideways"), *keys(LiveTable)]),
+            ("tables", [("↑ ↓ PgUp PgDn Ctrl+Home Ctrl+End", "move"), ("← → Home End", "scroll sideways"),
+                        *keys(LiveTable)]),
             ("experiments", keys(ExperimentsTable, ExperimentsPane)),
             ("jobs", keys(JobsTable, JobsPane)),
             ("results", keys(ResultsPane)),
