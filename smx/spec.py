@@ -386,6 +386,9 @@ def executor_settings(spec: Spec, kind: str | None = None) -> ExecutorSection:
     (`smx submit --executor`) over both."""
     merged: dict[str, Any] = {}
     path = user_config_path()
+    if os.environ.get("SMX_CONFIG") and not path.is_file():
+        # Named on purpose, so its absence is a mistake rather than a machine without a user config.
+        raise SpecError(f"SMX_CONFIG names {path}, which is not a file; point it at an smx user config, or unset it")
     if path.is_file():
         try:
             user_config = tomllib.loads(path.read_text(encoding="utf-8-sig"))

@@ -104,6 +104,9 @@ def test_executor_settings_merge_the_user_config_the_spec_and_the_command_line(t
     user_config.write_text('[executor.slurm]\ngpu = 1\n')
     with pytest.raises(SpecError, match=f"{user_config}: executor.slurm.gpu: unknown key"):
         executor_settings(spec)
+    monkeypatch.setenv("SMX_CONFIG", str(tmp_path / "missing.toml"))
+    with pytest.raises(SpecError, match="SMX_CONFIG names .*missing.toml, which is not a file"):
+        executor_settings(spec)
 
 
 def test_changing_one_configs_certify_n_rekeys_only_its_certify_job_and_the_aggregate() -> None:
