@@ -241,6 +241,9 @@ def test_a_worker_killed_in_training_is_noticed_by_a_live_worker_and_training_re
     assert epoch_metric(store, train_key, 1).seconds == first_epoch.seconds
     assert trained_epochs(store, train_key) == [1, 2]
     assert_same_state(final_state(store, train_key), reference.final_state)
+    log = store.log_path(train_key).read_text()
+    assert re.search(r"^epoch 1/2: loss \d+\.\d{4}, noisy accuracy", log, re.MULTILINE)
+    assert re.search(r"^resumed from .*epoch-0*1\S* after epoch 1/2$", log, re.MULTILINE), log
 
 
 def test_a_sigint_to_smx_submit_alone_stops_its_workers_and_requeues_the_job(tmp_path: Path) -> None:
@@ -288,6 +291,10 @@ def test_a_certification_killed_midway_resumes_after_its_last_stored_sample(
     assert stored[: len(stored_before_the_kill)] == stored_before_the_kill  # kept, not certified again
     job = job_row(store, certify_key)
     assert job.attempts == 2 and logged_attempts(store, certify_key) == [1, 2]
+    log = store.log_path(certify_key).read_text()
+    assert f"certifying {max_samples} test images; " in log
+    assert f"certifying {max_samples} test images, resuming after {len(stored_before_the_kill)} already" in log
+    assert f"{max_samples}/{max_samples} images certified" in log
 
 
 FAULTY_DISK = textwrap.dedent("""

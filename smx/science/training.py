@@ -253,13 +253,15 @@ def train(
     on_checkpoint_removed: RemovedCallback | None = None,
     on_epoch: EpochCallback | None = None,
     on_progress: ProgressCallback | None = None,
+    on_resume: CheckpointCallback | None = None,
 ) -> Path:
     """Train `model` in place, resuming from the newest readable checkpoint in `checkpoint_dir`.
 
     After each epoch: the checkpoint is written and made durable, then on_checkpoint(path, epoch), then
     on_checkpoint_removed(path) for each checkpoint pruned (all but the newest two, and unreadable ones found
     when resuming), then on_epoch(metrics). on_progress(fraction of the whole run, text) is called at most
-    every PROGRESS_INTERVAL_SECONDS. Returns the final checkpoint.
+    every PROGRESS_INTERVAL_SECONDS. on_resume(path, epoch) is called once when a checkpoint was restored.
+    Returns the final checkpoint.
     """
     validate(settings)
     device = resolve_device(settings.device)
@@ -280,6 +282,8 @@ def train(
     start_epoch, latest = resume(
         checkpoint_dir, settings, model, optimizer, scheduler, shuffle, device, on_checkpoint_removed
     )
+    if latest is not None and on_resume:
+        on_resume(latest, start_epoch)
     if latest is not None and start_epoch >= settings.epochs:
         return latest
 

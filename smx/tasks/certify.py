@@ -67,6 +67,8 @@ def run(store: Store, job: Job, device: str, progress: ProgressReporter) -> None
     precision = certify_config.get("precision", "fp32")
     batch_size = forward_batch_size(model, DATASETS[dataset].input_shape, certify_config["batch_size"], device,
                                     precision)
+    resumed = f", resuming after {certified} already certified" if certified else ""
+    print(f"certifying {len(indices)} test images{resumed}; {batch_size} rows per forward pass", flush=True)
 
     def flush() -> None:
         nonlocal last_flush
@@ -99,4 +101,5 @@ def run(store: Store, job: Job, device: str, progress: ProgressReporter) -> None
                         batch_size=batch_size, num_classes=DATASETS[dataset].num_classes,
                         on_certificate=on_certificate, device=device, precision=precision)
         flush()
+        print(f"{certified}/{len(indices)} images certified", flush=True)
     progress(1.0, f"image {len(indices)}/{len(indices)}")

@@ -45,7 +45,11 @@ def run(store: Store, job: Job, device: str, progress: ProgressReporter) -> None
     torch.manual_seed(config["seed"])
     model = build_model(config["model"]["arch"], dataset)
 
+    epochs = config["train"]["epochs"]
+
     def on_epoch(metrics: EpochMetrics) -> None:
+        print(f"epoch {metrics.epoch}/{epochs}: loss {metrics.loss:.4f}, noisy accuracy {metrics.noisy_accuracy:.4f}, "
+              f"lr {metrics.lr:g}, {metrics.seconds:.1f} s", flush=True)
         with store.session() as session:
             session.execute(delete(TrainMetric).where(TrainMetric.job_key == job.key, TrainMetric.epoch == metrics.epoch))
             session.add(TrainMetric(job_key=job.key, epoch=metrics.epoch, loss=metrics.loss,
@@ -57,5 +61,6 @@ def run(store: Store, job: Job, device: str, progress: ProgressReporter) -> None
 
     final = train(model, data, settings_from_config(config, device), store.checkpoint_dir(job.key),
                   on_checkpoint=on_checkpoint, on_checkpoint_removed=lambda path: checkpoints.forget(store, path),
-                  on_epoch=on_epoch, on_progress=progress)
+                  on_epoch=on_epoch, on_progress=progress,
+                  on_resume=lambda path, epoch: print(f"resumed from {path} after epoch {epoch}/{epochs}", flush=True))
     checkpoints.mark_final(store, job.key, final, epoch=config["train"]["epochs"])
