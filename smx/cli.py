@@ -202,6 +202,12 @@ def _submit_to_slurm(store, plan, settings, *, detach: bool) -> None:  # type: i
                            f"`smx cancel {plan.experiment}`).")
 
 
+def _end_live_line() -> None:
+    # Written to a file or a pipe, Rich's live display ends its last frame without a newline.
+    if not console.is_terminal:
+        console.line()
+
+
 def _can_progress(jobs) -> bool:  # type: ignore[no-untyped-def]
     """Whether some job is running or ready to run; otherwise the rest wait on failed or cancelled jobs."""
     return any(job.status == "running" or (job.status == "pending" and job.blocked_by is None) for job in jobs)
@@ -251,6 +257,7 @@ def _follow(store, experiment: str, workers, device: str, start_on_free_slots,  
                         last_start = time.monotonic()
                 time.sleep(0.5)
     except KeyboardInterrupt:
+        _end_live_line()
         # A Ctrl-C in a terminal reaches the workers too, but a SIGINT sent to this process alone does not.
         for worker in workers:
             if worker.poll() is None:
@@ -259,6 +266,7 @@ def _follow(store, experiment: str, workers, device: str, start_on_free_slots,  
             worker.wait()
         console.print(f"[yellow]{interrupt_note}[/]")
         raise typer.Exit(130)
+    _end_live_line()
     for worker in workers:
         stderr = worker.stderr.read() if worker.stderr else ""
         if worker.returncode not in (0, None) and stderr:

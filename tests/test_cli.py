@@ -70,7 +70,7 @@ def submitted(request, tmp_path_factory: pytest.TempPathFactory
 
 def test_submit_runs_every_job_and_fills_every_table(submitted) -> None:
     spec, store, result = submitted
-    assert "all 5 jobs done" in result.stdout
+    assert "\nall 5 jobs done" in result.stdout  # on a line of its own after the live progress
     jobs = query_json("SELECT kind, status, attempts, log_path FROM jobs ORDER BY kind", store)
     assert [job["kind"] for job in jobs] == ["aggregate", "certify", "certify", "train", "train"]
     assert {job["status"] for job in jobs} == {"done"}
