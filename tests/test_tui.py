@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 from pytest_textual_snapshot import SVGImageExtension
-from sqlalchemy import insert, select
+from sqlalchemy import insert, select, update
 from textual.widgets import Log, TabbedContent
 
 from smx.db.models import (
@@ -222,6 +222,20 @@ def test_radius_bins_are_floors_on_every_backend(store: Store) -> None:
     assert histogram.samples == len(radii)
     assert histogram.correct_per_bin == {24: 1, 25: 1, 29: 1, 30: 1, 0: 1, 100: 1}
     assert histogram.correct_radius_sum == pytest.approx(sum(radii))
+
+
+def test_a_running_job_whose_worker_went_silent_says_so(seeded: Store) -> None:
+    from smx.tui.cells import job_cells
+
+    with seeded.session() as session:
+        session.execute(update(Job).where(Job.key == key("train-smoothmix-0.50"))
+                        .values(heartbeat_at=NOW - timedelta(seconds=95)))
+        session.execute(update(Job).where(Job.key == key("train-gaussian-0.25")).values(heartbeat_at=NOW))
+    jobs = {job.key: job for job in StoreReader(str(seeded.root), clock=frozen_clock).load(LoadRequest()).jobs}
+    silent = jobs[key("train-smoothmix-0.50")]
+    assert silent.silent_seconds == 95
+    assert str(job_cells(silent)[-1].shown) == "no word from its worker for 0:01:35"
+    assert all(job.silent_seconds is None for job in jobs.values() if job is not silent)  # done or beating
 
 
 def test_results_and_job_detail(seeded: Store) -> None:

@@ -24,6 +24,15 @@ from smx.db.models import (
 SILENT_WORKER_SECONDS = 30.0
 
 
+def silent_seconds(status: str, heartbeat_at: datetime | None, now: datetime) -> float | None:
+    """How long a running job's worker has not been heard from, once that is long enough to be a sign that it
+    stopped (a killed machine or process); None otherwise. The next worker on the store resumes such a job."""
+    if status != "running" or heartbeat_at is None:
+        return None
+    silent = (now - heartbeat_at).total_seconds()
+    return silent if silent > SILENT_WORKER_SECONDS else None
+
+
 @dataclass
 class ExperimentOverview:
     name: str
@@ -58,12 +67,7 @@ class JobView:
 
     @property
     def silent_seconds(self) -> float | None:
-        """How long a running job's worker has not been heard from, once that is long enough to be a sign that
-        it stopped (a killed machine or process); None otherwise. The next worker on the store resumes it."""
-        if self.status != "running" or self.heartbeat_at is None:
-            return None
-        silent = (utcnow() - self.heartbeat_at).total_seconds()
-        return silent if silent > SILENT_WORKER_SECONDS else None
+        return silent_seconds(self.status, self.heartbeat_at, utcnow())
 
     @property
     def elapsed_seconds(self) -> float | None:

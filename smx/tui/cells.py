@@ -140,7 +140,8 @@ def job_cells(job: JobSummary) -> tuple[Cell, ...]:
         cell(job.device),
         cell(job.elapsed_seconds, duration(job.elapsed_seconds)),
         cell(job.eta_seconds, duration(job.eta_seconds)),
-        cell(job.error_line, style="red" if job.status == "failed" else "dim"),
+        cell(f"no word from its worker for {duration(job.silent_seconds)}", style="yellow")
+        if job.silent_seconds is not None else cell(job.error_line, style="red" if job.status == "failed" else "dim"),
     )
 
 

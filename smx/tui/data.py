@@ -20,7 +20,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, aliased
 
 from smx.db.models import Certificate, Checkpoint, Experiment, ExperimentJob, Job, JobParent, TrainMetric, utcnow
-from smx.db.queries import experiments_overview
+from smx.db.queries import experiments_overview, silent_seconds
 from smx.db.store import Store, StoreError, open_store, resolve_location
 from smx.errors import UserError
 from smx.report import experiment_results
@@ -78,13 +78,15 @@ NO_MEMBERSHIP: tuple[str | None, tuple[str, ...]] = (None, ())
 
 def _summary(row: Any, membership: tuple[str | None, tuple[str, ...]], blocked_by: str | None,
              now: datetime) -> JobSummary:
-    key, kind, name, status, progress, progress_text, device, attempts, started_at, finished_at, error_tail = row[:11]
+    (key, kind, name, status, progress, progress_text, device, attempts, started_at, finished_at, error_tail,
+     heartbeat_at) = row[:12]
     elapsed = None if started_at is None else max(((finished_at or now) - started_at).total_seconds(), 0.0)
     eta = None
     if status == "running" and elapsed is not None and progress > 0.01:
         eta = elapsed * (1 - progress) / progress
     return JobSummary(key, kind, name, membership[0], membership[1], status, progress, progress_text, device, attempts,
-                      elapsed, eta, error_tail, blocked_by if status == "pending" else None)
+                      elapsed, eta, error_tail, blocked_by if status == "pending" else None,
+                      silent_seconds(status, heartbeat_at, now))
 
 
 # substr(error, -n) is SQLite only; this form also works on PostgreSQL.
@@ -93,7 +95,7 @@ _error_tail = func.substr(
                     else_=1),
 ).label("error_tail")
 _JOB_COLUMNS = (Job.key, Job.kind, Job.name, Job.status, Job.progress, Job.progress_text, Job.device, Job.attempts,
-                Job.started_at, Job.finished_at, _error_tail)
+                Job.started_at, Job.finished_at, _error_tail, Job.heartbeat_at)
 
 
 def _memberships(session: Session, key: str | None = None) -> dict[str, tuple[str | None, tuple[str, ...]]]:

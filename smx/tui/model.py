@@ -38,6 +38,7 @@ class JobSummary:
     eta_seconds: float | None
     error_tail: str | None
     blocked_by: str | None  # status of an unfinished parent that keeps a pending job waiting
+    silent_seconds: float | None = None  # a running job whose worker has not been heard from for this long
 
     @property
     def error_line(self) -> str:
