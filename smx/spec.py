@@ -145,6 +145,9 @@ class TrainSettings(_Section):
     momentum: float | None = Field(None, ge=0.0, lt=1.0)
     weight_decay: float | None = Field(None, ge=0.0)
     amp: bool = False  # bf16 autocast of the forward passes: faster on GPUs, but not fp32 training
+    # "one_epoch_late": each decay one epoch after lr_step, as the jh-jeong repositories (SmoothMix, consistency)
+    # run under current PyTorch; "on_time" is Cohen's and Salman's schedule.
+    lr_decay: Literal["on_time", "one_epoch_late"] = "on_time"
 
     @field_validator("method")
     @classmethod
@@ -875,6 +878,8 @@ def _canonical_config(document: SpecDocument) -> dict[str, Any]:
     # Opt-ins enter a config only when chosen, so that the keys of every existing job stay as they were.
     if train.amp:
         config["train"]["amp"] = True
+    if train.lr_decay != "on_time":
+        config["train"]["lr_decay"] = train.lr_decay
     if certify.precision != "fp32":
         config["certify"]["precision"] = certify.precision
     if document.analyze is not None:

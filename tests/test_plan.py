@@ -125,9 +125,14 @@ def test_changing_a_training_setting_rekeys_the_whole_chain_of_that_config() -> 
 
 def test_precision_opt_ins_rekey_only_where_chosen_and_their_defaults_change_no_key() -> None:
     before = keys_by_name(plan_of(QUICKSTART_TEXT))
-    defaults = QUICKSTART_TEXT.replace("[train]\n", "[train]\namp = false\n").replace(
+    defaults = QUICKSTART_TEXT.replace("[train]\n", '[train]\namp = false\nlr_decay = "on_time"\n').replace(
         "[certify]\n", '[certify]\nprecision = "fp32"\n')
     assert keys_by_name(plan_of(defaults)) == before
+    late = plan_of(QUICKSTART_TEXT.replace('name = "smoothmix"\n',
+                                           'name = "smoothmix"\ntrain.lr_decay = "one_epoch_late"\n'))
+    assert {name for name, key in keys_by_name(late).items() if before[name] != key} == {
+        "train/smoothmix", "certify/smoothmix", "aggregate/quickstart"}
+    assert [config.config["train"].get("lr_decay") for config in late.configs] == [None, "one_epoch_late"]
     amp_text = QUICKSTART_TEXT.replace('name = "smoothmix"\n', 'name = "smoothmix"\ntrain.amp = true\n')
     amp = keys_by_name(plan_of(amp_text))
     assert {name for name in before if before[name] != amp[name]} == {

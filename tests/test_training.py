@@ -97,6 +97,22 @@ def test_epoch_metrics_follow_the_step_schedule(uninterrupted):
         assert set(m.extras) == {"clean_loss", "mix_loss", "mask_rate"}
 
 
+def test_one_epoch_late_decay_follows_the_reference_repositories_and_resumes_exactly(data, tmp_path):
+    late = settings(method="gaussian", params=GaussianParams(), epochs=5, lr_decay="one_epoch_late")
+    whole, metrics = fresh_model(), []
+    train(whole, data, late, tmp_path / "whole", on_epoch=metrics.append)
+    # lr_step 2: epochs 0-2 at lr and 3-4 at lr * gamma, as "step 50: epochs 0-50 at 0.1" in the reference.
+    assert [m.lr for m in metrics] == pytest.approx([0.05, 0.05, 0.05, 0.005, 0.005])
+    with pytest.raises(Interrupted):
+        train(fresh_model(), data, late, tmp_path / "split", on_epoch=stop_after(3))
+    resumed, resumed_metrics = fresh_model(), []
+    train(resumed, data, late, tmp_path / "split", on_epoch=resumed_metrics.append)
+    assert_same_weights(resumed, whole.state_dict())
+    assert [m.lr for m in resumed_metrics] == pytest.approx([0.005, 0.005])
+    with pytest.raises(UserError, match="lr_decay"):
+        train(fresh_model(), data, settings(method="gaussian", params=GaussianParams(), epochs=5), tmp_path / "split")
+
+
 def test_checkpoint_loads_with_weights_only(uninterrupted):
     state = torch.load(uninterrupted[1], weights_only=True)
     assert state["epoch"] == 3

@@ -6,7 +6,9 @@ with one optimizer step per chunk; the B mod m leftover images are dropped, as i
 Learning rate: SGD with StepLR stepped after every epoch, so epoch e (0-based) trains at
 lr * gamma ** (e // lr_step). That is Cohen's and Salman's schedule. The jh-jeong reference repositories
 (consistency, SmoothMix) step the scheduler the same way but under an older PyTorch convention, so with
-current PyTorch their decays land one epoch late (epochs 0..lr_step at lr); smx does not reproduce that.
+current PyTorch their decays land one epoch late (epochs 0..lr_step at lr); `lr_decay = "one_epoch_late"`
+reproduces that (lr_schedule). The default stays on time: one epoch per decay changes little, and the
+default's keys and results predate the option.
 
 Speed (docs/performance.md): tensor datasets live on the device and batches are index gathers; the loop never
 waits for the device within an epoch. The model is rewritten for speed first (prepare_for_training).
@@ -67,6 +69,7 @@ class TrainSettings:
     device: str = "cpu"
     num_workers: int = 4  # DataLoader processes, used only for datasets that are not ImageTensors
     amp: bool = False  # bf16 autocast of the forward passes; changes the results, so it is off by default
+    lr_decay: str = "on_time"  # or "one_epoch_late" (see lr_schedule)
 
     def record(self) -> dict[str, Any]:
         """The settings as plain values, as stored in every checkpoint."""
@@ -166,6 +169,8 @@ def validate(settings: TrainSettings) -> None:
         raise UserError(f"unknown dataset {settings.dataset!r}; known: {', '.join(sorted(DATASETS))}")
     if settings.epochs < 1 or settings.lr_step < 1:
         raise UserError("train.epochs and train.lr_step must be at least 1")
+    if settings.lr_decay not in ("on_time", "one_epoch_late"):
+        raise UserError(f"train.lr_decay is {settings.lr_decay!r}; use 'on_time' or 'one_epoch_late'")
     chunks = settings.params.optimizer_steps_per_batch()
     if settings.batch_size < chunks:
         raise UserError(
@@ -275,7 +280,7 @@ def train(
     optimizer = torch.optim.SGD(
         model.parameters(), lr=settings.lr, momentum=settings.momentum, weight_decay=settings.weight_decay
     )
-    scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=settings.lr_step, gamma=settings.lr_gamma)
+    scheduler = lr_schedule(optimizer, settings)
     torch.manual_seed(settings.seed)
     shuffle = torch.Generator().manual_seed(settings.seed)
 
@@ -334,6 +339,17 @@ def prepare_for_training(model: torch.nn.Module, device: torch.device) -> None:
     fast_image_gradients(model)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
+
+
+def lr_schedule(optimizer: torch.optim.Optimizer, settings: TrainSettings) -> torch.optim.lr_scheduler.LRScheduler:
+    """StepLR, stepped after every epoch: epoch e (0-based) trains at lr * gamma ** (e // lr_step). With
+    lr_decay = "one_epoch_late", at lr * gamma ** (max(e - 1, 0) // lr_step), as the jh-jeong repositories do under
+    PyTorch >= 1.5 (they step the scheduler after the epoch with an epoch argument PyTorch no longer honours)."""
+    if settings.lr_decay == "one_epoch_late":
+        return torch.optim.lr_scheduler.LambdaLR(
+            optimizer, lambda epoch: settings.lr_gamma ** (max(epoch - 1, 0) // settings.lr_step)
+        )
+    return torch.optim.lr_scheduler.StepLR(optimizer, step_size=settings.lr_step, gamma=settings.lr_gamma)
 
 
 def check_same_run(stored: dict[str, Any], settings: TrainSettings, path: Path) -> None:

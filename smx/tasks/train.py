@@ -34,6 +34,7 @@ def settings_from_config(config: dict, device: str) -> TrainSettings:
         dataset=config["data"]["dataset"],
         device=device,
         amp=train_config.get("amp", False),
+        lr_decay=train_config.get("lr_decay", "on_time"),
     )
 
 
