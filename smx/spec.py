@@ -841,6 +841,14 @@ def _validate(
     return document
 
 
+# Settings added after jobs existed: a config holds them only when they differ from these defaults.
+OPT_IN_DEFAULTS: dict[tuple[str, str], Any] = {
+    ("train", "amp"): False,
+    ("train", "lr_decay"): "on_time",
+    ("certify", "precision"): "fp32",
+}
+
+
 def _canonical_config(document: SpecDocument) -> dict[str, Any]:
     dataset = DATASETS[document.data.dataset]
     recipe, train, certify = dataset.recipe, document.train, document.certify
@@ -876,12 +884,10 @@ def _canonical_config(document: SpecDocument) -> dict[str, Any]:
         },
     }
     # Opt-ins enter a config only when chosen, so that the keys of every existing job stay as they were.
-    if train.amp:
-        config["train"]["amp"] = True
-    if train.lr_decay != "on_time":
-        config["train"]["lr_decay"] = train.lr_decay
-    if certify.precision != "fp32":
-        config["certify"]["precision"] = certify.precision
+    for (section, name), default in OPT_IN_DEFAULTS.items():
+        value = getattr({"train": train, "certify": certify}[section], name)
+        if value != default:
+            config[section][name] = value
     if document.analyze is not None:
         config["analyze"] = {**document.analyze.model_dump(), "sigma": chosen(document.analyze.sigma, train.sigma)}
     return config
@@ -898,7 +904,7 @@ def _config_value(dotted_key: str, config: dict[str, Any]) -> Any:
         return config["seed"]
     if parts[0] == "train" and parts[1] in METHOD_PARAMS:
         return config["train"]["params"][parts[2]]
-    return config[parts[0]][parts[1]]
+    return config[parts[0]].get(parts[1], OPT_IN_DEFAULTS.get((parts[0], parts[1])))
 
 
 def _labels(dotted_keys: list[str]) -> dict[str, str]:

@@ -144,6 +144,16 @@ def test_precision_opt_ins_rekey_only_where_chosen_and_their_defaults_change_no_
     assert [config.config["certify"].get("precision") for config in plan.configs] == [None, "bf16"]
 
 
+def test_opt_ins_can_be_swept_with_their_defaults_and_the_default_config_keeps_its_keys() -> None:
+    gaussian = QUICKSTART_TEXT.split("[[variant]]")[0]
+    swept = plan_of(gaussian + '[sweep.grid]\n"certify.precision" = ["fp32", "bf16"]\n"train.amp" = [false, true]\n'
+                    '"train.lr_decay" = ["on_time", "one_epoch_late"]\n')
+    assert len(swept.configs) == 8 and len([job for job in swept.jobs if job.kind == "train"]) == 4
+    (default,) = [config for config in swept.configs
+                  if config.swept == {"certify.precision": "fp32", "train.amp": False, "train.lr_decay": "on_time"}]
+    assert default.config == plan_of(gaussian).configs[0].config
+
+
 def test_description_changes_no_key_but_the_experiment_name_changes_the_aggregate() -> None:
     plan = keys_by_name(plan_of(QUICKSTART_TEXT))
     described = keys_by_name(plan_of(QUICKSTART_TEXT.replace("Gaussian vs SmoothMix", "Two methods")))
