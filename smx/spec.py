@@ -943,11 +943,17 @@ def _expand(
     configs: list[ResolvedConfig] = []
     seen: set[str] = set()
     first_document: SpecDocument | None = None
+    applied: set[str] = set()  # swept keys that some config uses
+    all_trained: set[str] = set()
     for variant in variants:
+        trained: set[str] = set()
+        configs_before = len(configs)
         for assignments in _assignments(sweep):
             document = _validate(path, base, variant, assignments)
             if first_document is None:
                 first_document = document
+            trained.add(document.train.method)
+            applied.update(key for key in swept_keys if _applies(key, document))
             config = _canonical_config(document)
             identity = canonical_json(config)
             if identity in seen:
@@ -958,4 +964,29 @@ def _expand(
             name_parts += [f"{labels[key]}={_format_value(value)}" for key, value in swept.items()]
             name = "-".join(name_parts) or IMPLICIT_VARIANT_NAME
             configs.append(ResolvedConfig(name, config, swept, _runtime(document, path)))
+        _check_variant(path, variant, trained, new_configs=len(configs) - configs_before)
+        all_trained |= trained
+    # A swept key that no config uses would silently collapse its sweep into one config.
+    unused = [swept for swept in sweep.grid + [item for group in sweep.zips for item in group]
+              if swept.key not in applied]
+    if unused:
+        raise _spec_error(path, [
+            (_key_path(swept.where), f"applies to no config: the configs train {' and '.join(sorted(all_trained))}; "
+                                     f"set train.method = \"{swept.key.split('.')[1]}\" (in [train], a variant or "
+                                     "the sweep) or drop this key")
+            for swept in unused
+        ])
     return first_document, configs
+
+
+def _check_variant(path: Path, variant: _Variant, trained: set[str], new_configs: int) -> None:
+    """A variant must train the method whose parameters it sets, and add at least one config of its own."""
+    for method in METHOD_PARAMS:
+        if method not in trained and _contains(variant.overrides, ("train", method)):
+            raise _spec_error(path, [(_key_path(variant.where + ("train", method)),
+                                      f"sets {method}'s parameters, but the variant trains {' and '.join(sorted(trained))}"
+                                      f"; add train.method = \"{method}\" to the variant")])
+    if variant.name is not None and new_configs == 0:
+        raise _spec_error(path, [(_key_path(variant.where), f"variant {variant.name!r} gives only configs that earlier "
+                                  "variants already give (settings outside the job keys, such as data.root, do not "
+                                  "make a config); make it differ or remove it")])

@@ -222,6 +222,22 @@ def test_identical_configs_are_merged_keeping_the_first_name() -> None:
     assert names(duplicate_grid) == ["sigma=0.5"]
 
 
+def test_mistakes_that_would_silently_shrink_a_sweep_are_errors(tmp_path: Path) -> None:
+    unused = error_of(tmp_path, MINIMAL + '[sweep.grid]\n"train.smoothmix.eta" = [1.0, 2.0]\n')
+    assert 'sweep.grid."train.smoothmix.eta": applies to no config: the configs train gaussian; ' \
+           'set train.method = "smoothmix"' in unused
+    wrong_method = error_of(tmp_path, MINIMAL + '[[variant]]\nname = "g"\n[[variant]]\nname = "s"\n'
+                                                'train.smoothmix = { eta = 5.0 }\n')
+    assert "variant[2].train.smoothmix: sets smoothmix's parameters, but the variant trains gaussian; " \
+           'add train.method = "smoothmix" to the variant' in wrong_method
+    nothing_new = error_of(tmp_path, MINIMAL + '[[variant]]\nname = "a"\n[[variant]]\nname = "b"\n'
+                                               'data.root = "/data"\n')
+    assert "variant[2]: variant 'b' gives only configs that earlier variants already give" in nothing_new
+    # A method swept alongside its parameters uses them in some configs: fine.
+    mixed = MINIMAL + '[sweep.grid]\n"train.method" = ["gaussian", "smoothmix"]\n"train.smoothmix.eta" = [1.0, 2.0]\n'
+    assert names(mixed) == ["method=gaussian", "method=smoothmix-eta=1", "method=smoothmix-eta=2"]
+
+
 def test_integer_and_float_spellings_resolve_to_the_same_config() -> None:
     integer = parse_spec(MINIMAL.replace("sigma = 0.5", "sigma = 1") + "[train.smoothmix]\neta = 1\n")
     floating = parse_spec(MINIMAL.replace("sigma = 0.5", "sigma = 1.0") + "[train.smoothmix]\neta = 1.0\n")
