@@ -28,7 +28,7 @@ errors = Console(stderr=True)
 
 StoreOption = Annotated[
     Optional[str],
-    typer.Option("--store", help="Store directory or SQLAlchemy URL [default: $SMX_STORE or ./store]."),
+    typer.Option("--store", help="Store directory or SQLAlchemy URL \\[default: $SMX_STORE or ./store]."),
 ]
 GpusOption = Annotated[str, typer.Option(
     "--gpus", help="GPUs to use: auto, none, a count (2; 0 is none) or indices (0,1; '0,' for index 0 alone).")]
@@ -118,7 +118,7 @@ def submit(
     jobs_per_gpu: JobsPerGpuOption = 1,
     cpu_jobs: CpuJobsOption = 1,
     executor: Annotated[Optional[str], typer.Option(
-        "--executor", help="local or slurm [default: the spec's or user config's [executor], else local].")] = None,
+        "--executor", help="local or slurm \\[default: the spec's or user config's \\[executor], else local].")] = None,
 ) -> None:
     """Enqueue an experiment's jobs and run them on this machine's GPUs (or CPU), or send them to Slurm."""
     from smx.db.store import NoStoreYet, open_store
@@ -460,7 +460,7 @@ def query(
 @app.command()
 def plot(
     experiment: Annotated[str, typer.Argument(help="Experiment name.")],
-    out: Annotated[Optional[Path], typer.Option("--out", "-o", help="PNG path [default: STORE/plots/NAME.png].")] = None,
+    out: Annotated[Optional[Path], typer.Option("--out", "-o", help="PNG path \\[default: STORE/plots/NAME.png].")] = None,
     store: StoreOption = None,
 ) -> None:
     """Plot certified accuracy against radius for each config of an experiment, and its analyses (PNG)."""
@@ -517,7 +517,7 @@ def import_log(
     method: Annotated[str, typer.Option("--method", help="Training method of the certified model.")],
     sigma: Annotated[float, typer.Option("--sigma", help="Noise level it was trained and certified with.")],
     dataset: Annotated[str, typer.Option("--dataset", help="Dataset it was certified on.")] = "mnist",
-    config: Annotated[Optional[str], typer.Option("--config", help="Config name [default: the file's stem].")] = None,
+    config: Annotated[Optional[str], typer.Option("--config", help="Config name \\[default: the file's stem].")] = None,
     param: Annotated[Optional[list[str]], typer.Option("--param", help="A hyperparameter of the method, KEY=VALUE "
                                                        "(repeatable); unset ones are smx's defaults.")] = None,
     note: Annotated[str, typer.Option("--note", help="Free text kept with the import.")] = "",
@@ -548,7 +548,7 @@ def import_log(
 @app.command()
 def export(
     experiment: Annotated[str, typer.Argument(help="Experiment name.")],
-    out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Directory [default: STORE/exports/NAME/]")] = None,
+    out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Directory \\[default: STORE/exports/NAME/].")] = None,
     store: StoreOption = None,
 ) -> None:
     """Write an experiment's certifications in the field's TSV format, one file per config."""

@@ -223,6 +223,13 @@ def test_status_notes_say_why_a_job_died_and_when_a_worker_went_silent(store) ->
     assert rows["train/beating"] == ""
 
 
+def test_help_shows_the_defaults_written_in_option_texts() -> None:
+    environment = {**os.environ, "COLUMNS": "200"}
+    shown = subprocess.run(smx_command("submit", "--help"), capture_output=True, text=True, env=environment).stdout
+    assert "[default: $SMX_STORE or ./store]" in shown  # not swallowed as console markup
+    assert "[default: the spec's or user config's [executor], else local]" in shown
+
+
 def test_read_commands_do_not_import_torch(submitted) -> None:
     _, store, _ = submitted
     probe = textwrap.dedent("""
