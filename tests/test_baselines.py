@@ -230,8 +230,8 @@ def test_smoothadv_clamps_then_projects(tiny_model, tiny_batch):
 
 
 def numpy_macer(weights, images, labels, noise, lbd, beta, gamma):
-    """(loss, the hinge term gamma - gap of each image, 0 outside S) of one chunk, by the formula of
-    shared/notes/algorithms.md section 4."""
+    """(loss, the hinge term gamma - gap of each image, 0 outside S) of one chunk, by MACER's formula as the
+    reference port computes it."""
     normal = NormalDist()
     classification = 0.0
     hinges = []

@@ -31,7 +31,7 @@ class PublishedLog:
     abstentions: int
     acr: float  # recomputed from the log's 10,000 rows
     certified_accuracy: dict[float, float]  # percent, recomputed from the log
-    published_acr: float  # /work/shared/notes/reference-numbers.md
+    published_acr: float  # the paper's Table 2 (smx/reference_data/paper_tables.json)
     published_certified_accuracy: dict[float, float]  # percent, paper Table 2
 
 

@@ -26,7 +26,8 @@ SILENT_WORKER_SECONDS = 30.0
 
 def silent_seconds(status: str, heartbeat_at: datetime | None, now: datetime) -> float | None:
     """How long a running job's worker has not been heard from, once that is long enough to be a sign that it
-    stopped (a killed machine or process); None otherwise. The next worker on the store resumes such a job."""
+    stopped (a killed machine or process); None otherwise. Whether the job is resumed is decided elsewhere
+    (scheduler.queue.recover_abandoned: a free slot lock on this host, or a heartbeat 5 minutes old)."""
     if status != "running" or heartbeat_at is None:
         return None
     silent = (now - heartbeat_at).total_seconds()

@@ -4,8 +4,8 @@ combination (Jeong & Shin 2020) run it. Both ascend
     mean_i -log(max(mean_j softmax(f(x'_i + n_j))_{y_i}, 1e-20))
 
 with the noise draws n_j fixed for the whole attack, in eval mode with parameter gradients off, with the step size
-2 * epsilon / T. They differ in the details of the reference code each follows (shared/notes/algorithms.md
-sections 3 and 5), which these functions keep.
+2 * epsilon / T. They differ in the details of the reference code each follows (the SmoothAdv port and
+smoothing-consistency's own attack), which these functions keep.
 """
 
 from __future__ import annotations

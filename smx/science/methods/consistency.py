@@ -1,5 +1,5 @@
 """Consistency regularization (Jeong & Shin 2020), `train_consistency.py` + `consistency.py` of
-smoothing-consistency, optionally on top of its SmoothAdv PGD (shared/notes/algorithms.md section 5)."""
+jh-jeong/smoothing-consistency, optionally on top of its SmoothAdv PGD."""
 
 from __future__ import annotations
 

@@ -1,5 +1,4 @@
-"""MACER (Zhai et al. 2020), as in the jh-jeong port `train_macer.py` + `third_party/macer.py`
-(shared/notes/algorithms.md section 4)."""
+"""MACER (Zhai et al. 2020), as in the jh-jeong port `train_macer.py` + `third_party/macer.py`."""
 
 from __future__ import annotations
 

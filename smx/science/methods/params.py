@@ -57,7 +57,7 @@ class SmoothAdvParams(MethodParams):
     The reference takes --epsilon as an integer and divides it by 256: write the result here in L2 units,
     e.g. 64 -> 0.25, 127 -> 0.49609375, 255 -> 0.99609375, 512 -> 2.0.
     Reference defaults: epsilon 64/256, T = 10, m = 1, warmup 1 (none).
-    Recipes (shared/notes/algorithms.md section 3):
+    Recipes (the jh-jeong repositories' SmoothAdv runs):
       MNIST (LeNet, lr 0.01, step 30, 90 epochs): epsilon 255/256, T = 10, warmup 10, m = 4, every sigma.
       CIFAR-10 (ResNet-110, lr 0.1, step 50, 150 epochs): warmup 10; e.g. epsilon 255/256, T = 10, m = 8 or
       epsilon 512/256, T = 10, m = 2 (the port's `pgd_255_10_10/num_8`, `pgd_512_10_10/num_2`).
@@ -79,7 +79,7 @@ class MacerParams(MethodParams):
     `deferred_epochs` replaces the port's --deferred flag, which sets lbd = 0 for epochs 0..lr_step inclusive:
     write lr_step + 1 (31 for the MNIST recipe's step 30) to reproduce it, 0 for no deferral.
     Reference (port) defaults: k = 16, beta = 16, lbd = 16, gamma = 8, no deferral.
-    Recipes (shared/notes/algorithms.md section 4):
+    Recipes (the jh-jeong repositories' MACER runs):
       MNIST (LeNet, lr 0.01, step 30, 90 epochs): deferred (31), lbd 16 at sigma 0.25 and 0.5, lbd 6 at sigma 1.0.
       CIFAR-10 (ResNet-110): lbd 12 at sigma 0.25 and 0.5, lbd 4 at sigma 1.0 (paper), not deferred.
     """
@@ -99,7 +99,7 @@ class ConsistencyParams(MethodParams):
     With `adversarial = true` the copies start from the repo's own PGD adversary (SmoothAdv + consistency); the
     attack settings are ignored otherwise. Reference defaults: lbd 10, eta 0.5, m = 1; attack epsilon 512/256,
     T = 4, warmup 10.
-    Recipes (shared/notes/algorithms.md section 5):
+    Recipes (jh-jeong/smoothing-consistency):
       MNIST (LeNet, lr 0.01, step 30, 90 epochs): m = 2, eta 0.5, lbd 10 at sigma 0.25 and lbd 5 at 0.5 and 1.0;
       adversarial: m = 4, lbd 1, epsilon 255/256, T = 10, warmup 10.
       CIFAR-10 (ResNet-110): m = 2, eta 0.5, lbd 20 at sigma 0.25, 10 at 0.5, 5 or 10 at 1.0; adversarial:

@@ -1,5 +1,5 @@
 """SmoothAdv (Salman et al. 2019): training on PGD adversaries of the soft smoothed classifier, multi-noise, as in
-the jh-jeong port `train_salman.py` (shared/notes/algorithms.md section 3)."""
+the jh-jeong port `train_salman.py` of Hadisalman/smoothing-adversarial."""
 
 from __future__ import annotations
 

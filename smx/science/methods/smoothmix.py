@@ -1,6 +1,6 @@
 """SmoothMix (Jeong et al. 2021): Gaussian training plus a mixup towards the uniform distribution along an
-unrestricted adversarial direction of the smoothed classifier. Follows the reference implementation
-(docs: shared/notes/algorithms.md, sections 6 and 8).
+unrestricted adversarial direction of the smoothed classifier. Follows the reference implementation,
+jh-jeong/smoothmix `train_smoothmix.py`.
 """
 
 from __future__ import annotations

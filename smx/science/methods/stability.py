@@ -1,5 +1,4 @@
-"""Stability training (Li et al. 2019) as ported in smoothing-consistency `train_stab.py`
-(shared/notes/algorithms.md section 2)."""
+"""Stability training (Li et al. 2019) as ported in jh-jeong/smoothing-consistency `train_stab.py`."""
 
 from __future__ import annotations
 
