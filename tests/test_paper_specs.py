@@ -105,11 +105,15 @@ def test_table3_encodes_the_cifar_recipes():
     for config in configs.values():
         train = config["train"]
         assert (train["epochs"], train["lr"], train["lr_step"]) == (150, 0.1, 50)
-        assert config["model"]["arch"] == "cifar_resnet110" and config["certify"]["skip"] == 20
+        assert config["model"]["arch"] == "cifar_resnet110"
+        assert (config["certify"]["skip"], config["certify"]["max_samples"]) == (1, None)  # the full test set
     assert by_row[("smoothmix", 0.25, 1)]["train"]["params"]["alpha"] == 0.5
     assert by_row[("smoothmix", 0.5, 0)]["train"]["params"]["alpha"] == 1.0
     assert by_row[("consistency", 0.25, None)]["train"]["params"]["lbd"] == 20.0
     assert by_row[("macer", 0.5, None)]["train"]["params"]["deferred_epochs"] == 0
+    for sigma in (0.25, 0.5):  # the paper's fixed SmoothAdv configuration
+        assert by_row[("smoothadv", sigma, None)]["train"]["params"] == {
+            "epsilon": 255 / 256, "steps": 10, "noise_samples": 8, "warmup": 10}
 
 
 def test_ablations_share_their_base_config_with_table2():
