@@ -841,6 +841,9 @@ def _validate(
     return document
 
 
+# Config names become file names (results/<experiment>/<config>.tsv); most file systems allow 255 bytes.
+MAX_CONFIG_NAME_BYTES = 200
+
 # Settings added after jobs existed: a config holds them only when they differ from these defaults.
 OPT_IN_DEFAULTS: dict[tuple[str, str], Any] = {
     ("train", "amp"): False,
@@ -911,7 +914,9 @@ def _labels(dotted_keys: list[str]) -> dict[str, str]:
     labels = {}
     for key in dotted_keys:
         parts = key.split(".")
-        for length in range(1, len(parts) + 1):
+        # "sigma" alone reads as the training noise; certify's and analyze's keep their section.
+        shortest = 2 if parts[-1] == "sigma" and key != "train.sigma" else 1
+        for length in range(shortest, len(parts) + 1):
             label = ".".join(parts[-length:])
             if not any(other != key and (other == label or other.endswith("." + label)) for other in dotted_keys):
                 break
@@ -963,6 +968,11 @@ def _expand(
             name_parts = [variant.name] if variant.name else []
             name_parts += [f"{labels[key]}={_format_value(value)}" for key, value in swept.items()]
             name = "-".join(name_parts) or IMPLICIT_VARIANT_NAME
+            if len(name.encode()) > MAX_CONFIG_NAME_BYTES:
+                where = _key_path(variant.where) if variant.name else "sweep"
+                raise _spec_error(path, [(where, f"gives the config name {name[:60]!r}… of {len(name.encode())} "
+                                          f"bytes, more than the {MAX_CONFIG_NAME_BYTES} a results file name may "
+                                          "have; shorten the variant name or sweep fewer keys")])
             configs.append(ResolvedConfig(name, config, swept, _runtime(document, path)))
         _check_variant(path, variant, trained, new_configs=len(configs) - configs_before)
         all_trained |= trained

@@ -238,6 +238,21 @@ def test_mistakes_that_would_silently_shrink_a_sweep_are_errors(tmp_path: Path) 
     assert names(mixed) == ["method=gaussian", "method=smoothmix-eta=1", "method=smoothmix-eta=2"]
 
 
+def test_a_certify_sigma_label_is_not_mistaken_for_the_training_sigma() -> None:
+    assert names(MINIMAL + '[sweep.grid]\n"certify.sigma" = [0.25, 0.5]\n') == [
+        "certify.sigma=0.25", "certify.sigma=0.5"]
+
+
+def test_config_names_too_long_for_a_file_name_are_refused(tmp_path: Path) -> None:
+    grid = "".join(f'"train.{key}" = [{value}]\n' for key, value in (
+        ("epochs", 90), ("batch_size", 256), ("lr", 0.01), ("lr_step", 30), ("lr_gamma", 0.1), ("momentum", 0.9),
+        ("weight_decay", 0.0001), ("sigma", 0.5)))
+    text = MINIMAL + f'[[variant]]\nname = "{"v" * 64}"\n[sweep.grid]\n' + grid + '"certify.n" = [100000]\n'
+    text += '"certify.n0" = [100]\n"certify.alpha" = [0.001]\n"certify.batch_size" = [1000]\n"certify.skip" = [1]\n'
+    message = error_of(tmp_path, text)
+    assert "variant[1]: gives the config name" in message and "more than the 200 a results file name" in message
+
+
 def test_integer_and_float_spellings_resolve_to_the_same_config() -> None:
     integer = parse_spec(MINIMAL.replace("sigma = 0.5", "sigma = 1") + "[train.smoothmix]\neta = 1\n")
     floating = parse_spec(MINIMAL.replace("sigma = 0.5", "sigma = 1.0") + "[train.smoothmix]\neta = 1.0\n")
