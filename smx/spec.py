@@ -723,7 +723,8 @@ def _sweep_key_problem(key: str) -> str | None:
     if key in SWEEPABLE_KEYS:
         return None
     if _is_under(key, EXPERIMENT_WIDE_KEYS):
-        return "is shared by the whole experiment and cannot be swept"
+        return ("is shared by the whole experiment and cannot be swept; set it once in its table, or write one "
+                "spec per value")
     if key in RUNTIME_KEYS:
         return "says where the data live, which changes no result, so it cannot be swept; set it in [data]"
     if _model_at(key.split(".")) is not None:
