@@ -39,7 +39,7 @@ class ConfidenceResult:
     index: int  # position in the dataset
     label: int
     epsilon: float
-    distance: float  # L2 distance of the attacked image from the clean one, at most epsilon
+    distance: float  # L2 distance of the attacked image from the clean one, at most epsilon up to fp32 rounding
     prediction: int  # the smoothed prediction at the attacked image
     true_confidence: float  # estimated P(f(x' + delta) = y)
     off_class_confidence: float  # estimated max over c != y of P(f(x' + delta) = c)
