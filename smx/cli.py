@@ -202,6 +202,10 @@ def _submit_to_slurm(store, plan, settings, *, detach: bool) -> None:  # type: i
                            f"`smx cancel {plan.experiment}`).")
 
 
+def _raise_keyboard_interrupt(_signum: int, _frame: object) -> None:
+    raise KeyboardInterrupt
+
+
 def _end_live_line() -> None:
     # Written to a file or a pipe, Rich's live display ends its last frame without a newline.
     if not console.is_terminal:
@@ -233,6 +237,8 @@ def _follow(store, experiment: str, workers, device: str, start_on_free_slots,  
     bars: dict[str, int] = {}
     workers = list(workers)
     last_start = time.monotonic()
+    # `kill` (SIGTERM) stops a following submit as Ctrl-C does, so that its workers do not run on unsupervised.
+    previous_handler = signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
     try:
         with Live(progress, console=console, refresh_per_second=4):
             while True:
@@ -258,6 +264,9 @@ def _follow(store, experiment: str, workers, device: str, start_on_free_slots,  
                 time.sleep(0.5)
     except KeyboardInterrupt:
         _end_live_line()
+        # A second Ctrl-C must not cut short the workers putting their jobs back in the queue.
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
         # A Ctrl-C in a terminal reaches the workers too, but a SIGINT sent to this process alone does not.
         for worker in workers:
             if worker.poll() is None:
@@ -266,6 +275,8 @@ def _follow(store, experiment: str, workers, device: str, start_on_free_slots,  
             worker.wait()
         console.print(f"[yellow]{interrupt_note}[/]")
         raise typer.Exit(130)
+    finally:
+        signal.signal(signal.SIGTERM, previous_handler)
     _end_live_line()
     for worker in workers:
         stderr = worker.stderr.read() if worker.stderr else ""

@@ -8,7 +8,7 @@ import textwrap
 from pathlib import Path
 
 import pytest
-from sqlalchemy import select
+from sqlalchemy import select, update
 
 from smx.db.models import Job, JobParent
 from smx.errors import UserError
@@ -106,11 +106,35 @@ def test_cancel_and_retry(store, tmp_path: Path) -> None:
     queue.set_progress(store, "train-a", 0.5, "epoch 2/4")
     assert queue.retry(store, ["train-b"]) == []  # running, not failed
     assert sorted(queue.cancel(store, ["train-a", "train-b"])) == ["train-a", "train-b"]
+    queue.release(store, "train-b", 1)  # its worker stopped the job's process
     assert queue.retry(store, ["train-b"]) == ["train-b"]
     assert queue.cancel(store, ["train-b"]) == ["train-b"]
     with store.read_session() as session:
         progress = dict(session.execute(select(Job.key, Job.progress_text)).all())
     assert progress == {"train-a": "epoch 2/4", "train-b": ""}  # where it stopped; no stale "retrying"
+
+
+def test_a_job_cancelled_while_running_is_retried_only_once_its_process_has_ended(store, tmp_path: Path) -> None:
+    from datetime import timedelta
+
+    from smx.db.models import utcnow
+
+    add_jobs(store, ["train-a"])
+    assert queue.claim_next(store, device="cpu", slot=tmp_path / "slot", pid=4242).key == "train-a"
+    assert queue.cancel(store, ["train-a"]) == ["train-a"]
+    with pytest.raises(UserError, match="may still be stopping"):
+        queue.retry(store, ["train-a"])  # its worker has not stopped the process yet
+    queue.release(store, "train-a", 4242)  # the worker did
+    assert queue.retry(store, ["train-a"]) == ["train-a"]
+    with store.read_session() as session:
+        job = session.get(Job, "train-a")
+        assert (job.status, job.pid, job.started_at, job.device) == ("pending", None, None, None)
+
+    assert queue.claim_next(store, device="cpu", slot=tmp_path / "slot", pid=4243).key == "train-a"
+    queue.cancel(store, ["train-a"])
+    with store.session() as session:  # a worker that died never releases; its heartbeat grows old instead
+        session.execute(update(Job).where(Job.key == "train-a").values(heartbeat_at=utcnow() - timedelta(minutes=1)))
+    assert queue.retry(store, ["train-a"]) == ["train-a"]
 
 
 def test_cpu_slots_share_the_cores_and_hide_gpus(tmp_path: Path, monkeypatch) -> None:

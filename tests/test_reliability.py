@@ -246,8 +246,9 @@ def test_a_worker_killed_in_training_is_noticed_by_a_live_worker_and_training_re
     assert re.search(r"^resumed from .*epoch-0*1\S* after epoch 1/2$", log, re.MULTILINE), log
 
 
-def test_a_sigint_to_smx_submit_alone_stops_its_workers_and_requeues_the_job(tmp_path: Path) -> None:
-    """`kill -INT` of the submitting process only (no terminal Ctrl-C reaching the whole process group)."""
+@pytest.mark.parametrize("stop", [signal.SIGINT, signal.SIGTERM], ids=["sigint", "sigterm"])
+def test_a_signal_to_smx_submit_alone_stops_its_workers_and_requeues_the_job(tmp_path: Path, stop: int) -> None:
+    """`kill -INT` or `kill` of the submitting process only (no terminal Ctrl-C reaching the whole process group)."""
     spec = tmp_path / "interrupted.toml"
     spec.write_text(spec_text("interrupted", epochs=50))
     store_dir = tmp_path / "store"
@@ -258,7 +259,7 @@ def test_a_sigint_to_smx_submit_alone_stops_its_workers_and_requeues_the_job(tmp
     train_key = key_of(build_plan(load_spec(spec)), "train")
     wait_until(lambda: epoch_metric(store, train_key, 1), "the first epoch")
     job_pid = job_row(store, train_key).pid
-    submit.send_signal(signal.SIGINT)
+    submit.send_signal(stop)
     _, stderr = submit.communicate(timeout=60)
     assert submit.returncode == 130, stderr
     assert "Traceback" not in stderr

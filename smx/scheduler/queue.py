@@ -20,6 +20,8 @@ if TYPE_CHECKING:
 
 # A running job whose worker has not written a heartbeat for this long is presumed dead, wherever it ran.
 STALE_AFTER = timedelta(minutes=5)
+# A cancelled job's worker notices within a heartbeat (5 s) and stops the process within 10 s more.
+STOP_GRACE = timedelta(seconds=30)
 # Results sooner: finish certifying and aggregating trained models before starting new trainings.
 KIND_PRIORITY = case({"aggregate": 0, "certify": 1, "analyze": 1, "train": 2}, value=Job.kind, else_=3)
 
@@ -243,8 +245,29 @@ def cancel(store: Store, targets: list[str]) -> list[str]:
 
 
 def retry(store: Store, targets: list[str]) -> list[str]:
+    """Put failed and cancelled jobs back in the queue; refused while a cancelled job's process may still be
+    stopping, since a worker could otherwise start the job beside it."""
     with store.session() as session:
-        keys = [job.key for job in select_jobs(session, targets) if job.status in ("failed", "cancelled")]
+        jobs = [job for job in select_jobs(session, targets) if job.status in ("failed", "cancelled")]
+        stopping = [job for job in jobs if may_still_run(job)]
+        if stopping:
+            names = ", ".join(f"{job.name} ({job.key[:12]})" for job in stopping)
+            raise UserError(f"{names}: cancelled while running, and the process may still be stopping.\n"
+                            f"Fix: retry in {int(STOP_GRACE.total_seconds())} seconds; nothing was queued again.")
+        keys = [job.key for job in jobs]
         session.execute(update(Job).where(Job.key.in_(keys), Job.status.in_(("failed", "cancelled")))
-                        .values(status="pending", error=None, finished_at=None, progress_text="retrying"))
+                        .values(status="pending", error=None, finished_at=None, started_at=None, device=None,
+                                pid=None, progress_text="retrying"))
     return keys
+
+
+def may_still_run(job: Job) -> bool:
+    """Whether the process of a job that stopped being running may not have ended yet. Its worker clears `pid`
+    once the process has ended; a worker that died cannot, but then its last heartbeat grows old."""
+    return job.pid is not None and job.heartbeat_at is not None and utcnow() - job.heartbeat_at < STOP_GRACE
+
+
+def release(store: Store, key: str, pid: int) -> None:
+    """Record that the job's process `pid` has ended."""
+    with store.session() as session:
+        session.execute(update(Job).where(Job.key == key, Job.pid == pid).values(pid=None))

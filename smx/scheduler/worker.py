@@ -92,8 +92,9 @@ def _open_log(store: Store, job: Job, slot: Slot) -> TextIO:
     return log
 
 
-def run_job(store: Store, job: Job, slot: Slot, *, requeue_if_terminated: bool = False) -> bool:
-    """Run one claimed job to its end; returns whether it succeeded.
+def run_job(store: Store, job: Job, slot: Slot, *, requeue_if_terminated: bool = False) -> bool | None:
+    """Run one claimed job to its end; returns whether it succeeded, or None when it was stopped because it is no
+    longer this worker's (cancelled, or taken over after being presumed dead).
 
     requeue_if_terminated: a job process ended by SIGTERM goes back to the queue instead of failing. Slurm, when
     it preempts or requeues a job, sends SIGTERM to every process of it, the job's own process perhaps first.
@@ -118,7 +119,8 @@ def run_job(store: Store, job: Job, slot: Slot, *, requeue_if_terminated: bool =
                     still_ours = queue.heartbeat(session, job.key, job.attempts)
                 if not still_ours:
                     _stop(process)
-                    return False
+                    queue.release(store, job.key, process.pid)
+                    return None
             try:
                 process.wait(timeout=POLL_SECONDS)
             except subprocess.TimeoutExpired:
@@ -128,6 +130,7 @@ def run_job(store: Store, job: Job, slot: Slot, *, requeue_if_terminated: bool =
         with store.session() as session:
             queue.requeue(session, job.key, "interrupted; resumes from its last checkpoint", attempt=job.attempts)
         raise
+    queue.release(store, job.key, process.pid)
     if process.returncode == 0:
         queue.finish(store, job.key, succeeded=True, attempt=job.attempts)
         return True
@@ -157,7 +160,7 @@ def _run_on_slot(store: Store, slot: Slot, report: WorkerReport, *, stay: bool) 
         job = queue.claim_next(store, device=slot.name, slot=slot.lock_path, pid=os.getpid())
         if job is not None:
             report.ran += 1
-            if not run_job(store, job, slot):
+            if run_job(store, job, slot) is False:
                 report.failed += 1
             continue
         # Before deciding there is nothing left, take back what dead workers left: nobody else may be about to.
