@@ -339,7 +339,7 @@ def _print_jobs(store, experiment: str | None, only_unfinished: bool = False, st
             # A job killed by a signal said nothing of it: its log's last line is not the cause.
             note = lines[0] if lines[0].startswith("killed by signal") else lines[-1]
         if job.blocked_by:
-            note = f"waiting: a parent is {job.blocked_by}"
+            note = f"waiting on a {job.blocked_by} parent"
         if job.silent_seconds is not None:
             note = (f"no word from its worker for {_seconds(job.silent_seconds)}: if it stopped, "
                     "`smx submit` or `smx worker` resumes the job")
@@ -382,12 +382,14 @@ def status(
         console.print("no experiments yet. Start one with `smx submit experiments/quickstart.toml`.")
         return
     table = Table(title=f"experiments in {opened.display_location}", title_justify="left")
-    for column in ("experiment", "configs", "jobs", "pending", "running", "done", "failed", "best ACR", "updated"):
+    for column in ("experiment", "configs", "jobs", "pending", "running", "done", "failed", "cancelled", "best ACR",
+                   "updated"):
         table.add_column(column)
     for item in overview:
         table.add_row(item.name, str(item.configs), str(item.total), str(item.counts["pending"]),
                       str(item.counts["running"]), str(item.counts["done"]),
                       f"[red]{item.counts['failed']}[/]" if item.counts["failed"] else "0",
+                      str(item.counts["cancelled"]),
                       f"{item.best_acr:.3f}" if item.best_acr is not None else "", f"{item.updated_at:%Y-%m-%d %H:%M}")
     _print_table(table)
 

@@ -213,6 +213,8 @@ def test_status_notes_say_why_a_job_died_and_when_a_worker_went_silent(store) ->
                 created_at=now, started_at=now - timedelta(minutes=3), heartbeat_at=now - timedelta(minutes=2)),
             Job(key="d" * 64, kind="train", name="train/beating", config={}, status="running", attempts=1,
                 created_at=now, started_at=now - timedelta(minutes=3), heartbeat_at=now),
+            Job(key="e" * 64, kind="train", name="train/requeued", config={}, status="pending", attempts=1,
+                created_at=now, started_at=now - timedelta(minutes=3), error="interrupted; resumes"),
         ])
     shown = run_smx("status", "--jobs", store=StoreTarget(store.location, store.root)).stdout
     rows = {line.split("│")[2].strip(): line.split("│")[-2].strip() for line in shown.splitlines()
@@ -221,6 +223,9 @@ def test_status_notes_say_why_a_job_died_and_when_a_worker_went_silent(store) ->
     assert rows["train/raised"].startswith("error: the train split of mnist")
     assert rows["train/silent"].startswith("no word from its worker for 0:02:")
     assert rows["train/beating"] == ""
+    elapsed = {line.split("│")[2].strip(): line.split("│")[6].strip() for line in shown.splitlines()
+               if line.startswith("│") and line.split("│")[1].strip()}
+    assert elapsed["train/beating"].startswith("0:03:") and elapsed["train/requeued"] == ""  # waiting, not running
 
 
 def test_help_shows_the_defaults_written_in_option_texts() -> None:

@@ -72,7 +72,8 @@ class JobView:
 
     @property
     def elapsed_seconds(self) -> float | None:
-        if self.started_at is None:
+        # A job back in the queue has no running time until a worker takes it again.
+        if self.started_at is None or self.status == "pending":
             return None
         return ((self.finished_at or utcnow()) - self.started_at).total_seconds()
 

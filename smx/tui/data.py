@@ -80,7 +80,8 @@ def _summary(row: Any, membership: tuple[str | None, tuple[str, ...]], blocked_b
              now: datetime) -> JobSummary:
     (key, kind, name, status, progress, progress_text, device, attempts, started_at, finished_at, error_tail,
      heartbeat_at) = row[:12]
-    elapsed = None if started_at is None else max(((finished_at or now) - started_at).total_seconds(), 0.0)
+    running_time = started_at is not None and status != "pending"  # a requeued job waits; it is not running
+    elapsed = max(((finished_at or now) - started_at).total_seconds(), 0.0) if running_time else None
     eta = None
     if status == "running" and elapsed is not None and progress > 0.01:
         eta = elapsed * (1 - progress) / progress
