@@ -24,6 +24,15 @@ from smx.db.models import (
 SILENT_WORKER_SECONDS = 30.0
 
 
+def elapsed_seconds(status: str, started_at: datetime | None, finished_at: datetime | None,
+                    now: datetime) -> float | None:
+    """How long the job has run (so far, or until it ended). A job back in the queue has no running time until a
+    worker takes it again."""
+    if started_at is None or status == "pending":
+        return None
+    return max(((finished_at or now) - started_at).total_seconds(), 0.0)
+
+
 def silent_seconds(status: str, heartbeat_at: datetime | None, now: datetime) -> float | None:
     """How long a running job's worker has not been heard from, once that is long enough to be a sign that it
     stopped (a killed machine or process); None otherwise. Whether the job is resumed is decided elsewhere
@@ -72,10 +81,7 @@ class JobView:
 
     @property
     def elapsed_seconds(self) -> float | None:
-        # A job back in the queue has no running time until a worker takes it again.
-        if self.started_at is None or self.status == "pending":
-            return None
-        return ((self.finished_at or utcnow()) - self.started_at).total_seconds()
+        return elapsed_seconds(self.status, self.started_at, self.finished_at, utcnow())
 
     @property
     def eta_seconds(self) -> float | None:

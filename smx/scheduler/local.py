@@ -45,7 +45,8 @@ def missing_data(plan: Plan, done: set[str]) -> list[str]:
     for job in plan.jobs:
         if job.key in done or job.kind == "aggregate":
             continue
-        split = {"train": "train", "certify": job.inputs.get("certify", {}).get("split", "test")}.get(job.kind, "test")
+        # The split each task loads: training its train split, certification its configured one, analysis test.
+        split = "train" if job.kind == "train" else job.inputs["certify"]["split"] if job.kind == "certify" else "test"
         root = data_root(job.runtime.get("data_root"))
         message = missing_files_message(job.inputs["data"]["dataset"], split, root, job.runtime.get("download", False))
         if message is not None:

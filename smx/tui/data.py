@@ -20,7 +20,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, aliased
 
 from smx.db.models import Certificate, Checkpoint, Experiment, ExperimentJob, Job, JobParent, TrainMetric, utcnow
-from smx.db.queries import experiments_overview, silent_seconds
+from smx.db.queries import elapsed_seconds, experiments_overview, silent_seconds
 from smx.db.store import Store, StoreError, open_store, resolve_location
 from smx.errors import UserError
 from smx.report import experiment_results
@@ -80,8 +80,7 @@ def _summary(row: Any, membership: tuple[str | None, tuple[str, ...]], blocked_b
              now: datetime) -> JobSummary:
     (key, kind, name, status, progress, progress_text, device, attempts, started_at, finished_at, error_tail,
      heartbeat_at) = row[:12]
-    running_time = started_at is not None and status != "pending"  # a requeued job waits; it is not running
-    elapsed = max(((finished_at or now) - started_at).total_seconds(), 0.0) if running_time else None
+    elapsed = elapsed_seconds(status, started_at, finished_at, now)
     eta = None
     if status == "running" and elapsed is not None and progress > 0.01:
         eta = elapsed * (1 - progress) / progress
