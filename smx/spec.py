@@ -145,9 +145,10 @@ class TrainSettings(_Section):
     momentum: float | None = Field(None, ge=0.0, lt=1.0)
     weight_decay: float | None = Field(None, ge=0.0)
     amp: bool = False  # bf16 autocast of the forward passes: faster on GPUs, but not fp32 training
-    # "one_epoch_late": each decay one epoch after lr_step, as the jh-jeong repositories (SmoothMix, consistency)
-    # run under current PyTorch; "on_time" is Cohen's and Salman's schedule.
-    lr_decay: Literal["on_time", "one_epoch_late"] = "on_time"
+    # "one_epoch_late": each decay one epoch after lr_step, as the jh-jeong repositories (SmoothMix, consistency,
+    # and their ports of every baseline), whose recipes the datasets' defaults are, run under current PyTorch;
+    # "on_time" is Cohen's and Salman's own schedule.
+    lr_decay: Literal["on_time", "one_epoch_late"] = "one_epoch_late"
 
     @field_validator("method")
     @classmethod
@@ -845,8 +846,10 @@ def _validate(
 # Config names become file names (results/<experiment>/<config>.tsv); most file systems allow 255 bytes.
 MAX_CONFIG_NAME_BYTES = 200
 
-# Settings added after jobs existed: a config holds them only when they differ from these defaults.
-OPT_IN_DEFAULTS: dict[tuple[str, str], Any] = {
+# Settings added after jobs existed, with the value every job had before: a config holds such a setting only
+# when it differs from that value, so the keys of older jobs keep their meaning. For amp and precision this is
+# also the default; lr_decay's default became the reference's "one_epoch_late", which therefore enters the key.
+VALUES_WHEN_ABSENT: dict[tuple[str, str], Any] = {
     ("train", "amp"): False,
     ("train", "lr_decay"): "on_time",
     ("certify", "precision"): "fp32",
@@ -887,10 +890,9 @@ def _canonical_config(document: SpecDocument) -> dict[str, Any]:
             "split": certify.split,
         },
     }
-    # Opt-ins enter a config only when chosen, so that the keys of every existing job stay as they were.
-    for (section, name), default in OPT_IN_DEFAULTS.items():
+    for (section, name), value_when_absent in VALUES_WHEN_ABSENT.items():
         value = getattr({"train": train, "certify": certify}[section], name)
-        if value != default:
+        if value != value_when_absent:
             config[section][name] = value
     if document.analyze is not None:
         config["analyze"] = {**document.analyze.model_dump(), "sigma": chosen(document.analyze.sigma, train.sigma)}
@@ -908,7 +910,7 @@ def _config_value(dotted_key: str, config: dict[str, Any]) -> Any:
         return config["seed"]
     if parts[0] == "train" and parts[1] in METHOD_PARAMS:
         return config["train"]["params"][parts[2]]
-    return config[parts[0]].get(parts[1], OPT_IN_DEFAULTS.get((parts[0], parts[1])))
+    return config[parts[0]].get(parts[1], VALUES_WHEN_ABSENT.get((parts[0], parts[1])))
 
 
 def _labels(dotted_keys: list[str]) -> dict[str, str]:

@@ -123,16 +123,20 @@ def test_changing_a_training_setting_rekeys_the_whole_chain_of_that_config() -> 
     assert changed == {"train/smoothmix", "certify/smoothmix", "aggregate/quickstart"}
 
 
-def test_precision_opt_ins_rekey_only_where_chosen_and_their_defaults_change_no_key() -> None:
+def test_later_settings_rekey_only_where_chosen_and_their_defaults_change_no_key() -> None:
     before = keys_by_name(plan_of(QUICKSTART_TEXT))
-    defaults = QUICKSTART_TEXT.replace("[train]\n", '[train]\namp = false\nlr_decay = "on_time"\n').replace(
+    defaults = QUICKSTART_TEXT.replace("[train]\n", '[train]\namp = false\nlr_decay = "one_epoch_late"\n').replace(
         "[certify]\n", '[certify]\nprecision = "fp32"\n')
     assert keys_by_name(plan_of(defaults)) == before
-    late = plan_of(QUICKSTART_TEXT.replace('name = "smoothmix"\n',
-                                           'name = "smoothmix"\ntrain.lr_decay = "one_epoch_late"\n'))
-    assert {name for name, key in keys_by_name(late).items() if before[name] != key} == {
+    # The default decay is the reference's; "on_time" is what every job ran before the setting existed, so a
+    # config that asks for it is keyed without the setting, as those jobs were.
+    assert [config.config["train"]["lr_decay"] for config in plan_of(QUICKSTART_TEXT).configs] == [
+        "one_epoch_late", "one_epoch_late"]
+    on_time = plan_of(QUICKSTART_TEXT.replace('name = "smoothmix"\n',
+                                              'name = "smoothmix"\ntrain.lr_decay = "on_time"\n'))
+    assert {name for name, key in keys_by_name(on_time).items() if before[name] != key} == {
         "train/smoothmix", "certify/smoothmix", "aggregate/quickstart"}
-    assert [config.config["train"].get("lr_decay") for config in late.configs] == [None, "one_epoch_late"]
+    assert [config.config["train"].get("lr_decay") for config in on_time.configs] == ["one_epoch_late", None]
     amp_text = QUICKSTART_TEXT.replace('name = "smoothmix"\n', 'name = "smoothmix"\ntrain.amp = true\n')
     amp = keys_by_name(plan_of(amp_text))
     assert {name for name in before if before[name] != amp[name]} == {
@@ -150,7 +154,8 @@ def test_opt_ins_can_be_swept_with_their_defaults_and_the_default_config_keeps_i
                     '"train.lr_decay" = ["on_time", "one_epoch_late"]\n')
     assert len(swept.configs) == 8 and len([job for job in swept.jobs if job.kind == "train"]) == 4
     (default,) = [config for config in swept.configs
-                  if config.swept == {"certify.precision": "fp32", "train.amp": False, "train.lr_decay": "on_time"}]
+                  if config.swept == {"certify.precision": "fp32", "train.amp": False,
+                                      "train.lr_decay": "one_epoch_late"}]
     assert default.config == plan_of(gaussian).configs[0].config
 
 

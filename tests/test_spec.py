@@ -94,7 +94,7 @@ def test_quickstart_resolves_to_the_documented_canonical_config() -> None:
         "model": {"arch": "lenet"},
         "train": {
             "method": "smoothmix", "sigma": 0.5, "epochs": 10, "batch_size": 256, "lr": 0.01,
-            "lr_step": 30, "lr_gamma": 0.1, "momentum": 0.9, "weight_decay": 0.0001,
+            "lr_step": 30, "lr_gamma": 0.1, "momentum": 0.9, "weight_decay": 0.0001, "lr_decay": "one_epoch_late",
             "params": {"eta": 5.0, "alpha": 1.0, "steps": 4, "noise_samples": 2, "mix_step": 0,
                        "max_norm": None, "warmup": 10},
         },
@@ -140,7 +140,8 @@ def test_unset_settings_come_from_the_dataset_recipe_and_the_documented_defaults
         "data": {"dataset": "mnist-mini"},
         "model": {"arch": "lenet"},
         "train": {"method": "gaussian", "sigma": 0.5, "epochs": 90, "batch_size": 256, "lr": 0.01, "lr_step": 30,
-                  "lr_gamma": 0.1, "momentum": 0.9, "weight_decay": 0.0001, "params": {"noise_samples": 1}},
+                  "lr_gamma": 0.1, "momentum": 0.9, "weight_decay": 0.0001, "lr_decay": "one_epoch_late",
+                  "params": {"noise_samples": 1}},
         "certify": {"sigma": 0.5, "n0": 100, "n": 100_000, "alpha": 0.001, "batch_size": 1000,
                     "max_samples": None, "skip": 1, "split": "test"},
     }

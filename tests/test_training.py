@@ -6,7 +6,7 @@ from smx.science import training
 from smx.science.data import ImageTensors, load_dataset
 from smx.science.methods.params import GaussianParams, SmoothMixParams
 from smx.science.models import build_model
-from smx.science.training import TrainSettings, list_checkpoints, load_weights, train
+from smx.science.training import TrainSettings, checkpoint_path, list_checkpoints, load_weights, train
 
 
 class Interrupted(Exception):
@@ -89,28 +89,49 @@ def test_resumed_run_ends_with_identical_weights(data, uninterrupted, tmp_path):
     assert [m.loss for m in metrics] == [m.loss for m in uninterrupted[2][1:]]
 
 
-def test_epoch_metrics_follow_the_step_schedule(uninterrupted):
+def test_epoch_metrics_follow_the_reference_schedule_by_default(uninterrupted):
     metrics = uninterrupted[2]
-    assert [m.lr for m in metrics] == pytest.approx([0.05, 0.05, 0.005])
+    # lr_step 2 decays one epoch late, as "step 50: epochs 0-50 at 0.1" in the jh-jeong repositories.
+    assert [m.lr for m in metrics] == pytest.approx([0.05, 0.05, 0.05])
     for m in metrics:
         assert m.loss > 0 and 0 <= m.noisy_accuracy <= 1 and m.seconds > 0
         assert set(m.extras) == {"clean_loss", "mix_loss", "mask_rate"}
 
 
-def test_one_epoch_late_decay_follows_the_reference_repositories_and_resumes_exactly(data, tmp_path):
-    late = settings(method="gaussian", params=GaussianParams(), epochs=5, lr_decay="one_epoch_late")
+@pytest.mark.parametrize("lr_decay, other, rates", [
+    # lr_step 2: one epoch late, as "step 50: epochs 0-50 at 0.1" in the jh-jeong repositories; on time, as Cohen's.
+    ("one_epoch_late", "on_time", [0.05, 0.05, 0.05, 0.005, 0.005]),
+    ("on_time", "one_epoch_late", [0.05, 0.05, 0.005, 0.005, 0.0005]),
+])
+def test_lr_decays_follow_their_schedule_and_resume_exactly(data, tmp_path, lr_decay, other, rates):
+    schedule = settings(method="gaussian", params=GaussianParams(), epochs=5, lr_decay=lr_decay)
     whole, metrics = fresh_model(), []
-    train(whole, data, late, tmp_path / "whole", on_epoch=metrics.append)
-    # lr_step 2: epochs 0-2 at lr and 3-4 at lr * gamma, as "step 50: epochs 0-50 at 0.1" in the reference.
-    assert [m.lr for m in metrics] == pytest.approx([0.05, 0.05, 0.05, 0.005, 0.005])
+    train(whole, data, schedule, tmp_path / "whole", on_epoch=metrics.append)
+    assert [m.lr for m in metrics] == pytest.approx(rates)
     with pytest.raises(Interrupted):
-        train(fresh_model(), data, late, tmp_path / "split", on_epoch=stop_after(3))
+        train(fresh_model(), data, schedule, tmp_path / "split", on_epoch=stop_after(3))
     resumed, resumed_metrics = fresh_model(), []
-    train(resumed, data, late, tmp_path / "split", on_epoch=resumed_metrics.append)
+    train(resumed, data, schedule, tmp_path / "split", on_epoch=resumed_metrics.append)
     assert_same_weights(resumed, whole.state_dict())
-    assert [m.lr for m in resumed_metrics] == pytest.approx([0.005, 0.005])
+    assert [m.lr for m in resumed_metrics] == pytest.approx(rates[3:])
     with pytest.raises(UserError, match="lr_decay"):
-        train(fresh_model(), data, settings(method="gaussian", params=GaussianParams(), epochs=5), tmp_path / "split")
+        train(fresh_model(), data, settings(method="gaussian", params=GaussianParams(), epochs=5, lr_decay=other),
+              tmp_path / "split")
+
+
+def test_checkpoints_from_before_amp_and_lr_decay_were_recorded_count_as_their_values_then(data, tmp_path):
+    old = settings(method="gaussian", params=GaussianParams(), epochs=2, lr_decay="on_time")
+    with pytest.raises(Interrupted):
+        train(fresh_model(), data, old, tmp_path, on_epoch=stop_after(1))
+    path = checkpoint_path(tmp_path, 1)
+    state = torch.load(path, weights_only=True)
+    del state["settings"]["amp"], state["settings"]["lr_decay"]
+    torch.save(state, path)
+    with pytest.raises(UserError, match="lr_decay"):
+        train(fresh_model(), data, settings(method="gaussian", params=GaussianParams(), epochs=2), tmp_path)
+    metrics = []
+    train(fresh_model(), data, old, tmp_path, on_epoch=metrics.append)
+    assert [m.epoch for m in metrics] == [2]
 
 
 def test_checkpoint_loads_with_weights_only(uninterrupted):
