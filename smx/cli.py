@@ -168,11 +168,18 @@ def submit(
         _submit_to_slurm(opened, plan, where.slurm, detach=detach)
         return
     device = f"{len(slots)} GPU slot(s)" if slots[0].gpu is not None else f"{len(slots)} CPU slot(s)"
-    workers = start_workers(opened, options, len(slots), detach=detach)
     if detach:
-        console.print(f"Scheduler running in the background on {device}; follow it with `smx status "
-                      f"{plan.experiment}` or `smx tui`. Worker output: {opened.root / 'logs' / 'workers.log'}")
+        free_slots = sum(is_free(slot.lock_path) for slot in slots)
+        if free_slots:
+            start_workers(opened, options, free_slots, detach=True)
+            console.print(f"Scheduler running in the background on {free_slots} of {device}; follow it with "
+                          f"`smx status {plan.experiment}` or `smx tui`. Worker output: "
+                          f"{opened.root / 'logs' / 'workers.log'}")
+        else:
+            console.print(f"Every one of the {device} is held by another smx scheduler on this store; it runs these "
+                          f"jobs. Follow them with `smx status {plan.experiment}` or `smx tui`.")
         return
+    workers = start_workers(opened, options, len(slots), detach=False)
     _follow(opened, plan.experiment, workers, device,
             start_on_free_slots=lambda: start_workers(opened, options, sum(is_free(slot.lock_path) for slot in slots),
                                                       detach=False))

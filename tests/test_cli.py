@@ -8,11 +8,13 @@ import sqlite3
 import subprocess
 import sys
 import textwrap
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
 import pytest
+from filelock import FileLock
 
 from tests.conftest import smx_command
 from tests.servers import fresh_postgres_database
@@ -233,6 +235,27 @@ def test_help_shows_the_defaults_written_in_option_texts() -> None:
     shown = subprocess.run(smx_command("submit", "--help"), capture_output=True, text=True, env=environment).stdout
     assert "[default: $SMX_STORE or ./store]" in shown  # not swallowed as console markup
     assert "[default: the spec's or user config's [executor], else local]" in shown
+
+
+def test_detached_submit_runs_in_the_background_unless_another_scheduler_holds_every_slot(tmp_path: Path) -> None:
+    spec = tmp_path / "detached.toml"
+    spec.write_text(tiny_spec("detached", epochs=1, n=50, max_samples=2))
+    store = StoreTarget.directory(tmp_path / "store")
+    locks = tmp_path / "store" / "locks"
+    locks.mkdir(parents=True)
+    with FileLock(locks / "cpu-slot0.lock"):  # the one CPU slot, as another `smx submit` would hold it
+        held = " ".join(run_smx("submit", str(spec), "--detach", "--cpu-jobs", "1", store=store).stdout.split())
+        assert "held by another smx scheduler on this store; it runs these jobs" in held
+        assert "running in the background" not in held
+        time.sleep(1)
+        assert {row["status"] for row in query_json("SELECT status FROM jobs", store)} == {"pending"}
+    started = " ".join(run_smx("submit", str(spec), "--detach", "--cpu-jobs", "1", store=store).stdout.split())
+    assert "Scheduler running in the background on 1 of 1 CPU slot(s)" in started
+    deadline = time.monotonic() + 300
+    while {row["status"] for row in query_json("SELECT status FROM jobs", store)} != {"done"}:
+        assert time.monotonic() < deadline, "the detached scheduler did not finish"
+        time.sleep(0.5)
+    assert "ran 3 job(s), 0 failed" in (tmp_path / "store" / "logs" / "workers.log").read_text()
 
 
 def test_read_commands_do_not_import_torch(submitted) -> None:
