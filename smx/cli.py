@@ -176,7 +176,7 @@ def submit(
                           f"`smx status {plan.experiment}` or `smx tui`. Worker output: "
                           f"{opened.root / 'logs' / 'workers.log'}")
         else:
-            console.print(f"Every one of the {device} is held by another smx scheduler on this store; it runs these "
+            console.print(f"Every slot ({device}) is held by another smx scheduler on this store; it runs these "
                           f"jobs. Follow them with `smx status {plan.experiment}` or `smx tui`.")
         return
     workers = start_workers(opened, options, len(slots), detach=False)
@@ -389,16 +389,23 @@ def status(
         console.print("no experiments yet. Start one with `smx submit experiments/quickstart.toml`.")
         return
     table = Table(title=f"experiments in {opened.display_location}", title_justify="left")
-    for column in ("experiment", "configs", "jobs", "pending", "running", "done", "failed", "cancelled", "best ACR",
-                   "updated"):
-        table.add_column(column)
+    # Few columns, so that an 80-column terminal shows whole names and dates; the state wraps instead.
+    table.add_column("experiment", no_wrap=True)
+    table.add_column("configs", justify="right")
+    table.add_column("jobs")
+    table.add_column("best ACR", justify="right")
+    table.add_column("updated", no_wrap=True)
     for item in overview:
-        table.add_row(item.name, str(item.configs), str(item.total), str(item.counts["pending"]),
-                      str(item.counts["running"]), str(item.counts["done"]),
-                      f"[red]{item.counts['failed']}[/]" if item.counts["failed"] else "0",
-                      str(item.counts["cancelled"]),
+        table.add_row(item.name, str(item.configs), _job_states(item.counts, item.total),
                       f"{item.best_acr:.3f}" if item.best_acr is not None else "", f"{item.updated_at:%Y-%m-%d %H:%M}")
     _print_table(table)
+
+
+def _job_states(counts: dict[str, int], total: int) -> str:
+    """'3/5 done, 1 running, 1 pending': the jobs not done, by state, only where there are any."""
+    others = [f"[red]{counts[state]} failed[/]" if state == "failed" else f"{counts[state]} {state}"
+              for state in ("running", "pending", "failed", "cancelled") if counts[state]]
+    return ", ".join([f"{counts['done']}/{total} done", *others])
 
 
 @app.command()

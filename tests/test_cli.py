@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import sqlite3
 import subprocess
 import sys
@@ -256,6 +257,28 @@ def test_detached_submit_runs_in_the_background_unless_another_scheduler_holds_e
         assert time.monotonic() < deadline, "the detached scheduler did not finish"
         time.sleep(0.5)
     assert "ran 3 job(s), 0 failed" in (tmp_path / "store" / "logs" / "workers.log").read_text()
+
+
+def test_status_on_an_80_column_terminal_shows_whole_names_and_dates(submitted) -> None:
+    _, store, _ = submitted
+    terminal, attached = os.openpty()
+    subprocess.run(smx_command("status"), stdout=attached, stderr=attached, timeout=120,
+                   env={**store.environment(), "COLUMNS": "80", "NO_COLOR": "1"})
+    os.close(attached)
+    shown = b""
+    while chunk := _read_or_empty(terminal):
+        shown += chunk
+    lines = [re.sub(r"\x1b\[[0-9;]*m", "", line) for line in shown.decode().splitlines()]
+    assert max(len(line) for line in lines) <= 80
+    (row,) = [line for line in lines if line.startswith("│ tiny ")]
+    assert re.search(r"│ 5/5 done +│ +\d\.\d{3} │ \d{4}-\d\d-\d\d \d\d:\d\d │$", row), row
+
+
+def _read_or_empty(descriptor: int) -> bytes:
+    try:
+        return os.read(descriptor, 65536)
+    except OSError:  # the other end closed: Linux reports EIO
+        return b""
 
 
 def test_read_commands_do_not_import_torch(submitted) -> None:
