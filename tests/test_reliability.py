@@ -12,6 +12,7 @@ import os
 import pickle
 import random
 import re
+import shutil
 import signal
 import sqlite3
 import subprocess
@@ -154,11 +155,11 @@ def trained_epochs(store: Store, key: str) -> list[int]:
                                     .order_by(TrainMetric.epoch)))
 
 
-def certificates(store: Store, key: str) -> list[tuple[int, int, float, float]]:
+def certificates(store: Store, key: str) -> list[tuple[int, int, float, int, float]]:
     with store.read_session() as session:
         rows = session.scalars(select(Certificate).where(Certificate.job_key == key)
                                .order_by(Certificate.sample_index))
-        return [(row.sample_index, row.prediction, row.radius, row.seconds) for row in rows]
+        return [(row.sample_index, row.prediction, row.radius, row.count, row.seconds) for row in rows]
 
 
 def logged_attempts(store: Store, key: str) -> list[int]:
@@ -279,6 +280,8 @@ def test_a_certification_killed_midway_resumes_after_its_last_stored_sample(
     plan = enqueue(store.root, spec_text("killed-in-certification", n=1000, max_samples=max_samples))
     certify_key = key_of(plan, "certify")
     assert job_row(store, reference.train_key).status == "done"  # the trained model is reused
+    twin = tmp_path / "twin"  # the same queue, certified without interruption
+    shutil.copytree(store.root, twin)
     worker = start_worker(store.root, tmp_path / "worker.out")
     wait_until(lambda: certificates(store, certify_key), "the first stored certificates")
     kill_worker_of(job_row(store, certify_key).pid, [worker])
@@ -290,6 +293,10 @@ def test_a_certification_killed_midway_resumes_after_its_last_stored_sample(
     stored = certificates(store, certify_key)
     assert [row[0] for row in stored] == selected_indices(1000, skip=1, max_samples=max_samples)
     assert stored[: len(stored_before_the_kill)] == stored_before_the_kill  # kept, not certified again
+    finish_worker(start_worker(twin, tmp_path / "twin.out"), tmp_path / "twin.out")
+    uninterrupted = certificates(open_store(str(twin), create=False), certify_key)
+    # The same noise, so the same certificates: predictions, radii, counts (only the seconds differ).
+    assert [row[:4] for row in stored] == [row[:4] for row in uninterrupted]
     job = job_row(store, certify_key)
     assert job.attempts == 2 and logged_attempts(store, certify_key) == [1, 2]
     log = store.log_path(certify_key).read_text()

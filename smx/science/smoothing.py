@@ -122,8 +122,7 @@ def certify_dataset(
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
     device = torch.device(device) if device is not None else _model_device(model)
-    draws_per_image = n0 + n
-    images_per_group = max(1, min(batch_size, math.ceil(_PASSES_PER_SYNC * batch_size / draws_per_image)))
+    images_per_group = images_per_sync(batch_size, n0 + n)
     certificates = []
     with evaluating(model):
         for group_start in range(0, len(indices), images_per_group):
@@ -149,6 +148,12 @@ def certify_dataset(
                 if on_certificate is not None:
                     on_certificate(certificate)
     return certificates
+
+
+def images_per_sync(batch_size: int, draws_per_image: int) -> int:
+    """How many images certify_dataset certifies between two host syncs: as many as fill _PASSES_PER_SYNC
+    forward passes of batch_size rows."""
+    return max(1, min(batch_size, math.ceil(_PASSES_PER_SYNC * batch_size / draws_per_image)))
 
 
 def predict(

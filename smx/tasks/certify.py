@@ -1,6 +1,10 @@
 """Certify job: run CERTIFY on the test images a config selects, storing one row per image as it goes.
 
-A restarted job skips the images already in the store, so a crash costs at most one group of images.
+Images are certified in groups cut from the whole selection, each group's noise seeded by the experiment's seed
+and the group's first image, and stored a whole group at a time. A restarted job therefore skips the groups
+already stored and draws, for the rest, exactly the noise an uninterrupted run draws: the same certificates, for
+the same rows per forward pass (always on a CPU; on a GPU they come from a memory probe). A crash costs at most
+the groups of the last FLUSH_SECONDS.
 The job certifies in fp32 unless its config opts in to bf16 (certify.precision, part of the job key);
 SMX_COMPILE=1 in a worker's environment opts in to torch.compile for its jobs (docs/performance.md: it pays
 for itself only on long runs).
@@ -19,13 +23,18 @@ from smx.db.models import Job, JobParent
 from smx.db.store import Store
 from smx.science.catalog import DATASETS
 from smx.science.data import ImageTensors, load_dataset
-from smx.science.smoothing import Certificate, certify_dataset, forward_batch_size, prepare_for_certification
+from smx.science.smoothing import (
+    Certificate,
+    certify_dataset,
+    forward_batch_size,
+    images_per_sync,
+    prepare_for_certification,
+)
 from smx.tasks import checkpoints
 from smx.tasks.progress import ProgressReporter
 
-# Images handed to CERTIFY at once: a resume point, and a bound on memory for datasets read from disk.
-IMAGES_PER_CALL = 100
 FLUSH_SECONDS = 2.0
+PROGRESS_LOG_IMAGES = 100  # a line in the job's log every this many certified images
 
 
 def selected_indices(dataset_size: int, skip: int, max_samples: int | None) -> list[int]:
@@ -59,16 +68,17 @@ def run(store: Store, job: Job, device: str, progress: ProgressReporter) -> None
     data = load_dataset(dataset, certify_config["split"], root=job.runtime.get("data_root"),
                         download=job.runtime.get("download", False))
     indices = selected_indices(len(data), certify_config["skip"], certify_config["max_samples"])
-    remaining = [index for index in indices if index not in done]
     pending: list[Certificate] = []
     last_flush = time.monotonic()
-    certified = len(indices) - len(remaining)
+    certified = sum(index in done for index in indices)
     # certify.batch_size bounds the rows of a forward pass; the device may be faster with fewer.
     precision = certify_config.get("precision", "fp32")
     batch_size = forward_batch_size(model, DATASETS[dataset].input_shape, certify_config["batch_size"], device,
                                     precision)
     resumed = f", resuming after {certified} already certified" if certified else ""
     print(f"certifying {len(indices)} test images{resumed}; {batch_size} rows per forward pass", flush=True)
+    group_size = images_per_sync(batch_size, certify_config["n0"] + certify_config["n"])
+    groups = [indices[start:start + group_size] for start in range(0, len(indices), group_size)]
 
     def flush() -> None:
         nonlocal last_flush
@@ -84,22 +94,27 @@ def run(store: Store, job: Job, device: str, progress: ProgressReporter) -> None
 
     def on_certificate(certificate: Certificate) -> None:
         nonlocal certified
+        # A group partly stored by an earlier version, which flushed within groups, is certified again whole.
+        if certificate.index in done:
+            return
         pending.append(certificate)
         certified += 1
-        if time.monotonic() - last_flush >= FLUSH_SECONDS:
-            flush()
         progress(certified / len(indices), f"image {certified}/{len(indices)}")
+        if certified % PROGRESS_LOG_IMAGES == 0:
+            print(f"{certified}/{len(indices)} images certified", flush=True)
 
-    for start in range(0, len(remaining), IMAGES_PER_CALL):
-        group = remaining[start:start + IMAGES_PER_CALL]
+    for group in groups:
+        if done.issuperset(group):
+            continue
         images, labels = images_at(data, group)
-        # Noise seeded by the experiment's seed and the group's first image: a run's certificates can be
-        # reproduced on the same kind of device, whichever machine or executor runs it.
         torch.manual_seed(seed * 1_000_003 + group[0])
         certify_dataset(model, images, labels, group, sigma=certify_config["sigma"], n0=certify_config["n0"],
                         n=certify_config["n"], alpha=certify_config["alpha"],
                         batch_size=batch_size, num_classes=DATASETS[dataset].num_classes,
                         on_certificate=on_certificate, device=device, precision=precision)
-        flush()
+        if time.monotonic() - last_flush >= FLUSH_SECONDS:
+            flush()
+    flush()
+    if certified % PROGRESS_LOG_IMAGES:
         print(f"{certified}/{len(indices)} images certified", flush=True)
     progress(1.0, f"image {len(indices)}/{len(indices)}")
