@@ -21,6 +21,7 @@ import textwrap
 import time
 import tomllib
 from collections.abc import Callable, Iterator
+from contextlib import closing
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
@@ -169,9 +170,12 @@ def logged_attempts(store: Store, key: str) -> list[int]:
 
 
 def final_state(store: Store, train_key: str) -> dict[str, Any]:
-    """The final checkpoint's contents: weights, optimizer, scheduler and RNG states."""
+    """The final checkpoint's contents: weights, optimizer, scheduler and RNG states, and the last epoch's
+    metrics but for its wall time."""
     path = checkpoints.verified_final(store, train_key)  # also checks the file against its recorded sha256
-    return load_checkpoint(path)
+    state = load_checkpoint(path)
+    del state["metrics"]["seconds"]
+    return state
 
 
 def assert_same_state(actual: Any, expected: Any, where: str = "checkpoint") -> None:
@@ -281,7 +285,10 @@ def test_a_certification_killed_midway_resumes_after_its_last_stored_sample(
     certify_key = key_of(plan, "certify")
     assert job_row(store, reference.train_key).status == "done"  # the trained model is reused
     twin = tmp_path / "twin"  # the same queue, certified without interruption
-    shutil.copytree(store.root, twin)
+    # The database through SQLite: closing a plain copy's handle would drop this process's locks on it.
+    shutil.copytree(store.root, twin, ignore=shutil.ignore_patterns("smx.db*"))
+    with closing(sqlite3.connect(store.root / "smx.db")) as source, closing(sqlite3.connect(twin / "smx.db")) as copy:
+        source.backup(copy)
     worker = start_worker(store.root, tmp_path / "worker.out")
     wait_until(lambda: certificates(store, certify_key), "the first stored certificates")
     kill_worker_of(job_row(store, certify_key).pid, [worker])
@@ -381,6 +388,41 @@ def test_a_checkpoint_write_that_fails_halfway_keeps_the_previous_one_and_traini
     assert resumed.returncode == 0, resumed.stderr
     assert not list(folder.glob("*.tmp"))
     assert epoch_metric(store, train_key, 1).seconds == first_epoch.seconds
+    assert_same_state(final_state(store, train_key), reference.final_state)
+
+
+KILLED_BEFORE_RECORDING = textwrap.dedent("""
+    # Runs one job as a worker does, but SIGKILLs it once its first checkpoint is on disk, before the store records it.
+    import os, signal, sys
+    from smx.tasks import checkpoints, run
+
+    checkpoints.record = lambda *arguments: os.kill(os.getpid(), signal.SIGKILL)
+    sys.exit(run.main(sys.argv[1:]))
+""")
+
+
+def test_a_kill_between_a_checkpoint_and_its_rows_loses_neither_the_rows_nor_the_epoch(
+    reference: Reference, tmp_path: Path
+) -> None:
+    store_dir = tmp_path / "store"
+    plan = enqueue(store_dir, spec_text("killed-before-recording"))
+    store = open_store(str(store_dir), create=False)
+    train_key = key_of(plan, "train")
+    assert queue.claim_next(store, device="cpu", slot=tmp_path / "slot.lock", pid=os.getpid()).key == train_key
+    arguments = [train_key, "--store", store.location, "--device", "cpu"]
+    killed = subprocess.run([sys.executable, "-c", KILLED_BEFORE_RECORDING, *arguments], capture_output=True,
+                            text=True, env=environment(), timeout=TIMEOUT_SECONDS)
+    assert killed.returncode == -signal.SIGKILL
+    epoch_one = store.checkpoint_dir(train_key) / "epoch-0001.pt"
+    assert epoch_one.exists() and recorded_checkpoints(store, train_key) == [] and trained_epochs(store, train_key) == []
+
+    resumed = run_job_process(store, train_key)
+    assert resumed.returncode == 0, resumed.stderr
+    assert "after epoch 1/2" in resumed.stdout
+    assert trained_epochs(store, train_key) == [1, 2]  # epoch 1's row, from its checkpoint
+    files = sorted(store.checkpoint_dir(train_key).glob("*.pt"))
+    assert recorded_checkpoints(store, train_key) == [
+        (epoch, path.name, checkpoints.sha256_file(path)) for epoch, path in enumerate(files, start=1)]
     assert_same_state(final_state(store, train_key), reference.final_state)
 
 

@@ -28,7 +28,7 @@ import pickle
 import time
 import zipfile
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -90,6 +90,7 @@ class EpochMetrics:
 
 
 CheckpointCallback = Callable[[Path, int], None]
+ResumeCallback = Callable[[Path, int, EpochMetrics | None], None]
 RemovedCallback = Callable[[Path], None]
 EpochCallback = Callable[[EpochMetrics], None]
 ProgressCallback = Callable[[float, str], None]
@@ -229,9 +230,10 @@ def resume(
     shuffle: torch.Generator,
     device: torch.device,
     on_checkpoint_removed: RemovedCallback | None,
-) -> tuple[int, Path | None]:
-    """Restore the newest readable checkpoint; returns (epochs it finished, its path), or (0, None) without one.
-    Unreadable checkpoints on the way are deleted: training is about to write them again anyway."""
+) -> tuple[int, Path | None, EpochMetrics | None]:
+    """Restore the newest readable checkpoint; returns (epochs it finished, its path, its last epoch's metrics),
+    or (0, None, None) without one. Checkpoints written before they held metrics give None. Unreadable
+    checkpoints on the way are deleted: training is about to write them again anyway."""
     for _, path in reversed(list_checkpoints(checkpoint_dir)):
         try:
             state = load_checkpoint(path)
@@ -245,8 +247,9 @@ def resume(
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         restore_rng_state(state["rng"], shuffle, device)
-        return state["epoch"], path
-    return 0, None
+        metrics = EpochMetrics(**state["metrics"]) if "metrics" in state else None
+        return state["epoch"], path, metrics
+    return 0, None, None
 
 
 def train(
@@ -259,14 +262,16 @@ def train(
     on_checkpoint_removed: RemovedCallback | None = None,
     on_epoch: EpochCallback | None = None,
     on_progress: ProgressCallback | None = None,
-    on_resume: CheckpointCallback | None = None,
+    on_resume: ResumeCallback | None = None,
 ) -> Path:
     """Train `model` in place, resuming from the newest readable checkpoint in `checkpoint_dir`.
 
     After each epoch: the checkpoint is written and made durable, then on_checkpoint(path, epoch), then
     on_checkpoint_removed(path) for each checkpoint pruned (all but the newest two, and unreadable ones found
     when resuming), then on_epoch(metrics). on_progress(fraction of the whole run, text) is called at most
-    every PROGRESS_INTERVAL_SECONDS. on_resume(path, epoch) is called once when a checkpoint was restored.
+    every PROGRESS_INTERVAL_SECONDS. on_resume(path, epoch, metrics of that epoch) is called once when a checkpoint
+    was restored: a process killed after a checkpoint's write but before its callbacks ran would otherwise lose
+    what they record.
     Returns the final checkpoint.
     """
     validate(settings)
@@ -285,11 +290,11 @@ def train(
     torch.manual_seed(settings.seed)
     shuffle = torch.Generator().manual_seed(settings.seed)
 
-    start_epoch, latest = resume(
+    start_epoch, latest, restored_metrics = resume(
         checkpoint_dir, settings, model, optimizer, scheduler, shuffle, device, on_checkpoint_removed
     )
     if latest is not None and on_resume:
-        on_resume(latest, start_epoch)
+        on_resume(latest, start_epoch, restored_metrics)
     if latest is not None and start_epoch >= settings.epochs:
         return latest
 
@@ -310,6 +315,7 @@ def train(
                 "scheduler": scheduler.state_dict(),
                 "rng": rng_state(shuffle, device),
                 "settings": settings.record(),
+                "metrics": asdict(metrics),
             },
             latest,
         )

@@ -48,20 +48,29 @@ def run(store: Store, job: Job, device: str, progress: ProgressReporter) -> None
 
     epochs = config["train"]["epochs"]
 
-    def on_epoch(metrics: EpochMetrics) -> None:
-        print(f"epoch {metrics.epoch}/{epochs}: loss {metrics.loss:.4f}, noisy accuracy {metrics.noisy_accuracy:.4f}, "
-              f"lr {metrics.lr:g}, {metrics.seconds:.1f} s", flush=True)
+    def record_metrics(metrics: EpochMetrics) -> None:
         with store.session() as session:
             session.execute(delete(TrainMetric).where(TrainMetric.job_key == job.key, TrainMetric.epoch == metrics.epoch))
             session.add(TrainMetric(job_key=job.key, epoch=metrics.epoch, loss=metrics.loss,
                                     noisy_accuracy=metrics.noisy_accuracy, lr=metrics.lr, seconds=metrics.seconds,
                                     extras=metrics.extras))
 
+    def on_epoch(metrics: EpochMetrics) -> None:
+        print(f"epoch {metrics.epoch}/{epochs}: loss {metrics.loss:.4f}, noisy accuracy {metrics.noisy_accuracy:.4f}, "
+              f"lr {metrics.lr:g}, {metrics.seconds:.1f} s", flush=True)
+        record_metrics(metrics)
+
     def on_checkpoint(path: Path, epoch: int) -> None:
         checkpoints.record(store, job.key, path, epoch)
 
+    def on_resume(path: Path, epoch: int, metrics: EpochMetrics | None) -> None:
+        print(f"resumed from {path} after epoch {epoch}/{epochs}", flush=True)
+        # Recorded again in case the last run died between writing this checkpoint and recording it.
+        on_checkpoint(path, epoch)
+        if metrics is not None:
+            record_metrics(metrics)
+
     final = train(model, data, settings_from_config(config, device), store.checkpoint_dir(job.key),
                   on_checkpoint=on_checkpoint, on_checkpoint_removed=lambda path: checkpoints.forget(store, path),
-                  on_epoch=on_epoch, on_progress=progress,
-                  on_resume=lambda path, epoch: print(f"resumed from {path} after epoch {epoch}/{epochs}", flush=True))
+                  on_epoch=on_epoch, on_progress=progress, on_resume=on_resume)
     checkpoints.mark_final(store, job.key, final, epoch=config["train"]["epochs"])
