@@ -414,7 +414,8 @@ def test_a_kill_between_a_checkpoint_and_its_rows_loses_neither_the_rows_nor_the
                             text=True, env=environment(), timeout=TIMEOUT_SECONDS)
     assert killed.returncode == -signal.SIGKILL
     epoch_one = store.checkpoint_dir(train_key) / "epoch-0001.pt"
-    assert epoch_one.exists() and recorded_checkpoints(store, train_key) == [] and trained_epochs(store, train_key) == []
+    assert epoch_one.exists()
+    assert recorded_checkpoints(store, train_key) == [] and trained_epochs(store, train_key) == []
 
     resumed = run_job_process(store, train_key)
     assert resumed.returncode == 0, resumed.stderr
