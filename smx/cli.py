@@ -60,6 +60,13 @@ def _print_table(table: Table) -> int:
     return natural_width
 
 
+def _signal_name(number: int) -> str:
+    try:
+        return f"{signal.Signals(number).name} (signal {number})"
+    except ValueError:
+        return f"signal {number}"
+
+
 def _seconds(value: float | None) -> str:
     if value is None:
         return ""
@@ -285,14 +292,20 @@ def _follow(store, experiment: str, workers, device: str, start_on_free_slots,  
     finally:
         signal.signal(signal.SIGTERM, previous_handler)
     _end_live_line()
-    for worker in workers:
+    stopped_workers = [worker for worker in workers if worker.returncode not in (0, None)]
+    for worker in stopped_workers:
         stderr = worker.stderr.read() if worker.stderr else ""
-        if worker.returncode not in (0, None) and stderr:
-            errors.print(f"[red]a worker stopped with code {worker.returncode}:[/]\n{stderr}", markup=True)
+        if worker.returncode < 0:
+            errors.print(f"[red]a worker was killed by {_signal_name(-worker.returncode)}.[/] A job it was running "
+                         "shows as running until the next `smx submit` or `smx worker` on this host puts it back in "
+                         "the queue; it resumes from its last checkpoint.", markup=True)
+        else:
+            errors.print(f"[red]a worker stopped with code {worker.returncode}[/]" + (f":\n{escape(stderr)}" if stderr
+                                                                                      else "."), markup=True)
     _print_jobs(store, experiment, only_unfinished=True)
     with store.read_session() as session:
         jobs = jobs_view(session, experiment)
-    if any(job.status == "failed" for job in jobs):
+    if stopped_workers or any(job.status == "failed" for job in jobs):
         raise typer.Exit(1)
     if all(job.status == "done" for job in jobs):
         console.print(f"[green]all {len(jobs)} jobs done.[/] Results: `smx query --experiment {experiment}`, "

@@ -274,6 +274,31 @@ def test_a_signal_to_smx_submit_alone_stops_its_workers_and_requeues_the_job(tmp
     assert len(trained_epochs(store, train_key)) < 50
 
 
+def test_smx_submit_whose_worker_is_killed_says_so_and_the_next_submit_resumes_the_job(tmp_path: Path) -> None:
+    spec = tmp_path / "worker-killed.toml"
+    spec.write_text(spec_text("worker-killed", epochs=4))
+    store_dir = tmp_path / "store"
+    command = smx_command("submit", str(spec), "--store", str(store_dir), "--gpus", "none")
+    submit = start(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    store = wait_until(lambda: (store_dir / "smx.db").exists() and open_store(str(store_dir), create=False),
+                       "the store")
+    train_key = key_of(build_plan(load_spec(spec)), "train")
+    wait_until(lambda: epoch_metric(store, train_key, 1), "the first epoch")
+    job_pid = job_row(store, train_key).pid
+    worker_pid = process_status(job_pid)[1]
+    os.kill(worker_pid, signal.SIGKILL)
+    _, stderr = submit.communicate(timeout=60)
+    assert submit.returncode == 1
+    assert "a worker was killed by SIGKILL (signal 9)" in " ".join(stderr.split())
+    wait_until(lambda: not is_running(job_pid), "the job process to follow its worker")
+
+    again = start(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    _, stderr = again.communicate(timeout=TIMEOUT_SECONDS)
+    assert again.returncode == 0, stderr
+    assert "resumed from" in store.log_path(train_key).read_text()
+    assert trained_epochs(store, train_key) == [1, 2, 3, 4]
+
+
 def test_a_certification_killed_midway_resumes_after_its_last_stored_sample(
     reference: Reference, tmp_path: Path
 ) -> None:
