@@ -17,7 +17,7 @@ $(VENV)/.installed: pyproject.toml
 
 demo: setup
 	$(BIN)/smx submit experiments/quickstart.toml
-	$(BIN)/smx query --experiment quickstart
+	$(BIN)/smx report quickstart
 	$(BIN)/smx plot quickstart
 
 test: setup

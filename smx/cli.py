@@ -49,15 +49,16 @@ def main() -> None:
         sys.exit(error.exit_code)
 
 
-def _print_table(table: Table) -> int:
-    """Print a table; to a file or a pipe, whole rows rather than folded into the 80 columns Rich assumes there.
-    Returns the table's natural width."""
-    natural_width = Measurement.get(console, console.options.update_width(10_000), table).maximum
+def _natural_width(table: Table) -> int:
+    return Measurement.get(console, console.options.update_width(10_000), table).maximum
+
+
+def _print_table(table: Table) -> None:
+    """Print a table; to a file or a pipe, whole rows rather than folded into the 80 columns Rich assumes there."""
     if console.is_terminal:
         console.print(table)
     else:
-        Console(width=max(natural_width, console.width)).print(table)
-    return natural_width
+        Console(width=max(_natural_width(table), console.width)).print(table)
 
 
 def _signal_name(number: int) -> str:
@@ -488,12 +489,20 @@ def query(
     table = Table(show_lines=False)
     for column in result.columns:
         table.add_column(column, overflow="fold")
-    for row in result.rows:
-        table.add_row(*(format_cell(value) for value in row))
-    natural_width = _print_table(table)
-    if console.is_terminal and natural_width > console.width:
-        errors.print(f"{len(result.columns)} columns do not fit {console.width} characters; "
-                     "--format csv or md gives them whole, or select fewer columns.")
+    cells = [[format_cell(value) for value in row] for row in result.rows]
+    for row in cells:
+        table.add_row(*row)
+    if console.is_terminal and _natural_width(table) > console.width:
+        # Folded into the terminal, wide rows come out as columns a few letters wide: show one block per row.
+        name_width = max(len(column) for column in result.columns)
+        for number, row in enumerate(cells, start=1):
+            console.rule(f"row {number}", align="left")
+            for column, cell in zip(result.columns, row):
+                console.print(f"{column:<{name_width}} │ {cell}", markup=False, highlight=False)
+        errors.print(f"({len(result.columns)} columns are wider than this terminal, so each row is a block; "
+                     "--format csv or md gives a table.)", highlight=False)
+    else:
+        _print_table(table)
     console.print(f"{len(result.rows)} row(s)")
 
 

@@ -259,19 +259,17 @@ def test_detached_submit_runs_in_the_background_unless_another_scheduler_holds_e
     assert "ran 3 job(s), 0 failed" in (tmp_path / "store" / "logs" / "workers.log").read_text()
 
 
-def test_status_on_an_80_column_terminal_shows_whole_names_and_dates(submitted) -> None:
-    _, store, _ = submitted
+def on_terminal(*arguments: str, store: StoreTarget, columns: int = 80) -> list[str]:
+    """What `smx ARGUMENTS` shows on a terminal of `columns` columns, line by line, without colours."""
     terminal, attached = os.openpty()
-    subprocess.run(smx_command("status"), stdout=attached, stderr=attached, timeout=120,
-                   env={**store.environment(), "COLUMNS": "80", "NO_COLOR": "1"})
+    subprocess.run(smx_command(*arguments), stdout=attached, stderr=attached, timeout=120,
+                   env={**store.environment(), "COLUMNS": str(columns), "NO_COLOR": "1"})
     os.close(attached)
     shown = b""
     while chunk := _read_or_empty(terminal):
         shown += chunk
-    lines = [re.sub(r"\x1b\[[0-9;]*m", "", line) for line in shown.decode().splitlines()]
-    assert max(len(line) for line in lines) <= 80
-    (row,) = [line for line in lines if line.startswith("│ tiny ")]
-    assert re.search(r"│ 5/5 done +│ +\d\.\d{3} │ \d{4}-\d\d-\d\d \d\d:\d\d │$", row), row
+    os.close(terminal)
+    return [re.sub(r"\x1b\[[0-9;]*m", "", line) for line in shown.decode().splitlines()]
 
 
 def _read_or_empty(descriptor: int) -> bytes:
@@ -279,6 +277,25 @@ def _read_or_empty(descriptor: int) -> bytes:
         return os.read(descriptor, 65536)
     except OSError:  # the other end closed: Linux reports EIO
         return b""
+
+
+def test_status_on_an_80_column_terminal_shows_whole_names_and_dates(submitted) -> None:
+    lines = on_terminal("status", store=submitted[1])
+    assert max(len(line) for line in lines) <= 80
+    (row,) = [line for line in lines if line.startswith("│ tiny ")]
+    assert re.search(r"│ 5/5 done +│ +\d\.\d{3} │ \d{4}-\d\d-\d\d \d\d:\d\d │$", row), row
+
+
+def test_query_rows_too_wide_for_the_terminal_come_as_one_block_per_row(submitted) -> None:
+    lines = on_terminal("query", "--experiment", "tiny", store=submitted[1])
+    assert max(len(line) for line in lines) <= 80
+    assert [line.split()[:2] for line in lines if line.startswith("row ")] == [["row", "1"], ["row", "2"]]
+    configs = [line.split("│")[1].strip() for line in lines if line.startswith("config ")]
+    assert configs == ["gaussian", "smoothmix"]
+    assert len([line for line in lines if re.match(r"acr +│ \d\.\d{4}$", line)]) == 2
+    assert lines[-1] == "2 row(s)"
+    narrow_enough = on_terminal("query", "SELECT config, acr FROM results ORDER BY config", store=submitted[1])
+    assert narrow_enough[0].startswith("┏") and "row 1" not in "".join(narrow_enough)
 
 
 def test_read_commands_do_not_import_torch(submitted) -> None:
