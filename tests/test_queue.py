@@ -156,6 +156,9 @@ def test_gpus_option_counts_indices_and_index_zero_alone(monkeypatch) -> None:
     assert parse_gpus("0") == parse_gpus("none") == []
     assert parse_gpus("0,") == ["0"]
     assert parse_gpus("1,2") == ["1", "2"]
-    for bad in ("4", "one", ",", "0,x"):
+    for bad in ("4", "one", ",", "0,x", "2,3"):
         with pytest.raises(UserError, match="--gpus"):
             parse_gpus(bad)
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
+    with pytest.raises(UserError, match=r"no GPU 0, 1 is visible here \(visible: none\)"):
+        parse_gpus("0,1")

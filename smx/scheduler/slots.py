@@ -71,6 +71,12 @@ def parse_gpus(option: str | None) -> list[str]:
     if not indices or not all(index.isdigit() for index in indices):
         raise UserError(f"--gpus {option!r} is not a GPU count or a list of indices.\n"
                         "Fix: use auto, none, a count like 2, or indices like 0,1.")
+    available = detect_gpus()
+    missing = [index for index in indices if index not in available]
+    if missing:
+        raise UserError(f"--gpus {option}: no GPU {', '.join(missing)} is visible here (visible: "
+                        f"{', '.join(available) or 'none'}).\n"
+                        "Fix: list visible indices, or use --gpus none for CPU.")
     return indices
 
 
