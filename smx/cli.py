@@ -145,8 +145,14 @@ def submit(
     options = LocalOptions(gpus=gpus, jobs_per_gpu=jobs_per_gpu, cpu_jobs=cpu_jobs)
     try:
         existing = open_store(store, create=False)
+        with existing.read_session() as session:
+            name_problem = queue.experiment_name_problem(session, plan.experiment, spec_file.resolve())
         states = queue.job_states(existing, [job.key for job in plan.jobs])
         existing.engine.dispose()
+        if name_problem and not dry_run:
+            raise UserError(name_problem)
+        if name_problem:
+            errors.print(f"[yellow]warning:[/] {escape(name_problem)}")
     except NoStoreYet:
         states = {}
     problems = missing_data(plan, {key for key, status in states.items() if status == "done"})

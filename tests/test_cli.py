@@ -108,6 +108,37 @@ def test_a_second_submit_runs_nothing(submitted) -> None:
     assert query_json("SELECT key, finished_at FROM jobs ORDER BY key", store) == before
 
 
+def test_a_spec_from_elsewhere_cannot_take_over_an_experiment_by_its_name(submitted, tmp_path: Path) -> None:
+    spec, store, _ = submitted
+    members = "SELECT config_name FROM experiment_jobs ORDER BY config_name, job_key"
+    before = query_json(members, store)
+    other = tmp_path / "other.toml"
+    other.write_text(TINY_SPEC.split("[[variant]]")[0])  # the same experiment name, one config
+    for extra, code in ((["--dry-run"], 0), ([], 2)):  # a dry run only warns
+        result = run_smx("submit", str(other), *extra, store=store, check=False)
+        assert result.returncode == code and "Traceback" not in result.stderr
+        assert (f"{other.resolve()}: experiment.name: the store's experiment 'tiny' was submitted from "
+                f"{spec.resolve()}") in " ".join(result.stderr.split())
+    assert query_json(members, store) == before
+    moved = tmp_path / "moved.toml"  # a spec file moved elsewhere still submits its experiment
+    spec.rename(moved)
+    try:
+        assert "0 new, 5 cached" in run_smx("submit", str(moved), store=store).stdout
+        assert query_json(members, store) == before
+    finally:
+        moved.rename(spec)
+    run_smx("submit", str(spec), store=store)
+
+    log = tmp_path / "published.tsv"
+    log.write_text("idx\tlabel\tpredict\tradius\tcorrect\ttime\n0\t7\t7\t0.5\t1\t0:00:01.000000\n")
+    run_smx("import", str(log), "--name", "published", "--method", "gaussian", "--sigma", "0.5", store=store)
+    named_like_it = tmp_path / "named-like-it.toml"
+    named_like_it.write_text(TINY_SPEC.replace('name = "tiny"', 'name = "published"'))
+    result = run_smx("submit", str(named_like_it), store=store, check=False)
+    assert result.returncode == 2
+    assert "experiment 'published' holds imported certification logs" in " ".join(result.stderr.split())
+
+
 def test_dry_run_shows_cached_jobs_and_changes_nothing(submitted, tmp_path: Path) -> None:
     spec, store, _ = submitted
     edited = tmp_path / "edited.toml"

@@ -46,10 +46,29 @@ def job_states(store: Store, keys: list[str]) -> dict[str, str]:
     return dict(rows)
 
 
+def experiment_name_problem(session: Session, name: str, spec_path: Path) -> str | None:
+    """Why submitting spec_path would silently take over the store's experiment of that name, or None: one made
+    of imported logs, or one submitted from another spec file that still exists (a moved spec is fine)."""
+    experiment = session.scalar(select(Experiment).where(Experiment.name == name))
+    if experiment is None:
+        return None
+    if not experiment.spec_text:
+        problem = "holds imported certification logs, which this submission would drop from it"
+    elif experiment.spec_path != str(spec_path) and Path(experiment.spec_path).exists():
+        problem = f"was submitted from {experiment.spec_path}; this spec would replace its configs with its own"
+    else:
+        return None
+    return (f"{spec_path}: experiment.name: the store's experiment {name!r} {problem}.\n"
+            "Fix: give this spec an experiment name of its own.")
+
+
 def enqueue(store: Store, plan: Plan, spec_path: Path) -> EnqueueSummary:
     """Record the experiment and add the jobs it needs that the store does not have yet."""
     summary = EnqueueSummary(plan.experiment)
     with store.session() as session:
+        problem = experiment_name_problem(session, plan.experiment, spec_path)
+        if problem:
+            raise UserError(problem)
         known = dict(session.execute(select(Job.key, Job.status).where(Job.key.in_([j.key for j in plan.jobs]))).all())
         for planned in plan.jobs:
             status = known.get(planned.key)
