@@ -167,10 +167,12 @@ def _hyperparameter_summaries(settings: list[Setting | None]) -> tuple[list[str]
 
 def _report_radii(rows: list[ReportRow]) -> list[float]:
     """0.00, 0.25, ... up to 4 sigma_max (CERTIFY cannot certify much past 3.8 sigma), or further while some row is
-    still certified; never past the grid of the results view."""
+    still certified, never past the grid of the results view; and every radius the spec's [report] radii added."""
     certified = [radius for row in rows for radius, accuracy in row.certified_accuracy.items() if accuracy > 0]
     last = max([4 * max(row.sigma for row in rows), *certified])
-    return [radius for radius in DEFAULT_RADII if radius <= last + RADIUS_TOLERANCE]
+    grid = {round(radius, 6) for radius in DEFAULT_RADII}
+    requested = {radius for row in rows for radius in row.certified_accuracy} - grid
+    return sorted({radius for radius in grid if radius <= last + RADIUS_TOLERANCE} | requested)
 
 
 def summaries_of(session: Session, experiment: str) -> list[Aggregate]:

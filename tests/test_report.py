@@ -101,6 +101,24 @@ def test_text_report_has_one_row_per_config_grouped_by_sigma_in_the_papers_order
     assert "paper (" not in text
 
 
+def test_the_specs_own_report_radii_get_columns_too(store: Store) -> None:
+    plan = build_plan(parse_spec(SPEC.replace('name = "paper"', 'name = "paper"\n\n[report]\nradii = [0.1, 0.33]',
+                                              1)))
+    enqueue(store, plan, store.root / "paper.toml")
+    aggregate = next(job for job in plan.jobs if job.kind == "aggregate")
+    with store.session() as session:
+        for entry in aggregate.inputs["configs"]:
+            samples = [LogRow(index, 0, 0 if correct else -1, radius, correct, 0.1)
+                       for index, (radius, correct) in enumerate(SAMPLES[entry["name"]])]
+            session.add(summarise_config(aggregate.key, "paper", entry, samples,
+                                         aggregate_radii(aggregate.inputs["radii"])))
+    lines = render_report(experiment_report(store, "paper"), "text").splitlines()
+    assert lines[1].split()[5:9] == ["0.00", "0.10", "0.25", "0.33"]
+    gaussian = next(line for line in lines if "gaussian-sigma0.25" in line).split()
+    # Radii 0.9, 0.6, 0.4 and 0.1: all four certified at r = 0.1, three at 0.25 and 0.33.
+    assert gaussian[3:8] == ["0.500", "100.0", "100.0", "75.0", "75.0"]
+
+
 def test_markdown_and_latex_bold_the_best_acr_of_each_sigma(seeded: Store) -> None:
     report = experiment_report(seeded, "paper")
     markdown = render_report(report, "md")
