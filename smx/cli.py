@@ -80,9 +80,11 @@ def validate(spec_file: Annotated[Path, typer.Argument(help="Experiment spec (TO
     """Check a spec and list the configs it resolves to."""
     from smx.plan import build_plan
     from smx.scheduler.local import missing_data
-    from smx.spec import load_spec
+    from smx.spec import executor_settings, load_spec
 
-    plan = build_plan(load_spec(spec_file))
+    spec = load_spec(spec_file)
+    plan = build_plan(spec)
+    executor_settings(spec)  # the spec's [executor] merged over the user config's, both checked
     _warn_reduced_precision(plan)
     _warn_missing_data(spec_file, missing_data(plan, done=set()))
     console.print(f"[green]ok[/] {spec_file}: experiment [bold]{plan.experiment}[/], "

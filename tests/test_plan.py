@@ -11,6 +11,7 @@ import smx.plan
 from smx.plan import CODE_VERSION, Plan, build_plan, content_key
 from smx.science.metrics import DEFAULT_RADII
 from smx.spec import SpecError, executor_settings, parse_spec, spec_hash
+from tests.test_fuzz_cli import run_cli
 
 REPO = Path(__file__).resolve().parents[1]
 QUICKSTART_TEXT = (REPO / "experiments" / "quickstart.toml").read_text()
@@ -104,9 +105,13 @@ def test_executor_settings_merge_the_user_config_the_spec_and_the_command_line(t
     user_config.write_text('[executor.slurm]\ngpu = 1\n')
     with pytest.raises(SpecError, match=f"{user_config}: executor.slurm.gpu: unknown key"):
         executor_settings(spec)
+    code, _, stderr = run_cli("validate", str(REPO / "experiments" / "quickstart.toml"))  # validate checks the user config too
+    assert code == 2 and f"{user_config}: executor.slurm.gpu: unknown key" in " ".join(stderr.split())
     monkeypatch.setenv("SMX_CONFIG", str(tmp_path / "missing.toml"))
     with pytest.raises(SpecError, match="SMX_CONFIG names .*missing.toml, which is not a file"):
         executor_settings(spec)
+    code, _, stderr = run_cli("validate", str(REPO / "experiments" / "quickstart.toml"))
+    assert code == 2 and "which is not a file" in stderr
 
 
 def test_changing_one_configs_certify_n_rekeys_only_its_certify_job_and_the_aggregate() -> None:
