@@ -105,7 +105,8 @@ def test_executor_settings_merge_the_user_config_the_spec_and_the_command_line(t
     user_config.write_text('[executor.slurm]\ngpu = 1\n')
     with pytest.raises(SpecError, match=f"{user_config}: executor.slurm.gpu: unknown key"):
         executor_settings(spec)
-    code, _, stderr = run_cli("validate", str(REPO / "experiments" / "quickstart.toml"))  # validate checks the user config too
+    # validate checks the user config too
+    code, _, stderr = run_cli("validate", str(REPO / "experiments" / "quickstart.toml"))
     assert code == 2 and f"{user_config}: executor.slurm.gpu: unknown key" in " ".join(stderr.split())
     monkeypatch.setenv("SMX_CONFIG", str(tmp_path / "missing.toml"))
     with pytest.raises(SpecError, match="SMX_CONFIG names .*missing.toml, which is not a file"):
