@@ -372,7 +372,9 @@ def _print_jobs(store, experiment: str | None, only_unfinished: bool = False, st
         if job.silent_seconds is not None:
             note = (f"no word from its worker for {_seconds(job.silent_seconds)}: if it stopped, "
                     "`smx submit` or `smx worker` resumes the job")
-        table.add_row(job.key[:8], escape(job.name), f"[{style}]{job.status}[/]",
+        # Unfinished jobs that an edited spec left behind: nothing will run them unless they are retried.
+        orphan = experiment is None and job.config_name is None and job.status != "done"
+        table.add_row(job.key[:8], escape(job.name) + (" [dim](in no experiment)[/]" if orphan else ""), f"[{style}]{job.status}[/]",
                       escape(job.progress_text) if job.status == "running" else "", job.device or "",
                       _seconds(job.elapsed_seconds), escape(note))
     _print_table(table)
@@ -399,7 +401,9 @@ def status(
     if failed:
         with opened.read_session() as session:
             for job in jobs_view(session, experiment, ["failed"]):
-                console.print(f"[red]{job.name}[/] ({job.key[:12]}), attempt {job.attempts}, log {job.log_path}")
+                outside = " (in no experiment's current plan)" if experiment is None and job.config_name is None else ""
+                console.print(f"[red]{job.name}[/] ({job.key[:12]}), attempt {job.attempts}, log {job.log_path}"
+                              f"{outside}")
                 console.print(job.error or "", markup=False, highlight=False)
         return
     if experiment or jobs:
@@ -440,7 +444,9 @@ def retry(
     from smx.scheduler import queue
 
     keys = queue.retry(open_store(store, create=False), targets)
-    console.print(f"{len(keys)} job(s) queued again." + (" Run them with `smx worker`." if keys else ""))
+    console.print(f"{len(keys)} job(s) queued again." + (" Run them with `smx worker` or `smx submit`." if keys else
+                  " Nothing failed or cancelled there (an experiment counts the jobs of its current plan only; "
+                  "`smx status --failed` lists every failed job in the store, with its key)."))
 
 
 @app.command()

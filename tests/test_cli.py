@@ -106,6 +106,8 @@ def test_a_second_submit_runs_nothing(submitted) -> None:
     result = run_smx("submit", str(spec), store=store)
     assert "0 new, 5 cached" in result.stdout
     assert query_json("SELECT key, finished_at FROM jobs ORDER BY key", store) == before
+    retried = " ".join(run_smx("retry", "tiny", store=store).stdout.split())
+    assert retried.startswith("0 job(s) queued again. Nothing failed or cancelled there")
 
 
 def test_a_spec_from_elsewhere_cannot_take_over_an_experiment_by_its_name(submitted, tmp_path: Path) -> None:
@@ -251,13 +253,15 @@ def test_status_notes_say_why_a_job_died_and_when_a_worker_went_silent(store) ->
                 created_at=now, started_at=now - timedelta(minutes=3), error="interrupted; resumes"),
         ])
     shown = run_smx("status", "--jobs", store=StoreTarget(store.location, store.root)).stdout
-    rows = {line.split("│")[2].strip(): line.split("│")[-2].strip() for line in shown.splitlines()
+    rows = {line.split("│")[2].split()[0]: line.split("│")[-2].strip() for line in shown.splitlines()
             if line.startswith("│") and line.split("│")[1].strip()}
+    # None of these jobs is in an experiment, as if an edited spec had left them behind.
+    assert sum("(in no experiment)" in line for line in shown.splitlines()) == 5
     assert rows["train/killed"] == "killed by signal 9; log store/logs/a.log"
     assert rows["train/raised"].startswith("error: the train split of mnist")
     assert rows["train/silent"].startswith("no word from its worker for 0:02:")
     assert rows["train/beating"] == ""
-    elapsed = {line.split("│")[2].strip(): line.split("│")[6].strip() for line in shown.splitlines()
+    elapsed = {line.split("│")[2].split()[0]: line.split("│")[6].strip() for line in shown.splitlines()
                if line.startswith("│") and line.split("│")[1].strip()}
     assert elapsed["train/beating"].startswith("0:03:") and elapsed["train/requeued"] == ""  # waiting, not running
 
