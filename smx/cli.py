@@ -374,7 +374,8 @@ def _print_jobs(store, experiment: str | None, only_unfinished: bool = False, st
                     "`smx submit` or `smx worker` resumes the job")
         # Unfinished jobs that an edited spec left behind: nothing will run them unless they are retried.
         orphan = experiment is None and job.config_name is None and job.status != "done"
-        table.add_row(job.key[:8], escape(job.name) + (" [dim](in no experiment)[/]" if orphan else ""), f"[{style}]{job.status}[/]",
+        table.add_row(job.key[:8], escape(job.name) + (" [dim](in no experiment)[/]" if orphan else ""),
+                      f"[{style}]{job.status}[/]",
                       escape(job.progress_text) if job.status == "running" else "", job.device or "",
                       _seconds(job.elapsed_seconds), escape(note))
     _print_table(table)
