@@ -30,6 +30,7 @@ from typing import Any, TypeVar
 import pytest
 import torch
 from sqlalchemy import event, func, select, update
+from sqlalchemy.engine import make_url
 
 from smx.db.models import Aggregate, Base, Certificate, CertifiedAccuracy, Checkpoint, Job, JobParent, TrainMetric
 from smx.db.store import Store, open_store
@@ -42,6 +43,7 @@ from smx.spec import MAX_CONFIGS, load_spec
 from smx.tasks import checkpoints
 from smx.tasks.certify import selected_indices
 from tests.conftest import smx_command
+from tests.servers import fresh_postgres_database
 from tests.specs import tiny_spec
 from tests.test_fuzz_cli import run_cli
 
@@ -674,6 +676,18 @@ def test_an_unwritable_store_location_is_a_clear_error(tmp_path: Path) -> None:
         store = regular_file / "store"
         assert_user_error(run_cli(*command, "--store", str(store), "--gpus", "none"), str(store), "Fix:")
     assert regular_file.read_text() == ""
+
+
+def test_a_store_named_by_its_database_file_or_a_wrong_login_gets_the_right_fix(tmp_path: Path) -> None:
+    database = tmp_path / "store" / "smx.db"
+    open_store(str(database.parent)).engine.dispose()
+    assert_user_error(run_cli("status", "--store", str(database)), f"{database} is a file",
+                      f"--store {database.parent}")
+    with fresh_postgres_database() as url:
+        wrong_password = make_url(url).set(password="not-the-password").render_as_string(hide_password=False)
+        code, _, err = run_cli("status", "--store", wrong_password)
+        assert code == 2 and "Traceback" not in err
+        assert "the user name and password" in " ".join(err.split()) and "permissions" not in err
 
 
 def test_a_full_store_database_is_a_clear_error_and_nothing_is_half_written(

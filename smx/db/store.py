@@ -198,6 +198,9 @@ def open_store(location: str | None = None, *, create: bool = True) -> Store:
     url, root = resolve_location(location)
     if url.startswith("sqlite"):
         database = Path(url.removeprefix("sqlite:///"))
+        if root.is_file():
+            raise StoreError(f"{root} is a file; a store is the directory that holds smx.db and its checkpoints.\n"
+                             f"Fix: pass the directory, --store {root.parent if root.name == 'smx.db' else '<dir>'}.")
         if not create and not database.exists():
             raise NoStoreYet(
                 f"no smx store at {root} (expected {database}).\n"
@@ -229,10 +232,13 @@ def open_store(location: str | None = None, *, create: bool = True) -> Store:
             check_version(store)
     except DatabaseError as error:  # OperationalError, or a file that is not an SQLite database at all
         store.engine.dispose()
-        where = store.sqlite_path if store.is_sqlite else store.display_location
-        raise StoreError(f"cannot open the store database {where}: {error.orig}.\n"
-                         "Fix: check the path and its permissions, or the server address; a damaged database "
-                         "file can be moved away, and `smx submit` starts a new store.") from error
+        if store.is_sqlite:
+            raise StoreError(f"cannot open the store database {store.sqlite_path}: {error.orig}.\n"
+                             "Fix: check the path and its permissions; a damaged database file can be moved away, "
+                             "and `smx submit` starts a new store.") from error
+        raise StoreError(f"cannot open the store database {store.display_location}: {error.orig}.\n"
+                         "Fix: check the server's address and that it runs, the user name and password, and the "
+                         "database name in the URL.") from error
     return store
 
 
