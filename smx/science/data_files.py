@@ -71,8 +71,10 @@ def missing_files_message(name: str, split: Split, root: Path, download: bool) -
         return (
             f"the {split} split of {name} is not under data root {root}: expected {images_file} and {labels_file} "
             f"(or the same names with .gz) in {root / TORCHVISION_FOLDERS[name] / 'raw'} (torchvision's layout), "
-            f"in {root / name} or directly in {root} (the layout of Debian's dataset packages, "
-            f"e.g. /usr/share/datasets/fashion-mnist). Fix: set data.root (or the SMX_DATA environment variable) "
+            f"in {root / name} or directly in {root} (the layout of Debian's dataset packages"
+            f"{', e.g. /usr/share/datasets/fashion-mnist' if name == 'fashion-mnist' else ''}). MNIST and "
+            f"Fashion-MNIST use the same file names: make sure the folder holds {name}. "
+            f"Fix: set data.root (or the SMX_DATA environment variable) "
             f"to the folder that holds them, or set data.download = true to fetch them with torchvision"
         )
     if name == "cifar10":
