@@ -358,8 +358,25 @@ def _latex_table(result: QueryResult) -> str:
 
 
 def render_analysis(kind: str, result: QueryResult, format: str) -> str:
-    """One analysis table after the report: Markdown for text and md, a tabular for latex."""
+    """One analysis table after the report, in the report's format."""
     title = ANALYSIS_TITLES.get(kind, kind)
     if format == "latex":
         return f"\n% {title}\n" + _latex_table(result)
-    return f"\n{title}\n\n" + to_markdown(result)
+    if format == "md":
+        return f"\n{title}\n\n" + to_markdown(result)
+    return f"\n{title}\n" + _text_table(result)
+
+
+def _text_table(result: QueryResult) -> str:
+    """Aligned plain-text columns, numbers to the right, as in the text report."""
+    rows = [[format_cell(value) for value in row] for row in result.rows]
+    numeric = [all(isinstance(row[column], (int, float)) or row[column] is None for row in result.rows)
+               for column in range(len(result.columns))]
+    widths = [max(len(cells[column]) for cells in [result.columns, *rows]) for column in range(len(result.columns))]
+
+    def aligned(cells: list[str]) -> str:
+        return "  ".join(cell.rjust(width) if is_number else cell.ljust(width)
+                         for cell, width, is_number in zip(cells, widths, numeric)).rstrip()
+
+    rule = "-" * len(aligned(["-" * width for width in widths]))
+    return "\n".join([aligned(list(result.columns)), rule, *(aligned(row) for row in rows), rule]) + "\n"

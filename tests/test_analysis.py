@@ -18,6 +18,7 @@ from sqlalchemy import select
 from torch import nn
 
 from smx.analysis_report import CONFIDENCE_COLUMNS, MIXING_RATIO_COLUMNS, analysis_tables, plot_analysis
+from smx.report import render_analysis
 from smx.db.models import AnalysisResult, Job
 from smx.db.store import open_store
 from smx.plan import build_plan, content_key
@@ -265,6 +266,10 @@ def test_analysis_tables_and_plots(analysed_store: Path, tmp_path: Path) -> None
     [(config, samples, changed, *_)] = tables["mixing_ratio"].rows
     assert tables["mixing_ratio"].columns == MIXING_RATIO_COLUMNS
     assert config == "base" and 1 <= samples <= 4 and 0 <= changed <= samples
+    text = render_analysis("confidence", confidence, "text").splitlines()
+    assert text[2].split()[:3] == CONFIDENCE_COLUMNS[:3] and set(text[3]) == {"-"}
+    assert [line.split()[:3] for line in text[4:7]] == [["base", f"{eps:.1f}", "4"] for eps in (0.0, 0.5, 1.0)]
+    assert "|" not in "".join(text) and render_analysis("confidence", confidence, "md").count("|") > 10
     paths = plot_analysis(store, "tiny_analysis", tmp_path / "plots")
     plots = tmp_path / "plots"
     assert paths == [plots / "tiny_analysis-confidence.png", plots / "tiny_analysis-mixing-ratio.png"]
