@@ -46,6 +46,19 @@ def test_mnist_mini_has_a_fixed_stratified_split():
     assert torch.equal(load_dataset("mnist-mini", "test").labels, test.labels)
 
 
+@pytest.mark.parametrize("asked, held", [("mnist", "fashion-mnist"), ("fashion-mnist", "mnist")])
+@pytest.mark.parametrize("split, prefix", [("train", "train"), ("test", "t10k")])
+def test_a_root_that_holds_the_other_of_mnist_and_fashion_mnist_is_refused(tmp_path, asked, held, split, prefix):
+    from smx.science.data import FIRST_LABELS
+
+    labels = np.array([*FIRST_LABELS[held][split], 3, 3])
+    write_idx(tmp_path / f"{prefix}-images-idx3-ubyte", np.zeros((len(labels), 28, 28)), compress=True)
+    write_idx(tmp_path / f"{prefix}-labels-idx1-ubyte", labels, compress=True)
+    with pytest.raises(DataError, match=f"holds the {split} split of {held}, not of {asked}"):
+        load_dataset(asked, split, root=tmp_path)
+    assert torch.equal(load_dataset(held, split, root=tmp_path).labels, torch.from_numpy(labels))
+
+
 @pytest.mark.parametrize("name, folder", [("mnist", "MNIST"), ("fashion-mnist", "FashionMNIST")])
 @pytest.mark.parametrize("layout", ["torchvision", "torchvision-gz", "debian-flat", "debian-subfolder"])
 def test_idx_datasets_load_from_every_layout(tmp_path, name, folder, layout):

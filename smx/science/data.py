@@ -108,6 +108,14 @@ def read_idx(path: Path) -> np.ndarray:
     return np.frombuffer(content, dtype=np.uint8, offset=header_size).reshape(shape)
 
 
+# The first labels of each official split. MNIST and Fashion-MNIST ship files of the same names, shapes and sizes,
+# so a data root that holds the other one would otherwise be trained and certified on without a word.
+FIRST_LABELS = {
+    "mnist": {"train": (5, 0, 4, 1, 9, 2, 1, 3, 1, 4), "test": (7, 2, 1, 0, 4, 1, 4, 9, 5, 9)},
+    "fashion-mnist": {"train": (9, 0, 0, 3, 0, 2, 7, 2, 5, 5), "test": (9, 2, 1, 1, 6, 1, 4, 6, 5, 7)},
+}
+
+
 def load_idx_dataset(name: str, split: Split, root: Path, download: bool) -> ImageTensors:
     paths = find_idx_files(name, split, root)
     if paths is None and download:
@@ -122,6 +130,10 @@ def load_idx_dataset(name: str, split: Split, root: Path, download: bool) -> Ima
         raise DataError(
             f"{images_path} {images.shape} and {labels_path} {labels.shape} are not matching images and labels"
         )
+    for other, first_labels in FIRST_LABELS.items():
+        if other != name and tuple(labels[:10].tolist()) == first_labels[split]:
+            raise DataError(f"{labels_path} holds the {split} split of {other}, not of {name} (its first labels are "
+                            f"{other}'s). Fix: point data.root (or SMX_DATA) at a folder that holds {name}.")
     return from_uint8(images[:, None], labels)
 
 
