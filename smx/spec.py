@@ -75,7 +75,10 @@ class SpecError(UserError):
 
 
 def _suggestion(word: str, choices: Iterable[str]) -> str:
-    matches = difflib.get_close_matches(word, list(choices), n=1)
+    by_lowercase = {choice.lower(): choice for choice in choices}
+    # A wrong case ("N0") is the likeliest slip of all, and difflib rates a short word's case changes low.
+    matches = [by_lowercase[word.lower()]] if word.lower() in by_lowercase else \
+        [by_lowercase[match] for match in difflib.get_close_matches(word.lower(), list(by_lowercase), n=1)]
     return f' (did you mean "{matches[0]}"?)' if matches else ""
 
 

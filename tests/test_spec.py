@@ -354,6 +354,11 @@ def test_spec_hash_ignores_key_order_formatting_and_comments() -> None:
             id="unknown-key",
         ),
         pytest.param(
+            MINIMAL + "[certify]\nN0 = 10\n",
+            ["certify.N0: unknown key", 'did you mean "n0"?'],
+            id="wrong-case",
+        ),
+        pytest.param(
             MINIMAL.replace("sigma = 0.5", 'sigma = "0.5"'),
             ['train.sigma: expected a number, got the string "0.5"', "remove the quotes"],
             id="quoted-number",
