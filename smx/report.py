@@ -14,7 +14,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from smx.db.models import Aggregate, Certificate
-from smx.db.queries import aggregates_of, experiment_names
+from smx.db.queries import aggregates_of, experiment_names, jobs_view
 from smx.db.readonly import QueryResult, run_query
 from smx.db.store import Store
 from smx.errors import UserError
@@ -183,8 +183,17 @@ def summaries_of(session: Session, experiment: str) -> list[Aggregate]:
         if experiment not in known:
             raise UserError(f"no experiment named {experiment!r} in the store "
                             f"(known: {', '.join(known) or 'none yet'}).")
-        raise UserError(f"experiment {experiment!r} has no results yet.\n"
-                        "Fix: wait for its jobs (`smx status`) or submit it with `smx submit`.")
+        jobs = jobs_view(session, experiment)
+        counts = {status: sum(job.status == status for job in jobs) for status in ("running", "pending", "failed",
+                                                                                    "cancelled")}
+        states = ", ".join(f"{count} {status}" for status, count in counts.items() if count) or "none unfinished"
+        if counts["running"]:
+            fix = f"wait for its running jobs (`smx status {experiment}`)"
+        elif counts["failed"] or counts["cancelled"]:
+            fix = f"see why with `smx status {experiment}`, then `smx retry {experiment}` and `smx submit` its spec"
+        else:
+            fix = "run its jobs: `smx submit` its spec, or `smx worker`"
+        raise UserError(f"experiment {experiment!r} has no results yet (its jobs: {states}).\nFix: {fix}.")
     return aggregates
 
 

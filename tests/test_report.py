@@ -168,7 +168,7 @@ def test_report_of_an_unknown_or_empty_experiment_says_so(store: Store) -> None:
     with pytest.raises(UserError, match="no experiment named 'nope'"):
         experiment_report(store, "nope")
     enqueue(store, build_plan(parse_spec(SPEC)), store.root / "paper.toml")
-    with pytest.raises(UserError, match="has no results yet"):
+    with pytest.raises(UserError, match=r"has no results yet \(its jobs: 11 pending\).\nFix: run its jobs"):
         experiment_report(store, "paper")
 
 
