@@ -382,14 +382,19 @@ def recorded_checkpoints(store: Store, key: str) -> list[tuple[int, str, str]]:
         return [(row.epoch, Path(row.path).name, row.sha256) for row in rows]
 
 
+def claimed_training(tmp_path: Path, name: str) -> tuple[Store, str]:
+    """A new store whose train job this test process has claimed, as a worker does before starting its process."""
+    plan = enqueue(tmp_path / "store", spec_text(name))
+    store = open_store(str(tmp_path / "store"), create=False)
+    train_key = key_of(plan, "train")
+    assert queue.claim_next(store, device="cpu", slot=tmp_path / "slot.lock", pid=os.getpid()).key == train_key
+    return store, train_key
+
+
 def test_a_checkpoint_write_that_fails_halfway_keeps_the_previous_one_and_training_resumes_exactly(
     reference: Reference, tmp_path: Path
 ) -> None:
-    store_dir = tmp_path / "store"
-    plan = enqueue(store_dir, spec_text("failing-disk"))
-    store = open_store(str(store_dir), create=False)
-    train_key = key_of(plan, "train")
-    assert queue.claim_next(store, device="cpu", slot=tmp_path / "slot.lock", pid=os.getpid()).key == train_key
+    store, train_key = claimed_training(tmp_path, "failing-disk")
     folder = store.checkpoint_dir(train_key)
     epoch_one = folder / "epoch-0001.pt"
 
@@ -431,11 +436,7 @@ KILLED_BEFORE_RECORDING = textwrap.dedent("""
 def test_a_kill_between_a_checkpoint_and_its_rows_loses_neither_the_rows_nor_the_epoch(
     reference: Reference, tmp_path: Path
 ) -> None:
-    store_dir = tmp_path / "store"
-    plan = enqueue(store_dir, spec_text("killed-before-recording"))
-    store = open_store(str(store_dir), create=False)
-    train_key = key_of(plan, "train")
-    assert queue.claim_next(store, device="cpu", slot=tmp_path / "slot.lock", pid=os.getpid()).key == train_key
+    store, train_key = claimed_training(tmp_path, "killed-before-recording")
     arguments = [train_key, "--store", store.location, "--device", "cpu"]
     killed = subprocess.run([sys.executable, "-c", KILLED_BEFORE_RECORDING, *arguments], capture_output=True,
                             text=True, env=environment(), timeout=TIMEOUT_SECONDS)

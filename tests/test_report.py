@@ -64,18 +64,23 @@ SAMPLES = {
 }
 
 
-@pytest.fixture
-def seeded(store: Store) -> Store:
+def seed(store: Store, spec_text: str) -> Store:
     """The spec's experiment as `smx submit` records it, with summaries of made-up certificates."""
-    plan = build_plan(parse_spec(SPEC))
+    plan = build_plan(parse_spec(spec_text))
     enqueue(store, plan, store.root / "paper.toml")
     aggregate = next(job for job in plan.jobs if job.kind == "aggregate")
     with store.session() as session:
         for entry in aggregate.inputs["configs"]:
             samples = [LogRow(index, 0, 0 if correct else -1, radius, correct, 0.1)
                        for index, (radius, correct) in enumerate(SAMPLES[entry["name"]])]
-            session.add(summarise_config(aggregate.key, "paper", entry, samples, aggregate_radii([])))
+            session.add(summarise_config(aggregate.key, "paper", entry, samples,
+                                         aggregate_radii(aggregate.inputs["radii"])))
     return store
+
+
+@pytest.fixture
+def seeded(store: Store) -> Store:
+    return seed(store, SPEC)
 
 
 def test_text_report_has_one_row_per_config_grouped_by_sigma_in_the_papers_order(seeded: Store) -> None:
@@ -102,16 +107,7 @@ def test_text_report_has_one_row_per_config_grouped_by_sigma_in_the_papers_order
 
 
 def test_the_specs_own_report_radii_get_columns_too(store: Store) -> None:
-    plan = build_plan(parse_spec(SPEC.replace('name = "paper"', 'name = "paper"\n\n[report]\nradii = [0.1, 0.33]',
-                                              1)))
-    enqueue(store, plan, store.root / "paper.toml")
-    aggregate = next(job for job in plan.jobs if job.kind == "aggregate")
-    with store.session() as session:
-        for entry in aggregate.inputs["configs"]:
-            samples = [LogRow(index, 0, 0 if correct else -1, radius, correct, 0.1)
-                       for index, (radius, correct) in enumerate(SAMPLES[entry["name"]])]
-            session.add(summarise_config(aggregate.key, "paper", entry, samples,
-                                         aggregate_radii(aggregate.inputs["radii"])))
+    seed(store, SPEC.replace('name = "paper"', 'name = "paper"\n\n[report]\nradii = [0.1, 0.33]', 1))
     lines = render_report(experiment_report(store, "paper"), "text").splitlines()
     assert lines[1].split()[5:9] == ["0.00", "0.10", "0.25", "0.33"]
     gaussian = next(line for line in lines if "gaussian-sigma0.25" in line).split()
