@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# The GPU figures of docs/performance.md ("On an H100") in one run of about 8 minutes, for a lent GPU machine
+# whose time is short: certification against the reference, the 2-minute full-test-set target, SmoothMix
+# training against the reference, and the quickstart end to end. Each step has its own time limit, so one slow
+# step cannot use up the rest; a step that fails or runs out of time is reported and the next one runs.
+#
+#     bash benchmarks/gpu.sh [OUTPUT_DIR]      # default: ./gpu-benchmarks; one log per step, and summary.txt
+set -uo pipefail
+cd "$(dirname "$0")/.."
+out="${1:-gpu-benchmarks}"
+mkdir -p "$out"
+python=${PYTHON:-python3}
+
+step() {  # step NAME SECONDS COMMAND...
+    local name=$1 limit=$2
+    shift 2
+    local started=$SECONDS
+    timeout "$limit" "$@" >"$out/$name.log" 2>&1
+    local code=$?
+    printf '%-22s exit %3d  %4d s   %s\n' "$name" "$code" $((SECONDS - started)) "$*" | tee -a "$out/summary.txt"
+    tail -n 4 "$out/$name.log"
+}
+
+: >"$out/summary.txt"
+nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader | tee -a "$out/summary.txt"
+"$python" -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda)" | tee -a "$out/summary.txt"
+
+step certify-1000 120 "$python" benchmarks/certify.py --device cuda --images 100 --n 10000 --batch 1000
+step certify-20000 120 "$python" benchmarks/certify.py --device cuda --images 100 --n 10000 --batch 20000 \
+    --skip-memory
+step full-test-set 150 "$python" benchmarks/certify.py --device cuda --images 2000 --n 100000 --batch 65536 \
+    --rounds 1 --skip-reference --skip-memory
+step train 120 "$python" benchmarks/train.py --device cuda --epochs 3 --rounds 2 --skip-memory
+step quickstart 120 env SMX_STORE="$out/store" "$python" -m smx submit experiments/quickstart.toml --jobs-per-gpu 2
