@@ -402,7 +402,7 @@ def status(
     if failed:
         with opened.read_session() as session:
             for job in jobs_view(session, experiment, ["failed"]):
-                outside = " (in no experiment's current plan)" if experiment is None and job.config_name is None else ""
+                outside = " (in no experiment)" if experiment is None and job.config_name is None else ""
                 console.print(f"[red]{job.name}[/] ({job.key[:12]}), attempt {job.attempts}, log {job.log_path}"
                               f"{outside}")
                 console.print(job.error or "", markup=False, highlight=False)
