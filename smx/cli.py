@@ -94,7 +94,9 @@ def validate(spec_file: Annotated[Path, typer.Argument(help="Experiment spec (TO
 
 
 def _warn_reduced_precision(plan) -> None:  # type: ignore[no-untyped-def]
-    names = [config.name for config in plan.configs if config.config["certify"].get("precision", "fp32") != "fp32"]
+    from smx.spec import config_value
+
+    names = [config.name for config in plan.configs if config_value("certify.precision", config.config) != "fp32"]
     if names:
         errors.print(f"[yellow]warning: certify.precision = \"bf16\" in {escape(', '.join(names))}: reduced "
                      "precision can produce false certificates (Voráček & Hein, 2023). Use fp32 for results you "

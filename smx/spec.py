@@ -907,7 +907,9 @@ def _applies(dotted_key: str, document: SpecDocument) -> bool:
     return not (section == "train" and table in METHOD_PARAMS and table != document.train.method)
 
 
-def _config_value(dotted_key: str, config: dict[str, Any]) -> Any:
+def config_value(dotted_key: str, config: dict[str, Any]) -> Any:
+    """A setting of a resolved config by its spec key ("train.lr_decay"); a setting the config lacks because it
+    was added later has the value every job had before it (VALUES_WHEN_ABSENT)."""
     parts = dotted_key.split(".")
     if parts == ["experiment", "seed"]:
         return config["seed"]
@@ -970,7 +972,7 @@ def _expand(
             if identity in seen:
                 continue
             seen.add(identity)
-            swept = {key: _config_value(key, config) for key in swept_keys if _applies(key, document)}
+            swept = {key: config_value(key, config) for key in swept_keys if _applies(key, document)}
             name_parts = [variant.name] if variant.name else []
             name_parts += [f"{labels[key]}={_format_value(value)}" for key, value in swept.items()]
             name = "-".join(name_parts) or IMPLICIT_VARIANT_NAME

@@ -30,6 +30,7 @@ from smx.science.smoothing import (
     images_per_sync,
     prepare_for_certification,
 )
+from smx.spec import config_value
 from smx.tasks import checkpoints
 from smx.tasks.progress import ProgressReporter
 
@@ -72,7 +73,7 @@ def run(store: Store, job: Job, device: str, progress: ProgressReporter) -> None
     last_flush = time.monotonic()
     certified = sum(index in done for index in indices)
     # certify.batch_size bounds the rows of a forward pass; the device may be faster with fewer.
-    precision = certify_config.get("precision", "fp32")
+    precision = config_value("certify.precision", config)
     batch_size = forward_batch_size(model, DATASETS[dataset].input_shape, certify_config["batch_size"], device,
                                     precision)
     resumed = f", resuming after {certified} already certified" if certified else ""

@@ -13,6 +13,7 @@ from smx.science.data import load_dataset
 from smx.science.methods.params import METHOD_PARAMS
 from smx.science.models import build_model
 from smx.science.training import EpochMetrics, TrainSettings, train
+from smx.spec import config_value
 from smx.tasks import checkpoints
 from smx.tasks.progress import ProgressReporter
 
@@ -33,8 +34,8 @@ def settings_from_config(config: dict, device: str) -> TrainSettings:
         seed=config["seed"],
         dataset=config["data"]["dataset"],
         device=device,
-        amp=train_config.get("amp", False),
-        lr_decay=train_config.get("lr_decay", "on_time"),
+        amp=config_value("train.amp", config),
+        lr_decay=config_value("train.lr_decay", config),
     )
 
 
