@@ -47,10 +47,12 @@ def loss(
     with torch.no_grad():
         gap = torch.special.ndtri(top_probabilities[:, 0]) - torch.special.ndtri(top_probabilities[:, 1])
         inside = (top_classes[:, 0] == targets) & torch.isfinite(gap) & (gap.abs() <= params.gamma)
-    # Boolean indexing, not multiplying by the mask: icdf(0) = -inf would turn the masked gradients into NaN.
-    kept = top_probabilities[inside]
+    # Images outside S enter at p = 1/2, where icdf is finite, and their terms are multiplied by zero: multiplying
+    # icdf(0) = -inf by zero would turn the masked gradients into NaN. No boolean indexing, whose data-dependent
+    # shape would make every step wait for the GPU and keep it out of a CUDA graph.
+    kept = torch.where(inside[:, None], top_probabilities, 0.5)
     kept_gap = torch.special.ndtri(kept[:, 0]) - torch.special.ndtri(kept[:, 1])
-    robustness_loss = sigma / 2 * (params.gamma - kept_gap).sum() / batch_size
+    robustness_loss = sigma / 2 * ((params.gamma - kept_gap) * inside).sum() / batch_size
     extras.update(robustness_loss=robustness_loss.detach(), margin_rate=inside.float().mean())
     return StepOutput(
         loss=classification_loss + lbd * robustness_loss,
