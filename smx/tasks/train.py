@@ -1,7 +1,12 @@
-"""Train job: build the model and data a config names, train with its method, record every checkpoint."""
+"""Train job: build the model and data a config names, train with its method, record every checkpoint.
+
+SMX_CUDA_GRAPHS=1 in a worker's environment opts in to replaying each optimizer step from a CUDA graph on GPUs
+(smx/science/step_graphs.py): the same steps with fewer kernel launches, not yet the default.
+"""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import torch
@@ -36,6 +41,7 @@ def settings_from_config(config: dict, device: str) -> TrainSettings:
         device=device,
         amp=config_value("train.amp", config),
         lr_decay=config_value("train.lr_decay", config),
+        cuda_graphs=os.environ.get("SMX_CUDA_GRAPHS") == "1",
     )
 
 

@@ -1,0 +1,184 @@
+"""Optimizer steps replayed from CUDA graphs (step_graphs), checked on a CPU with a recorder that replays by calling
+the step again: the graphed loop must train exactly as the eager one, and no method's step may ask the host for a
+value, which a capture forbids."""
+
+from __future__ import annotations
+
+from contextlib import nullcontext
+
+import pytest
+import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+
+from smx.science import step_graphs, training
+from smx.science.data import load_dataset
+from smx.science.methods.params import (
+    ConsistencyParams,
+    GaussianParams,
+    MacerParams,
+    SmoothAdvParams,
+    SmoothMixParams,
+    StabilityParams,
+)
+from smx.science.models import build_model
+from smx.science.training import TrainSettings, train
+
+aten = torch.ops.aten
+# Operators that make the host wait for a value on the device, or give a shape only the values decide.
+HOST_SYNCS = {aten._local_scalar_dense.default, aten.item.default, aten.is_nonzero.default, aten.equal.default,
+              aten.nonzero.default, aten.masked_select.default, aten.unique_dim.default, aten._unique2.default}
+
+
+class HostSyncs(TorchDispatchMode):
+    """Records every operator in HOST_SYNCS, and indexing by a boolean mask, which runs nonzero underneath."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.found: list[str] = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        boolean_index = func in (aten.index.Tensor, aten.index_put_.default, aten.index_put.default) and any(
+            index is not None and index.dtype == torch.bool for index in args[1]
+        )
+        if func in HOST_SYNCS or boolean_index:
+            self.found.append(str(func))
+        return func(*args, **(kwargs or {}))
+
+
+class ReplayingRecorder:
+    """step_graphs.Recorder for a CPU: a capture records nothing and each replay calls the step again. The first
+    replay, the step a CUDA capture would record, runs under HostSyncs."""
+
+    def __init__(self) -> None:
+        self.captures = self.replays = 0
+        self.host_syncs: list[str] = []
+
+    def side_stream(self):
+        return nullcontext()
+
+    def capture(self, step):
+        self.captures += 1
+        checked = False
+
+        def replay():
+            nonlocal checked
+            self.replays += 1
+            if checked:
+                step()
+                return
+            checked = True
+            with HostSyncs() as syncs:
+                step()
+            self.host_syncs += syncs.found
+
+        return replay
+
+
+METHODS = [
+    ("gaussian", GaussianParams(noise_samples=2)),
+    ("stability", StabilityParams()),
+    ("smoothadv", SmoothAdvParams(epsilon=0.5, steps=2, noise_samples=2, warmup=2)),
+    ("macer", MacerParams(noise_samples=2, gamma=50.0)),
+    ("consistency", ConsistencyParams(noise_samples=2, adversarial=True, steps=2)),
+    ("smoothmix", SmoothMixParams(steps=2, noise_samples=2, eta=1.0, warmup=2, mix_step=1)),
+]
+
+
+@pytest.mark.parametrize(("method", "params"), METHODS, ids=[method for method, _ in METHODS])
+def test_graphed_epochs_train_exactly_as_eager_ones_without_host_syncs(method, params, tmp_path, monkeypatch):
+    # 44 images in batches of 8: five full batches, then a smaller one whose steps run eagerly.
+    data = load_dataset("mnist-mini", "train").subset(range(44))
+    settings = TrainSettings(method=method, params=params, sigma=0.5, epochs=2, batch_size=8, lr=0.05, lr_step=1,
+                             lr_gamma=0.1, momentum=0.9, weight_decay=1e-4, seed=5, dataset="mnist-mini")
+    full_steps = 5 * params.optimizer_steps_per_batch()
+
+    def trained(folder: str):
+        torch.manual_seed(0)
+        model = build_model("lenet", "mnist-mini")
+        metrics: list[training.EpochMetrics] = []
+        train(model, data, settings, tmp_path / folder, on_epoch=metrics.append)
+        return model.state_dict(), [(m.loss, m.noisy_accuracy, m.extras) for m in metrics]
+
+    eager_weights, eager_metrics = trained("eager")
+    recorders: list[ReplayingRecorder] = []
+
+    def recording(device: torch.device) -> ReplayingRecorder:
+        recorders.append(ReplayingRecorder())
+        return recorders[-1]
+
+    monkeypatch.setattr(training, "uses_cuda_graphs", lambda settings, data, device: True)
+    monkeypatch.setattr(training, "CudaGraphRecorder", recording)
+    graphed_weights, graphed_metrics = trained("graphed")
+
+    assert [(r.captures, r.replays) for r in recorders] == [(1, full_steps - step_graphs.WARMUP_STEPS)] * 2
+    assert [sync for r in recorders for sync in r.host_syncs] == []
+    assert graphed_metrics == eager_metrics
+    for name, tensor in eager_weights.items():
+        assert torch.equal(graphed_weights[name], tensor), name
+
+
+def test_the_host_sync_check_finds_reads_and_boolean_masks():
+    values = torch.tensor([0.5, -1.0, 2.0])
+    with HostSyncs() as syncs:
+        values.sum().item()
+        values[values > 0].sum()
+    assert syncs.found == ["aten._local_scalar_dense.default", "aten.index.Tensor"]
+
+
+def test_graphs_are_for_gpus_and_data_on_the_device():
+    data = load_dataset("mnist-mini", "train").subset(range(8))
+    settings = TrainSettings(method="gaussian", params=GaussianParams(), sigma=0.5, epochs=1, batch_size=8, lr=0.01,
+                             lr_step=1, lr_gamma=0.1, momentum=0.9, weight_decay=0.0, seed=0, dataset="mnist-mini",
+                             cuda_graphs=True)
+    assert not training.uses_cuda_graphs(settings, data, torch.device("cpu"))
+    assert training.uses_cuda_graphs(settings, data, torch.device("cuda"))
+    assert not training.uses_cuda_graphs(settings, torch.utils.data.TensorDataset(data.images), torch.device("cuda"))
+    settings.cuda_graphs = False
+    assert not training.uses_cuda_graphs(settings, data, torch.device("cuda"))
+
+
+needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a GPU")
+
+
+@needs_cuda
+def test_cuda_graph_replays_take_each_steps_inputs_and_add_to_the_sums():
+    device = torch.device("cuda")
+    total = torch.zeros((), device=device)
+
+    def step(inputs: torch.Tensor, targets: torch.Tensor) -> None:
+        total.add_((inputs * targets[:, None]).sum())
+
+    run = step_graphs.GraphedSteps(step, step_graphs.CudaGraphRecorder(device))
+    calls = [(torch.rand(8, 3), torch.randint(0, 10, (8,))) for _ in range(step_graphs.WARMUP_STEPS + 4)]
+    calls.append((torch.rand(5, 3), torch.randint(0, 10, (5,))))  # another shape: eager
+    for inputs, targets in calls:
+        run(inputs.to(device), targets.to(device))
+    expected = sum(float((inputs * targets[:, None]).sum()) for inputs, targets in calls)
+    assert run.replay is not None
+    assert float(total) == pytest.approx(expected, rel=1e-6)
+
+
+@needs_cuda
+def test_cuda_graphs_train_as_eager_steps_do_on_a_gpu(tmp_path, monkeypatch):
+    data = load_dataset("mnist-mini", "train").subset(range(1000))
+    settings = TrainSettings(method="smoothmix", params=SmoothMixParams(steps=2, noise_samples=2, eta=1.0, warmup=2),
+                             sigma=0.5, epochs=2, batch_size=64, lr=0.01, lr_step=1, lr_gamma=0.1, momentum=0.9,
+                             weight_decay=1e-4, seed=5, dataset="mnist-mini", device="cuda")
+    captures = []
+
+    class CountingRecorder(step_graphs.CudaGraphRecorder):
+        def capture(self, step):
+            captures.append(1)
+            return super().capture(step)
+
+    monkeypatch.setattr(training, "CudaGraphRecorder", CountingRecorder)
+    losses = {}
+    for graphed in (False, True):
+        torch.manual_seed(0)
+        metrics: list[training.EpochMetrics] = []
+        settings.cuda_graphs = graphed
+        train(build_model("lenet", "mnist-mini"), data, settings, tmp_path / str(graphed), on_epoch=metrics.append)
+        losses[graphed] = [m.loss for m in metrics]
+    assert len(captures) == 2
+    # Other kernels' summation orders and, possibly, other noise draws: the same training, not the same bits.
+    assert losses[True] == pytest.approx(losses[False], rel=0.02)
