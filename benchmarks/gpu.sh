@@ -1,10 +1,13 @@
 #!/usr/bin/env bash
 # The GPU figures of docs/performance.md ("On an H100") in one run of about 8 minutes, for a lent GPU machine
-# whose time is short: certification against the reference, the 2-minute full-test-set target, SmoothMix
-# training against the reference, and the quickstart end to end. Each step has its own time limit, so one slow
-# step cannot use up the rest; a step that fails or runs out of time is reported and the next one runs.
+# whose time is short: the CUDA-only tests, SmoothMix training against the reference (eager and with CUDA
+# graphs), certification against the reference, the 2-minute full-test-set target, and the quickstart end to
+# end. Each step has its own time limit, so one slow step cannot use up the rest; a step that fails or runs out
+# of time is reported and the next one runs. The most needed figures come first.
 #
 #     bash benchmarks/gpu.sh [OUTPUT_DIR]      # default: ./gpu-benchmarks; one log per step, and summary.txt
+#
+# It needs smx's dependencies and pytest importable by $PYTHON (default python3) on that machine.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 out="${1:-gpu-benchmarks}"
@@ -25,10 +28,12 @@ step() {  # step NAME SECONDS COMMAND...
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader | tee -a "$out/summary.txt"
 "$python" -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda)" | tee -a "$out/summary.txt"
 
-step certify-1000 120 "$python" benchmarks/certify.py --device cuda --images 100 --n 10000 --batch 1000
-step certify-20000 120 "$python" benchmarks/certify.py --device cuda --images 100 --n 10000 --batch 20000 \
+step cuda-tests 60 "$python" -m pytest -q -p no:cacheprovider tests/test_step_graphs.py
+step train 120 "$python" benchmarks/train.py --device cuda --epochs 3 --rounds 2 --skip-memory --cuda-graphs
+step certify-20000 90 "$python" benchmarks/certify.py --device cuda --images 100 --n 10000 --batch 20000 \
     --skip-memory
-step full-test-set 150 "$python" benchmarks/certify.py --device cuda --images 2000 --n 100000 --batch 65536 \
+step full-test-set 120 "$python" benchmarks/certify.py --device cuda --images 2000 --n 100000 --batch 65536 \
     --rounds 1 --skip-reference --skip-memory
-step train 120 "$python" benchmarks/train.py --device cuda --epochs 3 --rounds 2 --skip-memory
-step quickstart 120 env SMX_STORE="$out/store" "$python" -m smx submit experiments/quickstart.toml --jobs-per-gpu 2
+step certify-1000 90 "$python" benchmarks/certify.py --device cuda --images 100 --n 10000 --batch 1000
+step quickstart 100 env SMX_STORE="$out/store" SMX_CUDA_GRAPHS=1 "$python" -m smx submit experiments/quickstart.toml \
+    --jobs-per-gpu 2

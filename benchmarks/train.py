@@ -11,12 +11,14 @@ of per-round ratios. Peak memory is measured as in benchmarks/certify.py, in a f
 
     python benchmarks/train.py --device cpu --threads 1
     python benchmarks/train.py --device cuda --epochs 3
+    python benchmarks/train.py --device cuda --epochs 3 --cuda-graphs   # adds smx with CUDA graphs to the rounds
 """
 
 from __future__ import annotations
 
 import argparse
 import copy
+import dataclasses
 import statistics
 import sys
 import time
@@ -34,9 +36,10 @@ from smx.science.methods import smoothmix  # noqa: E402
 from smx.science.methods.base import StepContext  # noqa: E402
 from smx.science.methods.params import SmoothMixParams  # noqa: E402
 from smx.science.models import build_model  # noqa: E402
+from smx.science.step_graphs import WARMUP_STEPS  # noqa: E402
 from smx.science.training import TrainSettings, prepare_for_training, throttled, train_epoch  # noqa: E402
 
-IMPLEMENTATIONS = ("reference", "smx")
+IMPLEMENTATIONS = ("reference", "smx", "smx-graphs")
 NUM_CLASSES = 10
 # The reference's default of 4 workers exceeds the cores of small machines; torch says so on every epoch.
 warnings.filterwarnings("ignore", message="This DataLoader will create")
@@ -57,9 +60,14 @@ def parse_arguments() -> argparse.Namespace:
     parser.add_argument("--workers", type=int, default=4, help="the reference's DataLoader workers (its default)")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     parser.add_argument("--amp", action="store_true", help="smx trains under bf16 autocast")
+    parser.add_argument("--cuda-graphs", action="store_true",
+                        help="also time smx replaying its steps from CUDA graphs (smx-graphs; GPU only)")
     parser.add_argument("--skip-memory", action="store_true", help="skip the peak-memory processes")
     parser.add_argument("--memory-of", choices=IMPLEMENTATIONS, help=argparse.SUPPRESS)  # internal: one measurement
-    return parser.parse_args()
+    args = parser.parse_args()
+    if args.cuda_graphs and not args.device.startswith("cuda"):
+        parser.error("--cuda-graphs needs --device cuda: CUDA graphs replay GPU kernels")
+    return args
 
 
 def reference_attack(
@@ -164,9 +172,10 @@ class Runner:
             return loss
         prepare_for_training(model, self.device)
         shuffle = torch.Generator().manual_seed(0)
+        settings = dataclasses.replace(self.settings, cuda_graphs=implementation == "smx-graphs")
         for epoch in range(self.args.epochs):
             context = StepContext(params=self.params, epoch=epoch, epochs=self.args.epochs, num_classes=NUM_CLASSES)
-            metrics = train_epoch(model, smoothmix.loss, optimizer, self.device_data, self.settings, context,
+            metrics = train_epoch(model, smoothmix.loss, optimizer, self.device_data, settings, context,
                                   shuffle, self.device, throttled(None))
         return metrics.loss
 
@@ -201,23 +210,29 @@ def main() -> None:
           f"{args.noise_samples} forwards per attack step, .item() every step")
     print(f"smx: data on the device, index-gather batches, one forward per attack step, prepare_for_training "
           f"(channels_last, pooling before ReLU, fast single-channel image gradients), amp {args.amp}")
-    seconds: dict[str, list[float]] = {name: [] for name in IMPLEMENTATIONS}
-    losses: dict[str, list[float]] = {name: [] for name in IMPLEMENTATIONS}
+    if args.cuda_graphs:
+        print(f"smx-graphs: smx with each epoch's steps replayed from a CUDA graph after {WARMUP_STEPS} eager ones")
+    implementations = IMPLEMENTATIONS if args.cuda_graphs else IMPLEMENTATIONS[:2]
+    seconds: dict[str, list[float]] = {name: [] for name in implementations}
+    losses: dict[str, list[float]] = {name: [] for name in implementations}
     for _ in range(args.rounds):
-        for name in IMPLEMENTATIONS:
+        for name in implementations:
             round_seconds, loss = runner.timed(name)
             seconds[name].append(round_seconds)
             losses[name].append(loss)
-    ratios = [reference / smx for reference, smx in zip(seconds["reference"], seconds["smx"])]
-    for name in IMPLEMENTATIONS:
-        print(f"{name:9s} {statistics.median(seconds[name]):8.2f} s/epoch (rounds: "
+    for name in implementations:
+        print(f"{name:10s} {statistics.median(seconds[name]):8.2f} s/epoch (rounds: "
               f"{', '.join(f'{value:.2f}' for value in seconds[name])}); last-epoch loss "
               f"{statistics.mean(losses[name]):.4f}")
-    print(f"reference / smx: {statistics.median(ratios):.2f}x (per round: {', '.join(f'{r:.2f}' for r in ratios)})")
+    for slower, faster in (("reference", "smx"), ("reference", "smx-graphs"), ("smx", "smx-graphs")):
+        if faster in implementations:
+            ratios = [a / b for a, b in zip(seconds[slower], seconds[faster])]
+            print(f"{slower} / {faster}: {statistics.median(ratios):.2f}x "
+                  f"(per round: {', '.join(f'{ratio:.2f}' for ratio in ratios)})")
     if not args.skip_memory:
         unit = "allocated on the GPU" if args.device.startswith("cuda") else "growth of the resident set"
-        for name in IMPLEMENTATIONS:
-            print(f"{name:9s} peak memory {measure_memory_in_fresh_process(name) / 2**20:8.1f} MiB ({unit})")
+        for name in implementations:
+            print(f"{name:10s} peak memory {measure_memory_in_fresh_process(name) / 2**20:8.1f} MiB ({unit})")
 
 
 if __name__ == "__main__":
