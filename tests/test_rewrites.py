@@ -13,7 +13,14 @@ from smx.science.methods import smoothmix
 from smx.science.methods.base import StepContext
 from smx.science.methods.params import SmoothMixParams
 from smx.science.models import build_model
-from smx.science.rewrites import SingleChannelConv2d, fast_image_gradients, pool_before_relu, relu_in_place
+from smx.science.rewrites import (
+    PooledConv2d,
+    SingleChannelConv2d,
+    bias_after_pooling,
+    fast_image_gradients,
+    pool_before_relu,
+    relu_in_place,
+)
 from smx.science.smoothing import prepare_for_certification
 from smx.science.training import prepare_for_training
 
@@ -39,6 +46,42 @@ def test_pooling_moved_before_relu_gives_the_same_values_and_gradients_exactly(l
     assert torch.equal(reordered.image_gradient, lenet.image_gradient)
     for (name, original), (_, moved) in zip(lenet.named_parameters(), reordered.named_parameters()):
         assert torch.equal(original.grad, moved.grad), name
+
+
+def test_bias_after_pooling_gives_the_same_values_gradients_and_checkpoints(lenet):
+    lenet.eval()
+    rewritten = copy.deepcopy(lenet)
+    pool_before_relu(rewritten)
+    bias_after_pooling(rewritten)
+    relu_in_place(rewritten)
+    layers = [type(layer).__name__ for layer in rewritten[1]]
+    assert layers == ["PooledConv2d", "ReLU", "PooledConv2d", "ReLU", "Flatten", "Linear", "ReLU", "Linear"]
+    assert all(layer.inplace for layer in rewritten.modules() if isinstance(layer, nn.ReLU))
+    assert list(rewritten.state_dict()) == list(lenet.state_dict())
+
+    inputs = torch.randn(32, 1, 28, 28)
+    # A convolution without its bias may sum in another order (oneDNN adds the bias inside its kernel).
+    assert torch.allclose(rewritten(inputs), lenet(inputs), atol=1e-6)
+    for model in (lenet, rewritten):
+        image = inputs.clone().requires_grad_(True)
+        nn.functional.cross_entropy(model(image), torch.arange(32) % 10).backward()
+        model.image_gradient = image.grad
+    assert torch.allclose(rewritten.image_gradient, lenet.image_gradient, atol=1e-7)
+    for (name, original), (_, moved) in zip(lenet.named_parameters(), rewritten.named_parameters()):
+        assert torch.allclose(moved.grad, original.grad, rtol=1e-5, atol=1e-7), name
+
+    rebuilt = build_model("lenet", "mnist-mini").eval()
+    rebuilt.load_state_dict(rewritten.state_dict())
+    assert torch.equal(rebuilt(inputs), lenet(inputs))
+    assert torch.equal(rewritten(inputs).argmax(dim=1), lenet(inputs).argmax(dim=1))
+
+
+def test_bias_after_pooling_keeps_a_convolution_without_bias_and_leaves_other_layers():
+    model = nn.Sequential(nn.Conv2d(1, 3, 3, bias=False), nn.MaxPool2d(2), nn.Conv2d(3, 3, 3), nn.ReLU())
+    expected = model(torch.ones(1, 1, 12, 12))
+    bias_after_pooling(model)
+    assert [type(layer) for layer in model] == [PooledConv2d, nn.Conv2d, nn.ReLU]
+    assert torch.allclose(model(torch.ones(1, 1, 12, 12)), expected, atol=1e-6)
 
 
 def test_in_place_relu_only_where_its_input_is_a_fresh_tensor():
@@ -146,3 +189,17 @@ def test_the_analysis_job_s_preparation_leaves_its_numbers_alone(lenet):
         assert fast.prediction == built.prediction
         assert fast.true_confidence == pytest.approx(built.true_confidence, abs=2 / 64)
         assert fast.off_class_confidence == pytest.approx(built.off_class_confidence, abs=2 / 64)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="the bias moves after pooling on CUDA only")
+def test_certification_on_cuda_adds_the_bias_after_pooling_with_the_same_predictions(lenet, monkeypatch):
+    inputs = torch.rand(4096, 1, 28, 28, device="cuda")
+    plain = copy.deepcopy(lenet).cuda().eval()
+    prepared = prepare_for_certification(copy.deepcopy(lenet), "cuda")
+    assert sum(isinstance(layer, PooledConv2d) for layer in prepared.modules()) == 2
+    # fp32 convolutions, as certification runs them (PyTorch's default lets cuDNN use TF32).
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)
+    with torch.inference_mode():
+        expected, found = plain(inputs), prepared(inputs)
+    assert torch.allclose(found, expected, atol=1e-6)
+    assert torch.equal(found.argmax(dim=1), expected.argmax(dim=1))
