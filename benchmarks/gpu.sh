@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # The GPU figures of docs/performance.md ("On an H100") in one run of about 8 minutes, for a lent GPU machine
 # whose time is short: the CUDA-only tests, SmoothMix training against the reference (eager and with CUDA
-# graphs), certification against the reference, the 2-minute full-test-set target, and the quickstart end to
-# end. Each step has its own time limit, so one slow step cannot use up the rest; a step that fails or runs out
+# graphs), certification passes per model rewrite, certification against the reference, the 2-minute
+# full-test-set target, and the quickstart end to end. Each step has its own time limit, so one slow step cannot use up the rest; a step that fails or runs out
 # of time is reported and the next one runs. The most needed figures come first.
 #
 #     bash benchmarks/gpu.sh [OUTPUT_DIR]      # default: ./gpu-benchmarks; one log per step, and summary.txt
@@ -28,12 +28,13 @@ step() {  # step NAME SECONDS COMMAND...
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader | tee -a "$out/summary.txt"
 "$python" -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda)" | tee -a "$out/summary.txt"
 
-step cuda-tests 60 "$python" -m pytest -q -p no:cacheprovider tests/test_step_graphs.py
+step cuda-tests 60 "$python" -m pytest -q -p no:cacheprovider tests/test_step_graphs.py tests/test_rewrites.py
 step train 120 "$python" benchmarks/train.py --device cuda --epochs 3 --rounds 2 --skip-memory --cuda-graphs
-step certify-20000 90 "$python" benchmarks/certify.py --device cuda --images 100 --n 10000 --batch 20000 \
+step passes 60 "$python" benchmarks/passes.py --device cuda --rows 20000
+step certify-20000 80 "$python" benchmarks/certify.py --device cuda --images 100 --n 10000 --batch 20000 \
     --skip-memory
-step full-test-set 120 "$python" benchmarks/certify.py --device cuda --images 2000 --n 100000 --batch 65536 \
+step full-test-set 110 "$python" benchmarks/certify.py --device cuda --images 2000 --n 100000 --batch 65536 \
     --rounds 1 --skip-reference --skip-memory
-step certify-1000 90 "$python" benchmarks/certify.py --device cuda --images 100 --n 10000 --batch 1000
-step quickstart 100 env SMX_STORE="$out/store" SMX_CUDA_GRAPHS=1 "$python" -m smx submit experiments/quickstart.toml \
+step certify-1000 80 "$python" benchmarks/certify.py --device cuda --images 100 --n 10000 --batch 1000
+step quickstart 90 env SMX_STORE="$out/store" SMX_CUDA_GRAPHS=1 "$python" -m smx submit experiments/quickstart.toml \
     --jobs-per-gpu 2
