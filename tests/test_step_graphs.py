@@ -1,6 +1,7 @@
 """Optimizer steps replayed from CUDA graphs (step_graphs), checked on a CPU with a recorder that replays by calling
-the step again: the graphed loop must train exactly as the eager one, and no method's step may ask the host for a
-value, which a capture forbids."""
+the step again: the graphed loop must train exactly as the eager one; no method's step may ask the host for a
+value, which a capture forbids; and every replay must run the captured step's operators with the same constants,
+since a graph replays what it recorded whatever Python would compute now."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from contextlib import nullcontext
 import pytest
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_flatten
 
 from smx.science import step_graphs, training
 from smx.science.data import load_dataset
@@ -29,12 +31,14 @@ HOST_SYNCS = {aten._local_scalar_dense.default, aten.item.default, aten.is_nonze
               aten.nonzero.default, aten.masked_select.default, aten.unique_dim.default, aten._unique2.default}
 
 
-class HostSyncs(TorchDispatchMode):
-    """Records every operator in HOST_SYNCS, and indexing by a boolean mask, which runs nonzero underneath."""
+class OperatorLog(TorchDispatchMode):
+    """The operators a step runs, each with its arguments that are not tensors (shapes, scalars: what a CUDA graph
+    bakes in), and in `found` those in HOST_SYNCS or indexing by a boolean mask, which runs nonzero underneath."""
 
     def __init__(self) -> None:
         super().__init__()
         self.found: list[str] = []
+        self.operators: list[tuple[str, ...]] = []
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         boolean_index = func in (aten.index.Tensor, aten.index_put_.default, aten.index_put.default) and any(
@@ -42,34 +46,39 @@ class HostSyncs(TorchDispatchMode):
         )
         if func in HOST_SYNCS or boolean_index:
             self.found.append(str(func))
+        if func.namespace != "profiler":  # the optimizer's profiling marks run no kernel
+            leaves, _ = tree_flatten((args, kwargs or {}))
+            constants = (repr(tuple(leaf.shape)) if torch.is_tensor(leaf) else repr(leaf) for leaf in leaves)
+            self.operators.append((str(func), *constants))
         return func(*args, **(kwargs or {}))
 
 
 class ReplayingRecorder:
-    """step_graphs.Recorder for a CPU: a capture records nothing and each replay calls the step again. The first
-    replay, the step a CUDA capture would record, runs under HostSyncs."""
+    """step_graphs.Recorder for a CPU: a capture records nothing and each replay calls the step again, under an
+    OperatorLog. The first replay stands for the step a CUDA capture records: its host syncs are kept, and every
+    later replay's operators and constants must be the same as its."""
 
     def __init__(self) -> None:
         self.captures = self.replays = 0
         self.host_syncs: list[str] = []
+        self.replays_unlike_the_capture = 0
 
     def side_stream(self):
         return nullcontext()
 
     def capture(self, step):
         self.captures += 1
-        checked = False
+        captured: list[tuple[str, ...]] = []
 
         def replay():
-            nonlocal checked
             self.replays += 1
-            if checked:
+            with OperatorLog() as log:
                 step()
-                return
-            checked = True
-            with HostSyncs() as syncs:
-                step()
-            self.host_syncs += syncs.found
+            if not captured:
+                captured.extend(log.operators)
+                self.host_syncs += log.found
+            elif log.operators != captured:
+                self.replays_unlike_the_capture += 1
 
         return replay
 
@@ -112,17 +121,24 @@ def test_graphed_epochs_train_exactly_as_eager_ones_without_host_syncs(method, p
 
     assert [(r.captures, r.replays) for r in recorders] == [(1, full_steps - step_graphs.WARMUP_STEPS)] * 2
     assert [sync for r in recorders for sync in r.host_syncs] == []
+    assert [r.replays_unlike_the_capture for r in recorders] == [0, 0]
     assert graphed_metrics == eager_metrics
     for name, tensor in eager_weights.items():
         assert torch.equal(graphed_weights[name], tensor), name
 
 
-def test_the_host_sync_check_finds_reads_and_boolean_masks():
+def test_the_operator_log_finds_host_syncs_and_constants_that_change():
     values = torch.tensor([0.5, -1.0, 2.0])
-    with HostSyncs() as syncs:
+    with OperatorLog() as log:
         values.sum().item()
         values[values > 0].sum()
-    assert syncs.found == ["aten._local_scalar_dense.default", "aten.index.Tensor"]
+    assert log.found == ["aten._local_scalar_dense.default", "aten.index.Tensor"]
+    logs = []
+    for scale in (0.1, 0.1, 0.01):
+        with OperatorLog() as log:
+            values.mul(scale)
+        logs.append(log.operators)
+    assert logs[0] == logs[1] != logs[2]
 
 
 def test_graphs_are_for_gpus_and_data_on_the_device():
