@@ -364,16 +364,20 @@ def test_bf16_certification_is_accepted_with_a_warning(tmp_path: Path) -> None:
     assert result.returncode == 0 and "false certificates" not in result.stderr
 
 
-def test_amp_training_and_bf16_certification_run_end_to_end_and_are_recorded(tmp_path: Path) -> None:
+def test_amp_training_and_bf16_certification_run_end_to_end_and_are_recorded(tmp_path: Path, monkeypatch) -> None:
     spec = tmp_path / "opt.toml"
     spec.write_text(tiny_spec("opt", epochs=1, max_samples=2, method="gaussian")
                     .replace("lr = 0.01\n", "lr = 0.01\namp = true\n")
                     .replace("[certify]\n", '[certify]\nprecision = "bf16"\n'))
     store = StoreTarget.directory(tmp_path / "store")
+    # A runtime opt-in, unlike those two: it leaves the job keys alone, and a CPU job says it does not apply.
+    monkeypatch.setenv("SMX_CUDA_GRAPHS", "1")
     run_smx("submit", str(spec), store=store)
-    rows = query_json("SELECT kind, status, json_extract(config, '$.train.amp') AS amp, "
+    rows = query_json("SELECT kind, status, json_extract(config, '$.train.amp') AS amp, log_path, config, "
                       "json_extract(config, '$.certify.precision') AS precision FROM jobs ORDER BY kind", store)
     assert [(row["kind"], row["status"]) for row in rows] == [
         ("aggregate", "done"), ("certify", "done"), ("train", "done")]
     assert rows[2]["amp"] == 1 and rows[1]["precision"] == "bf16"
+    assert "SMX_CUDA_GRAPHS=1 left unused" in Path(rows[2]["log_path"]).read_text()
+    assert "graphs" not in rows[2]["config"]
     assert query_json("SELECT count(*) AS certified FROM certificates", store) == [{"certified": 2}]

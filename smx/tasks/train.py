@@ -17,7 +17,7 @@ from smx.db.store import Store
 from smx.science.data import load_dataset
 from smx.science.methods.params import METHOD_PARAMS
 from smx.science.models import build_model
-from smx.science.training import EpochMetrics, TrainSettings, train
+from smx.science.training import EpochMetrics, TrainSettings, train, uses_cuda_graphs
 from smx.spec import config_value
 from smx.tasks import checkpoints
 from smx.tasks.progress import ProgressReporter
@@ -77,7 +77,12 @@ def run(store: Store, job: Job, device: str, progress: ProgressReporter) -> None
         if metrics is not None:
             record_metrics(metrics)
 
-    final = train(model, data, settings_from_config(config, device), store.checkpoint_dir(job.key),
+    settings = settings_from_config(config, device)
+    if settings.cuda_graphs:
+        print("SMX_CUDA_GRAPHS=1: each epoch's steps replay from a CUDA graph"
+              if uses_cuda_graphs(settings, data, torch.device(device))
+              else "SMX_CUDA_GRAPHS=1 left unused: CUDA graphs need a GPU and a dataset held in memory", flush=True)
+    final = train(model, data, settings, store.checkpoint_dir(job.key),
                   on_checkpoint=on_checkpoint, on_checkpoint_removed=lambda path: checkpoints.forget(store, path),
                   on_epoch=on_epoch, on_progress=progress, on_resume=on_resume)
     checkpoints.mark_final(store, job.key, final, epoch=config["train"]["epochs"])
