@@ -14,6 +14,7 @@ with one that calls the step again at every replay.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager
 from typing import Protocol
@@ -59,7 +60,9 @@ class CudaGraphRecorder:
 
 class GraphedSteps:
     """Runs `step(inputs, targets)` for one epoch: WARMUP_STEPS eager steps on the recorder's side stream, then one
-    capture, then a replay for every step of the captured shape; steps of another shape run eagerly.
+    capture, then a replay for every step of the captured shape; steps of another shape run eagerly. A capture
+    that fails is reported as a warning and the epoch goes on eagerly: a capture runs no kernel and draws no
+    random number, so nothing of the model, the optimizer or the generator has moved.
 
     The step must report through tensors that outlive it, updated in place (the epoch's sums), and create them in
     its first call, which is eager: a replay returns nothing and repeats every captured kernel, an allocation's
@@ -74,11 +77,12 @@ class GraphedSteps:
         self.static_inputs: torch.Tensor | None = None
         self.static_targets: torch.Tensor | None = None
         self.replay: Callable[[], None] | None = None
+        self.capture_failed = False
 
     def __call__(self, inputs: torch.Tensor, targets: torch.Tensor) -> None:
         if self.shape is None:
             self.shape = inputs.shape
-        if inputs.shape != self.shape:
+        if inputs.shape != self.shape or self.capture_failed:
             self.step(inputs, targets)
         elif self.eager_steps < WARMUP_STEPS:
             with self.recorder.side_stream():
@@ -87,7 +91,14 @@ class GraphedSteps:
         elif self.replay is None:
             self.static_inputs, self.static_targets = inputs.clone(), targets.clone()
             static_inputs, static_targets = self.static_inputs, self.static_targets
-            self.replay = self.recorder.capture(lambda: self.step(static_inputs, static_targets))
+            try:
+                self.replay = self.recorder.capture(lambda: self.step(static_inputs, static_targets))
+            except RuntimeError as error:
+                warnings.warn(f"CUDA graph capture of a training step failed, so this epoch runs eagerly: {error}",
+                              RuntimeWarning, stacklevel=2)
+                self.capture_failed = True
+                self.step(inputs, targets)
+                return
             self.replay()
         else:
             self.static_inputs.copy_(inputs)

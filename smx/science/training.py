@@ -435,7 +435,7 @@ def train_epoch(
     graphed = uses_cuda_graphs(settings, data, device)
 
     def optimizer_step(inputs: torch.Tensor, targets: torch.Tensor) -> None:
-        # Autocast's cache of cast weights would outlive a graph's capture and be read stale at its replays.
+        # PyTorch's notes on CUDA graphs ask for autocast without its cache of cast weights inside a capture.
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=settings.amp, cache_enabled=not graphed):
             output = loss_function(model, inputs, targets, settings.sigma, context)
         optimizer.zero_grad(set_to_none=True)
@@ -455,6 +455,9 @@ def train_epoch(
             (context.epoch + (batch_index + 1) / num_batches) / context.epochs,
             f"epoch {context.epoch + 1}/{context.epochs} batch {batch_index + 1}/{num_batches}",
         )
+    if graphed:
+        # Gradients a replay wrote live in the graph's memory, which they would keep from being freed.
+        optimizer.zero_grad(set_to_none=True)
     steps = int(totals.steps)
     if steps == 0:
         raise UserError("the training data yielded no optimizer step; it has fewer images than noise_samples")
