@@ -7,7 +7,10 @@
 #
 #     bash benchmarks/gpu.sh [OUTPUT_DIR]      # default: ./gpu-benchmarks; one log per step, and summary.txt
 #
-# It needs smx's dependencies and pytest importable by $PYTHON (default python3) on that machine.
+# It needs smx's dependencies and pytest importable by $PYTHON (default python3) on that machine. A machine
+# that has torch but cannot reach a package index takes wheels downloaded beforehand for its Python
+# (`pip download --only-binary=:all: --python-version 3.X -d wheels pydantic typer ...`, then
+# `pip install --no-index --no-deps --target /tmp/site wheels/*.whl` there and PYTHONPATH=/tmp/site:$PWD).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 out="${1:-gpu-benchmarks}"
