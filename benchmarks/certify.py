@@ -184,9 +184,10 @@ def main() -> None:
           f"sigma {args.sigma}")
     if not args.skip_reference:
         print(f"reference: passes of <= {args.batch} rows, NCHW, no_grad, host bincount, one sync per pass")
-    layout = "channels_last" if args.device == "cpu" else "NCHW"
-    print(f"smx: passes of {runner.smx_batch} rows, {layout}, pool before ReLU, in-place ReLU, inference_mode, "
-          f"{args.precision}, "
+    layout, device_rewrite = (("channels_last", "pairwise max-pooling") if args.device == "cpu"
+                              else ("NCHW", "bias after pooling"))
+    print(f"smx: passes of {runner.smx_batch} rows, {layout}, pool before ReLU, {device_rewrite}, in-place ReLU, "
+          f"inference_mode, {args.precision}, "
           f"compile {args.compile}, setup and first image {runner.smx_setup_seconds:.1f} s (not timed)")
     rates: dict[str, list[float]] = {name: [] for name in implementations}
     radii: dict[str, list[float]] = {name: [] for name in implementations}

@@ -23,7 +23,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.measure import synchronize  # noqa: E402
 from smx.science.models import build_model  # noqa: E402
-from smx.science.rewrites import bias_after_pooling, pool_before_relu, relu_in_place  # noqa: E402
+from smx.science.rewrites import (  # noqa: E402
+    bias_after_pooling,
+    pairwise_max_pooling,
+    pool_before_relu,
+    relu_in_place,
+)
 from smx.science.smoothing import count_predictions  # noqa: E402
 
 
@@ -38,7 +43,8 @@ def parse_arguments() -> argparse.Namespace:
 
 
 def variants(device: torch.device) -> dict[str, torch.nn.Module]:
-    """The model as built, then with each rewrite added in the order prepare_for_certification applies them."""
+    """The model as built, then with each rewrite added in the order prepare_for_certification applies them; the
+    last two each add one device's rewrite to the third."""
     torch.manual_seed(0)
     built = build_model("lenet", "mnist-mini").to(device).eval()
     layout = torch.channels_last if device.type == "cpu" else torch.contiguous_format
@@ -46,6 +52,8 @@ def variants(device: torch.device) -> dict[str, torch.nn.Module]:
     pooled_first = copy.deepcopy(laid_out)
     pool_before_relu(pooled_first)
     relu_in_place(pooled_first)
+    pairwise = copy.deepcopy(pooled_first)
+    pairwise_max_pooling(pairwise)
     bias_last = copy.deepcopy(laid_out)
     pool_before_relu(bias_last)
     bias_after_pooling(bias_last)
@@ -54,7 +62,8 @@ def variants(device: torch.device) -> dict[str, torch.nn.Module]:
         "as built": built,
         f"+ {'channels_last' if device.type == 'cpu' else 'NCHW'}": laid_out,
         "+ pooling before ReLU, ReLU in place": pooled_first,
-        "+ bias after pooling": bias_last,
+        "+ pairwise max-pooling (CPU)": pairwise,
+        "+ bias after pooling (CUDA)": bias_last,
     }
 
 

@@ -14,10 +14,12 @@ from smx.science.methods.base import StepContext
 from smx.science.methods.params import SmoothMixParams
 from smx.science.models import build_model
 from smx.science.rewrites import (
+    PairwiseMaxPool2d,
     PooledConv2d,
     SingleChannelConv2d,
     bias_after_pooling,
     fast_image_gradients,
+    pairwise_max_pooling,
     pool_before_relu,
     relu_in_place,
 )
@@ -82,6 +84,59 @@ def test_bias_after_pooling_keeps_a_convolution_without_bias_and_leaves_other_la
     bias_after_pooling(model)
     assert [type(layer) for layer in model] == [PooledConv2d, nn.Conv2d, nn.ReLU]
     assert torch.allclose(model(torch.ones(1, 1, 12, 12)), expected, atol=1e-6)
+
+
+@pytest.mark.parametrize("size", [(24, 24), (8, 8), (7, 9)])
+def test_pairwise_max_pooling_gives_max_pool2d_s_values_with_ties_infinities_and_nans(size):
+    torch.manual_seed(2)
+    # Few distinct values, so that many windows hold ties.
+    inputs = torch.randint(-3, 3, (5, 20, *size)).float()
+    inputs.view(-1)[torch.randperm(inputs.numel())[:40]] = float("nan")
+    inputs.view(-1)[torch.randperm(inputs.numel())[:40]] = float("inf")
+    inputs.view(-1)[torch.randperm(inputs.numel())[:40]] = -float("inf")
+    inputs = inputs.contiguous(memory_format=torch.channels_last)
+    pairwise = nn.MaxPool2d(2)
+    pairwise_max_pooling(pairwise)
+    assert type(pairwise) is PairwiseMaxPool2d
+    with torch.inference_mode():
+        found, expected = pairwise(inputs), nn.functional.max_pool2d(inputs, 2)
+    assert found.shape == expected.shape
+    assert found.is_contiguous(memory_format=torch.channels_last)
+    torch.testing.assert_close(found, expected, rtol=0, atol=0, equal_nan=True)
+
+
+def test_pairwise_max_pooling_leaves_gradients_and_other_layouts_to_max_pool2d():
+    inputs = torch.randint(-2, 2, (3, 4, 6, 6)).float().contiguous(memory_format=torch.channels_last)
+    pairwise = PairwiseMaxPool2d(2)
+    for layout in (torch.contiguous_format, torch.channels_last):
+        image = inputs.clone().contiguous(memory_format=layout).requires_grad_(True)
+        reference = inputs.clone().requires_grad_(True)
+        pairwise(image).sum().backward()
+        nn.functional.max_pool2d(reference, 2).sum().backward()
+        # Ties: max_pool2d gives each window's gradient to one element, torch.maximum would split it.
+        assert torch.equal(image.grad, reference.grad)
+    with torch.inference_mode():
+        assert torch.equal(pairwise(inputs.contiguous()), nn.functional.max_pool2d(inputs, 2))
+
+
+def test_pairwise_max_pooling_takes_only_two_by_two_windows_of_stride_two():
+    model = nn.Sequential(nn.MaxPool2d(2), nn.MaxPool2d((2, 2), stride=(2, 2)), nn.MaxPool2d(3, 2, 1),
+                          nn.MaxPool2d(2, stride=1), nn.MaxPool2d(2, ceil_mode=True), nn.MaxPool2d(2, padding=1),
+                          nn.MaxPool2d(2, dilation=2), nn.MaxPool2d(2, return_indices=True))
+    pairwise_max_pooling(model)
+    assert [type(layer) is PairwiseMaxPool2d for layer in model] == [True, True] + [False] * 6
+
+
+def test_certification_on_a_cpu_pools_pairwise_with_the_same_outputs(lenet):
+    prepared = prepare_for_certification(copy.deepcopy(lenet), "cpu")
+    assert sum(isinstance(layer, PairwiseMaxPool2d) for layer in prepared.modules()) == 2
+    pooled_by_max_pool2d = copy.deepcopy(prepared)
+    for layer in pooled_by_max_pool2d.modules():
+        if isinstance(layer, PairwiseMaxPool2d):
+            layer.__class__ = nn.MaxPool2d
+    inputs = torch.rand(64, 1, 28, 28)
+    with torch.inference_mode():
+        assert torch.equal(prepared(inputs), pooled_by_max_pool2d(inputs))
 
 
 def test_in_place_relu_only_where_its_input_is_a_fresh_tensor():

@@ -1,9 +1,9 @@
 """Rewrites of a model, in place, that make it faster and leave the function it computes alone.
 
-Pooling before ReLU and in-place ReLU give the same values bit for bit, as does the bias after pooling given the
-same convolution sums; the single-channel image gradient is the same sum in another order (differences at fp32
-rounding). None of them adds, removes or renames a parameter, so a checkpoint written by a rewritten model
-loads into the model as built, and back.
+Pooling before ReLU, pairwise max-pooling and in-place ReLU give the same values bit for bit, as does the bias
+after pooling given the same convolution sums; the single-channel image gradient is the same sum in another order
+(differences at fp32 rounding). None of them adds, removes or renames a parameter, so a checkpoint written by a
+rewritten model loads into the model as built, and back.
 """
 
 from __future__ import annotations
@@ -67,6 +67,44 @@ def bias_after_pooling(model: nn.Module) -> None:
         conv.__class__ = PooledConv2d
         conv.pool = pool
         del sequential._modules[pool_name]
+
+
+class PairwiseMaxPool2d(nn.MaxPool2d):
+    """A 2x2, stride-2 max-pooling of channels_last activations, as two elementwise maxima: rows, then columns.
+
+    In channels_last memory the two rows of a window are two contiguous halves of one image row, and the two
+    columns of the result adjacent channel vectors, so both maxima run over long contiguous runs; oneDNN's own
+    channels_last pooling ran 2-3x slower on LeNet's first activation (benchmarks/passes.py). The maximum of
+    four numbers is the same number in any order (tested, with ties and NaNs). With gradients the layer is
+    nn.MaxPool2d's own, which routes a tie's gradient to one element where torch.maximum would split it.
+    """
+
+    def forward(self, input: torch.Tensor) -> torch.Tensor:
+        if (input.dim() != 4 or (torch.is_grad_enabled() and input.requires_grad)
+                or not input.is_contiguous(memory_format=torch.channels_last)):
+            return super().forward(input)
+        batch, channels, height, width = input.shape
+        # Floor mode: an odd last row or column belongs to no window.
+        rows = input.permute(0, 2, 3, 1)[:, : height // 2 * 2, : width // 2 * 2]
+        rows = rows.reshape(batch, height // 2, 2, width // 2 * 2, channels)
+        row_maxima = torch.maximum(rows[:, :, 0], rows[:, :, 1]).view(batch, height // 2, width // 2, 2, channels)
+        return torch.maximum(row_maxima[:, :, :, 0], row_maxima[:, :, :, 1]).permute(0, 3, 1, 2)
+
+
+def pairwise_max_pooling(model: nn.Module) -> None:
+    """Make each 2x2, stride-2 nn.MaxPool2d without padding, dilation or ceil mode a PairwiseMaxPool2d.
+
+    For CPUs: on CUDA, cuDNN's pooling was not measured against it.
+    """
+    for layer in model.modules():
+        if (type(layer) is nn.MaxPool2d and _pair(layer.kernel_size) == (2, 2)
+                and _pair(layer.stride) == (2, 2) and _pair(layer.padding) == (0, 0)
+                and _pair(layer.dilation) == (1, 1) and not layer.ceil_mode and not layer.return_indices):
+            layer.__class__ = PairwiseMaxPool2d
+
+
+def _pair(value: int | tuple[int, ...]) -> tuple[int, ...]:
+    return (value, value) if isinstance(value, int) else tuple(value)
 
 
 # Layers whose output is always a new tensor, never their input or a view of it.

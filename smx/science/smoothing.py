@@ -25,7 +25,7 @@ import torch
 from scipy.stats import beta, binomtest, norm
 
 from smx.science.metrics import ABSTAIN
-from smx.science.rewrites import bias_after_pooling, pool_before_relu, relu_in_place
+from smx.science.rewrites import bias_after_pooling, pairwise_max_pooling, pool_before_relu, relu_in_place
 
 # Images that share one host sync are sized to fill this many forward passes: the sync idles the device
 # while the host turns counts into certificates, and each group ends in at most one partly filled pass.
@@ -246,6 +246,7 @@ def prepare_for_certification(
     - A max-pooling that directly follows a ReLU runs first (see rewrites.pool_before_relu): the ReLU then touches a
       quarter of the values. ReLUs whose input nothing else can hold run in place (see rewrites.relu_in_place),
       which saves writing a new activation: another third faster for LeNet on a CPU.
+    - On a CPU, 2x2 max-poolings run as two elementwise maxima (rewrites.pairwise_max_pooling): +9% for LeNet.
     - On CUDA, a convolution's bias is added after the max-pooling that follows it (rewrites.bias_after_pooling):
       PyTorch adds it there in a pass of its own over the largest activation. oneDNN adds it inside its CPU
       convolutions, so CPUs keep the layers as they are.
@@ -258,6 +259,8 @@ def prepare_for_certification(
     layout = torch.channels_last if device.type == "cpu" else torch.contiguous_format
     model = model.to(device, memory_format=layout).eval()
     pool_before_relu(model)
+    if device.type == "cpu":
+        pairwise_max_pooling(model)
     if device.type == "cuda":
         bias_after_pooling(model)
     relu_in_place(model)
