@@ -255,7 +255,10 @@ def _follow(store, experiment: str, workers, device: str, start_on_free_slots,  
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
     from smx.db.queries import jobs_view
+    from smx.scheduler.worker import EXIT_JOBS_FAILED
 
+    # A worker that ran until nothing was left for it, whether or not its jobs failed.
+    worker_finished = (0, EXIT_JOBS_FAILED)
     progress = Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.percentage:>3.0f}%"),
                         TextColumn("{task.fields[detail]}"), TimeElapsedColumn(), console=console)
     overall = progress.add_task(f"{experiment} on {device}", total=1, detail="")
@@ -281,7 +284,7 @@ def _follow(store, experiment: str, workers, device: str, start_on_free_slots,  
                         if job.status != "running":
                             progress.remove_task(bars.pop(job.key))
                 if workers_exited:
-                    if any(worker.returncode != 0 for worker in workers) or not _can_progress(jobs):
+                    if any(worker.returncode not in worker_finished for worker in workers) or not _can_progress(jobs):
                         break
                     if time.monotonic() - last_start >= retry_seconds:
                         workers += start_on_free_slots()
@@ -303,7 +306,7 @@ def _follow(store, experiment: str, workers, device: str, start_on_free_slots,  
     finally:
         signal.signal(signal.SIGTERM, previous_handler)
     _end_live_line()
-    stopped_workers = [worker for worker in workers if worker.returncode not in (0, None)]
+    stopped_workers = [worker for worker in workers if worker.returncode not in (*worker_finished, None)]
     for worker in stopped_workers:
         stderr = worker.stderr.read() if worker.stderr else ""
         if worker.returncode < 0:
@@ -331,10 +334,10 @@ def worker(
     cpu_jobs: CpuJobsOption = 1,
     stay: Annotated[bool, typer.Option("--stay", help="Keep waiting for new jobs instead of exiting when idle.")] = False,
 ) -> None:
-    """Run one worker: take a free slot and run ready jobs there."""
+    """Run one worker: take a free slot and run ready jobs there. Exits with status 3 if any of them failed."""
     from smx.db.store import open_store
     from smx.scheduler.slots import make_slots, parse_gpus
-    from smx.scheduler.worker import run_worker
+    from smx.scheduler.worker import EXIT_JOBS_FAILED, run_worker
 
     opened = open_store(store)
     slots = make_slots(opened.locks_dir, parse_gpus(gpus), jobs_per_gpu, cpu_jobs)
@@ -343,6 +346,8 @@ def worker(
         console.print("every slot is taken by another worker; nothing to do here.")
         return
     console.print(f"worker on {report.slot}: ran {report.ran} job(s), {report.failed} failed")
+    if report.failed:
+        raise typer.Exit(EXIT_JOBS_FAILED)
 
 
 def _print_jobs(store, experiment: str | None, only_unfinished: bool = False, statuses: list[str] | None = None) -> None:  # type: ignore[no-untyped-def]

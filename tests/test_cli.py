@@ -273,6 +273,28 @@ def test_help_shows_the_defaults_written_in_option_texts() -> None:
     assert "[default: the spec's or user config's [executor], else local]" in shown
 
 
+def test_a_failing_job_makes_submit_exit_1_and_a_worker_exit_3(tmp_path: Path) -> None:
+    # Files that exist under the right names pass submit's check for missing data; the job fails reading them.
+    data = tmp_path / "data"
+    data.mkdir()
+    for name in ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte",
+                 "t10k-labels-idx1-ubyte"):
+        (data / name).write_bytes(b"not an IDX file")
+    spec = tmp_path / "unreadable.toml"
+    spec.write_text(tiny_spec("unreadable", epochs=1).replace('dataset = "mnist-mini"',
+                                                               f'dataset = "fashion-mnist"\nroot = "{data}"'))
+    store = StoreTarget.directory(tmp_path / "store")
+    submitted = run_smx("submit", str(spec), "--cpu-jobs", "1", store=store, check=False)
+    assert submitted.returncode == 1, submitted.stdout + submitted.stderr
+    assert "a worker stopped" not in submitted.stderr  # its job failed, the worker did not
+    assert {row["status"] for row in query_json("SELECT status FROM jobs WHERE kind = 'train'", store)} == {"failed"}
+
+    run_smx("retry", "unreadable", store=store)
+    worker = run_smx("worker", "--gpus", "none", store=store, check=False)
+    assert worker.returncode == 3, worker.stdout + worker.stderr
+    assert "ran 1 job(s), 1 failed" in worker.stdout
+
+
 def test_detached_submit_runs_in_the_background_unless_another_scheduler_holds_every_slot(tmp_path: Path) -> None:
     spec = tmp_path / "detached.toml"
     spec.write_text(tiny_spec("detached", epochs=1, n=50, max_samples=2))

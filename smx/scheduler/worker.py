@@ -26,6 +26,8 @@ HEARTBEAT_SECONDS = 5.0
 POLL_SECONDS = 1.0
 LOG_TAIL_LINES = 40
 TERMINATE_GRACE_SECONDS = 10.0
+# `smx worker`'s exit status when it ran to the end but some of its jobs failed: not 1, which a crash gives.
+EXIT_JOBS_FAILED = 3
 
 
 @dataclass
