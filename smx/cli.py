@@ -505,6 +505,9 @@ def query(
     if tables:
         sql = tables_sql(opened)
     result = experiment_results(opened, experiment) if experiment else run_query(opened, sql or "")
+    if experiment and not result.rows:
+        errors.print(f"{experiment} has no results yet: a config's row appears when its aggregate job is done "
+                     f"(`smx status {experiment}`).", markup=False, highlight=False)
     if format != "table":
         sys.stdout.write(render(result, format))
         return

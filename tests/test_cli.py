@@ -273,7 +273,7 @@ def test_help_shows_the_defaults_written_in_option_texts() -> None:
     assert "[default: the spec's or user config's [executor], else local]" in shown
 
 
-def test_a_failing_job_makes_submit_exit_1_and_a_worker_exit_3(tmp_path: Path) -> None:
+def test_a_failing_job_makes_submit_exit_1_a_worker_exit_3_and_leaves_no_results(tmp_path: Path) -> None:
     # Files that exist under the right names pass submit's check for missing data; the job fails reading them.
     data = tmp_path / "data"
     data.mkdir()
@@ -288,6 +288,9 @@ def test_a_failing_job_makes_submit_exit_1_and_a_worker_exit_3(tmp_path: Path) -
     assert submitted.returncode == 1, submitted.stdout + submitted.stderr
     assert "a worker stopped" not in submitted.stderr  # its job failed, the worker did not
     assert {row["status"] for row in query_json("SELECT status FROM jobs WHERE kind = 'train'", store)} == {"failed"}
+    empty = run_smx("query", "--experiment", "unreadable", "--format", "csv", store=store)
+    assert empty.stdout.startswith("experiment,config,") and len(empty.stdout.splitlines()) == 1
+    assert "unreadable has no results yet" in " ".join(empty.stderr.split())
 
     run_smx("retry", "unreadable", store=store)
     worker = run_smx("worker", "--gpus", "none", store=store, check=False)
