@@ -1,9 +1,10 @@
 """Rewrites of a model, in place, that make it faster and leave the function it computes alone.
 
-Pooling before ReLU, pairwise max-pooling and in-place ReLU give the same values bit for bit, as does the bias
-after pooling given the same convolution sums; the single-channel image gradient is the same sum in another order
-(differences at fp32 rounding). None of them adds, removes or renames a parameter, so a checkpoint written by a
-rewritten model loads into the model as built, and back.
+Pooling before ReLU and in-place ReLU give the same values bit for bit, as does the bias after pooling given the
+same convolution sums; pairwise max-pooling gives the same numbers (a zero may come out as -0.0); the
+single-channel image gradient is the same sum in another order (differences at fp32 rounding). None of them
+adds, removes or renames a parameter, so a checkpoint written by a rewritten model loads into the model as
+built, and back.
 """
 
 from __future__ import annotations
@@ -75,8 +76,9 @@ class PairwiseMaxPool2d(nn.MaxPool2d):
     In channels_last memory the two rows of a window are two contiguous halves of one image row, and the two
     columns of the result adjacent channel vectors, so both maxima run over long contiguous runs; oneDNN's own
     channels_last pooling ran 2-3x slower on LeNet's first activation (benchmarks/passes.py). The maximum of
-    four numbers is the same number in any order (tested, with ties and NaNs). With gradients the layer is
-    nn.MaxPool2d's own, which routes a tie's gradient to one element where torch.maximum would split it.
+    four numbers is the same number in any order (tested, with ties, infinities and NaNs; of 0.0 and -0.0 either
+    may come out, where nn.MaxPool2d keeps the first). With gradients the layer is nn.MaxPool2d's own, which
+    routes a tie's gradient to one element where torch.maximum would split it.
     """
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:

@@ -246,7 +246,7 @@ def prepare_for_certification(
     - A max-pooling that directly follows a ReLU runs first (see rewrites.pool_before_relu): the ReLU then touches a
       quarter of the values. ReLUs whose input nothing else can hold run in place (see rewrites.relu_in_place),
       which saves writing a new activation: another third faster for LeNet on a CPU.
-    - On a CPU, 2x2 max-poolings run as two elementwise maxima (rewrites.pairwise_max_pooling): +9% for LeNet.
+    - On a CPU, 2x2 max-poolings run as two elementwise maxima (rewrites.pairwise_max_pooling): +5-10% for LeNet.
     - On CUDA, a convolution's bias is added after the max-pooling that follows it (rewrites.bias_after_pooling):
       PyTorch adds it there in a pass of its own over the largest activation. oneDNN adds it inside its CPU
       convolutions, so CPUs keep the layers as they are.
