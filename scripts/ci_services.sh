@@ -13,6 +13,8 @@
 # systemd: the daemons are started directly. Safe to run again: what is
 # installed is not reinstalled, what runs is left running, and a daemon is
 # restarted only when the configuration this script writes has changed.
+# Slurm jobs found in the queue are cancelled: they can only be left from an
+# earlier run that was killed, and they would hold the node.
 # Every wait is bounded; on failure it says what failed and shows a log tail.
 #
 # Environment (all optional):
@@ -317,6 +319,20 @@ EOF
         sleep 0.5
     done
     log "ok: node $NODE is $(node_state)"
+
+    # This cluster exists for the tests. Jobs still queued now were left by an
+    # earlier run that was killed (slurmctld recovers them from its saved
+    # state); they would hold the node, and a pending one would start later.
+    local leftover
+    leftover=$(squeue -h -o %i | tr '\n' ' ')
+    if [ -n "${leftover// /}" ]; then
+        log "cancelling jobs left by an earlier run: $leftover"
+        # shellcheck disable=SC2086
+        scancel $leftover || true
+        wait_for "queue empty" /var/log/slurm/slurmctld.log bash -c '[ -z "$(squeue -h -o %i)" ]'
+        wait_for "node $NODE idle" /var/log/slurm/slurmctld.log \
+            bash -c "sinfo -h -n $NODE -o %T | grep -qx idle"
+    fi
 
     # Smoke tests, from a directory every user can write (sbatch's output).
     log "smoke test: srun -N1 hostname"
