@@ -324,7 +324,7 @@ EOF
     # earlier run that was killed (slurmctld recovers them from its saved
     # state); they would hold the node, and a pending one would start later.
     local leftover
-    leftover=$(squeue -h -o %i | tr '\n' ' ')
+    leftover=$(squeue -h -o %i | tr '\n' ' ') || die "squeue did not answer"
     if [ -n "${leftover// /}" ]; then
         log "cancelling jobs left by an earlier run: $leftover"
         # shellcheck disable=SC2086
