@@ -13,8 +13,9 @@
 # systemd: the daemons are started directly. Safe to run again: what is
 # installed is not reinstalled, what runs is left running, and a daemon is
 # restarted only when the configuration this script writes has changed.
-# Slurm jobs found in the queue are cancelled: they can only be left from an
-# earlier run that was killed, and they would hold the node.
+# Slurm jobs found in the queue are cancelled: the cluster is the tests' own,
+# so they were left by an earlier run that was killed, and they would hold the
+# node. (Do not run this script while the tests run: their jobs would go too.)
 # Every wait is bounded; on failure it says what failed and shows a log tail.
 #
 # Environment (all optional):
