@@ -213,6 +213,9 @@ EOF
 # ------------------------------------------------------------------- slurm
 node_state() { sinfo -h -n "$NODE" -o %T 2>/dev/null | head -n1; }
 node_ready() { case "$(node_state)" in idle|mixed|allocated) return 0;; *) return 1;; esac; }
+node_idle() { [ "$(node_state)" = idle ]; }
+queued_jobs() { squeue -h -o %i; }
+queue_empty() { [ -z "$(queued_jobs)" ]; }
 
 start_slurm() {
     slurm_dirs
@@ -325,14 +328,13 @@ EOF
     # earlier run that was killed (slurmctld recovers them from its saved
     # state); they would hold the node, and a pending one would start later.
     local leftover
-    leftover=$(squeue -h -o %i | tr '\n' ' ') || die "squeue did not answer"
+    leftover=$(queued_jobs | tr '\n' ' ') || die "squeue did not answer"
     if [ -n "${leftover// /}" ]; then
         log "cancelling jobs left by an earlier run: $leftover"
         # shellcheck disable=SC2086
         scancel $leftover || true
-        wait_for "queue empty" /var/log/slurm/slurmctld.log bash -c '[ -z "$(squeue -h -o %i)" ]'
-        wait_for "node $NODE idle" /var/log/slurm/slurmctld.log \
-            bash -c "sinfo -h -n $NODE -o %T | grep -qx idle"
+        wait_for "queue empty" /var/log/slurm/slurmctld.log queue_empty
+        wait_for "node $NODE idle" /var/log/slurm/slurmctld.log node_idle
     fi
 
     # Smoke tests, from a directory every user can write (sbatch's output).
