@@ -316,6 +316,8 @@ def test_a_certification_killed_midway_resumes_after_its_last_stored_sample(
     shutil.copytree(store.root, twin, ignore=shutil.ignore_patterns("smx.db*"))
     with closing(sqlite3.connect(store.root / "smx.db")) as source, closing(sqlite3.connect(twin / "smx.db")) as copy:
         source.backup(copy)
+    # Beside the run to be interrupted: both jobs are single-threaded, so on two cores neither waits for the other.
+    uninterrupted_worker = start_worker(twin, tmp_path / "twin.out")
     worker = start_worker(store.root, tmp_path / "worker.out")
     wait_until(lambda: certificates(store, certify_key), "the first stored certificates")
     kill_worker_of(job_row(store, certify_key).pid, [worker])
@@ -327,7 +329,7 @@ def test_a_certification_killed_midway_resumes_after_its_last_stored_sample(
     stored = certificates(store, certify_key)
     assert [row[0] for row in stored] == selected_indices(1000, skip=1, max_samples=max_samples)
     assert stored[: len(stored_before_the_kill)] == stored_before_the_kill  # kept, not certified again
-    finish_worker(start_worker(twin, tmp_path / "twin.out"), tmp_path / "twin.out")
+    finish_worker(uninterrupted_worker, tmp_path / "twin.out")
     uninterrupted = certificates(open_store(str(twin), create=False), certify_key)
     # The same noise, so the same certificates: predictions, radii, counts (only the seconds differ).
     assert [row[:4] for row in stored] == [row[:4] for row in uninterrupted]
