@@ -12,11 +12,10 @@ import pickle
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
-import torchvision
-from torchvision import transforms
 
 from smx.science.catalog import DATASETS
 from smx.science.data_files import (
@@ -30,6 +29,11 @@ from smx.science.data_files import (
     imagenet_folders,
     missing_files_message,
 )
+
+# Imported only where a download or ImageNet needs it: torchvision's import (which brings torch._dynamo) adds
+# about 2 s to every job process, most of which read in-memory datasets without it.
+if TYPE_CHECKING:
+    import torchvision
 
 MNIST_MINI_PATH = Path(__file__).resolve().parent / "data" / "mnist_mini.npz"
 
@@ -119,6 +123,8 @@ FIRST_LABELS = {
 def load_idx_dataset(name: str, split: Split, root: Path, download: bool) -> ImageTensors:
     paths = find_idx_files(name, split, root)
     if paths is None and download:
+        import torchvision
+
         source = torchvision.datasets.MNIST if name == "mnist" else torchvision.datasets.FashionMNIST
         download_with_torchvision(name, root, lambda: source(str(root), train=split == "train", download=True))
         paths = find_idx_files(name, split, root)
@@ -141,6 +147,8 @@ def load_cifar10(split: Split, root: Path, download: bool) -> ImageTensors:
     folder = root / CIFAR_FOLDER
     paths = [folder / batch for batch in CIFAR_BATCHES[split]]
     if not all(path.is_file() for path in paths) and download:
+        import torchvision
+
         download_with_torchvision(
             "cifar10", root, lambda: torchvision.datasets.CIFAR10(str(root), train=split == "train", download=True)
         )
@@ -163,6 +171,9 @@ def load_imagenet(split: Split, root: Path, download: bool) -> torchvision.datas
     existing = [folder for folder in imagenet_folders(split, root) if folder.is_dir()]
     if not existing:
         raise DataError(missing_files_message("imagenet", split, root, download))
+    import torchvision
+    from torchvision import transforms
+
     if split == "train":
         transform = transforms.Compose(
             [transforms.RandomResizedCrop(224), transforms.RandomHorizontalFlip(), transforms.ToTensor()]

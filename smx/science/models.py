@@ -9,7 +9,6 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import torch
-import torchvision
 from torch import nn
 
 from smx.errors import UserError
@@ -104,6 +103,9 @@ def cifar_resnet110(num_classes: int, in_channels: int = 3) -> CifarResNet:
 
 
 def resnet50(num_classes: int, in_channels: int = 3) -> nn.Module:
+    # Imported here: torchvision's import adds about 2 s to every job process, and only this model needs it.
+    import torchvision
+
     network = torchvision.models.resnet50(weights=None, num_classes=num_classes)
     if in_channels != 3:
         # The catalog lets ResNet-50 take any input, so grayscale data gets a stem of the right width.
