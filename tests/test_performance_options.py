@@ -4,6 +4,9 @@ that must leave results alone (forward batch, model preparation)."""
 from __future__ import annotations
 
 import copy
+import subprocess
+import sys
+import textwrap
 
 import pytest
 import torch
@@ -122,3 +125,24 @@ def test_a_checkpoint_from_before_amp_existed_resumes_as_fp32(tmp_path):
     with pytest.raises(UserError, match="amp"):
         train(build_model("lenet", "mnist-mini"), data, amp_settings(epochs=2, amp=True), tmp_path)
     assert train(build_model("lenet", "mnist-mini"), data, amp_settings(epochs=2), tmp_path).name == "epoch-0002.pt"
+
+
+def test_a_job_process_imports_neither_torchvision_nor_scipy_stats() -> None:
+    # Each job is a process of its own, and those imports cost it 2-3 s more on a 2-core machine: in-memory data,
+    # LeNet and CERTIFY's bound and radius need neither.
+    probe = textwrap.dedent("""
+        import sys
+        from smx.tasks.run import TASKS
+        for module in TASKS.values():
+            __import__(module)
+        from smx.science.data import load_dataset
+        from smx.science.models import build_model
+        from smx.science.smoothing import certified_radius, lower_confidence_bound
+        load_dataset("mnist-mini", "test")
+        build_model("lenet", "mnist-mini")
+        certified_radius(lower_confidence_bound(990, 1000, 0.001), 0.5)
+        print(" ".join(sorted(name for name in ("torchvision", "scipy.stats", "torch._dynamo") if name in sys.modules)))
+    """)
+    result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == []

@@ -8,7 +8,7 @@ import math
 import numpy as np
 import pytest
 import torch
-from scipy.stats import binom, binomtest, norm
+from scipy.stats import beta, binom, binomtest, norm
 
 from smx.science.smoothing import (
     ABSTAIN,
@@ -110,6 +110,17 @@ def test_lower_confidence_bound_known_values():
     # The two-sided 95% Clopper-Pearson interval for 50 of 100 is (0.3983, 0.6017).
     assert lower_confidence_bound(50, 100, 0.025) == pytest.approx(0.3983, abs=1e-4)
     assert lower_confidence_bound(60, 100, 0.05) < lower_confidence_bound(61, 100, 0.05) < 0.61
+
+
+def test_the_bound_and_the_radius_are_scipy_stats_beta_and_normal_quantiles_exactly():
+    # smx computes them with scipy.special, which scipy.stats calls: not one bit may differ.
+    rng = np.random.default_rng(0)
+    for trials in (10, 1000, 100_000):
+        for alpha in (0.001, 0.01, 0.05):
+            for successes in (1, 2, trials // 2, trials - 1, trials, *rng.integers(1, trials, 200).tolist()):
+                pa_lower = lower_confidence_bound(successes, trials, alpha)
+                assert pa_lower == float(beta.ppf(alpha, successes, trials - successes + 1))
+                assert certified_radius(pa_lower, SIGMA) == float(SIGMA * norm.ppf(pa_lower))
 
 
 def test_certified_radius():
