@@ -35,6 +35,9 @@ from smx.science.data_files import (
 if TYPE_CHECKING:
     import torchvision
 
+# The torchvision dataset class that downloads each catalog dataset smx can download.
+TORCHVISION_DATASETS = {"mnist": "MNIST", "fashion-mnist": "FashionMNIST", "cifar10": "CIFAR10"}
+
 MNIST_MINI_PATH = Path(__file__).resolve().parent / "data" / "mnist_mini.npz"
 
 
@@ -123,10 +126,7 @@ FIRST_LABELS = {
 def load_idx_dataset(name: str, split: Split, root: Path, download: bool) -> ImageTensors:
     paths = find_idx_files(name, split, root)
     if paths is None and download:
-        import torchvision
-
-        source = torchvision.datasets.MNIST if name == "mnist" else torchvision.datasets.FashionMNIST
-        download_with_torchvision(name, root, lambda: source(str(root), train=split == "train", download=True))
+        download_with_torchvision(name, split, root)
         paths = find_idx_files(name, split, root)
     if paths is None:
         raise DataError(missing_files_message(name, split, root, download=False))
@@ -147,11 +147,7 @@ def load_cifar10(split: Split, root: Path, download: bool) -> ImageTensors:
     folder = root / CIFAR_FOLDER
     paths = [folder / batch for batch in CIFAR_BATCHES[split]]
     if not all(path.is_file() for path in paths) and download:
-        import torchvision
-
-        download_with_torchvision(
-            "cifar10", root, lambda: torchvision.datasets.CIFAR10(str(root), train=split == "train", download=True)
-        )
+        download_with_torchvision("cifar10", split, root)
     if problem := missing_files_message("cifar10", split, root, download=False):
         raise DataError(problem)
     images, labels = [], []
@@ -186,10 +182,13 @@ def load_imagenet(split: Split, root: Path, download: bool) -> torchvision.datas
         raise DataError(f"cannot read ImageNet folder {existing[0]}: {error}") from error
 
 
-def download_with_torchvision(name: str, root: Path, fetch: Callable[[], object]) -> None:
+def download_with_torchvision(name: str, split: Split, root: Path) -> None:
+    import torchvision
+
+    dataset = getattr(torchvision.datasets, TORCHVISION_DATASETS[name])
     try:
         root.mkdir(parents=True, exist_ok=True)
-        fetch()
+        dataset(str(root), train=split == "train", download=True)
     except (OSError, RuntimeError) as error:
         raise DataError(
             f"downloading {name} into {root} failed: {error}. Check the network, or place the files there by "
