@@ -10,6 +10,7 @@ import pytest
 import torch
 from scipy.stats import beta, binom, binomtest, norm
 
+from smx.science import smoothing
 from smx.science.smoothing import (
     ABSTAIN,
     Certificate,
@@ -239,6 +240,32 @@ def test_certify_dataset_reports_each_image_in_order_and_resumes_with_the_rest()
     assert [certificate.prediction for certificate in reported] == [1] * 6
     assert [certificate.correct for certificate in reported] == [0, 1, 1, 0, 1, 1]
     assert all(certificate.seconds >= 0.0 for certificate in reported)
+
+
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(
+    not torch.cuda.is_available(), reason="needs CUDA"))])
+def test_a_seeded_certificate_depends_on_neither_the_rows_per_pass_nor_the_other_images(device, monkeypatch):
+    # Rows of 9 values in chunks of 7 rows: torch's generators give other numbers when a tensor of these sizes is
+    # drawn in other pieces, so the noise is the same only if each image's draws come in the same chunks.
+    monkeypatch.setattr(smoothing, "NOISE_CHUNK_BYTES", 4 * 9 * 7)
+    generator = torch.Generator().manual_seed(0)
+    weight = torch.randn(9, generator=generator)
+    images = torch.rand(6, 1, 3, 3, generator=generator)
+    # The boundary through the images' mean score: each image's counts vary from one noise draw to the next.
+    model = LinearClassifier(weight, -(images.flatten(1) @ weight).mean().item()).to(device)
+    labels = [0, 1, 1, 0, 1, 0]
+
+    def certificates(indices: list[int], batch_size: int, seed: int = 3) -> dict[int, tuple[int, int, float]]:
+        answers = certify_dataset(model, images[indices], [labels[index] for index in indices], indices, 1.0, 10,
+                                  40, 0.001, batch_size, 2, device=device, seed=seed)
+        return {answer.index: (answer.prediction, answer.count, answer.pa_lower) for answer in answers}
+
+    every_image = certificates(list(range(6)), batch_size=64)
+    assert len({count for _, count, _ in every_image.values()}) > 1
+    for batch_size in (1, 5, 13, 50, 1000):
+        assert certificates(list(range(6)), batch_size) == every_image
+    assert certificates([5, 2], batch_size=7) == {index: every_image[index] for index in (5, 2)}
+    assert certificates(list(range(6)), batch_size=64, seed=4) != every_image
 
 
 def test_certify_dataset_needs_one_label_and_index_per_image():

@@ -8,7 +8,8 @@ can produce false certificates); on CUDA that means TF32 convolutions are switch
 
 Speed (docs/performance.md): the draws of several images share forward passes, predictions are counted on the
 device, and there is one host sync per group of images. `prepare_for_certification` and `forward_batch_size`
-pick the model layout and the rows per pass for a device; neither changes the statistics.
+pick the model layout and the rows per pass for a device; neither changes the statistics, and the rows per pass
+do not change the noise either: each image's noise comes from a generator of its own (_NoiseDraws).
 """
 
 from __future__ import annotations
@@ -44,6 +45,9 @@ CPU_FORWARD_BATCH = 256
 GPU_MEMORY_SHARE = 0.5
 # Rows of the trial forward pass that measures a model's memory per row on a GPU.
 PROBE_ROWS = 32
+# Each image's noise is drawn in chunks of this many bytes (see _NoiseDraws): large enough that a GPU pass of
+# tens of thousands of LeNet draws needs only a few random-number kernels, small next to a pass's own memory.
+NOISE_CHUNK_BYTES = 8 * 2**20
 
 
 @dataclass
@@ -107,6 +111,7 @@ def certify_dataset(
     on_certificate: Callable[[Certificate], None] | None = None,
     device: torch.device | str | None = None,
     precision: Precision = "fp32",
+    seed: int | None = None,
 ) -> list[Certificate]:
     """CERTIFY each of images (N, C, H, W) with the statistics of `certify`, but many images per pass.
 
@@ -117,7 +122,9 @@ def certify_dataset(
     done, so a caller can store it and resume later with the images not yet certified. device defaults to
     the model's; images may live on the host. precision "bf16" runs the forward passes under bf16 autocast
     (noise is still drawn and added in fp32): faster, but the certificates may be unsound; the caller must
-    record that it asked for it.
+    record that it asked for it. With a seed, the noise of image indices[k] comes from a generator seeded with
+    image_noise_seed(seed, indices[k]): its certificate then depends on neither batch_size nor the other images
+    certified with it (otherwise torch's global generator seeds each image).
     """
     if not len(images) == len(labels) == len(indices):
         raise ValueError(f"{len(images)} images, {len(labels)} labels and {len(indices)} indices: need one each")
@@ -131,7 +138,9 @@ def certify_dataset(
             group_stop = min(group_start + images_per_group, len(indices))
             group_started = time.perf_counter()
             group_images = images[group_start:group_stop].to(device, torch.float32)
-            counts = count_predictions(model, group_images, (n0, n), sigma, batch_size, num_classes, precision)
+            group_indices = indices[group_start:group_stop]
+            seeds = None if seed is None else [image_noise_seed(seed, index) for index in group_indices]
+            counts = count_predictions(model, group_images, (n0, n), sigma, batch_size, num_classes, precision, seeds)
             answers = _certify_from_counts(counts, n, alpha, sigma)
             seconds = (time.perf_counter() - group_started) / (group_stop - group_start)
             for position, (prediction, radius, pa_lower, count) in zip(range(group_start, group_stop), answers):
@@ -150,6 +159,13 @@ def certify_dataset(
                 if on_certificate is not None:
                     on_certificate(certificate)
     return certificates
+
+
+def image_noise_seed(seed: int, index: int) -> int:
+    """The seed of the generator that draws the noise of image `index` of a dataset, for an experiment's seed.
+    Distinct for the images of one experiment; the same for a given image across the experiment's configs, which
+    then see the same noise."""
+    return seed * 1_000_003 + index
 
 
 def images_per_sync(batch_size: int, draws_per_image: int) -> int:
@@ -189,6 +205,7 @@ def count_predictions(
     batch_size: int,
     num_classes: int,
     precision: Precision = "fp32",
+    seeds: Sequence[int] | None = None,
 ) -> torch.Tensor:
     """How often the base classifier predicts each class on noisy copies of each image.
 
@@ -196,13 +213,20 @@ def count_predictions(
     own noise, so the phases (CERTIFY's selection and estimation) are independent samples. The draws are
     laid out image after image, phase after phase, and cut into forward passes of at most batch_size rows:
     a pass holds the draws of several images when n is small and a slice of one image's draws when n is
-    large, so memory depends on batch_size only.
+    large, so memory depends on batch_size only. Image k's noise comes from a generator seeded with seeds[k]
+    (by default, seeds drawn from torch's global generator), so its counts do not depend on batch_size or on
+    the other images.
     """
     if batch_size < 1 or min(draws_per_phase) < 1:
         raise ValueError(f"batch_size and the numbers of draws must be positive, got {batch_size}, {draws_per_phase}")
     device = images.device
     num_images, num_phases = images.shape[0], len(draws_per_phase)
+    if seeds is None:
+        seeds = torch.randint(2**31 - 1, (num_images,)).tolist()
+    if len(seeds) != num_images:
+        raise ValueError(f"{num_images} images and {len(seeds)} seeds: need one seed per image")
     draws_per_image = sum(draws_per_phase)
+    noise = _NoiseDraws(seeds, draws_per_image, images.shape[1:], device)
     # A draw's phase is the number of phase starts at or before its position within its image.
     phase_starts = torch.tensor(list(itertools.accumulate(draws_per_phase))[:-1], dtype=torch.int64, device=device)
     counts = torch.zeros(num_images * num_phases * num_classes, dtype=torch.int64, device=device)
@@ -212,8 +236,8 @@ def count_predictions(
             draws = torch.arange(first_draw, min(first_draw + batch_size, total_draws), device=device)
             image_of_draw = draws // draws_per_image
             phase_of_draw = torch.bucketize(draws % draws_per_image, phase_starts, right=True)
-            noisy = torch.randn((len(draws), *images.shape[1:]), dtype=images.dtype, device=device)
-            noisy.mul_(sigma).add_(images[image_of_draw])
+            noisy = torch.empty((len(draws), *images.shape[1:]), dtype=images.dtype, device=device)
+            noise.add_to_images(noisy, images, sigma, first_draw)
             logits = model(noisy)
             if logits.shape[1] != num_classes:
                 raise ValueError(f"the model returns {logits.shape[1]} logits, expected num_classes = {num_classes}")
@@ -221,6 +245,55 @@ def count_predictions(
             # scatter_add_ rather than bincount: on CUDA, bincount reads its largest input back to the host.
             counts.scatter_add_(0, cells, torch.ones_like(cells))
     return counts.view(num_images, num_phases, num_classes)
+
+
+class _NoiseDraws:
+    """The standard normal noise of count_predictions's draws, image after image.
+
+    Image k's draws come from a generator seeded with seeds[k], in chunks of a fixed number of rows (that of
+    NOISE_CHUNK_BYTES), one chunk after the other. So the noise of a draw is a function of its image's seed and
+    its place among that image's draws, whatever the rows per pass and whichever images share them: a resumed
+    job, a job on a GPU with less free memory, or one with another batch_size draws the same noise. Drawing a
+    tensor in two calls would not do: torch's generators give other numbers for other call sizes, on CUDA in
+    particular. Passes must ask for the draws in order.
+    """
+
+    def __init__(self, seeds: Sequence[int], draws_per_image: int, image_shape: Sequence[int],
+                 device: torch.device) -> None:
+        self.seeds = seeds
+        self.draws_per_image = draws_per_image
+        self.image_shape = tuple(image_shape)
+        self.chunk_rows = max(1, NOISE_CHUNK_BYTES // (4 * math.prod(self.image_shape)))
+        self.generator = torch.Generator(device=device)
+        self.image = -1
+        self.chunk = torch.empty(0)
+        self.chunk_start = 0  # the position of self.chunk's first row among its image's draws
+
+    def add_to_images(self, noisy: torch.Tensor, images: torch.Tensor, sigma: float, first_draw: int) -> None:
+        """Fill noisy[r] with the clean image of draw first_draw + r plus sigma times that draw's noise."""
+        position, end = first_draw, first_draw + len(noisy)
+        while position < end:
+            image, draw = divmod(position, self.draws_per_image)
+            chunk = self._chunk_holding(image, draw)
+            rows = min(end - position, self.chunk_start + len(chunk) - draw)
+            row_in_chunk, row_in_pass = draw - self.chunk_start, position - first_draw
+            torch.add(images[image], chunk[row_in_chunk : row_in_chunk + rows], alpha=sigma,
+                      out=noisy[row_in_pass : row_in_pass + rows])
+            position += rows
+
+    def _chunk_holding(self, image: int, draw: int) -> torch.Tensor:
+        if image != self.image:
+            self.image, self.chunk_start = image, 0
+            self.generator.manual_seed(self.seeds[image])
+            self.chunk = self._next_chunk()
+        while draw >= self.chunk_start + len(self.chunk):
+            self.chunk_start += len(self.chunk)
+            self.chunk = self._next_chunk()
+        return self.chunk
+
+    def _next_chunk(self) -> torch.Tensor:
+        rows = min(self.chunk_rows, self.draws_per_image - self.chunk_start)
+        return torch.randn((rows, *self.image_shape), generator=self.generator, device=self.generator.device)
 
 
 def _certify_from_counts(
@@ -303,8 +376,8 @@ def rows_that_fit(free_bytes: int, bytes_per_row: float, batch_size: int) -> int
 def _gpu_bytes_per_row(
     model: torch.nn.Module, image_shape: Sequence[int], device: torch.device, precision: Precision
 ) -> float:
-    """Peak GPU memory of a certification pass per row: one trial pass of PROBE_ROWS, plus the noise and the
-    gathered clean images that count_predictions holds next to it."""
+    """Peak GPU memory of a certification pass per row: one trial pass of PROBE_ROWS, plus twice a row of input:
+    count_predictions holds the pass's noisy images and a chunk of noise (see _NoiseDraws) next to it."""
     input_bytes = math.prod(image_shape) * 4  # fp32
     torch.cuda.synchronize(device)
     torch.cuda.reset_peak_memory_stats(device)

@@ -1,10 +1,10 @@
 """Certify job: run CERTIFY on the test images a config selects, storing one row per image as it goes.
 
-Images are certified in groups cut from the whole selection, each group's noise seeded by the experiment's seed
-and the group's first image, and stored a whole group at a time. A restarted job therefore skips the groups
-already stored and draws, for the rest, exactly the noise an uninterrupted run draws: the same certificates, for
-the same rows per forward pass (always on a CPU; on a GPU they come from a memory probe). A crash costs at most
-the groups of the last FLUSH_SECONDS.
+Each image's noise comes from a generator seeded by the experiment's seed and the image's index
+(smoothing.image_noise_seed), and certificates are stored a group of images at a time. A restarted job therefore
+skips the images already stored and draws, for the rest, exactly the noise an uninterrupted run draws: the same
+certificates, whatever the rows per forward pass (on a GPU they come from a memory probe) and whichever images
+share a pass. A crash costs at most the groups of the last FLUSH_SECONDS.
 The job certifies in fp32 unless its config opts in to bf16 (certify.precision, part of the job key);
 SMX_COMPILE=1 in a worker's environment opts in to torch.compile for its jobs (docs/performance.md: it pays
 for itself only on long runs).
@@ -79,7 +79,8 @@ def run(store: Store, job: Job, device: str, progress: ProgressReporter) -> None
     resumed = f", resuming after {certified} already certified" if certified else ""
     print(f"certifying {len(indices)} test images{resumed}; {batch_size} rows per forward pass", flush=True)
     group_size = images_per_sync(batch_size, certify_config["n0"] + certify_config["n"])
-    groups = [indices[start:start + group_size] for start in range(0, len(indices), group_size)]
+    remaining = [index for index in indices if index not in done]
+    groups = [remaining[start:start + group_size] for start in range(0, len(remaining), group_size)]
 
     def flush() -> None:
         nonlocal last_flush
@@ -95,9 +96,6 @@ def run(store: Store, job: Job, device: str, progress: ProgressReporter) -> None
 
     def on_certificate(certificate: Certificate) -> None:
         nonlocal certified
-        # A group partly stored by an earlier version, which flushed within groups, is certified again whole.
-        if certificate.index in done:
-            return
         pending.append(certificate)
         certified += 1
         progress(certified / len(indices), f"image {certified}/{len(indices)}")
@@ -105,14 +103,11 @@ def run(store: Store, job: Job, device: str, progress: ProgressReporter) -> None
             print(f"{certified}/{len(indices)} images certified", flush=True)
 
     for group in groups:
-        if done.issuperset(group):
-            continue
         images, labels = images_at(data, group)
-        torch.manual_seed(seed * 1_000_003 + group[0])
         certify_dataset(model, images, labels, group, sigma=certify_config["sigma"], n0=certify_config["n0"],
                         n=certify_config["n"], alpha=certify_config["alpha"],
                         batch_size=batch_size, num_classes=DATASETS[dataset].num_classes,
-                        on_certificate=on_certificate, device=device, precision=precision)
+                        on_certificate=on_certificate, device=device, precision=precision, seed=seed)
         if time.monotonic() - last_flush >= FLUSH_SECONDS:
             flush()
     flush()
