@@ -357,7 +357,7 @@ def forward_batch_size(
 
     The configured batch_size bounds memory; within it, a CPU gets CPU_FORWARD_BATCH rows (cache-sized passes
     are faster) and a GPU as many as fit in GPU_MEMORY_SHARE of its free memory, measured with one trial pass.
-    The rows per pass change neither the draws' distribution nor the counts' statistics.
+    The rows per pass change no draw's noise (see _NoiseDraws).
     """
     device = torch.device(device) if device is not None else _model_device(model)
     if device.type == "cpu":
