@@ -235,11 +235,15 @@ def test_a_worker_killed_in_training_is_noticed_by_a_live_worker_and_training_re
     outputs = [tmp_path / f"worker{index}.out" for index in range(2)]
     workers = [start_worker(store_dir, output, slots=2) for output in outputs]
     first_epoch = wait_until(lambda: epoch_metric(store, train_key, 1), "the first epoch's checkpoint")
-    victim = kill_worker_of(job_row(store, train_key).pid, workers)
+    job_pid = job_row(store, train_key).pid
+    (survivor,) = [worker for worker in workers if worker.pid != process_status(job_pid)[1]]
+    # Stopped for the two checks below: awake, it may notice the dead worker and requeue the job before they run.
+    survivor.send_signal(signal.SIGSTOP)
+    kill_worker_of(job_pid, workers)
     assert trained_epochs(store, train_key) == [1], "the worker must die in the middle of training"
     assert job_row(store, train_key).status == "running"  # as the dead worker left it
+    survivor.send_signal(signal.SIGCONT)
 
-    (survivor,) = [worker for worker in workers if worker is not victim]
     finish_worker(survivor, outputs[workers.index(survivor)])
     assert_all_done(store, plan)
     job = job_row(store, train_key)
