@@ -71,7 +71,8 @@ def run(store: Store, job: Job, device: str, progress: ProgressReporter) -> None
     indices = selected_indices(len(data), certify_config["skip"], certify_config["max_samples"])
     pending: list[Certificate] = []
     last_flush = time.monotonic()
-    certified = sum(index in done for index in indices)
+    remaining = [index for index in indices if index not in done]
+    certified = len(indices) - len(remaining)
     # certify.batch_size bounds the rows of a forward pass; the device may be faster with fewer.
     precision = config_value("certify.precision", config)
     batch_size = forward_batch_size(model, DATASETS[dataset].input_shape, certify_config["batch_size"], device,
@@ -79,7 +80,6 @@ def run(store: Store, job: Job, device: str, progress: ProgressReporter) -> None
     resumed = f", resuming after {certified} already certified" if certified else ""
     print(f"certifying {len(indices)} test images{resumed}; {batch_size} rows per forward pass", flush=True)
     group_size = images_per_sync(batch_size, certify_config["n0"] + certify_config["n"])
-    remaining = [index for index in indices if index not in done]
     groups = [remaining[start:start + group_size] for start in range(0, len(remaining), group_size)]
 
     def flush() -> None:
