@@ -133,13 +133,18 @@ def is_running(pid: int) -> bool:
     return status is not None and status[0] not in ("Z", "X")  # a zombie has stopped: it only awaits its reaper
 
 
-def kill_worker_of(job_pid: int, workers: list[subprocess.Popen]) -> subprocess.Popen:
+def worker_of(job_pid: int, workers: list[subprocess.Popen]) -> subprocess.Popen:
+    """The worker whose child the job process `job_pid` is."""
+    (worker,) = [worker for worker in workers if worker.pid == process_status(job_pid)[1]]
+    return worker
+
+
+def kill_worker_of(job_pid: int, workers: list[subprocess.Popen]) -> None:
     """SIGKILL the worker that runs the job process `job_pid`, and wait until the job process has died with it."""
-    (victim,) = [worker for worker in workers if worker.pid == process_status(job_pid)[1]]
+    victim = worker_of(job_pid, workers)
     victim.send_signal(signal.SIGKILL)
     victim.wait()
     wait_until(lambda: not is_running(job_pid), "the job process to die with its worker", timeout=10)
-    return victim
 
 
 def job_row(store: Store, key: str) -> Job:
@@ -236,7 +241,8 @@ def test_a_worker_killed_in_training_is_noticed_by_a_live_worker_and_training_re
     workers = [start_worker(store_dir, output, slots=2) for output in outputs]
     first_epoch = wait_until(lambda: epoch_metric(store, train_key, 1), "the first epoch's checkpoint")
     job_pid = job_row(store, train_key).pid
-    (survivor,) = [worker for worker in workers if worker.pid != process_status(job_pid)[1]]
+    victim = worker_of(job_pid, workers)
+    (survivor,) = [worker for worker in workers if worker is not victim]
     # Stopped for the two checks below: awake, it may notice the dead worker and requeue the job before they run.
     survivor.send_signal(signal.SIGSTOP)
     kill_worker_of(job_pid, workers)
