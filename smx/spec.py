@@ -50,6 +50,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
 from pydantic_core import ErrorDetails
 
 from smx.errors import UserError
+from smx.paths import expand_home
 from smx.science.catalog import ARCHS, DATASETS
 from smx.science.methods.params import METHOD_PARAMS, MethodParams
 from smx.science.metrics import DEFAULT_RADII
@@ -384,7 +385,7 @@ def user_config_path() -> Path:
     """The user's own settings (an [executor] table, say): $SMX_CONFIG, or ~/.config/smx/config.toml."""
     configured = os.environ.get("SMX_CONFIG")
     if configured:
-        return Path(configured).expanduser()
+        return expand_home(configured, "SMX_CONFIG")
     return Path(os.environ.get("XDG_CONFIG_HOME") or Path.home() / ".config") / "smx" / "config.toml"
 
 
@@ -944,7 +945,7 @@ def _format_value(value: Any) -> str:
 def _runtime(document: SpecDocument, path: Path) -> dict[str, Any]:
     root = document.data.root
     if root is not None:
-        root = os.path.abspath(path.parent / Path(root).expanduser())
+        root = os.path.abspath(path.parent / expand_home(root, f"{path}: data.root"))
     return {"data_root": root, "download": document.data.download}
 
 

@@ -23,6 +23,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from smx.db.models import SCHEMA_VERSION, Base, Meta
 from smx.db.views import create_views
 from smx.errors import UserError
+from smx.paths import expand_home
 
 DEFAULT_STORE = "store"
 BUSY_TIMEOUT_MS = 60_000
@@ -141,7 +142,7 @@ def resolve_location(location: str | None) -> tuple[str, Path]:
             if location.startswith(scheme):
                 location = "postgresql+psycopg://" + location.removeprefix(scheme)
         return location, Path(os.environ.get("SMX_STORE_FILES", DEFAULT_STORE)).resolve()
-    root = Path(location).expanduser().resolve()
+    root = expand_home(location, "--store / SMX_STORE").resolve()
     return f"sqlite:///{root / 'smx.db'}", root
 
 

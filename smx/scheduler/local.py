@@ -9,6 +9,7 @@ from dataclasses import dataclass
 
 from smx.db.store import Store
 from smx.plan import Plan
+from smx.science.catalog import DATASETS
 from smx.science.data_files import data_root, missing_files_message
 
 
@@ -43,7 +44,7 @@ def missing_data(plan: Plan, done: set[str]) -> list[str]:
     naming a config that needs it. Empty when every job can load its data here."""
     problems: dict[str, str] = {}
     for job in plan.jobs:
-        if job.key in done or job.kind == "aggregate":
+        if job.key in done or job.kind == "aggregate" or not DATASETS[job.inputs["data"]["dataset"]].needs_root:
             continue
         # The split each task loads: training its train split, certification its configured one, analysis test.
         split = "train" if job.kind == "train" else job.inputs["certify"]["split"] if job.kind == "certify" else "test"

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Literal
 
 from smx.errors import UserError
+from smx.paths import expand_home
 
 Split = Literal["train", "test"]
 
@@ -33,9 +34,9 @@ class DataError(UserError):
 def data_root(root: Path | str | None = None) -> Path:
     """Where datasets live: the argument, else $SMX_DATA, else ~/.smx/data."""
     if root is not None:
-        return Path(root).expanduser()
+        return expand_home(root, "data.root")
     if os.environ.get("SMX_DATA"):
-        return Path(os.environ["SMX_DATA"]).expanduser()
+        return expand_home(os.environ["SMX_DATA"], "SMX_DATA")
     return Path.home() / ".smx" / "data"
 
 

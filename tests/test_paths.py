@@ -1,0 +1,54 @@
+"""Paths with ~ in the settings a user writes."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from smx.errors import UserError
+from smx.paths import expand_home
+from tests.conftest import REPO, smx_command
+
+NO_SUCH_USER = "~smx-no-such-user"
+
+
+def test_a_home_directory_is_expanded_and_an_unknown_user_is_named() -> None:
+    assert expand_home("~/runs", "--store") == Path.home() / "runs"
+    assert expand_home("/data/mnist", "data.root") == Path("/data/mnist")
+    with pytest.raises(UserError) as raised:
+        expand_home(f"{NO_SUCH_USER}/runs", "--store")
+    assert str(raised.value).startswith(f"--store: cannot find the home directory '{NO_SUCH_USER}'")
+
+
+@pytest.mark.parametrize(("variable", "arguments"), [
+    ("SMX_STORE", ("status",)),
+    ("SMX_CONFIG", ("validate", str(REPO / "experiments" / "quickstart.toml"))),
+])
+def test_an_unknown_user_in_a_setting_exits_2_naming_the_setting(variable: str, arguments: tuple[str, ...],
+                                                                 tmp_path: Path) -> None:
+    environment = {**os.environ, variable: f"{NO_SUCH_USER}/x"}
+    result = subprocess.run(smx_command(*arguments), capture_output=True, text=True, env=environment, cwd=tmp_path,
+                            timeout=120)
+    assert result.returncode == 2, result.stderr
+    assert f"{variable}" in result.stderr and NO_SUCH_USER in result.stderr and "Traceback" not in result.stderr
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_data_root_with_an_unknown_user_names_the_spec_and_key(tmp_path: Path) -> None:
+    spec = tmp_path / "fashion.toml"
+    spec.write_text((REPO / "experiments" / "quickstart.toml").read_text().replace(
+        'dataset = "mnist-mini"', f'dataset = "fashion-mnist"\nroot = "{NO_SUCH_USER}/data"'))
+    result = subprocess.run(smx_command("validate", str(spec)), capture_output=True, text=True, cwd=tmp_path,
+                            timeout=120)
+    assert result.returncode == 2
+    assert f"{spec}: data.root: cannot find the home directory '{NO_SUCH_USER}'" in result.stderr
+
+
+def test_embedded_data_needs_no_data_root(tmp_path: Path) -> None:
+    environment = {**os.environ, "SMX_DATA": f"{NO_SUCH_USER}/data"}
+    result = subprocess.run(smx_command("validate", str(REPO / "experiments" / "quickstart.toml")),
+                            capture_output=True, text=True, env=environment, cwd=tmp_path, timeout=120)
+    assert result.returncode == 0, result.stderr
