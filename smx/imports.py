@@ -103,6 +103,8 @@ def _parse_params(method: str, options: list[str]) -> dict[str, Any]:
         if key not in model.model_fields:
             raise UserError(f"--param {key}: {method} has no such hyperparameter.\n"
                             f"Fix: use one of {', '.join(model.model_fields)}.")
+        if key in stated:
+            raise UserError(f"--param {key} is given twice.\nFix: state each hyperparameter once.")
         try:
             stated[key] = json.loads(text)  # numbers, true/false and null as JSON
         except json.JSONDecodeError:
@@ -137,12 +139,19 @@ def load_log(path: Path, options: ImportOptions) -> LoadedLog:
     except UnicodeDecodeError:
         raise UserError(f"{path} is not UTF-8 text.\n"
                         "Fix: give a certification log in the field's TSV format.") from None
+    except IsADirectoryError:
+        raise UserError(f"{path} is a directory.\nFix: give the path of one certification log (TSV) in it.") from None
     except OSError as error:
-        raise UserError(f"cannot read {path}: {error.strerror}.") from None
+        raise UserError(f"cannot read {path}: {error.strerror}.\nFix: check the path and its permissions.") from None
     if not rows:
         raise UserError(f"{path} has a header but no rows.\nFix: give a log with at least one certified sample.")
+    num_classes = DATASETS[options.dataset].num_classes
     first_line: dict[int, int] = {}
     for line_number, row in enumerate(rows, start=2):
+        if row.label >= num_classes or row.prediction >= num_classes:
+            raise UserError(f"{path}, line {line_number}: label {row.label}, predict {row.prediction}: "
+                            f"{options.dataset} has classes 0 to {num_classes - 1}.\n"
+                            "Fix: give the --dataset the log was certified on.")
         if row.index in first_line:
             raise UserError(f"{path}, line {line_number}: sample {row.index} was already certified on line "
                             f"{first_line[row.index]}.\nFix: give a log with one row per test sample.")

@@ -182,6 +182,10 @@ def test_a_malformed_log_exits_2_naming_file_and_line_and_writes_nothing(importe
     (("--method", "smoothmix", "--sigma", "0.5", "--param", "etta=2"), "smoothmix has no such hyperparameter"),
     (("--method", "smoothmix", "--sigma", "0.5", "--param", "mix_step=3"), "mix_step"),
     (("--method", "gaussian", "--sigma", "0.5", "--name", "bad name"), "is not a safe name"),
+    # Keys hash the stated values as JSON, which has no infinity.
+    (("--method", "smoothmix", "--sigma", "0.5", "--param", "eta=inf"), "eta: Input should be a finite number"),
+    (("--method", "smoothmix", "--sigma", "0.5", "--param", "max_norm=1e400"), "max_norm: Input should be a finite"),
+    (("--method", "smoothmix", "--sigma", "0.5", "--param", "eta=1", "--param", "eta=2"), "--param eta is given twice"),
 ])
 def test_bad_import_options_exit_2(imported: Path, arguments: tuple[str, ...], message: str) -> None:
     name = () if "--name" in arguments else ("--name", "cohen2")
@@ -193,6 +197,15 @@ def test_import_errors_for_missing_files_clashing_configs_and_spec_experiments(i
     missing = run_smx("import", str(tmp_path / "missing.tsv"), "--name", "cohen", "--method", "gaussian",
                       "--sigma", "0.5", store=imported, check=False)
     assert missing.returncode == 2 and "no such file" in missing.stderr
+    folder = run_smx("import", str(tmp_path), "--name", "cohen", "--method", "gaussian", "--sigma", "0.5",
+                     store=imported, check=False)
+    assert folder.returncode == 2 and f"{tmp_path} is a directory" in folder.stderr
+    cifar_log = tmp_path / "cifar.tsv"
+    cifar_log.write_text("idx\tlabel\tpredict\tradius\tcorrect\ttime\n0\t12\t12\t0.5\t1\t0:00:01.000000\n")
+    wrong_dataset = run_smx("import", str(cifar_log), "--name", "cohen", "--method", "gaussian", "--sigma", "0.5",
+                            store=imported, check=False)
+    assert wrong_dataset.returncode == 2
+    assert "line 2: label 12, predict 12: mnist has classes 0 to 9" in wrong_dataset.stderr
     clash = run_smx("import", str(GAUSSIAN), "--name", "cohen", "--method", "gaussian", "--sigma", "0.25",
                     store=imported, check=False)
     assert clash.returncode == 2 and "already has a config named 'mnist_gaussian_sigma0.50'" in clash.stderr

@@ -140,6 +140,12 @@ def test_log_round_trip(tmp_path):
     assert read_certification_log(path) == rows
 
 
+def test_blank_lines_at_the_end_of_a_log_are_not_rows(tmp_path):
+    path = tmp_path / "certify.tsv"
+    path.write_text("idx\tlabel\tpredict\tradius\tcorrect\ttime\r\n0\t7\t7\t1.91\t1\t0:00:00.298455\r\n\r\n\n")
+    assert read_certification_log(path) == [LogRow(0, 7, 7, 1.91, 1, 0.298455)]
+
+
 @pytest.mark.parametrize(
     "text, bad_line",
     [
@@ -158,10 +164,16 @@ def test_log_round_trip(tmp_path):
         ("idx\tlabel\tpredict\tradius\tcorrect\ttime\n0\t7\t-1\t0.5\t0\t0:00:00.298455\n", 2),
         ("idx\tlabel\tpredict\tradius\tcorrect\ttime\n0\t7\t3\t1.91\t1\t0:00:00.298455\n", 2),
         ("idx\tlabel\tpredict\tradius\tcorrect\ttime\n0\t7\t7\t1.91\t0\t0:00:00.298455\n", 2),
+        ("idx\tlabel\tpredict\tradius\tcorrect\ttime\n-5\t7\t7\t1.91\t1\t0:00:00.298455\n", 2),
+        ("idx\tlabel\tpredict\tradius\tcorrect\ttime\n" + "9" * 23 + "\t7\t7\t1.91\t1\t0:00:00.298455\n", 2),
+        ("idx\tlabel\tpredict\tradius\tcorrect\ttime\n0\t-3\t-3\t1.91\t1\t0:00:00.298455\n", 2),
+        ("idx\tlabel\tpredict\tradius\tcorrect\ttime\n0\t7\t7\t1.91\t1\t0:00:00.298455\n\n"
+         "1\t7\t7\t1.91\t1\t0:00:00.298455\n", 3),
     ],
     ids=[
         "empty", "not-tab-separated", "missing-field", "text-label", "bad-correct", "nan-radius", "bad-time",
         "abstention-marked-correct", "abstention-with-radius", "wrong-marked-correct", "right-marked-wrong",
+        "negative-index", "index-beyond-64-bits", "negative-label", "blank-line-between-rows",
     ],
 )
 def test_malformed_logs_name_the_file_and_line(tmp_path, text, bad_line):

@@ -91,7 +91,8 @@ def summarize(
 def read_certification_log(path: str | os.PathLike[str]) -> list[LogRow]:
     """Rows of a TSV certification log (header `idx label predict radius correct time`)."""
     with open(path, encoding="utf-8") as log:
-        lines = log.read().splitlines()
+        # Blank lines at the end are an editor's, not rows.
+        lines = log.read().rstrip("\r\n").splitlines()
     if not lines or lines[0] != LOG_HEADER:
         found = repr(lines[0]) if lines else "an empty file"
         raise CertificationLogError(
@@ -117,6 +118,11 @@ def _parse_row(line: str, path: str | os.PathLike[str], line_number: int) -> Log
         if len(fields) != len(LOG_COLUMNS):
             raise ValueError(f"{len(fields)} tab-separated fields instead of {len(LOG_COLUMNS)}")
         index, label, prediction, correct = (int(field) for field in (fields[0], fields[1], fields[2], fields[4]))
+        # A store keeps indices as 64-bit integers.
+        if not 0 <= index < 2**63:
+            raise ValueError(f"idx must be a sample index, from 0 to 2**63 - 1, not {fields[0]}")
+        if label < 0 or prediction < ABSTAIN:
+            raise ValueError(f"label must be a class >= 0 and predict a class or -1, not {label} and {prediction}")
         radius = float(fields[3])
         if not math.isfinite(radius) or radius < 0:
             raise ValueError(f"radius must be a finite number >= 0, not {fields[3]!r}")

@@ -10,7 +10,8 @@ from pydantic import BaseModel, ConfigDict, Field
 
 
 class MethodParams(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # Keys hash these values as JSON, which has no infinity or NaN; specs already refuse them, imports need this.
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
     def optimizer_steps_per_batch(self) -> int:
         """How many chunks a loader batch is split into, with one optimizer step per chunk."""
