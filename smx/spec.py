@@ -438,6 +438,9 @@ def _normalised(value: Any) -> Any:
         return [_normalised(item) for item in value]
     if isinstance(value, float):
         return value + 0.0  # -0.0 + 0.0 == 0.0
+    if isinstance(value, (datetime.date, datetime.time)):
+        # A TOML date can stay in a spec's document where every config overrides it (a base value the sweep sets).
+        return value.isoformat()
     return value
 
 
@@ -579,7 +582,8 @@ def _explain_unknown_key(loc: KeyPath, is_table: bool) -> str:
         return f"unknown top-level key; {key} belongs in [{homes[0]}], so move it below that header"
     known += ["sweep", "variant"]
     return (
-        f"unknown {'section' if is_table else 'top-level key'}{_suggestion(key, known)}{_quoted_dotted_key_hint(key)}; rename or remove it "
+        f"unknown {'section' if is_table else 'top-level key'}{_suggestion(key, known)}"
+        f"{_quoted_dotted_key_hint(key)}; rename or remove it "
         f"(a spec has the sections: {', '.join(known)})"
     )
 
@@ -656,6 +660,10 @@ def _variant_key_problems(overrides: dict[str, Any], where: KeyPath) -> list[Pro
     return problems
 
 
+# The same for an empty [sweep.grid] and an empty [[sweep.zip]], which would both sweep nothing.
+EMPTY_SWEEP_TABLE = 'is empty; add lists of values, e.g. "train.sigma" = [0.25, 0.5], or remove it'
+
+
 def _read_sweep(table: Any) -> tuple[_Sweep, list[Problem]]:
     sweep = _Sweep()
     if table is None:
@@ -671,29 +679,70 @@ def _read_sweep(table: Any) -> tuple[_Sweep, list[Problem]]:
         for key in table
         if key not in ("grid", "zip")
     ]
+    if not table:
+        problems.append(("sweep", "is empty; add a [sweep.grid] table or [[sweep.zip]] tables of lists, or remove it"))
     swept_at: dict[str, KeyPath] = {}
     zip_tables = table.get("zip", [])
     if not isinstance(zip_tables, list) or not all(isinstance(group, dict) for group in zip_tables):
         problems.append(("sweep.zip", "must be an array of tables; write [[sweep.zip]] above each group of lists"))
+    elif "zip" in table and not zip_tables:
+        problems.append(("sweep.zip", "is an empty array; add [[sweep.zip]] tables of lists, or remove it"))
     else:
         for index, group_table in enumerate(zip_tables):
             where: KeyPath = ("sweep", "zip", index)
+            problems_before = len(problems)
             group = _read_swept_table(group_table, where, swept_at, problems)
             lengths = {swept.key: len(swept.values) for swept in group}
             if not group_table:
-                problems.append((_key_path(where), "is empty; add lists of values or remove it"))
+                problems.append((_key_path(where), EMPTY_SWEEP_TABLE))
             elif len(set(lengths.values())) > 1:
                 shown = ", ".join(f'"{key}" has {length}' for key, length in lengths.items())
                 problem = f"lists of different lengths ({shown}); give them all the same length"
                 problems.append((_key_path(where), problem))
             elif group:
+                # Rows are compared only when all of the group's lists were read: a key left out could set them apart.
+                if len(problems) == problems_before:
+                    problems.extend(_zip_repeat_problems(group, where))
                 sweep.zips.append(group)
     grid_table = table.get("grid", {})
     if not isinstance(grid_table, dict):
         problems.append(("sweep.grid", 'must be a table of lists, e.g. [sweep.grid] "train.sigma" = [0.25, 0.5]'))
+    elif "grid" in table and not grid_table:
+        problems.append(("sweep.grid", EMPTY_SWEEP_TABLE))
     else:
         sweep.grid = _read_swept_table(grid_table, ("sweep", "grid"), swept_at, problems)
+        for swept in sweep.grid:
+            problems.extend(_repeat_problems([(value,) for value in swept.values], swept.where))
     return sweep, problems
+
+
+def _zip_repeat_problems(group: list[_SweptKey], where: KeyPath) -> list[Problem]:
+    """A zip group repeats a config when one position's values equal another's in every list; a value repeated
+    in one list alone is fine while another list tells the two positions apart."""
+    if len(group) == 1:
+        return _repeat_problems([(value,) for value in group[0].values], group[0].where)
+    return _repeat_problems(list(zip(*(swept.values for swept in group))), where, [swept.key for swept in group])
+
+
+def _repeat_problems(rows: list[tuple[Any, ...]], where: KeyPath, keys: list[str] | None = None) -> list[Problem]:
+    """The first repeated row of sweep values (one value per key of `keys`; a single value without keys), which
+    would add no config of its own and so shrink the sweep."""
+    first_position: dict[tuple[Any, ...], int] = {}
+    for position, row in enumerate(rows):
+        # 1 and 1.0 (and 0.25 and 0.250) are the same setting, but true is not 1.
+        identity = tuple((isinstance(value, bool), value) for value in row)
+        if identity not in first_position:
+            first_position[identity] = position
+            continue
+        first = rows[first_position[identity]]
+        shown = [_show(a) if _show(a) == _show(b) else f"{_show(a)} and {_show(b)}" for a, b in zip(first, row)]
+        items = f"items {first_position[identity] + 1} and {position + 1}"
+        if keys is None:
+            return [(_key_path(where), f"{items} are the same value ({shown[0]}); give each value once")]
+        shown = [f'"{key}" = {value}' for key, value in zip(keys, shown)]
+        return [(_key_path(where), f"{items} are the same in every list ({', '.join(shown)}); make them differ in "
+                                   "at least one list or remove one")]
+    return []
 
 
 def _flattened(table: dict[str, Any], prefix: str = "") -> Iterator[tuple[str, Any]]:
@@ -985,26 +1034,41 @@ def _expand(
             configs.append(ResolvedConfig(name, config, swept, _runtime(document, path)))
         _check_variant(path, variant, trained, new_configs=len(configs) - configs_before)
         all_trained |= trained
+    problems = _untrained_method_tables(base, (), all_trained, "the configs train",
+                                        'set train.method = "{method}" (in [train], a variant or the sweep) or remove '
+                                        "this table")
     # A swept key that no config uses would silently collapse its sweep into one config.
-    unused = [swept for swept in sweep.grid + [item for group in sweep.zips for item in group]
-              if swept.key not in applied]
-    if unused:
-        raise _spec_error(path, [
-            (_key_path(swept.where), f"applies to no config: the configs train {' and '.join(sorted(all_trained))}; "
-                                     f"set train.method = \"{swept.key.split('.')[1]}\" (in [train], a variant or "
-                                     "the sweep) or drop this key")
-            for swept in unused
-        ])
+    problems += [
+        (_key_path(swept.where), f"applies to no config: the configs train {' and '.join(sorted(all_trained))}; "
+                                 f"set train.method = \"{swept.key.split('.')[1]}\" (in [train], a variant or "
+                                 "the sweep) or drop this key")
+        for swept in sweep.grid + [item for group in sweep.zips for item in group]
+        if swept.key not in applied
+    ]
+    if problems:
+        raise _spec_error(path, problems)
     return first_document, configs
+
+
+def _untrained_method_tables(
+    table: dict[str, Any], where: KeyPath, trained: set[str], trainers: str, fix: str
+) -> list[Problem]:
+    """The method parameter tables in `table` (the base spec or a variant) of methods that none of its configs
+    trains: they change no config, so the likeliest cause is a forgotten train.method. `fix` may name {method}."""
+    return [
+        (_key_path(where + ("train", method)),
+         f"sets {method}'s parameters, but {trainers} {' and '.join(sorted(trained))}; {fix.format(method=method)}")
+        for method in METHOD_PARAMS
+        if method not in trained and _contains(table, ("train", method))
+    ]
 
 
 def _check_variant(path: Path, variant: _Variant, trained: set[str], new_configs: int) -> None:
     """A variant must train the method whose parameters it sets, and add at least one config of its own."""
-    for method in METHOD_PARAMS:
-        if method not in trained and _contains(variant.overrides, ("train", method)):
-            raise _spec_error(path, [(_key_path(variant.where + ("train", method)),
-                                      f"sets {method}'s parameters, but the variant trains {' and '.join(sorted(trained))}"
-                                      f"; add train.method = \"{method}\" to the variant")])
+    problems = _untrained_method_tables(variant.overrides, variant.where, trained, "the variant trains",
+                                        'add train.method = "{method}" to the variant')
+    if problems:
+        raise _spec_error(path, problems)
     if variant.name is not None and new_configs == 0:
         raise _spec_error(path, [(_key_path(variant.where), f"variant {variant.name!r} gives only configs that earlier "
                                   "variants already give (settings outside the job keys, such as data.root, do not "

@@ -219,8 +219,6 @@ def test_identical_configs_are_merged_keeping_the_first_name() -> None:
     assert names(text) == ["gaussian-sigma=0.5"] + [
         f"smoothmix-sigma=0.5-eta={eta}-steps={steps}" for steps in (2, 4) for eta in ("1", "2", "4.5")
     ]
-    duplicate_grid = MINIMAL + '[sweep.grid]\n"train.sigma" = [0.5, 0.5]\n'
-    assert names(duplicate_grid) == ["sigma=0.5"]
 
 
 def test_mistakes_that_would_silently_shrink_a_sweep_are_errors(tmp_path: Path) -> None:
@@ -237,6 +235,56 @@ def test_mistakes_that_would_silently_shrink_a_sweep_are_errors(tmp_path: Path) 
     # A method swept alongside its parameters uses them in some configs: fine.
     mixed = MINIMAL + '[sweep.grid]\n"train.method" = ["gaussian", "smoothmix"]\n"train.smoothmix.eta" = [1.0, 2.0]\n'
     assert names(mixed) == ["method=gaussian", "method=smoothmix-eta=1", "method=smoothmix-eta=2"]
+    forgotten_method = error_of(tmp_path, MINIMAL + "smoothmix = { eta = 2.0 }\n")
+    assert forgotten_method == (
+        f"{tmp_path / 'spec.toml'}: train.smoothmix: sets smoothmix's parameters, but the configs train gaussian; "
+        'set train.method = "smoothmix" (in [train], a variant or the sweep) or remove this table'
+    )
+    repeated = error_of(tmp_path, MINIMAL + '[sweep.grid]\n"train.sigma" = [0.25, 0.25]\n')
+    assert repeated == (f"{tmp_path / 'spec.toml'}: sweep.grid.\"train.sigma\": items 1 and 2 are the same value "
+                        "(0.25); give each value once")
+
+
+SMOOTHMIX_IN_BASE = MINIMAL + "[train.smoothmix]\neta = 2.0\n"
+
+
+@pytest.mark.parametrize(
+    ("addition", "expected_names"),
+    [
+        pytest.param('[[variant]]\nname = "g"\n[[variant]]\nname = "s"\ntrain.method = "smoothmix"\n',
+                     ["g", "s"], id="variant"),
+        pytest.param('[sweep.grid]\n"train.method" = ["gaussian", "smoothmix"]\n',
+                     ["method=gaussian", "method=smoothmix"], id="grid"),
+        pytest.param('[[sweep.zip]]\n"train.method" = ["gaussian", "smoothmix"]\n"train.sigma" = [0.25, 0.5]\n',
+                     ["method=gaussian-sigma=0.25", "method=smoothmix-sigma=0.5"], id="zip"),
+    ],
+)
+def test_base_method_parameters_are_accepted_when_a_variant_or_the_sweep_trains_the_method(
+    addition: str, expected_names: list[str]
+) -> None:
+    configs = resolve_configs(parse_spec(SMOOTHMIX_IN_BASE + addition))
+    assert [config.name for config in configs] == expected_names
+    assert configs[0].config["train"]["params"] == {"noise_samples": 1}
+    assert configs[1].config["train"]["params"]["eta"] == 2.0
+
+
+def test_a_value_repeated_in_one_zip_list_is_fine_while_another_list_differs() -> None:
+    text = MINIMAL + '[[sweep.zip]]\n"train.sigma" = [0.25, 0.25, 0.5]\n"certify.n" = [10, 20, 10]\n'
+    assert names(text) == ["sigma=0.25-n=10", "sigma=0.25-n=20", "sigma=0.5-n=10"]
+
+
+def test_zip_rows_are_not_called_repeats_while_one_of_their_lists_has_a_mistake(tmp_path: Path) -> None:
+    message = error_of(tmp_path, MINIMAL + '[[sweep.zip]]\n"train.sigma" = [0.5, 0.5]\n"certify.nn" = [10, 20]\n')
+    assert 'sweep.zip[1]."certify.nn": no such setting (did you mean "certify.n"?)' in message
+    assert "same" not in message
+
+
+def test_every_shipped_experiment_loads() -> None:
+    # tests/test_paper_specs.py runs `smx validate` on each; this in-process check is what the spec rules need.
+    experiments = sorted((REPO / "experiments").glob("*.toml"))
+    assert len(experiments) >= 10
+    for path in experiments:
+        assert resolve_configs(load_spec(path)), path
 
 
 def test_a_certify_sigma_label_is_not_mistaken_for_the_training_sigma() -> None:
@@ -255,10 +303,12 @@ def test_config_names_too_long_for_a_file_name_are_refused(tmp_path: Path) -> No
 
 
 def test_integer_and_float_spellings_resolve_to_the_same_config() -> None:
-    integer = parse_spec(MINIMAL.replace("sigma = 0.5", "sigma = 1") + "[train.smoothmix]\neta = 1\n")
-    floating = parse_spec(MINIMAL.replace("sigma = 0.5", "sigma = 1.0") + "[train.smoothmix]\neta = 1.0\n")
+    smoothmix = MINIMAL + 'method = "smoothmix"\n'
+    integer = parse_spec(smoothmix.replace("sigma = 0.5", "sigma = 1") + "[train.smoothmix]\neta = 1\n")
+    floating = parse_spec(smoothmix.replace("sigma = 0.5", "sigma = 1.0") + "[train.smoothmix]\neta = 1.0\n")
     assert resolve_configs(integer)[0].config == resolve_configs(floating)[0].config
-    assert isinstance(resolve_configs(integer)[0].config["train"]["sigma"], float)
+    train = resolve_configs(integer)[0].config["train"]
+    assert isinstance(train["sigma"], float) and isinstance(train["params"]["eta"], float)
 
 
 def test_variants_may_change_the_seed_and_the_data_root() -> None:
@@ -322,6 +372,12 @@ method = "smoothmix"
 [experiment]
 name = "sweep"
 """
+
+
+def test_a_toml_date_that_every_config_overrides_still_hashes() -> None:
+    dated = parse_spec(MINIMAL.replace("sigma = 0.5", "sigma = 1979-05-27") + '[sweep.grid]\n"train.sigma" = [0.5]\n')
+    assert len(spec_hash(dated)) == 64
+    assert build_plan(dated).configs[0].config["train"]["sigma"] == 0.5
 
 
 def test_spec_hash_ignores_key_order_formatting_and_comments() -> None:
@@ -570,6 +626,64 @@ def test_spec_hash_ignores_key_order_formatting_and_comments() -> None:
             MINIMAL + '[sweep.gird]\n"train.sigma" = [0.5]\n',
             ['sweep.gird: unknown key (did you mean "grid"?)'],
             id="sweep-unknown-table",
+        ),
+        pytest.param(
+            MINIMAL + "[sweep]\n",
+            ["sweep: is empty; add a [sweep.grid] table or [[sweep.zip]] tables of lists, or remove it"],
+            id="sweep-empty",
+        ),
+        pytest.param(
+            MINIMAL + "[sweep.grid]\n",
+            ['sweep.grid: is empty; add lists of values, e.g. "train.sigma" = [0.25, 0.5], or remove it'],
+            id="grid-empty",
+        ),
+        pytest.param(
+            MINIMAL + "[[sweep.zip]]\n",
+            ['sweep.zip[1]: is empty; add lists of values, e.g. "train.sigma" = [0.25, 0.5], or remove it'],
+            id="zip-empty",
+        ),
+        pytest.param(
+            MINIMAL + "[sweep]\nzip = []\n",
+            ["sweep.zip: is an empty array; add [[sweep.zip]] tables of lists, or remove it"],
+            id="zip-empty-array",
+        ),
+        pytest.param(
+            MINIMAL + '[sweep.grid]\n"train.sigma" = [0.25, 0.5, 0.250]\n',
+            ['sweep.grid."train.sigma": items 1 and 3 are the same value (0.25); give each value once'],
+            id="grid-repeat-spelled-differently",
+        ),
+        pytest.param(
+            MINIMAL + '[sweep.grid]\n"train.sigma" = [1, 1.0]\n',
+            ['sweep.grid."train.sigma": items 1 and 2 are the same value (1 and 1.0); give each value once'],
+            id="grid-repeat-int-and-float",
+        ),
+        pytest.param(
+            MINIMAL + '[sweep.grid]\n"train.method" = ["gaussian", "smoothmix", "gaussian"]\n',
+            ['sweep.grid."train.method": items 1 and 3 are the same value (the string "gaussian")'],
+            id="grid-repeat-string",
+        ),
+        pytest.param(
+            MINIMAL + '[sweep.grid]\n"train.amp" = [true, 1]\n',
+            ['sweep.grid."train.amp": expected true or false, got 1'],
+            id="grid-true-is-not-1",
+        ),
+        pytest.param(
+            MINIMAL + '[[sweep.zip]]\n"train.sigma" = [0.5, 0.5]\n',
+            ['sweep.zip[1]."train.sigma": items 1 and 2 are the same value (0.5); give each value once'],
+            id="zip-repeat",
+        ),
+        pytest.param(
+            MINIMAL + '[[sweep.zip]]\n"train.sigma" = [0.25, 0.5, 0.25]\n"certify.n" = [10, 20, 10.0]\n',
+            ['sweep.zip[1]: items 1 and 3 are the same in every list ("train.sigma" = 0.25, "certify.n" = 10 and '
+             '10.0); make them differ in at least one list or remove one'],
+            id="zip-repeated-row",
+        ),
+        pytest.param(
+            MINIMAL + '[train.macer]\nlbd = 3.0\n[[variant]]\nname = "g"\n[[variant]]\nname = "s"\n'
+                      'train.method = "smoothmix"\n',
+            ["train.macer: sets macer's parameters, but the configs train gaussian and smoothmix; "
+             'set train.method = "macer" (in [train], a variant or the sweep) or remove this table'],
+            id="base-method-table-no-config-trains",
         ),
     ],
 )
