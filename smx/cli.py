@@ -339,7 +339,9 @@ def worker(
     from smx.scheduler.slots import make_slots, parse_gpus
     from smx.scheduler.worker import EXIT_JOBS_FAILED, run_worker
 
-    opened = open_store(store)
+    # Only `smx submit` creates a store: a worker pointed at a mistyped path says so instead of making one there.
+    opened = open_store(store, create=False)
+    opened.prepare_for_writing()
     slots = make_slots(opened.locks_dir, parse_gpus(gpus), jobs_per_gpu, cpu_jobs)
     report = run_worker(opened, slots, stay=stay)
     if report.slot is None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sqlite3
 from pathlib import Path
 
 import pytest
@@ -9,6 +10,25 @@ from sqlalchemy import inspect, text
 
 from smx.db.models import SCHEMA_VERSION
 from smx.db.store import StoreError, open_store, resolve_location, stored_version
+from tests.specs import tiny_spec
+from tests.test_fuzz_cli import run_cli
+
+
+def files_in(folder: Path) -> dict[str, tuple[int, int]]:
+    """Every file and directory below `folder`, with its size and modification time: what a command changed."""
+    return {str(path.relative_to(folder)): (path.stat().st_size, path.stat().st_mtime_ns)
+            for path in folder.rglob("*")}
+
+
+def assert_refused(result: tuple[int, str, str], *expected: str) -> str:
+    """The command exited 2 with one clear message holding every `expected` text, and no traceback."""
+    code, out, err = result
+    assert code == 2, (out, err)
+    assert err.startswith("error: ") and "Traceback" not in out + err, err
+    message = " ".join(err.split())
+    for text in expected:
+        assert text in message, (text, message)
+    return message
 
 
 def test_an_older_store_is_upgraded_when_a_reading_command_opens_it(tmp_path: Path) -> None:
@@ -38,6 +58,55 @@ def test_store_urls_smx_cannot_use_are_a_clear_error(tmp_path: Path, monkeypatch
     monkeypatch.setenv("SMX_STORE_FILES", str(tmp_path / "files"))
     with pytest.raises(StoreError, match="postgresql\\+psycopg://user:password@host/database"):
         open_store("mysql://user@host/db")
+    assert not (tmp_path / "files").exists()  # refused before any directory was made for it
     assert resolve_location("postgres://u:p@db.example/smx")[0] == "postgresql+psycopg://u:p@db.example/smx"
     assert resolve_location("postgresql://u:p@db.example/smx") == ("postgresql+psycopg://u:p@db.example/smx",
                                                                    tmp_path / "files")
+
+
+@pytest.mark.parametrize(("url", "shown"), [
+    ("postgresql://u:secret@host:54x2/db", "'postgresql://u:***@host:54x2/db'"),
+    ("postgresql://u:secret@[::1", "'postgresql://u:***@[::1'"),
+    ("postgres://u:secret@host:/db", "'postgres://u:***@host:/db'"),
+])
+def test_a_malformed_server_url_is_one_clear_error_that_shows_the_form(
+    url: str, shown: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("SMX_STORE_FILES", str(tmp_path / "files"))
+    for command in (["status"], ["worker", "--gpus", "none"], ["tui"]):
+        message = assert_refused(run_cli(*command, "--store", url), f"the store URL {shown} is malformed",
+                                 "Fix: write it as postgresql://user:password@host:port/database")
+        assert "secret" not in message
+    assert not (tmp_path / "files").exists()
+
+
+def test_a_schema_version_that_is_no_number_is_a_clear_error_and_nothing_is_written(tmp_path: Path) -> None:
+    store_dir = tmp_path / "store"
+    open_store(str(store_dir)).engine.dispose()
+    with sqlite3.connect(store_dir / "smx.db") as database:
+        database.execute("UPDATE meta SET value = 'abc' WHERE key = 'schema_version'")
+    database.close()
+    before = files_in(store_dir)
+    spec = tmp_path / "spec.toml"
+    spec.write_text(tiny_spec("junk-version"))
+    for command in (["status"], ["worker", "--gpus", "none"], ["submit", str(spec), "--gpus", "none"]):
+        assert_refused(run_cli(*command, "--store", str(store_dir)),
+                       f"the store at {store_dir} has schema version 'abc', which no smx writes",
+                       "Fix: put back the version number")
+    with pytest.raises(StoreError, match="schema version 'abc'"):
+        open_store(str(store_dir), create=False)
+    assert files_in(store_dir).keys() - before.keys() <= {"locks/schema.lock"}
+    with sqlite3.connect(store_dir / "smx.db") as database:
+        assert database.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchall() == [("abc",)]
+    database.close()
+
+
+def test_a_worker_pointed_where_there_is_no_store_creates_none(tmp_path: Path) -> None:
+    typo = tmp_path / "typo-store"
+    assert_refused(run_cli("worker", "--store", str(typo), "--gpus", "none"),
+                   f"no smx store at {typo}", "Fix: run `smx submit")
+    assert list(tmp_path.iterdir()) == []
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert_refused(run_cli("worker", "--store", str(empty), "--gpus", "none"), f"no smx store at {empty}")
+    assert list(empty.iterdir()) == []

@@ -25,13 +25,14 @@ from smx.db.models import (
     JobParent,
     TrainMetric,
 )
-from smx.db.store import Store, open_store
+from smx.db.store import Store, StoreError, open_store
 from smx.science.metrics import DEFAULT_RADII
 from smx.tui.app import SmxApp
 from smx.tui.data import LOG_TAIL_BYTES, RADIUS_STEP, LoadRequest, LogFollower, StoreReader, radius_histograms
 from smx.tui.panes import CurvesPane, ExperimentsPane, JobsPane, ResultsPane
 from smx.tui.screens import ConfirmScreen, HelpScreen, JobScreen
 from tests.conftest import smx_command
+from tests.test_fuzz_cli import run_cli
 
 T0 = datetime(2025, 3, 1, 9, 0, 0)
 NOW = T0 + timedelta(hours=2)
@@ -606,6 +607,22 @@ async def test_export_writes_the_experiments_results_as_csv(seeded: Store) -> No
     assert lines[0].startswith("experiment,config,method,sigma,train.sigma,acr,")
     assert [line.split(",")[1] for line in lines[1:]] == ["gaussian-0.25", "smoothmix-0.25"]
     assert notes == [f"exported 2 row(s) of quickstart to {export}"]
+
+
+def test_a_store_location_that_is_a_file_is_refused_as_every_command_refuses_it(tmp_path: Path) -> None:
+    regular_file = tmp_path / "afile"
+    regular_file.write_text("notes")
+    expected = f"error: {regular_file} is a file; a store is the directory that holds smx.db"
+    for command in ("status", "tui"):
+        code, out, err = run_cli(command, "--store", str(regular_file))
+        assert code == 2 and " ".join(err.split()).startswith(expected), (command, out, err)
+        assert "Traceback" not in out + err and "Fix: pass the directory" in err
+    with pytest.raises(StoreError, match="is a file"):
+        SmxApp(str(regular_file))
+    # A reader that meets it (the path turned into a file after the app started) says so, not "no store yet".
+    snapshot = StoreReader(str(regular_file)).load(LoadRequest())
+    assert not snapshot.found and snapshot.problem is not None and "is a file" in snapshot.problem
+    assert list(tmp_path.iterdir()) == [regular_file] and regular_file.read_text() == "notes"
 
 
 @pytest.mark.asyncio

@@ -14,18 +14,18 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
+from urllib.parse import quote
 
 from filelock import FileLock
-from sqlalchemy import Engine, create_engine, event, inspect, make_url, select, text
+from sqlalchemy import Engine, NullPool, create_engine, event, inspect, make_url, select, text
 from sqlalchemy.exc import ArgumentError, DatabaseError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
+# resolve_location and the errors are smx.db.location's, importable from here with the rest of opening a store.
+from smx.db.location import NoStoreYet, StoreError, check_location, resolve_location  # noqa: F401
 from smx.db.models import SCHEMA_VERSION, Base, Meta
 from smx.db.views import create_views
-from smx.errors import UserError
-from smx.paths import expand_home
 
-DEFAULT_STORE = "store"
 BUSY_TIMEOUT_MS = 60_000
 # PostgreSQL advisory lock key under which clients create or upgrade the schema one at a time.
 SCHEMA_LOCK_ID = 0x736D78  # "smx"
@@ -33,16 +33,12 @@ SCHEMA_LOCK_ID = 0x736D78  # "smx"
 DISK_FULL_ERRNOS = {errno.ENOSPC, errno.EDQUOT}
 STORAGE_ERRNOS = DISK_FULL_ERRNOS | {errno.EROFS, errno.EACCES, errno.EPERM}
 # The same in SQLite's primary result codes (the low byte of an extended code).
+SQLITE_READONLY = 8
 SQLITE_FULL = 13
-SQLITE_STORAGE_CODES = {8, 10, SQLITE_FULL, 14}  # READONLY, IOERR, FULL, CANTOPEN
-
-
-class StoreError(UserError):
-    pass
-
-
-class NoStoreYet(StoreError):
-    """Nothing at the location has smx's tables: `smx submit` would create the store there."""
+SQLITE_CANTOPEN = 14
+SQLITE_STORAGE_CODES = {SQLITE_READONLY, 10, SQLITE_FULL, SQLITE_CANTOPEN}  # 10: IOERR
+# What SQLite answers about a database file that is not one, or no longer a whole one.
+SQLITE_DAMAGED_CODES = {11, 26}  # CORRUPT, NOTADB
 
 
 def storage_error(path: Path | str, reason: str, *, disk_full: bool, then: str = "run the command again") -> StoreError:
@@ -52,6 +48,24 @@ def storage_error(path: Path | str, reason: str, *, disk_full: bool, then: str =
     else:
         fix = f"make {path} writable, or use a store elsewhere (--store / SMX_STORE)"
     return StoreError(f"cannot write to {path}: {reason}.\nFix: {fix}; then {then}.")
+
+
+def _unwritable_store_error(path: Path, *, store_root: Path, sqlite: bool, needed_for: str = "") -> StoreError:
+    """`path`, the store's directory or its database file, refuses writes: say which, why, and what to do."""
+    copy = "or copy the store somewhere writable and point --store / SMX_STORE at the copy"
+    because = f" ({needed_for})" if needed_for else ""
+    if path != store_root:
+        return StoreError(f"cannot write to {path}{because}: the file is read-only.\n"
+                          f"Fix: make it writable (chmod u+w {path}), {copy}.")
+    read_only_disk = os.statvfs(path).f_flag & os.ST_RDONLY
+    why = "it is on a read-only file system" if read_only_disk else "this user may not write to it"
+    if sqlite:
+        wal = ("SQLite keeps smx.db in WAL mode: to write to it, SQLite creates smx.db-shm and smx.db-wal beside it, "
+               "and smx keeps its locks and logs there too.\n")
+    else:
+        wal = "smx keeps checkpoints, logs and locks there.\n"
+    fix = "mount it writable" if read_only_disk else f"make it and what it holds writable (chmod -R u+w {path})"
+    return StoreError(f"cannot write to the store {path}{because}: {why}.\n{wal}Fix: {fix}, {copy}.")
 
 
 def file_storage_error(error: OSError, store_root: Path, *, then: str = "run the command again") -> StoreError:
@@ -102,15 +116,39 @@ class Store:
 
     @contextmanager
     def _storage_failures_reported(self) -> Iterator[None]:
-        """A full disk or a read-only database file becomes a StoreError naming the file; the transaction that
-        met it has been rolled back, so the database holds all of it or nothing."""
+        """A full disk, or a store directory or database file this process may not write, becomes a StoreError
+        naming it; the transaction that met it has been rolled back, so the database holds all of it or nothing."""
         try:
             yield
         except OperationalError as error:
             code = getattr(error.orig, "sqlite_errorcode", None)
             if self.sqlite_path is None or code is None or code & 0xFF not in SQLITE_STORAGE_CODES:
                 raise
+            unwritable = self.unwritable_error()
+            if unwritable is not None and code & 0xFF in (SQLITE_READONLY, SQLITE_CANTOPEN):
+                raise unwritable from error
             raise storage_error(self.sqlite_path, str(error.orig), disk_full=code & 0xFF == SQLITE_FULL) from error
+
+    def unwritable_error(self, needed_for: str = "") -> StoreError | None:
+        """The error to give if this process cannot write the store's directory or its database file."""
+        for path in (self.root, self.sqlite_path):
+            if path is not None and path.exists() and not os.access(path, os.W_OK):
+                return _unwritable_store_error(path, store_root=self.root, sqlite=self.is_sqlite, needed_for=needed_for)
+        return None
+
+    def prepare_for_writing(self) -> None:
+        """Create the directories of the store's files, and refuse before anything is written a store that this
+        process cannot write (a read-only copy, mount or share): nothing is left half-written."""
+        unwritable = self.unwritable_error()
+        if unwritable is not None:
+            raise unwritable
+        try:
+            for sub in ("", "checkpoints", "logs", "locks"):
+                (self.root / sub).mkdir(parents=True, exist_ok=True)
+        except OSError as error:
+            where = "--store or SMX_STORE" if self.is_sqlite else "SMX_STORE_FILES"
+            raise StoreError(f"cannot create the store directory {self.root}: {error.strerror}.\n"
+                             f"Fix: choose a writable location with {where}.") from error
 
     def checkpoint_dir(self, job_key: str) -> Path:
         return self.root / "checkpoints" / job_key
@@ -131,19 +169,6 @@ class Store:
     def location(self) -> str:
         """What to pass as --store / SMX_STORE to reach this store from another process."""
         return str(self.root) if self.is_sqlite and self.sqlite_path == self.root / "smx.db" else self.url
-
-
-def resolve_location(location: str | None) -> tuple[str, Path]:
-    """Turn --store / SMX_STORE into (database URL, files root)."""
-    location = location or os.environ.get("SMX_STORE") or DEFAULT_STORE
-    if "://" in location:
-        # PostgreSQL's own URL forms mean psycopg (version 3) to smx, the driver it installs.
-        for scheme in ("postgresql://", "postgres://"):
-            if location.startswith(scheme):
-                location = "postgresql+psycopg://" + location.removeprefix(scheme)
-        return location, Path(os.environ.get("SMX_STORE_FILES", DEFAULT_STORE)).resolve()
-    root = expand_home(location, "--store / SMX_STORE").resolve()
-    return f"sqlite:///{root / 'smx.db'}", root
 
 
 def _sqlite_engine(url: str) -> Engine:
@@ -171,62 +196,101 @@ def _sqlite_engine(url: str) -> Engine:
     return engine
 
 
+def read_only_sqlite_uri(database: Path) -> str:
+    """An SQLite URI (for sqlite3.connect(uri, uri=True)) that reads `database` without writing anything beside it.
+
+    In WAL mode SQLite creates smx.db-shm and smx.db-wal when the first connection opens the database and removes
+    them when the last one closes. While smx.db-wal exists, a writer has the database open (or died with it open),
+    and a reader needs both files: mode=ro reads through them. Without it, smx.db alone holds every commit, and
+    immutable=1 lets SQLite read it without the two files, which a read-only directory would not let it create.
+    A writer that starts while such a connection reads is not seen by that connection; the next one sees it.
+    """
+    uri = f"file:{quote(str(database))}?mode=ro"
+    return uri if Path(f"{database}-wal").exists() else f"{uri}&immutable=1"
+
+
+def _read_only_sqlite_engine(database: Path) -> Engine:
+    """An engine that only reads `database`, for a store that this process cannot write. Every session connects
+    anew (no pool): read_only_sqlite_uri chooses how to read at that moment."""
+    engine = create_engine(f"sqlite:///{database}", poolclass=NullPool,
+                           connect_args={"timeout": BUSY_TIMEOUT_MS / 1000})
+
+    @event.listens_for(engine, "do_connect")
+    def connect_read_only(_dialect, _record, arguments, options) -> None:  # type: ignore[no-untyped-def]
+        arguments[0] = read_only_sqlite_uri(database)
+        options["uri"] = True
+
+    @event.listens_for(engine, "connect")
+    def configure(dbapi_connection, _record) -> None:  # type: ignore[no-untyped-def]
+        dbapi_connection.isolation_level = None  # we issue BEGIN ourselves, as _sqlite_engine does
+        dbapi_connection.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
+
+    @event.listens_for(engine, "begin")
+    def begin(connection) -> None:  # type: ignore[no-untyped-def]
+        # No write lock to take: a write fails on its own statement, as SQLite refuses it (SQLITE_READONLY).
+        connection.exec_driver_sql("BEGIN")
+
+    return engine
+
+
 def _shown(url: str) -> str:
-    """A URL fit to print: its password hidden."""
-    try:
-        return make_url(url).render_as_string(hide_password=True)
-    except ArgumentError:
-        return url
+    """A URL fit to print (resolve_location has parsed it): its password hidden."""
+    return make_url(url).render_as_string(hide_password=True)
 
 
 def _server_engine(url: str) -> Engine:
     """A database server's engine (PostgreSQL: `postgresql+psycopg://user:password@host/database`)."""
     if not url.startswith("postgresql+psycopg://"):
         raise StoreError(f"smx cannot keep a store at {_shown(url)!r}.\n"
-                         "Fix: give a directory (SQLite), or a URL like postgresql+psycopg://user:password@host/database.")
+                         "Fix: give a directory (SQLite), or a URL like "
+                         "postgresql+psycopg://user:password@host/database.")
     try:
         return create_engine(url, pool_pre_ping=True)
     except ArgumentError as error:
         raise StoreError(f"cannot use the store URL {_shown(url)!r}: {error}.\n"
-                         "Fix: give a directory, or a URL like postgresql+psycopg://user:password@host/database.") from error
+                         "Fix: give a directory, or a URL like postgresql+psycopg://user:password@host/database."
+                         ) from error
     except ModuleNotFoundError as error:
-        raise StoreError(f"the store URL {_shown(url)!r} needs the Python package {error.name!r}, which is not installed.\n"
+        raise StoreError(f"the store URL {_shown(url)!r} needs the Python package {error.name!r}, which is not "
+                         "installed.\n"
                          "Fix: pip install 'smx[cluster]' (PostgreSQL through psycopg).") from error
 
 
 def open_store(location: str | None = None, *, create: bool = True) -> Store:
-    """Open (and with `create`, initialise or migrate) the store at a directory or SQLAlchemy URL."""
-    url, root = resolve_location(location)
+    """Open (and with `create`, initialise or migrate) the store at a directory or SQLAlchemy URL.
+
+    Without `create`, a directory store that this process cannot write (a read-only copy, mount or share, or a
+    read-only smx.db) is opened for reading only: reading commands work, and a write is refused with the reason and
+    the fix.
+    """
+    url, root = check_location(location)
     if url.startswith("sqlite"):
         database = Path(url.removeprefix("sqlite:///"))
-        if root.is_file():
-            raise StoreError(f"{root} is a file; a store is the directory that holds smx.db and its checkpoints.\n"
-                             f"Fix: pass the directory, --store {root.parent if root.name == 'smx.db' else '<dir>'}.")
         if not create and not database.exists():
             raise NoStoreYet(
                 f"no smx store at {root} (expected {database}).\n"
                 "Fix: run `smx submit experiments/quickstart.toml` to create one, or point --store / SMX_STORE "
                 "at an existing store."
             )
-    if create:
-        try:
-            for sub in ("", "checkpoints", "logs", "locks"):
-                (root / sub).mkdir(parents=True, exist_ok=True)
-        except OSError as error:
-            where = "--store or SMX_STORE" if url.startswith("sqlite") else "SMX_STORE_FILES"
-            raise StoreError(f"cannot create the store directory {root}: {error.strerror}.\n"
-                             f"Fix: choose a writable location with {where}.") from error
-    engine = _sqlite_engine(url) if url.startswith("sqlite") else _server_engine(url)
+        read_only = not create and not (os.access(root, os.W_OK) and os.access(database, os.W_OK))
+        engine = _read_only_sqlite_engine(database) if read_only else _sqlite_engine(url)
+    else:
+        engine = _server_engine(url)
     store = Store(url=url, root=root, engine=engine)
+    if create:
+        store.prepare_for_writing()
     try:
         version = stored_version(store) if not create else None
         if not create and version is None:
-            store.engine.dispose()
             where = f"the database {store.sqlite_path}" if store.is_sqlite else store.display_location
             raise NoStoreYet(f"{where} has no smx tables: it is not an smx store, or one still being created.\n"
                              "Fix: point --store / SMX_STORE at an smx store, or wait for `smx submit` to create it.")
         # A store written by an older smx is upgraded on first use, by reading commands too: they need its tables.
-        if create or (version is not None and version < SCHEMA_VERSION):
+        upgrade = version is not None and version < SCHEMA_VERSION
+        if upgrade and (unwritable := store.unwritable_error(
+                f"it has schema version {version}, which this smx must first upgrade to {SCHEMA_VERSION}")):
+            raise unwritable
+        if create or upgrade:
             with _schema_lock(store):
                 initialise(store)
         else:
@@ -234,13 +298,31 @@ def open_store(location: str | None = None, *, create: bool = True) -> Store:
     except DatabaseError as error:  # OperationalError, or a file that is not an SQLite database at all
         store.engine.dispose()
         if store.is_sqlite:
-            raise StoreError(f"cannot open the store database {store.sqlite_path}: {error.orig}.\n"
-                             "Fix: check the path and its permissions; a damaged database file can be moved away, "
-                             "and `smx submit` starts a new store.") from error
+            raise _sqlite_open_error(store, error) from error
         raise StoreError(f"cannot open the store database {store.display_location}: {error.orig}.\n"
                          "Fix: check the server's address and that it runs, the user name and password, and the "
                          "database name in the URL.") from error
+    except StoreError:
+        store.engine.dispose()
+        raise
     return store
+
+
+def _sqlite_open_error(store: Store, error: DatabaseError) -> StoreError:
+    """Why SQLite could not open the store's database, with the fix for that reason: only a damaged file is to be
+    moved away, never one that is merely unreadable or read-only."""
+    code = getattr(error.orig, "sqlite_errorcode", None)  # Python 3.11 and later
+    unwritable = store.unwritable_error()
+    if unwritable is not None and code is not None and code & 0xFF in (SQLITE_READONLY, SQLITE_CANTOPEN):
+        return unwritable
+    damaged = ("the file is damaged or not an SQLite database: move it away (keep it, it may be recoverable) and "
+               "`smx submit` starts a new store, or point --store / SMX_STORE at another store")
+    readable = f"check that this user may read {store.sqlite_path} and its directory"
+    if code is None:
+        fix = f"{readable}; if it may, {damaged}"
+    else:
+        fix = damaged if code & 0xFF in SQLITE_DAMAGED_CODES else readable
+    return StoreError(f"cannot open the store database {store.sqlite_path}: {error.orig}.\nFix: {fix}.")
 
 
 @contextmanager
@@ -261,7 +343,14 @@ def _schema_lock(store: Store) -> Iterator[None]:
                 connection.execute(text("SELECT pg_advisory_unlock(:id)"), {"id": SCHEMA_LOCK_ID})
                 connection.commit()
         return
-    with FileLock(store.locks_dir / "schema.lock", timeout=BUSY_TIMEOUT_MS / 1000):
+    try:
+        acquired = FileLock(store.locks_dir / "schema.lock", timeout=BUSY_TIMEOUT_MS / 1000).acquire()
+    except OSError as error:
+        if error.errno not in STORAGE_ERRNOS:  # e.g. filelock's Timeout, a TimeoutError
+            raise
+        # The store's directory is writable (that was checked), but the lock file may be another user's.
+        raise file_storage_error(error, store.root) from error
+    with acquired:
         yield
 
 
@@ -271,7 +360,16 @@ def stored_version(store: Store) -> int | None:
     # A read session: opening a store must not wait behind a scheduler that is writing.
     with store.read_session() as session:
         value = session.scalar(select(Meta.value).where(Meta.key == "schema_version"))
-    return int(value) if value is not None else None
+    if value is None:
+        return None
+    try:
+        return int(value)
+    except ValueError:
+        raise StoreError(
+            f"the store at {store.display_location} has schema version {value!r}, which no smx writes: its meta "
+            "table was edited by hand, or is damaged.\nFix: put back the version number it held, or restore the store "
+            "from a backup."
+        ) from None
 
 
 def check_version(store: Store) -> None:

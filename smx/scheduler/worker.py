@@ -15,10 +15,11 @@ from pathlib import Path
 from types import FrameType
 from typing import TextIO
 
+from filelock import FileLock
 from sqlalchemy import select, update
 
 from smx.db.models import Job, utcnow
-from smx.db.store import Store, file_storage_error
+from smx.db.store import STORAGE_ERRNOS, Store, file_storage_error
 from smx.scheduler import queue
 from smx.scheduler.slots import Slot, claim_slot, is_free
 
@@ -138,7 +139,8 @@ def run_job(store: Store, job: Job, slot: Slot, *, requeue_if_terminated: bool =
         return True
     if requeue_if_terminated and process.returncode == -signal.SIGTERM:
         with store.session() as session:
-            queue.requeue(session, job.key, "stopped by SIGTERM; resumes from its last checkpoint", attempt=job.attempts)
+            queue.requeue(session, job.key, "stopped by SIGTERM; resumes from its last checkpoint",
+                          attempt=job.attempts)
         raise Interrupted("SIGTERM")
     reason = f"exit code {process.returncode}" if process.returncode > 0 else f"killed by signal {-process.returncode}"
     queue.finish(store, job.key, succeeded=False, error=f"{reason}; log {log_path}\n{log_tail(log_path)}",
@@ -173,6 +175,16 @@ def _run_on_slot(store: Store, slot: Slot, report: WorkerReport, *, stay: bool) 
         time.sleep(POLL_SECONDS)
 
 
+def _claim_slot(store: Store, slots: list[Slot]) -> tuple[Slot, FileLock] | None:
+    try:
+        return claim_slot(slots)
+    except OSError as error:
+        if error.errno not in STORAGE_ERRNOS:
+            raise
+        # A lock file another user (or root) left, which this one may not open, though it may write beside it.
+        raise file_storage_error(error, store.root) from error
+
+
 def run_worker(store: Store, slots: list[Slot], *, stay: bool = False) -> WorkerReport:
     """Claim jobs until none can become ready (or forever with `stay`)."""
     report = WorkerReport(slot=None)
@@ -186,7 +198,7 @@ def run_worker(store: Store, slots: list[Slot], *, stay: bool = False) -> Worker
 
     previous = {sig: signal.signal(sig, interrupt) for sig in (signal.SIGTERM, signal.SIGINT)}
     try:
-        while (claimed := claim_slot(slots)) is not None:
+        while (claimed := _claim_slot(store, slots)) is not None:
             slot, lock = claimed
             report.slot = slot.name
             try:

@@ -20,6 +20,7 @@ from textual.notifications import SeverityLevel
 from textual.screen import Screen
 from textual.widgets import Footer, SelectionList, Static, TabbedContent, TabPane
 
+from smx.db.location import check_location
 from smx.errors import UserError
 from smx.tui.cells import shown_path
 from smx.tui.messages import ActOnJobs, ExportResults, FocusExperiment, OpenJob
@@ -162,7 +163,11 @@ class SmxApp(App[None]):
 
     def __init__(self, location: str | None = None, *, read_only: bool = False, clock: Clock | None = None,
                  published_acr: PublishedAcr | None = None, refresh_seconds: float = REFRESH_SECONDS) -> None:
-        """`clock` (UTC, naive) times running jobs; `published_acr` fills a column of published numbers."""
+        """`clock` (UTC, naive) times running jobs; `published_acr` fills a column of published numbers.
+
+        A location that can never hold a store (a regular file, a malformed URL) raises StoreError here, as every
+        other command does, rather than showing a screen that waits for a store to appear there."""
+        check_location(location)
         super().__init__()
         self.location = location
         self.clock = clock

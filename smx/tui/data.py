@@ -21,7 +21,7 @@ from sqlalchemy.orm import Session, aliased
 
 from smx.db.models import Certificate, Checkpoint, Experiment, ExperimentJob, Job, JobParent, TrainMetric, utcnow
 from smx.db.queries import elapsed_seconds, experiments_overview, silent_seconds
-from smx.db.store import Store, StoreError, open_store, resolve_location
+from smx.db.store import NoStoreYet, Store, StoreError, open_store, resolve_location
 from smx.errors import UserError
 from smx.report import experiment_results
 from smx.tui.model import (
@@ -246,7 +246,7 @@ class StoreReader:
         try:
             store = self.store()
         except StoreError as error:
-            missing = self._database is not None and not self._database.exists()
+            missing = isinstance(error, NoStoreYet) and self._database is not None and not self._database.exists()
             return Snapshot(root=self.root, found=False, problem=None if missing else error.message)
         snapshot = Snapshot(root=store.root, found=True)
         try:
