@@ -34,6 +34,9 @@ GpusOption = Annotated[str, typer.Option(
     "--gpus", help="GPUs to use: auto, none, a count (2; 0 is none) or indices (0,1; '0,' for index 0 alone).")]
 JobsPerGpuOption = Annotated[int, typer.Option("--jobs-per-gpu", min=1, help="Jobs packed on each GPU.")]
 CpuJobsOption = Annotated[int, typer.Option("--cpu-jobs", min=1, help="Jobs run at once when there is no GPU.")]
+# `smx submit`'s options that say how this machine runs jobs, by parameter name: Slurm jobs take their GPUs and CPUs
+# from [executor.slurm] instead.
+LOCAL_EXECUTOR_OPTIONS = {"gpus": "--gpus", "jobs_per_gpu": "--jobs-per-gpu", "cpu_jobs": "--cpu-jobs"}
 STATUS_STYLES = {"pending": "yellow", "running": "cyan", "done": "green", "failed": "red", "cancelled": "magenta"}
 # While another scheduler holds every slot, `smx submit` follows its jobs and looks this often for a free slot.
 SLOT_RETRY_SECONDS = 5.0
@@ -122,6 +125,7 @@ def _print_plan(plan, states: dict[str, str]) -> None:  # type: ignore[no-untype
 
 @app.command()
 def submit(
+    context: typer.Context,
     spec_file: Annotated[Path, typer.Argument(help="Experiment spec (TOML).")],
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the job graph and change nothing.")] = False,
     detach: Annotated[bool, typer.Option("--detach", help="Run the scheduler in the background and return.")] = False,
@@ -142,10 +146,16 @@ def submit(
 
     if executor not in (None, "local", "slurm"):
         raise UserError(f"unknown --executor {executor!r}.\nFix: use local or slurm.")
+    if dry_run and detach:
+        raise UserError("--dry-run and --detach cannot be used together: a dry run starts nothing to run in the "
+                        "background.\nFix: drop --detach to see the job graph, or --dry-run to run the jobs.")
     spec = load_spec(spec_file)
     plan = build_plan(spec)
     _warn_reduced_precision(plan)
     where = executor_settings(spec, executor)
+    if where.kind == "slurm":
+        _refuse_local_executor_options(context, "--executor slurm" if executor else "[executor] kind = \"slurm\" "
+                                       "(in the spec or the user config)")
     options = LocalOptions(gpus=gpus, jobs_per_gpu=jobs_per_gpu, cpu_jobs=cpu_jobs)
     try:
         existing = open_store(store, create=False)
@@ -201,6 +211,17 @@ def submit(
     _follow(opened, plan.experiment, workers, device,
             start_on_free_slots=lambda: start_workers(opened, options, sum(is_free(slot.lock_path) for slot in slots),
                                                       detach=False))
+
+
+def _refuse_local_executor_options(context: typer.Context, slurm_source: str) -> None:
+    """An error naming the options for the local executor that the user gave, since the jobs go to Slurm."""
+    # Compared by name: the enum is click's, which typer vendors in newer releases.
+    given = [option for name, option in LOCAL_EXECUTOR_OPTIONS.items()
+             if context.get_parameter_source(name).name != "DEFAULT"]
+    if given:
+        raise UserError(f"{', '.join(given)}: only for jobs run on this machine, but {slurm_source} sends them to "
+                        f"Slurm.\nFix: drop {' and '.join(given)} (Slurm jobs take their GPUs and CPUs from "
+                        "[executor.slurm] gpus_per_job and cpus_per_job), or use --executor local.")
 
 
 def _submit_to_slurm(store, plan, settings, *, detach: bool) -> None:  # type: ignore[no-untyped-def]
@@ -489,7 +510,8 @@ def cancel(
 def query(
     sql: Annotated[Optional[str], typer.Argument(help="One read-only SQL statement.")] = None,
     experiment: Annotated[Optional[str], typer.Option("--experiment", "-e", help="Export this experiment's results rows.")] = None,
-    format: Annotated[str, typer.Option("--format", "-f", help="table, csv, json or md.")] = "table",
+    format: Annotated[str, typer.Option("--format", "-f", help="table, csv, json (one object per row; NaN and "
+                                        "infinities are null) or md.")] = "table",
     tables: Annotated[bool, typer.Option("--tables", help="List tables and views with their columns.")] = False,
     store: StoreOption = None,
 ) -> None:
@@ -536,10 +558,13 @@ def query(
 @app.command()
 def plot(
     experiment: Annotated[str, typer.Argument(help="Experiment name.")],
-    out: Annotated[Optional[Path], typer.Option("--out", "-o", help="PNG path \\[default: STORE/plots/NAME.png].")] = None,
+    out: Annotated[Optional[Path], typer.Option(
+        "--out", "-o", help="Image file (.png, .pdf or .svg), or an existing directory to write NAME.png in "
+                            "\\[default: STORE/plots/NAME.png].")] = None,
     store: StoreOption = None,
 ) -> None:
-    """Plot certified accuracy against radius for each config of an experiment, and its analyses (PNG)."""
+    """Plot certified accuracy against radius for each config of an experiment (PNG, PDF or SVG), and its analyses
+    (PNG, beside it)."""
     from smx.analysis_report import plot_analysis
     from smx.db.store import open_store
     from smx.report import plot_experiment

@@ -25,7 +25,7 @@ from smx.db.models import Aggregate, Certificate, Experiment, ExperimentJob, Job
 from smx.db.store import Store
 from smx.errors import UserError
 from smx.plan import content_key
-from smx.report import summaries_of
+from smx.report import cannot_write, summaries_of
 from smx.science.catalog import DATASETS
 from smx.science.methods.params import METHOD_PARAMS
 from smx.science.metrics import LogRow, read_certification_log, write_certification_log
@@ -258,6 +258,5 @@ def export_certification_logs(store: Store, experiment: str, out_dir: Path) -> l
             write_certification_log(path, rows)
             paths.append(path)
     except OSError as error:
-        raise UserError(f"cannot write {error.filename or out_dir}: {error.strerror}.\n"
-                        "Fix: choose a writable directory with --out.") from None
+        raise cannot_write(Path(error.filename or out_dir), error) from None
     return paths

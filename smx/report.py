@@ -1,11 +1,15 @@
 """Results out of the store: tables in CSV / JSON / Markdown, the paper-style report (text / Markdown / LaTeX,
-optionally beside the published numbers) and certified-accuracy plots as PNG."""
+optionally beside the published numbers) and certified-accuracy plots as PNG, PDF or SVG."""
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import json
+import math
+import os
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,6 +26,8 @@ from smx.reference import RADIUS_TOLERANCE, PublishedRow, Setting, find_publishe
 from smx.science.metrics import DEFAULT_RADII, certified_accuracy
 
 FORMATS = ("table", "csv", "json", "md")
+# What `smx plot --out` may end in; matplotlib writes each of them with any backend.
+PLOT_FORMATS = ("png", "pdf", "svg")
 
 
 def format_cell(value: Any) -> str:
@@ -45,8 +51,20 @@ def to_csv(result: QueryResult) -> str:
     return buffer.getvalue()
 
 
+def _json_value(value: Any) -> Any:
+    # JSON has no NaN or infinity (jq refuses Python's NaN and Infinity): null, as JavaScript's JSON.stringify writes.
+    return None if isinstance(value, float) and not math.isfinite(value) else value
+
+
 def to_json(result: QueryResult) -> str:
-    return json.dumps([dict(zip(result.columns, row)) for row in result.rows], indent=2, default=str) + "\n"
+    """One object per row, keyed by column name: a name that several columns share is an error, not a lost value."""
+    shared = [name for name, count in Counter(result.columns).items() if count > 1]
+    if shared:
+        raise UserError(f"--format json: several columns are named {', '.join(map(repr, shared))}, and a JSON "
+                        "object keeps one value per name.\nFix: give each column its own name with AS (SELECT "
+                        "j.status AS job_status, ...), or use --format csv, which keeps every column.")
+    rows = [{column: _json_value(value) for column, value in zip(result.columns, row)} for row in result.rows]
+    return json.dumps(rows, indent=2, default=str) + "\n"
 
 
 def to_markdown(result: QueryResult) -> str:
@@ -80,8 +98,52 @@ def experiment_results(store: Store, experiment: str) -> QueryResult:
     return QueryResult(columns, rows)
 
 
+def cannot_write(path: Path, error: OSError, option: str = "--out") -> UserError:
+    """The error for an output that the user chose with `option` (or its default) and that cannot be written."""
+    return UserError(f"cannot write {path}: {error.strerror or error}.\n"
+                     f"Fix: choose a writable directory with {option}.")
+
+
+def plot_file(out: Path, experiment: str) -> Path:
+    """The file `smx plot --out OUT` writes: OUT, or `<experiment>.png` in it when OUT is a directory. An error that
+    names OUT and the fix when its extension is no format we write or when one of its parents is a file."""
+    try:
+        if out.is_dir():
+            return out / f"{experiment}.png"
+        blocking = next((parent for parent in out.parents if parent.exists() and not parent.is_dir()), None)
+    except OSError as error:
+        raise cannot_write(out, error) from None
+    formats = ", ".join(f".{extension}" for extension in PLOT_FORMATS[:-1]) + f" or .{PLOT_FORMATS[-1]}"
+    extension = out.suffix.lower().removeprefix(".")
+    if extension not in PLOT_FORMATS:
+        given = f"the extension .{extension}" if extension else "a name without an extension"
+        raise UserError(f"--out {out}: {given} is no image format that smx plot writes ({formats}).\n"
+                        f"Fix: end the file name with {formats}, or give an existing directory to write "
+                        f"{experiment}.png in.")
+    if blocking is not None:
+        raise UserError(f"--out {out}: {blocking} is a file, not a directory.\nFix: choose another path with --out.")
+    return out
+
+
+def _save_whole(figure: Any, path: Path) -> None:
+    """Write the figure to `path` whole or not at all: into a hidden file beside it, renamed to `path` when done."""
+    partial = path.with_name(f".{path.name}.{os.getpid()}.part")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        figure.savefig(partial, format=path.suffix.lower().removeprefix("."))
+        os.replace(partial, path)
+    except OSError as error:
+        raise cannot_write(path, error) from None
+    finally:
+        # Nothing to remove once renamed, or when it was never created (its folder may not even be reachable).
+        with contextlib.suppress(OSError):
+            partial.unlink()
+
+
 def plot_experiment(store: Store, experiment: str, out: Path) -> Path:
-    """Certified accuracy against radius for every config of an experiment, one PNG."""
+    """Certified accuracy against radius for every config of an experiment, one image (see `plot_file`); the path
+    written."""
+    path = plot_file(out, experiment)
     import matplotlib
 
     matplotlib.use("Agg")
@@ -108,10 +170,11 @@ def plot_experiment(store: Store, experiment: str, out: Path) -> Path:
     axes.set_title(f"{experiment}: approximate certified accuracy")
     axes.legend(fontsize=8)
     figure.tight_layout()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(out)
-    plt.close(figure)
-    return out
+    try:
+        _save_whole(figure, path)
+    finally:
+        plt.close(figure)
+    return path
 
 
 # ---- `smx report`: an experiment's table in the paper's layout, optionally beside the published numbers ----

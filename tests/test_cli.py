@@ -171,6 +171,115 @@ def test_exports_and_plot(submitted, tmp_path: Path) -> None:
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+@pytest.fixture(scope="module")
+def imported(tmp_path_factory: pytest.TempPathFactory) -> StoreTarget:
+    """A store whose experiment 'published' has results without any training: a small imported certification log."""
+    root = tmp_path_factory.mktemp("imported")
+    log = root / "run.tsv"
+    log.write_text("idx\tlabel\tpredict\tradius\tcorrect\ttime\n0\t7\t7\t0.5\t1\t0:00:01.000000\n"
+                   "1\t2\t2\t1.25\t1\t0:00:01.000000\n2\t1\t-1\t0.0\t0\t0:00:01.000000\n")
+    store = StoreTarget.directory(root / "store")
+    run_smx("import", str(log), "--name", "published", "--method", "gaussian", "--sigma", "0.5", store=store)
+    return store
+
+
+def files_under(folder: Path) -> set[Path]:
+    return {path.relative_to(folder) for path in folder.rglob("*")}
+
+
+def one_line(text: str) -> str:
+    return " ".join(text.split())
+
+
+def test_plot_refuses_an_out_path_it_cannot_write_and_writes_nothing(imported: StoreTarget, tmp_path: Path) -> None:
+    (tmp_path / "afile").write_text("")
+    expected = {
+        "x.xyz": "the extension .xyz is no image format that smx plot writes (.png, .pdf or .svg). Fix: end the file "
+                 "name with .png, .pdf or .svg, or give an existing directory to write published.png in.",
+        "noext": "a name without an extension is no image format that smx plot writes (.png, .pdf or .svg).",
+        "afile/x.png": f"{tmp_path / 'afile'} is a file, not a directory. Fix: choose another path with --out.",
+        "afile/sub/x.png": f"{tmp_path / 'afile'} is a file, not a directory.",
+    }
+    before = files_under(tmp_path)
+    for out, message in expected.items():
+        result = run_smx("plot", "published", "--out", str(tmp_path / out), store=imported, check=False)
+        assert result.returncode == 2 and result.stdout == "" and "Traceback" not in result.stderr, result.stderr
+        assert one_line(result.stderr).startswith(f"error: --out {tmp_path / out}: {message}"), result.stderr
+    assert files_under(tmp_path) == before
+    # Where no one may create a file, root included.
+    unwritable = run_smx("plot", "published", "--out", "/proc/smx-plot.png", store=imported, check=False)
+    assert unwritable.returncode == 2 and "Traceback" not in unwritable.stderr, unwritable.stderr
+    assert one_line(unwritable.stderr).startswith("error: cannot write /proc/smx-plot.png: ")
+    assert one_line(unwritable.stderr).endswith("Fix: choose a writable directory with --out.")
+
+
+def test_plot_writes_the_format_of_its_out_path_or_experiment_png_in_a_directory(imported: StoreTarget,
+                                                                                   tmp_path: Path) -> None:
+    folder = tmp_path / "plots"
+    folder.mkdir()
+    written = {folder: folder / "published.png", tmp_path / "new" / "curves.PDF": tmp_path / "new" / "curves.PDF",
+               tmp_path / "curves.svg": tmp_path / "curves.svg"}
+    for out, path in written.items():
+        assert run_smx("plot", "published", "--out", str(out), store=imported).stdout == f"wrote {path}\n"
+    assert (folder / "published.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert (tmp_path / "new" / "curves.PDF").read_bytes()[:5] == b"%PDF-"
+    assert b"<svg" in (tmp_path / "curves.svg").read_bytes()[:1000]
+    # Nothing else: no file beside the directory, no temporary file left behind.
+    assert files_under(tmp_path) == {Path("plots"), Path("plots/published.png"), Path("new"), Path("new/curves.PDF"),
+                                     Path("curves.svg")}
+
+
+def test_query_refuses_what_it_cannot_answer_faithfully(imported: StoreTarget) -> None:
+    refused = {
+        (";",): "empty query: it holds no statement that returns rows.",
+        ("SELECT ?",): "query parameters (?, :name, $1) are not supported",
+        ("SELECT config AS name, experiment AS name FROM results", "-f", "json"):
+            "--format json: several columns are named 'name', and a JSON object keeps one value per name. "
+            "Fix: give each column its own name with AS",
+    }
+    for arguments, message in refused.items():
+        result = run_smx("query", *arguments, store=imported, check=False)
+        assert result.returncode == 2 and result.stdout == "" and "Traceback" not in result.stderr, result.stderr
+        assert one_line(result.stderr).startswith(f"error: {message}"), result.stderr
+    shared = run_smx("query", "SELECT config AS name, experiment AS name FROM results", "-f", "csv", store=imported)
+    assert shared.stdout == "name,name\nrun,published\n"
+    infinite = run_smx("query", "SELECT 1e999 AS big, -1e999 AS small, 0.5 AS half", "-f", "json", store=imported)
+    assert json.loads(infinite.stdout, parse_constant=lambda name: pytest.fail(f"{name} is not JSON")) == [
+        {"big": None, "small": None, "half": 0.5}]
+
+
+def test_submit_refuses_options_that_do_not_go_together_before_writing_anything(tmp_path: Path) -> None:
+    spec = tmp_path / "tiny.toml"
+    spec.write_text(TINY_SPEC)
+    slurm_spec = tmp_path / "slurm.toml"
+    slurm_spec.write_text(TINY_SPEC + '\n[executor]\nkind = "slurm"\n')
+    store = StoreTarget.directory(tmp_path / "store")
+    slurm_fix = ("(Slurm jobs take their GPUs and CPUs from [executor.slurm] gpus_per_job and cpus_per_job), or use "
+                 "--executor local.")
+    refused = {
+        (str(spec), "--dry-run", "--detach"): "--dry-run and --detach cannot be used together: a dry run starts "
+                                              "nothing to run in the background. Fix: drop --detach",
+        (str(spec), "--executor", "slurm", "--gpus", "0,1"): "--gpus: only for jobs run on this machine, but "
+                                                             f"--executor slurm sends them to Slurm. Fix: drop --gpus "
+                                                             f"{slurm_fix}",
+        # Given, even at their defaults, they say the user expects them to count.
+        (str(spec), "--executor", "slurm", "--jobs-per-gpu", "1", "--cpu-jobs", "1", "--dry-run"):
+            "--jobs-per-gpu, --cpu-jobs: only for jobs run on this machine, but --executor slurm sends them to Slurm. "
+            "Fix: drop --jobs-per-gpu and --cpu-jobs",
+        (str(slurm_spec), "--cpu-jobs", "2"): '--cpu-jobs: only for jobs run on this machine, but [executor] kind = '
+                                              '"slurm" (in the spec or the user config) sends them to Slurm.',
+    }
+    for arguments, message in refused.items():
+        result = run_smx("submit", *arguments, store=store, check=False)
+        assert result.returncode == 2 and result.stdout == "" and "Traceback" not in result.stderr, result.stderr
+        assert one_line(result.stderr).startswith(f"error: {message}"), result.stderr
+    assert not (tmp_path / "store").exists()
+    # Left at their defaults, the options for this machine do not stand in Slurm's way.
+    planned = run_smx("submit", str(spec), "--executor", "slurm", "--dry-run", store=store)
+    assert "to run" in planned.stdout
+    assert not (tmp_path / "store").exists()
+
+
 def test_user_errors_exit_2_without_traceback(submitted, tmp_path: Path) -> None:
     _, store, _ = submitted
     bad = tmp_path / "bad.toml"

@@ -57,3 +57,20 @@ def test_tables_lists_every_table_and_view_with_its_columns(seeded) -> None:
     listed = {name: (kind, columns) for name, kind, columns in run_query(seeded, tables_sql(seeded)).rows}
     assert listed["jobs"][0] == "table" and "key" in listed["jobs"][1].split(", ")
     assert listed["results"][0] == "view" and "acr" in listed["results"][1].split(", ")
+
+
+@pytest.mark.parametrize("sql", [";", " ;  ; ", "-- only a comment"])
+def test_a_query_without_a_statement_is_an_empty_query(seeded, sql: str) -> None:
+    with pytest.raises(QueryError, match=r"^empty query: .*\nFix: pass a SELECT statement"):
+        run_query(seeded, sql)
+
+
+def test_placeholders_are_refused_with_the_fix_of_writing_the_value(seeded) -> None:
+    # ? and :name are SQLite's placeholders; PostgreSQL's $1 reaches the server, while ? and :name are syntax errors.
+    for sql in ["SELECT ?", "SELECT :experiment"] if seeded.is_sqlite else ["SELECT $1"]:
+        with pytest.raises(QueryError) as raised:
+            run_query(seeded, sql)
+        assert raised.value.message == (
+            "query parameters (?, :name, $1) are not supported: smx query runs the statement as written.\n"
+            f"  query: {sql}\nFix: write the value into the SQL, e.g. WHERE experiment = 'quickstart'.")
+    assert run_query(seeded, "SELECT key FROM jobs WHERE kind = :kind", {"kind": "train"}).rows == [("abc123",)]

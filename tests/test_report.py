@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import json
+import math
 import textwrap
 
 import pytest
 
+from smx.db.readonly import QueryResult
 from smx.db.store import Store
+from smx.errors import UserError
 from smx.plan import build_plan
 from smx.reference import Setting, find_published, max_certifiable_radius, published_rows
-from smx.report import experiment_report, format_cell, render_report
+from smx.report import experiment_report, format_cell, render_report, to_csv, to_json, to_markdown
 from smx.scheduler.queue import enqueue
 from smx.science.metrics import LogRow
 from smx.spec import parse_spec
@@ -227,3 +231,23 @@ def test_published_accuracy_past_the_printed_columns_is_zero_only_where_certify_
 )
 def test_tables_show_four_decimals_whatever_the_magnitude(value, shown) -> None:
     assert format_cell(value) == shown
+
+
+def test_json_refuses_columns_that_share_a_name_while_csv_and_markdown_keep_every_column() -> None:
+    joined = QueryResult(["key", "status", "job_key", "status"], [("a1", "done", "a1", "failed")])
+    with pytest.raises(UserError) as raised:
+        to_json(joined)
+    assert raised.value.message.startswith("--format json: several columns are named 'status', and a JSON object "
+                                           "keeps one value per name.\nFix: give each column its own name with AS")
+    assert to_csv(joined) == "key,status,job_key,status\na1,done,a1,failed\n"
+    assert to_markdown(joined).splitlines()[2] == "| a1 | done | a1 | failed |"
+
+
+def _refuse_constant(name: str) -> None:
+    raise AssertionError(f"{name} is not JSON")
+
+
+def test_json_writes_nan_and_infinities_as_null() -> None:
+    result = QueryResult(["big", "small", "undefined", "half", "count"], [(math.inf, -math.inf, math.nan, 0.5, 3)])
+    rows = json.loads(to_json(result), parse_constant=_refuse_constant)
+    assert rows == [{"big": None, "small": None, "undefined": None, "half": 0.5, "count": 3}]

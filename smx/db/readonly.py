@@ -8,10 +8,11 @@ import json
 import sqlite3
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import quote
 
 from sqlalchemy import text
 
-from smx.db.store import Store
+from smx.db.store import Store, read_only_sqlite_uri
 from smx.errors import UserError
 
 # What a read-only statement may do: read tables, call functions, run WITH RECURSIVE.
@@ -23,6 +24,10 @@ _READ_PRAGMAS = {"table_info", "table_xinfo", "table_list", "index_list", "index
 
 class QueryError(UserError):
     pass
+
+
+EMPTY_QUERY = ("empty query: it holds no statement that returns rows.\n"
+               "Fix: pass a SELECT statement, e.g. smx query \"SELECT * FROM results\".")
 
 
 @dataclass
@@ -46,7 +51,9 @@ def _authorize(action: int, arg1: str | None, arg2: str | None, _db: str | None,
 def _sqlite_query(store: Store, sql: str, params: dict[str, Any]) -> QueryResult:
     path = store.sqlite_path
     assert path is not None
-    connection = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=30)
+    # A store this process may not write gets a connection that needs no -shm or -wal file beside smx.db.
+    uri = read_only_sqlite_uri(path) if store.unwritable_error() else f"file:{quote(str(path))}?mode=ro"
+    connection = sqlite3.connect(uri, uri=True, timeout=30)
     try:
         connection.execute("PRAGMA query_only = ON")
         connection.set_authorizer(_authorize)
@@ -54,6 +61,11 @@ def _sqlite_query(store: Store, sql: str, params: dict[str, Any]) -> QueryResult
         cursor = connection.execute(sql, params)
         columns = [description[0] for description in cursor.description or []]
         return QueryResult(columns, cursor.fetchall())
+    except sqlite3.ProgrammingError as error:
+        # sqlite3 names a placeholder (?, :name) without a value in each of its messages about bindings.
+        if not params and "binding" in str(error).lower():
+            raise QueryError(_no_parameters(sql)) from error
+        raise QueryError(_explain(sql, str(error))) from error
     except (sqlite3.Error, sqlite3.Warning) as error:
         raise QueryError(_explain(sql, str(error))) from error
     finally:
@@ -80,6 +92,10 @@ def _server_query(store: Store, sql: str, params: dict[str, Any]) -> QueryResult
             rows = cursor.fetchall() if cursor.description else []
             return QueryResult(columns, [tuple(_as_sqlite_gives(value) for value in row) for row in rows])
     except store.engine.dialect.dbapi.Error as error:
+        # A placeholder ($1) is sent to the server, which then says that no value was bound to it (protocol
+        # violation); ? and :name are no PostgreSQL syntax, and fail as syntax errors.
+        if not params and getattr(error, "sqlstate", None) == "08P01":
+            raise QueryError(_no_parameters(sql)) from error
         raise QueryError(_explain(sql, str(error).strip())) from error
     finally:
         connection.invalidate()
@@ -103,6 +119,11 @@ def _explain(sql: str, reason: str) -> str:
     return f"query failed: {reason}\n  query: {sql.strip()}\nFix: write a single read-only SELECT; `smx query --tables` lists tables and views."
 
 
+def _no_parameters(sql: str) -> str:
+    return (f"query parameters (?, :name, $1) are not supported: smx query runs the statement as written.\n"
+            f"  query: {sql.strip()}\nFix: write the value into the SQL, e.g. WHERE experiment = 'quickstart'.")
+
+
 def tables_sql(store: Store) -> str:
     """A query listing the store's tables and views with their columns, in the store's own dialect."""
     if store.is_sqlite:
@@ -118,6 +139,10 @@ def tables_sql(store: Store) -> str:
 
 def run_query(store: Store, sql: str, params: dict[str, Any] | None = None) -> QueryResult:
     if not sql.strip():
-        raise QueryError("empty query.\nFix: pass a SELECT statement, e.g. smx query \"SELECT * FROM results\".")
+        raise QueryError(EMPTY_QUERY)
     params = params or {}
-    return _sqlite_query(store, sql, params) if store.is_sqlite else _server_query(store, sql, params)
+    result = _sqlite_query(store, sql, params) if store.is_sqlite else _server_query(store, sql, params)
+    # Only a string of semicolons or comments runs without giving columns: every statement allowed here reads.
+    if not result.columns:
+        raise QueryError(EMPTY_QUERY)
+    return result
