@@ -250,24 +250,134 @@ class AnalyzeSection(_Section):
 
 
 class SlurmSection(_Section):
-    """How each job is asked of Slurm. Aggregate jobs ask for one CPU and no GPU whatever is set here."""
+    """How each job is asked of Slurm. Aggregate jobs ask for one CPU and no GPU whatever is set here.
+
+    Strict: TOML's true is not the number 1, nor the string "1".
+    """
+
+    model_config = ConfigDict(strict=True)
 
     partition: str | None = None  # None: the cluster's default partition
     gpus_per_job: int = Field(1, ge=0)
     cpus_per_job: int = Field(4, ge=1)
     mem_gb: float | None = Field(None, gt=0.0)  # None: the partition's default
     time_min: int = Field(24 * 60, ge=1)
-    # Further sbatch options by their long names without dashes, e.g. {account = "lab", qos = "high"}.
-    sbatch: dict[str, str | int] = Field(default_factory=dict)
+    # Further sbatch options by their long names without dashes, e.g. {account = "lab", qos = "high"}; `true`
+    # writes a flag that takes no value (SBATCH_FLAGS). Options smx sets are refused (_sbatch_option_problem).
+    sbatch: dict[str, str | int | bool] = Field(default_factory=dict)
     # Shell lines run before each job on its node, e.g. "module load cuda".
     setup: list[str] = Field(default_factory=list)
+
+    @field_validator("partition")
+    @classmethod
+    def _named_partition(cls, partition: str | None) -> str | None:
+        if partition is not None and not partition.strip():
+            raise ValueError("empty; name a partition (`sinfo -s` lists them), or remove the key for the "
+                             "cluster's default partition")
+        return partition
+
+    @field_validator("sbatch")
+    @classmethod
+    def _no_sbatch_option_smx_sets(cls, sbatch: dict[str, str | int | bool]) -> dict[str, str | int | bool]:
+        # Specs and user configs are checked before this (_sbatch_problems), each problem at its own key path.
+        problems = [f"{key}: {problem}" for key, value in sbatch.items()
+                    if (problem := _sbatch_option_problem(key, value))]
+        if problems:
+            raise ValueError("; ".join(problems))
+        return sbatch
 
 
 class ExecutorSection(_Section):
     """Where jobs run: "local" (this machine's GPUs or CPU) or "slurm". Never part of a job's key."""
 
+    model_config = ConfigDict(strict=True)
+
     kind: Literal["local", "slurm"] = "local"
     slurm: SlurmSection = Field(default_factory=SlurmSection)
+
+
+# sbatch options by their long names with "_" for "-". submitit writes each key of [executor.slurm] sbatch as
+# `#SBATCH --<key with "_" for "-">` over its own options, so that a key there replaces, or repeats, what smx sets.
+# Those smx sets from a typed key of [executor.slurm] (scheduler/slurm.py, _sbatch_parameters): option → typed key.
+# One task on one node: --gpus, --gpus-per-node and --gpus-per-task all ask for the job's GPUs.
+SBATCH_TYPED = {"partition": "partition", "time": "time_min", "cpus_per_task": "cpus_per_job", "gpus": "gpus_per_job",
+                "gpus_per_node": "gpus_per_job", "gpus_per_task": "gpus_per_job", "mem": "mem_gb"}
+# What to write for each typed key, in messages.
+TYPED_EXAMPLES = {"partition": '"<partition>"', "gpus_per_job": "<GPUs>", "cpus_per_job": "<CPUs>",
+                  "mem_gb": "<GB>", "time_min": "<minutes>", "setup": '["<shell line>"]'}
+# Options smx or submitit set on every job for smx to work, or that break how submitit sends a job and reads
+# sbatch's answer: option → why it is smx's.
+_OUTPUT = "submitit keeps each job's output in $SMX_STORE_FILES/slurm/<id>/ and reads the job's result there"
+_ONE_TASK = "each smx job runs as one task on one node"
+_SUBMISSION = "smx sends each job's own batch script and reads its Slurm job id from sbatch's answer"
+SBATCH_SET_BY_SMX: dict[str, str] = {
+    "dependency": "each job waits for its parents' Slurm jobs with afterok",
+    "job_name": "each Slurm job is named smx-<kind>-<config>",
+    "output": _OUTPUT,
+    "error": _OUTPUT,
+    "open_mode": _OUTPUT,
+    "signal": "submitit asks for a signal before the time limit, to requeue the job and resume it from its "
+              "checkpoint",
+    "nodes": _ONE_TASK,
+    "ntasks": _ONE_TASK,
+    "ntasks_per_node": _ONE_TASK,
+    "array": "each smx job is one Slurm job",
+    "parsable": _SUBMISSION,
+    "quiet": _SUBMISSION,
+    "test_only": _SUBMISSION,
+    "wait": _SUBMISSION,
+    "wrap": _SUBMISSION,
+}
+# sbatch options that take no value, or an optional one: `true` writes the bare flag (`--exclusive`).
+SBATCH_FLAGS = ("contiguous", "exclusive", "get_user_env", "hold", "ignore_pbs", "nice", "no_kill", "no_requeue",
+                "overcommit", "oversubscribe", "propagate", "reboot", "requeue", "spread_job", "use_min_nodes",
+                "verbose")
+SBATCH_OPTION_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_-]*")
+
+
+def _sbatch_option_problem(key: str, value: Any) -> str | None:
+    """What is wrong with `key = value` in [executor.slurm] sbatch, with the fix; None where nothing is."""
+    if SBATCH_OPTION_NAME.fullmatch(key) is None:
+        return ("not an sbatch option name; write sbatch's long option name without the dashes, "
+                "e.g. account or mail-type")
+    name, option = key.replace("-", "_"), "--" + key.replace("_", "-")
+    if name in SBATCH_TYPED:
+        typed = SBATCH_TYPED[name]
+        return (f"smx sets {option} from executor.slurm.{typed}, which this would silently replace; set "
+                f"executor.slurm.{typed} = {TYPED_EXAMPLES[typed]} instead and remove {key} from sbatch")
+    if name in TYPED_EXAMPLES:
+        return (f"a key of [executor.slurm] itself, not an sbatch option; move it out of sbatch: "
+                f"executor.slurm.{name} = {TYPED_EXAMPLES[name]}")
+    if name in SBATCH_SET_BY_SMX:
+        return f"smx sets {option} itself ({SBATCH_SET_BY_SMX[name]}); remove {key} from sbatch"
+    if isinstance(value, bool):
+        if value and name in SBATCH_FLAGS:
+            return None
+        if name in SBATCH_FLAGS:
+            return f"false is not written as a flag; remove {key} from sbatch to leave {option} off"
+        return (f"expected a string or an integer, got {_show(value)}; write {option}'s value (true is only for "
+                f"options that take no value: {', '.join(flag.replace('_', '-') for flag in SBATCH_FLAGS)})")
+    if isinstance(value, int):
+        return None
+    if isinstance(value, str):
+        if not value.strip():
+            return f"empty; write {option}'s value, or remove {key} from sbatch"
+        if any(ord(character) < 32 or ord(character) == 127 for character in value):
+            return "holds a line break or another control character, which would break the batch script; " \
+                   "write the value on one line"
+        return None
+    fix = f'write it as a string ("{value}")' if isinstance(value, float) else f"write {option}'s value"
+    return f"expected a string or an integer, got {_show(value)}; {fix}"
+
+
+def _sbatch_problems(executor: Any) -> list[Problem]:
+    """The problems of an [executor] table's slurm.sbatch options, each at its own key path."""
+    slurm = executor.get("slurm") if isinstance(executor, dict) else None
+    sbatch = slurm.get("sbatch") if isinstance(slurm, dict) else None
+    if not isinstance(sbatch, dict):
+        return []  # absent, or not a table: the model says what is wrong
+    return [(_key_path(("executor", "slurm", "sbatch", key)), problem) for key, value in sbatch.items()
+            if (problem := _sbatch_option_problem(key, value))]
 
 
 class SpecDocument(_Section):
@@ -358,7 +468,7 @@ def parse_spec(text: str, path: str | Path = "<spec>") -> Spec:
             f"{path}: TOML syntax error: {error}; fix the syntax there "
             "(strings need quotes, tables are written [name], arrays [a, b])"
         ) from None
-    problems = _non_finite_numbers(document, ())
+    problems = _non_finite_numbers(document, ()) + _sbatch_problems(document.get("executor"))
     if problems:
         raise _spec_error(path, problems)
     variants, variant_problems = _read_variants(document.get("variant"))
@@ -417,8 +527,12 @@ def _validated_executor(path: Path, table: Any) -> ExecutorSection:
     try:
         return ExecutorSection.model_validate(table)
     except ValidationError as error:
-        problems = [{**problem, "loc": ("executor", *problem["loc"])} for problem in error.errors()]
-        raise _spec_error(path, [(_key_path(problem["loc"]), _explain(problem)) for problem in problems]) from None
+        # sbatch's problems key by key; the model's own check of sbatch says the same in one line.
+        problems = _sbatch_problems(table)
+        details = [{**detail, "loc": ("executor", *detail["loc"])} for detail in error.errors()]
+        problems += [(_key_path(detail["loc"]), _explain(detail)) for detail in details
+                     if not (problems and detail["loc"][:3] == ("executor", "slurm", "sbatch"))]
+        raise _spec_error(path, problems) from None
 
 
 def resolve_configs(spec: Spec) -> list[ResolvedConfig]:

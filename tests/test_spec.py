@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 import textwrap
@@ -744,6 +745,192 @@ def test_spec_and_plan_do_not_import_torch() -> None:
     subprocess.run([sys.executable, "-c", code], check=True, cwd=REPO)
 
 
+# ---- the executor: [executor] in a spec and in the user config ----
+
+
+def executor_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, table: str) -> tuple[str, str]:
+    """The messages for the same [executor.slurm] lines in a spec and in the user config, each naming its file."""
+    monkeypatch.delenv("SMX_CONFIG", raising=False)
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "no-config"))
+    in_spec = error_of(tmp_path, MINIMAL + f"[executor.slurm]\n{table}\n")
+    config = write(tmp_path, f"[executor.slurm]\n{table}\n", "config.toml")
+    monkeypatch.setenv("SMX_CONFIG", str(config))
+    with pytest.raises(SpecError) as caught:
+        smx.spec.executor_settings(parse_spec(MINIMAL, tmp_path / "plain.toml"))
+    in_config = str(caught.value)
+    assert in_config.startswith(f"{config}: "), in_config
+    return in_spec, in_config
+
+
+@pytest.mark.parametrize(
+    ("table", "expected"),
+    [
+        pytest.param("gpus_per_job = true", ["executor.slurm.gpus_per_job: expected an integer, got true; "
+                                             "write an integer instead"], id="bool-gpus"),
+        pytest.param("cpus_per_job = false", ["executor.slurm.cpus_per_job: expected an integer, got false"],
+                     id="bool-cpus"),
+        pytest.param("time_min = true", ["executor.slurm.time_min: expected an integer, got true"], id="bool-time"),
+        pytest.param("mem_gb = true", ["executor.slurm.mem_gb: expected a number, got true"], id="bool-mem"),
+        pytest.param("partition = true", ["executor.slurm.partition: expected a string, got true"],
+                     id="bool-partition"),
+        pytest.param('gpus_per_job = "1"', ['executor.slurm.gpus_per_job: expected an integer, got the string "1"',
+                                            "remove the quotes"], id="quoted-gpus"),
+        pytest.param('partition = ""', ["executor.slurm.partition: empty; name a partition (`sinfo -s` lists them), "
+                                        "or remove the key for the cluster's default partition"], id="empty-partition"),
+        pytest.param('partition = "  "', ["executor.slurm.partition: empty; name a partition"], id="blank-partition"),
+        pytest.param("sbatch = { account = true }", [
+            "executor.slurm.sbatch.account: expected a string or an integer, got true; write --account's value "
+            "(true is only for options that take no value: contiguous, exclusive,"], id="bool-sbatch-value"),
+        pytest.param("sbatch = { exclusive = false }", [
+            "executor.slurm.sbatch.exclusive: false is not written as a flag; remove exclusive from sbatch to leave "
+            "--exclusive off"], id="false-flag"),
+        pytest.param("sbatch = { x = 1.5 }", [
+            'executor.slurm.sbatch.x: expected a string or an integer, got 1.5; write it as a string ("1.5")'],
+            id="float-sbatch-value"),
+        pytest.param("sbatch = { x = [1] }", ["executor.slurm.sbatch.x: expected a string or an integer, got an "
+                                              "array"], id="array-sbatch-value"),
+        pytest.param('sbatch = { account = "" }', [
+            "executor.slurm.sbatch.account: empty; write --account's value, or remove account from sbatch"],
+            id="empty-sbatch-value"),
+        pytest.param('sbatch = { comment = "a\\nb" }', [
+            "executor.slurm.sbatch.comment: holds a line break or another control character, which would break the "
+            "batch script; write the value on one line"], id="line-break-sbatch-value"),
+        pytest.param('sbatch = { "mail type" = "END" }', [
+            'executor.slurm.sbatch."mail type": not an sbatch option name; write sbatch\'s long option name without '
+            "the dashes"], id="bad-option-name"),
+        pytest.param('sbatch = { partition = "cpu" }', [
+            "executor.slurm.sbatch.partition: smx sets --partition from executor.slurm.partition, which this would "
+            'silently replace; set executor.slurm.partition = "<partition>" instead and remove partition from sbatch'],
+            id="sbatch-partition"),
+        pytest.param("sbatch = { time = 5 }", [
+            "executor.slurm.sbatch.time: smx sets --time from executor.slurm.time_min",
+            "set executor.slurm.time_min = <minutes> instead and remove time from sbatch"], id="sbatch-time"),
+        pytest.param("sbatch = { cpus-per-task = 2 }", [
+            "executor.slurm.sbatch.cpus-per-task: smx sets --cpus-per-task from executor.slurm.cpus_per_job",
+            "set executor.slurm.cpus_per_job = <CPUs> instead"], id="sbatch-cpus-per-task"),
+        pytest.param("sbatch = { cpus_per_task = 2 }", [
+            "executor.slurm.sbatch.cpus_per_task: smx sets --cpus-per-task from executor.slurm.cpus_per_job"],
+            id="sbatch-cpus_per_task"),
+        pytest.param("sbatch = { gpus-per-node = 2 }", [
+            "executor.slurm.sbatch.gpus-per-node: smx sets --gpus-per-node from executor.slurm.gpus_per_job",
+            "set executor.slurm.gpus_per_job = <GPUs> instead"], id="sbatch-gpus-per-node"),
+        pytest.param("sbatch = { gpus = 2 }", ["executor.slurm.sbatch.gpus: smx sets --gpus from "
+                                               "executor.slurm.gpus_per_job"], id="sbatch-gpus"),
+        pytest.param('sbatch = { mem = "8G" }', [
+            "executor.slurm.sbatch.mem: smx sets --mem from executor.slurm.mem_gb",
+            "set executor.slurm.mem_gb = <GB> instead"], id="sbatch-mem"),
+        pytest.param("sbatch = { time_min = 60 }", [
+            "executor.slurm.sbatch.time_min: a key of [executor.slurm] itself, not an sbatch option; move it out of "
+            "sbatch: executor.slurm.time_min = <minutes>"], id="sbatch-misplaced-typed-key"),
+        pytest.param('sbatch = { dependency = "afterok:1" }', [
+            "executor.slurm.sbatch.dependency: smx sets --dependency itself (each job waits for its parents' Slurm "
+            "jobs with afterok); remove dependency from sbatch"], id="sbatch-dependency"),
+        pytest.param('sbatch = { job-name = "mine" }', [
+            "executor.slurm.sbatch.job-name: smx sets --job-name itself", "remove job-name from sbatch"],
+            id="sbatch-job-name"),
+        pytest.param('sbatch = { job_name = "mine" }', ["executor.slurm.sbatch.job_name: smx sets --job-name itself"],
+                     id="sbatch-job_name"),
+        pytest.param('sbatch = { output = "/tmp/x" }', [
+            "executor.slurm.sbatch.output: smx sets --output itself (submitit keeps each job's output in "
+            "$SMX_STORE_FILES/slurm/<id>/"], id="sbatch-output"),
+        pytest.param('sbatch = { error = "/tmp/x" }', ["executor.slurm.sbatch.error: smx sets --error itself"],
+                     id="sbatch-error"),
+        pytest.param('sbatch = { signal = "USR1@60" }', ["executor.slurm.sbatch.signal: smx sets --signal itself"],
+                     id="sbatch-signal"),
+        pytest.param("sbatch = { ntasks = 2 }", ["executor.slurm.sbatch.ntasks: smx sets --ntasks itself (each smx "
+                                                 "job runs as one task on one node)"], id="sbatch-ntasks"),
+        pytest.param('sbatch = { array = "0-3" }', ["executor.slurm.sbatch.array: smx sets --array itself"],
+                     id="sbatch-array"),
+    ],
+)
+def test_each_executor_mistake_names_its_file_key_path_and_fix(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, table: str, expected: list[str]
+) -> None:
+    for message in executor_error(tmp_path, monkeypatch, table):
+        assert "\n" not in message, message
+        for fragment in expected:
+            assert fragment in message, message
+
+
+def test_every_executor_problem_is_listed_at_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    _, in_config = executor_error(tmp_path, monkeypatch, 'gpus_per_job = true\nsbatch = { partition = "cpu", '
+                                                         'dependency = "afterok:1", account = "lab" }')
+    first, *problems = in_config.splitlines()
+    assert first.endswith("config.toml: 3 problems")
+    assert [problem.split(":")[0].strip() for problem in problems] == [
+        "executor.slurm.sbatch.partition", "executor.slurm.sbatch.dependency", "executor.slurm.gpus_per_job"]
+
+
+def test_smx_validate_names_the_file_with_the_executor_mistake(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from tests.test_fuzz_cli import run_cli
+
+    monkeypatch.delenv("SMX_CONFIG", raising=False)
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "no-config"))
+    spec = write(tmp_path, MINIMAL + '[executor.slurm]\nsbatch = { time = 5 }\n')
+    code, _, stderr = run_cli("validate", str(spec))
+    assert code == 2 and f"{spec}: executor.slurm.sbatch.time: smx sets --time" in " ".join(stderr.split())
+    assert "Traceback" not in stderr
+    config = write(tmp_path, "[executor.slurm]\ngpus_per_job = true\n", "config.toml")
+    monkeypatch.setenv("SMX_CONFIG", str(config))
+    code, _, stderr = run_cli("validate", str(write(tmp_path, MINIMAL, "plain.toml")))
+    assert code == 2 and f"{config}: executor.slurm.gpus_per_job: expected an integer, got true" in \
+        " ".join(stderr.split())
+    assert "Traceback" not in stderr
+
+
+def test_sbatch_takes_strings_integers_and_flags(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("SMX_CONFIG", raising=False)
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "no-config"))
+    sbatch = ('{ account = "lab", qos = "normal", mail-type = "END,FAIL", nice = 10, exclusive = true, '
+              'requeue = true, mem-per-cpu = "2G", gres = "gpu:1" }')
+    text = MINIMAL + f'[executor]\nkind = "slurm"\n[executor.slurm]\npartition = "gpu"\nmem_gb = 32\n' \
+                     f"sbatch = {sbatch}\n"
+    spec = load_spec(write(tmp_path, text))
+    settings = smx.spec.executor_settings(spec).slurm
+    assert settings.mem_gb == 32.0 and settings.partition == "gpu"
+    assert settings.sbatch == {"account": "lab", "qos": "normal", "mail-type": "END,FAIL", "nice": 10,
+                               "exclusive": True, "requeue": True, "mem-per-cpu": "2G", "gres": "gpu:1"}
+    # The executor is no part of a job key.
+    assert [job.key for job in build_plan(spec).jobs] == [job.key for job in build_plan(parse_spec(MINIMAL)).jobs]
+
+
+def test_slurm_section_refuses_sbatch_options_smx_sets_even_when_built_in_code() -> None:
+    with pytest.raises(ValueError, match="dependency: smx sets --dependency itself"):
+        smx.spec.SlurmSection(sbatch={"dependency": "afterok:1"})
+    with pytest.raises(ValueError, match="gpus_per_job\n  Input should be a valid integer"):
+        smx.spec.SlurmSection.model_validate({"gpus_per_job": True})
+
+
+def test_every_typed_slurm_key_has_an_example_for_messages() -> None:
+    assert set(smx.spec.TYPED_EXAMPLES) == set(smx.spec.SlurmSection.model_fields) - {"sbatch"}
+    assert set(smx.spec.SBATCH_TYPED.values()) <= set(smx.spec.TYPED_EXAMPLES)
+
+
+def test_every_sbatch_option_smx_writes_is_refused_in_the_sbatch_table(tmp_path: Path) -> None:
+    """The batch script submitit writes for smx's jobs: each option in it but the user's own is one smx sets, so
+    that [executor.slurm] sbatch may not set it (scheduler/slurm.py may add options: this keeps the lists true)."""
+    pytest.importorskip("submitit")
+    from submitit.slurm.slurm import _make_sbatch_string
+
+    from smx.scheduler.slurm import _sbatch_parameters
+
+    settings = smx.spec.SlurmSection(partition="gpu", gpus_per_job=2, mem_gb=8, sbatch={"account": "lab",
+                                                                                         "exclusive": True})
+    refused = set(smx.spec.SBATCH_TYPED) | set(smx.spec.SBATCH_SET_BY_SMX)
+    overridable = {"wckey"}  # submitit's accounting key "submitit": a cluster may want its own
+    for kind in ("train", "aggregate"):
+        parameters = _sbatch_parameters(settings, kind, "train/base", ["12", "13"])
+        script = _make_sbatch_string(command="true", folder=tmp_path / "%j", **parameters)
+        options = [line.split()[1][2:].partition("=")[0] for line in script.splitlines()
+                   if line.startswith("#SBATCH --")]
+        assert "account" in options and "exclusive" in options and "dependency" in options
+        assert len(options) == len(set(options)), script  # no option written twice
+        for option in options:
+            name = option.replace("-", "_")
+            if option not in ("account", "exclusive"):
+                assert name in refused | overridable, f"--{option} is set by smx but allowed in sbatch"
+
+
 # ---- robustness: any text either loads or gets a SpecError ----
 
 VALUES = st.one_of(
@@ -817,3 +1004,23 @@ def test_the_readme_spec_reference_is_a_valid_spec(tmp_path: Path) -> None:
     example = reference[reference.index("```toml") + len("```toml"):]
     spec = parse_spec(example[:example.index("```")], tmp_path / "readme.toml")
     assert spec.configs and spec.executor["slurm"] == {}
+
+
+def test_the_readme_executor_examples_are_valid(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    readme = (REPO / "README.md").read_text()
+    # The user config of "Running on a cluster".
+    cluster = readme[readme.index("## Running on a cluster"):]
+    cluster = cluster[cluster.index("```toml") + len("```toml"):]
+    config = write(tmp_path, cluster[:cluster.index("```")], "config.toml")
+    monkeypatch.setenv("SMX_CONFIG", str(config))
+    settings = smx.spec.executor_settings(parse_spec(MINIMAL, tmp_path / "plain.toml"))
+    assert settings.kind == "slurm" and settings.slurm.sbatch == {"account": "mylab", "qos": "normal"}
+    # The spec reference's commented-out [executor] lines, uncommented.
+    reference = readme[readme.index("## Spec reference"):]
+    table = reference[reference.index("\n[executor]"):reference.index("\n[sweep.grid]")]
+    lines = [re.sub(r"\s+#.*", "", line.removeprefix("# ")) for line in table.splitlines()]
+    uncommented = "\n".join(part for line in lines for part in re.split(r", (?=\w+ = )", line))
+    assert "sbatch = " in uncommented and "partition = " in uncommented, uncommented
+    monkeypatch.setenv("SMX_CONFIG", str(write(tmp_path, "", "empty.toml")))
+    spec = parse_spec(MINIMAL + uncommented, tmp_path / "reference.toml")
+    assert smx.spec.executor_settings(spec).slurm.sbatch == {"account": "lab"}
