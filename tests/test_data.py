@@ -8,6 +8,8 @@ import torch
 from PIL import Image
 
 from smx.science.data import DataError, ImageTensors, data_root, load_dataset, random_crop_flip, read_idx
+from smx.science.methods.params import GaussianParams
+from smx.science.training import TrainSettings, batches
 
 
 def write_idx(path, array, compress):
@@ -86,8 +88,67 @@ def test_a_truncated_idx_file_is_a_data_error(tmp_path):
     path = tmp_path / "t10k-images-idx3-ubyte"
     assert read_idx(path).shape == images.shape
     path.write_bytes(path.read_bytes()[:-10])
-    with pytest.raises(DataError, match="truncated"):
+    with pytest.raises(DataError, match="truncated.*data.download = true"):
         read_idx(path)
+
+
+def test_a_damaged_gzip_idx_file_is_a_data_error_that_says_how_to_fetch_it_again(tmp_path):
+    write_idx_split(tmp_path / "MNIST" / "raw", "t10k", 3, compress=True, seed=0)
+    path = tmp_path / "MNIST" / "raw" / "t10k-images-idx3-ubyte.gz"
+    compressed = gzip.compress(gzip.decompress(path.read_bytes()), mtime=0)  # no file name: the data start at 10
+    # Cut short (an interrupted download: gzip's EOFError), then a deflate block of the reserved type (zlib.error).
+    invalid_block = compressed[:10] + b"\xff" + compressed[11:]
+    for content in (compressed[: len(compressed) // 2], invalid_block):
+        path.write_bytes(content)
+        with pytest.raises(DataError) as raised:
+            load_dataset("mnist", "test", root=tmp_path)
+        message = str(raised.value)
+        assert str(path) in message and "damaged gzip file" in message
+        assert "delete it and set data.download = true" in message
+
+
+def test_a_truncated_cifar10_batch_is_a_data_error(tmp_path):
+    folder = tmp_path / "cifar-10-batches-py"
+    folder.mkdir()
+    entry = {"batch_label": "test", "labels": [1, 2], "data": np.zeros((2, 3072), dtype=np.uint8)}
+    content = pickle.dumps(entry, protocol=2)
+    for cut in (0, len(content) // 2):
+        (folder / "test_batch").write_bytes(content[:cut])
+        with pytest.raises(DataError) as raised:
+            load_dataset("cifar10", "test", root=tmp_path)
+        assert str(folder / "test_batch") in str(raised.value) and "data.download = true" in str(raised.value)
+
+
+def write_imagenet_with_a_truncated_image(root):
+    """Two class folders of one PNG each under root/imagenet/val; the second class's image is cut short."""
+    for label in ("cat", "dog"):
+        (root / "imagenet" / "val" / label).mkdir(parents=True)
+        Image.new("RGB", (300, 260), color=(255, 0, 0)).save(root / "imagenet" / "val" / label / "a.png")
+    damaged = root / "imagenet" / "val" / "dog" / "a.png"
+    damaged.write_bytes(damaged.read_bytes()[:200])
+    return damaged
+
+
+def test_a_damaged_imagenet_image_is_a_data_error_naming_it(tmp_path):
+    damaged = write_imagenet_with_a_truncated_image(tmp_path)
+    dataset = load_dataset("imagenet", "test", root=tmp_path)
+    assert dataset[0][0].shape == (3, 224, 224)
+    with pytest.raises(DataError, match="cannot read image .*a.png.*Fix: replace it") as raised:
+        dataset[1]
+    assert str(damaged) in str(raised.value)
+
+
+def test_a_damaged_image_read_by_a_dataloader_worker_is_a_plain_data_error(tmp_path):
+    damaged = write_imagenet_with_a_truncated_image(tmp_path)
+    dataset = load_dataset("imagenet", "test", root=tmp_path)
+    settings = TrainSettings(method="gaussian", params=GaussianParams(), sigma=0.5, epochs=1, batch_size=2, lr=0.1,
+                             lr_step=1, lr_gamma=0.1, momentum=0.9, weight_decay=0.0, seed=0, dataset="imagenet",
+                             num_workers=1)
+    with pytest.raises(DataError) as raised:
+        list(batches(dataset, settings, torch.Generator().manual_seed(0), torch.device("cpu")))
+    # The message alone, not torch's "Caught DataError in DataLoader worker process 0" and the worker's traceback.
+    assert str(raised.value).startswith(f"cannot read image {damaged}")
+    assert "Traceback" not in str(raised.value)
 
 
 def test_cifar10_loads_the_python_batches(tmp_path):

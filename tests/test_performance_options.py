@@ -25,6 +25,8 @@ from smx.science.smoothing import (
     rows_that_fit,
 )
 from smx.science.training import TrainSettings, load_checkpoint, save_checkpoint, train
+from smx.tasks.certify import compile_failure_explained
+from smx.tasks.flags import environment_flag
 
 
 @pytest.fixture(scope="module")
@@ -146,3 +148,52 @@ def test_a_job_process_imports_neither_torchvision_nor_scipy_stats() -> None:
     result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
     assert result.stdout.split() == []
+
+
+@pytest.mark.parametrize("value, on", [(None, False), ("", False), ("0", False), ("false", False), ("No", False),
+                                       ("OFF", False), ("1", True), ("true", True), ("Yes", True), (" on ", True)])
+def test_smx_compile_takes_the_usual_spellings_of_on_and_off(monkeypatch, value, on) -> None:
+    if value is None:
+        monkeypatch.delenv("SMX_COMPILE", raising=False)
+    else:
+        monkeypatch.setenv("SMX_COMPILE", value)
+    assert environment_flag("SMX_COMPILE") is on
+
+
+@pytest.mark.parametrize("value", ["2", "maybe", "ture"])
+def test_any_other_smx_compile_is_a_user_error_naming_it(monkeypatch, value) -> None:
+    monkeypatch.setenv("SMX_COMPILE", value)
+    with pytest.raises(UserError, match=f"SMX_COMPILE='{value}' is neither on nor off. Fix: set SMX_COMPILE to one of"):
+        environment_flag("SMX_COMPILE")
+
+
+def test_compiling_without_a_cxx_compiler_is_one_user_error_with_the_fix(tmp_path) -> None:
+    # torch.compile compiles at the first forward pass: a process with no compiler on its PATH, $CXX pointing
+    # nowhere and an empty Inductor cache (a cached kernel would need no compiler) fails there. About 15 s.
+    probe = textwrap.dedent("""
+        import torch
+        from smx.errors import UserError
+        from smx.science.models import build_model
+        from smx.science.smoothing import certify_dataset, prepare_for_certification
+        from smx.tasks.certify import compile_failure_explained
+        model = prepare_for_certification(build_model("lenet", "mnist-mini"), "cpu", compile_model=True)
+        try:
+            with compile_failure_explained(True):
+                certify_dataset(model, torch.zeros(1, 1, 28, 28), [0], [0], 0.5, 2, 4, 0.001, 8, 10)
+        except UserError as error:
+            print(error)
+    """)
+    environment = {"PATH": str(tmp_path), "CXX": "/nonexistent", "SMX_COMPILE": "yes",
+                   "TORCHINDUCTOR_CACHE_DIR": str(tmp_path / "inductor"), "HOME": str(tmp_path)}
+    result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=300,
+                            env=environment)
+    assert result.returncode == 0, result.stderr
+    message = result.stdout.strip()
+    assert message.startswith("SMX_COMPILE=yes: torch.compile needs a C++ compiler (g++, or the one $CXX names)")
+    assert "/nonexistent" in message and message.endswith("Fix: install one, or unset SMX_COMPILE")
+
+
+def test_a_compiled_model_s_other_errors_pass_through_unchanged() -> None:
+    with pytest.raises(ValueError, match="unrelated"):
+        with compile_failure_explained(True):
+            raise ValueError("unrelated")

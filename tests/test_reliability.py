@@ -37,11 +37,11 @@ from smx.db.store import Store, open_store
 from smx.plan import Plan, build_plan
 from smx.scheduler import queue
 from smx.scheduler.slots import is_free, try_lock
+from smx.science.data import strided_indices
 from smx.science.metrics import DEFAULT_RADII
 from smx.science.training import load_checkpoint, load_weights
 from smx.spec import MAX_CONFIGS, load_spec
 from smx.tasks import checkpoints
-from smx.tasks.certify import selected_indices
 from tests.conftest import smx_command
 from tests.servers import fresh_postgres_database
 from tests.specs import tiny_spec
@@ -341,7 +341,7 @@ def test_a_certification_killed_midway_resumes_after_its_last_stored_sample(
     finish_worker(start_worker(store.root, tmp_path / "worker.out"), tmp_path / "worker.out")
     assert_all_done(store, plan)
     stored = certificates(store, certify_key)
-    assert [row[0] for row in stored] == selected_indices(1000, skip=1, max_samples=max_samples)
+    assert [row[0] for row in stored] == strided_indices(1000, skip=1, max_samples=max_samples)
     assert stored[: len(stored_before_the_kill)] == stored_before_the_kill  # kept, not certified again
     finish_worker(uninterrupted_worker, tmp_path / "twin.out")
     twin_store = open_store(str(twin), create=False)

@@ -11,15 +11,8 @@ import torch
 from scipy.stats import beta, binom, binomtest, norm
 
 from smx.science import smoothing
-from smx.science.smoothing import (
-    ABSTAIN,
-    Certificate,
-    certified_radius,
-    certify,
-    certify_dataset,
-    lower_confidence_bound,
-    predict,
-)
+from smx.science.bounds import certified_radius, lower_confidence_bound
+from smx.science.smoothing import ABSTAIN, Certificate, certify, certify_dataset, predict
 
 SIGMA = 0.5
 IMAGE_SHAPE = (1, 4, 4)

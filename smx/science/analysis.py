@@ -23,11 +23,11 @@ from dataclasses import dataclass
 
 import torch
 
-from smx.science.methods.attacks import smoothadv_pgd
+from smx.science.methods.attacks import per_image_norm, smoothadv_pgd
 from smx.science.methods.base import draw_noise
-from smx.science.methods.smoothmix import per_image_norm, smoothed_adversary
+from smx.science.methods.smoothmix import smoothed_adversary
 # CERTIFY's own counting (batched draws, counted on the device), so the estimates here are made the same way.
-from smx.science.smoothing import count_predictions, evaluating
+from smx.science.smoothing import count_predictions, evaluating, model_device
 
 ProgressCallback = Callable[[float], None]  # receives the fraction of the images done
 
@@ -86,7 +86,7 @@ def confidence_under_attack(
     images[k] is image indices[k] of its dataset. The attack is smoothadv_pgd with attack_steps steps and
     attack_noise_samples noise draws, on chunks of batch_size // attack_noise_samples images.
     """
-    device = _device_of(model)
+    device = model_device(model)
     images_per_chunk = max(1, batch_size // attack_noise_samples)
     results = []
     for start in range(0, len(indices), images_per_chunk):
@@ -139,7 +139,7 @@ def equal_confidence_mixing_ratios(
     an image whose prediction flips early costs few estimates. Points on the line need no clamp: both ends lie
     in [0, 1].
     """
-    device = _device_of(model)
+    device = model_device(model)
     images_per_chunk = max(1, batch_size // noise_samples)
     results = []
     for start in range(0, len(indices), images_per_chunk):
@@ -201,8 +201,3 @@ def _first_changes(
         if len(unchanged) == 0:
             break
     return ratios, changed_to
-
-
-def _device_of(model: torch.nn.Module) -> torch.device:
-    parameter = next(model.parameters(), None)
-    return parameter.device if parameter is not None else torch.device("cpu")

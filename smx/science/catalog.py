@@ -44,7 +44,9 @@ DATASETS: dict[str, DatasetInfo] = {
     "mnist-mini": DatasetInfo("mnist-mini", 10, (1, 28, 28), None, None, MNIST_RECIPE, "lenet", needs_root=False),
     "mnist": DatasetInfo("mnist", 10, (1, 28, 28), None, None, MNIST_RECIPE, "lenet", needs_root=True),
     "fashion-mnist": DatasetInfo("fashion-mnist", 10, (1, 28, 28), None, None, MNIST_RECIPE, "lenet", needs_root=True),
-    "cifar10": DatasetInfo("cifar10", 10, (3, 32, 32), CIFAR_MEAN, CIFAR_STD, CIFAR_RECIPE, "cifar_resnet110", needs_root=True),
+    "cifar10": DatasetInfo(
+        "cifar10", 10, (3, 32, 32), CIFAR_MEAN, CIFAR_STD, CIFAR_RECIPE, "cifar_resnet110", needs_root=True
+    ),
     "imagenet": DatasetInfo(
         "imagenet", 1000, (3, 224, 224), IMAGENET_MEAN, IMAGENET_STD, IMAGENET_RECIPE, "resnet50", needs_root=True
     ),

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import gzip
 import pickle
+import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,12 +34,18 @@ from smx.science.data_files import (
 # Imported only where a download or ImageNet needs it: torchvision's import (which brings torch._dynamo) adds
 # about 2 s to every job process, most of which read in-memory datasets without it.
 if TYPE_CHECKING:
+    import PIL.Image
     import torchvision
 
 # The torchvision dataset class that downloads each catalog dataset smx can download.
 TORCHVISION_DATASETS = {"mnist": "MNIST", "fashion-mnist": "FashionMNIST", "cifar10": "CIFAR10"}
 
 MNIST_MINI_PATH = Path(__file__).resolve().parent / "data" / "mnist_mini.npz"
+
+# What to do about a damaged file of a dataset torchvision can download. Deleting it matters: smx downloads only
+# files that are missing, and torchvision skips a download whose files are there.
+REFETCH_FIX = ("Fix: delete it and set data.download = true, so that torchvision fetches it again, or put the "
+               "original file in its place")
 
 
 @dataclass
@@ -81,6 +88,24 @@ def load_dataset(
     return load_imagenet(split, folder, download)
 
 
+def strided_indices(dataset_size: int, skip: int, max_samples: int | None) -> list[int]:
+    """Every `skip`-th index of a dataset (the reference certify.py's --skip), at most `max_samples` of them."""
+    indices = list(range(0, dataset_size, skip))
+    return indices if max_samples is None else indices[:max_samples]
+
+
+def images_and_labels(
+    data: ImageTensors | torch.utils.data.Dataset, indices: list[int]
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The images (N, C, H, W) and labels (N,) at `indices` of a dataset as load_dataset returns it."""
+    if isinstance(data, ImageTensors):
+        selected = data.subset(indices)
+        return selected.images, selected.labels
+    # A dataset read from disk yields (image, label) pairs one at a time.
+    items = [data[index] for index in indices]
+    return torch.stack([image for image, _ in items]), torch.tensor([label for _, label in items])
+
+
 def load_mnist_mini(split: Split) -> ImageTensors:
     with np.load(MNIST_MINI_PATH) as arrays:
         images, labels = arrays[f"{split}_images"], arrays[f"{split}_labels"]
@@ -102,16 +127,22 @@ def read_idx(path: Path) -> np.ndarray:
         with opener(path, "rb") as file:
             # A bytearray, unlike bytes, gives a writable array that torch can wrap without copying.
             content = bytearray(file.read())
+    # gzip reports a truncated file as EOFError and damaged compressed data as zlib.error, neither an OSError;
+    # a bad header or checksum is a BadGzipFile, which is one.
+    except (EOFError, zlib.error, gzip.BadGzipFile) as error:
+        raise DataError(f"{path} is a damaged gzip file ({error}), probably an interrupted download. "
+                        f"{REFETCH_FIX}") from error
     except OSError as error:
         raise DataError(f"cannot read {path}: {error}") from error
     if len(content) < 4 or content[:2] != b"\x00\x00" or content[2] != 0x08:
-        raise DataError(f"{path} is not an unsigned-byte IDX file; replace it with the original download")
+        raise DataError(f"{path} is not an unsigned-byte IDX file. {REFETCH_FIX}")
     ndim = content[3]
     header_size = 4 + 4 * ndim
     shape = tuple(int(size) for size in np.frombuffer(content[4:header_size], dtype=">u4"))
     expected = header_size + int(np.prod(shape))
     if len(content) != expected:
-        raise DataError(f"{path} holds {len(content)} bytes but its header announces {expected}; it is truncated")
+        raise DataError(f"{path} holds {len(content)} bytes but its header announces {expected}: it is truncated. "
+                        f"{REFETCH_FIX}")
     return np.frombuffer(content, dtype=np.uint8, offset=header_size).reshape(shape)
 
 
@@ -157,8 +188,11 @@ def load_cifar10(split: Split, root: Path, download: bool) -> ImageTensors:
                 batch = pickle.load(file, encoding="latin1")
             images.append(np.asarray(batch["data"], dtype=np.uint8).reshape(-1, 3, 32, 32))
             labels.append(np.asarray(batch["labels"], dtype=np.int64))
-        except (OSError, pickle.UnpicklingError, EOFError, KeyError, ValueError) as error:
-            raise DataError(f"cannot read CIFAR-10 batch {path}: {error}; delete it and download again") from error
+        # A truncated pickle raises UnpicklingError or EOFError; one that holds no batch KeyError, TypeError or
+        # ValueError.
+        except (OSError, pickle.UnpicklingError, EOFError, KeyError, TypeError, ValueError) as error:
+            raise DataError(f"cannot read CIFAR-10 batch {path} ({type(error).__name__}: {error}), probably an "
+                            f"interrupted download. {REFETCH_FIX}") from error
     return from_uint8(np.concatenate(images), np.concatenate(labels))
 
 
@@ -177,9 +211,24 @@ def load_imagenet(split: Split, root: Path, download: bool) -> torchvision.datas
     else:
         transform = transforms.Compose([transforms.Resize(256), transforms.CenterCrop(224), transforms.ToTensor()])
     try:
-        return torchvision.datasets.ImageFolder(str(existing[0]), transform=transform)
+        return torchvision.datasets.ImageFolder(str(existing[0]), transform=transform, loader=read_image)
     except (FileNotFoundError, OSError) as error:
         raise DataError(f"cannot read ImageNet folder {existing[0]}: {error}") from error
+
+
+def read_image(path: str) -> PIL.Image.Image:
+    """An image file as RGB, as ImageFolder's default loader reads it, or a DataError naming the file.
+
+    ImageFolder opens its files only when an item is read, so a damaged one surfaces mid-run: PIL raises an
+    OSError (UnidentifiedImageError, "image file is truncated") that would otherwise name no fix.
+    """
+    from torchvision.datasets.folder import pil_loader
+
+    try:
+        return pil_loader(path)
+    except OSError as error:
+        raise DataError(f"cannot read image {path}: {error}. Fix: replace it with the original from ImageNet, "
+                        f"or delete it") from error
 
 
 def download_with_torchvision(name: str, split: Split, root: Path) -> None:

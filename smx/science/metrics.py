@@ -81,7 +81,7 @@ def summarize(
         num_samples=int(radii_array.size),
         acr=average_certified_radius(radii_array, correct_array),
         clean_accuracy=float(np.mean(correct_array == 1)),
-        abstain_rate=float(np.mean(predictions_array == -1)),
+        abstain_rate=float(np.mean(predictions_array == ABSTAIN)),
         certified_accuracy={
             float(radius): certified_accuracy(radii_array, correct_array, radius) for radius in radius_grid
         },

@@ -146,7 +146,3 @@ def build_model(arch: str, dataset: str) -> nn.Module:
     else:
         normalize = Normalize(info.mean, info.std)
     return nn.Sequential(normalize, network)
-
-
-def count_parameters(model: nn.Module) -> int:
-    return sum(parameter.numel() for parameter in model.parameters())

@@ -1,4 +1,4 @@
-"""Randomized smoothing (Cohen et al., 2019): CERTIFY and PREDICT. The only place smx computes a radius.
+"""Randomized smoothing (Cohen et al., 2019): CERTIFY and PREDICT. Their bound on pA and radius are in bounds.py.
 
 The smoothed classifier g(x) = argmax_c P(f(x + e) = c), e ~ N(0, sigma^2 I), is estimated by counting the
 base classifier f's predictions on noisy copies of x. CERTIFY returns a class and an l2 radius that are
@@ -23,10 +23,8 @@ from dataclasses import dataclass
 from typing import Literal
 
 import torch
-# The special functions behind scipy.stats's beta.ppf and norm.ppf (Boost's inverse incomplete beta function
-# from SciPy 1.11 on, and ndtri): the same numbers, without the 0.5-0.9 s import of scipy.stats in every certify job.
-from scipy.special import betaincinv, ndtri
 
+from smx.science.bounds import certified_radius, lower_confidence_bound
 from smx.science.metrics import ABSTAIN
 from smx.science.rewrites import bias_after_pooling, pairwise_max_pooling, pool_before_relu, relu_in_place
 
@@ -64,18 +62,6 @@ class Certificate:
     seconds: float  # wall time attributed to this image
 
 
-def lower_confidence_bound(successes: int, trials: int, alpha: float) -> float:
-    """One-sided (1 - alpha) Clopper-Pearson lower bound on a binomial proportion."""
-    if successes == 0:
-        return 0.0
-    return float(betaincinv(successes, trials - successes + 1, alpha))
-
-
-def certified_radius(pa_lower: float, sigma: float) -> float:
-    """The l2 radius within which the smoothed prediction cannot change, given pA >= pa_lower."""
-    return float(sigma * ndtri(pa_lower))
-
-
 def certify(
     model: torch.nn.Module,
     image: torch.Tensor,
@@ -92,7 +78,7 @@ def certify(
     ABSTAIN and radius 0.0 when that bound is below 1/2.
     """
     with evaluating(model):
-        images = image.unsqueeze(0).to(_model_device(model), torch.float32)
+        images = image.unsqueeze(0).to(model_device(model), torch.float32)
         counts = count_predictions(model, images, (n0, n), sigma, batch_size, num_classes)
     return _certify_from_counts(counts, n, alpha, sigma)[0]
 
@@ -130,7 +116,7 @@ def certify_dataset(
         raise ValueError(f"{len(images)} images, {len(labels)} labels and {len(indices)} indices: need one each")
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
-    device = torch.device(device) if device is not None else _model_device(model)
+    device = torch.device(device) if device is not None else model_device(model)
     images_per_group = images_per_sync(batch_size, n0 + n)
     certificates = []
     with evaluating(model):
@@ -188,7 +174,7 @@ def predict(
     from scipy.stats import binomtest  # here, so that certify jobs never import scipy.stats (see the imports)
 
     with evaluating(model):
-        images = image.unsqueeze(0).to(_model_device(model), torch.float32)
+        images = image.unsqueeze(0).to(model_device(model), torch.float32)
         counts = count_predictions(model, images, (n,), sigma, batch_size, num_classes)[0, 0]
         top_counts, top_classes = counts.topk(2)
     [top_count, runner_up_count], [top_class, _] = torch.stack((top_counts, top_classes)).tolist()
@@ -346,6 +332,22 @@ def prepare_for_certification(
     return torch.compile(model) if compile_model else model
 
 
+def missing_cxx_compiler(error: BaseException) -> str | None:
+    """Inductor's complaint when torch.compile failed for want of a C++ compiler, else None. Its InvalidCxxCompiler
+    comes at the first forward pass of a compiled model, wrapped by Dynamo in a BackendCompilerFailed."""
+    # Imported here: torch._inductor takes seconds to import, and only a compiled model can have raised this.
+    from torch._inductor.exc import InvalidCxxCompiler
+
+    seen: set[int] = set()
+    cause: BaseException | None = error
+    while cause is not None and id(cause) not in seen:
+        if isinstance(cause, InvalidCxxCompiler):
+            return str(cause)
+        seen.add(id(cause))
+        cause = getattr(cause, "inner_exception", None) or cause.__cause__ or cause.__context__
+    return None
+
+
 def forward_batch_size(
     model: torch.nn.Module,
     image_shape: Sequence[int],
@@ -359,7 +361,7 @@ def forward_batch_size(
     are faster) and a GPU as many as fit in GPU_MEMORY_SHARE of its free memory, measured with one trial pass.
     The rows per pass change no draw's noise (see _NoiseDraws).
     """
-    device = torch.device(device) if device is not None else _model_device(model)
+    device = torch.device(device) if device is not None else model_device(model)
     if device.type == "cpu":
         return min(batch_size, CPU_FORWARD_BATCH)
     if device.type == "cuda":
@@ -419,6 +421,7 @@ def evaluating(model: torch.nn.Module) -> Iterator[None]:
         model.train(was_training)
 
 
-def _model_device(model: torch.nn.Module) -> torch.device:
+def model_device(model: torch.nn.Module) -> torch.device:
+    """The device of the model's parameters; the CPU for a model without any."""
     parameter = next(model.parameters(), None)
     return parameter.device if parameter is not None else torch.device("cpu")

@@ -37,6 +37,7 @@ import torch
 from smx.errors import UserError
 from smx.science.catalog import DATASETS
 from smx.science.data import ImageTensors, train_augmentation
+from smx.science.data_files import DataError
 from smx.science.methods import load_method
 from smx.science.methods.base import LossFunction, StepContext, StepOutput
 from smx.science.methods.params import METHOD_PARAMS, MethodParams
@@ -221,8 +222,13 @@ def batches(
         num_workers=settings.num_workers,
         pin_memory=device.type == "cuda",
     )
-    for images, labels in loader:
-        yield images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
+    try:
+        for images, labels in loader:
+            yield images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
+    except DataError as error:
+        # Raised in a worker process (a damaged image file), it comes back with torch's account of the worker's
+        # traceback as its message, which ends in "...DataError: <message>": keep the message alone.
+        raise DataError(str(error).rstrip().rpartition("DataError: ")[2]) from None
 
 
 def resume(

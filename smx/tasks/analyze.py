@@ -17,11 +17,10 @@ from smx.db.models import AnalysisResult, Job, JobParent
 from smx.db.store import Store
 from smx.science.analysis import ProgressCallback, confidence_under_attack, equal_confidence_mixing_ratios
 from smx.science.catalog import DATASETS
-from smx.science.data import load_dataset
+from smx.science.data import images_and_labels, load_dataset, strided_indices
 from smx.science.rewrites import fast_image_gradients
 from smx.science.smoothing import prepare_for_certification
 from smx.tasks import checkpoints
-from smx.tasks.certify import images_at, selected_indices
 from smx.tasks.progress import ProgressReporter
 
 # Test images read at once: bounds memory for datasets read from disk (ImageNet).
@@ -41,7 +40,7 @@ def run(store: Store, job: Job, device: str, progress: ProgressReporter) -> None
     model = prepare_for_certification(model, device)
     fast_image_gradients(model)
     data = load_dataset(dataset, "test", root=job.runtime.get("data_root"), download=job.runtime.get("download", False))
-    indices = selected_indices(len(data), 1, settings["max_samples"])
+    indices = strided_indices(len(data), 1, settings["max_samples"])
 
     kinds = settings["kinds"]
     for position, kind in enumerate(kinds):
@@ -49,7 +48,7 @@ def run(store: Store, job: Job, device: str, progress: ProgressReporter) -> None
         rows: list[AnalysisResult] = []
         for group_start in range(0, len(indices), IMAGES_PER_GROUP):
             group = indices[group_start:group_start + IMAGES_PER_GROUP]
-            images, labels = images_at(data, group)
+            images, labels = images_and_labels(data, group)
 
             def on_progress(fraction: float, done_before: int = group_start, group_size: int = len(group),
                             position: int = position, kind: str = kind) -> None:

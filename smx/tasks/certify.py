@@ -6,55 +6,46 @@ skips the images already stored and draws, for the rest, exactly the noise an un
 certificates, whatever the rows per forward pass (on a GPU they come from a memory probe) and whichever images
 share a pass. A crash costs at most the groups of the last FLUSH_SECONDS.
 The job certifies in fp32 unless its config opts in to bf16 (certify.precision, part of the job key);
-SMX_COMPILE=1 in a worker's environment opts in to torch.compile for its jobs (docs/performance.md: it pays
-for itself only on long runs).
+SMX_COMPILE=1 (or true, yes, on) in a worker's environment opts in to torch.compile for its jobs
+(docs/performance.md: it pays for itself only on long runs).
 """
 
 from __future__ import annotations
 
 import os
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 
-import torch
 from sqlalchemy import select
 
 from smx.db.models import Certificate as CertificateRow
 from smx.db.models import Job, JobParent
 from smx.db.store import Store
+from smx.errors import UserError
 from smx.science.catalog import DATASETS
-from smx.science.data import ImageTensors, load_dataset
+from smx.science.data import images_and_labels, load_dataset, strided_indices
 from smx.science.smoothing import (
     Certificate,
     certify_dataset,
     forward_batch_size,
     images_per_sync,
+    missing_cxx_compiler,
     prepare_for_certification,
 )
 from smx.spec import config_value
 from smx.tasks import checkpoints
+from smx.tasks.flags import environment_flag
 from smx.tasks.progress import ProgressReporter
 
 FLUSH_SECONDS = 2.0
 PROGRESS_LOG_IMAGES = 100  # a line in the job's log every this many certified images
 
 
-def selected_indices(dataset_size: int, skip: int, max_samples: int | None) -> list[int]:
-    """Every `skip`-th test image (the reference's --skip), at most `max_samples` of them."""
-    indices = list(range(0, dataset_size, skip))
-    return indices if max_samples is None else indices[:max_samples]
-
-
-def images_at(data, indices: list[int]) -> tuple[torch.Tensor, torch.Tensor]:  # type: ignore[no-untyped-def]
-    if isinstance(data, ImageTensors):
-        positions = torch.tensor(indices)
-        return data.images[positions], data.labels[positions]
-    items = [data[index] for index in indices]
-    return torch.stack([image for image, _ in items]), torch.tensor([label for _, label in items])
-
-
 def run(store: Store, job: Job, device: str, progress: ProgressReporter) -> None:
     config = job.config
     certify_config, dataset = config["certify"], config["data"]["dataset"]
+    compile_model = environment_flag("SMX_COMPILE")
     with store.session() as session:
         train_key = session.scalar(select(JobParent.parent_key).where(JobParent.child_key == job.key))
         train_job = session.get(Job, train_key)
@@ -64,19 +55,20 @@ def run(store: Store, job: Job, device: str, progress: ProgressReporter) -> None
     model = checkpoints.trained_model(store, job.key, train_key, arch, dataset)
     if model is None:
         return
-    model = prepare_for_certification(model, device, compile_model=os.environ.get("SMX_COMPILE") == "1")
+    model = prepare_for_certification(model, device, compile_model=compile_model)
 
     data = load_dataset(dataset, certify_config["split"], root=job.runtime.get("data_root"),
                         download=job.runtime.get("download", False))
-    indices = selected_indices(len(data), certify_config["skip"], certify_config["max_samples"])
+    indices = strided_indices(len(data), certify_config["skip"], certify_config["max_samples"])
     pending: list[Certificate] = []
     last_flush = time.monotonic()
     remaining = [index for index in indices if index not in done]
     certified = len(indices) - len(remaining)
     # certify.batch_size bounds the rows of a forward pass; the device may be faster with fewer.
     precision = config_value("certify.precision", config)
-    batch_size = forward_batch_size(model, DATASETS[dataset].input_shape, certify_config["batch_size"], device,
-                                    precision)
+    with compile_failure_explained(compile_model):
+        batch_size = forward_batch_size(model, DATASETS[dataset].input_shape, certify_config["batch_size"], device,
+                                        precision)
     resumed = f", resuming after {certified} already certified" if certified else ""
     print(f"certifying {len(indices)} test images{resumed}; {batch_size} rows per forward pass", flush=True)
     group_size = images_per_sync(batch_size, certify_config["n0"] + certify_config["n"])
@@ -103,14 +95,34 @@ def run(store: Store, job: Job, device: str, progress: ProgressReporter) -> None
             print(f"{certified}/{len(indices)} images certified", flush=True)
 
     for group in groups:
-        images, labels = images_at(data, group)
-        certify_dataset(model, images, labels, group, sigma=certify_config["sigma"], n0=certify_config["n0"],
-                        n=certify_config["n"], alpha=certify_config["alpha"],
-                        batch_size=batch_size, num_classes=DATASETS[dataset].num_classes,
-                        on_certificate=on_certificate, device=device, precision=precision, seed=seed)
+        images, labels = images_and_labels(data, group)
+        with compile_failure_explained(compile_model):
+            certify_dataset(model, images, labels, group, sigma=certify_config["sigma"], n0=certify_config["n0"],
+                            n=certify_config["n"], alpha=certify_config["alpha"],
+                            batch_size=batch_size, num_classes=DATASETS[dataset].num_classes,
+                            on_certificate=on_certificate, device=device, precision=precision, seed=seed)
         if time.monotonic() - last_flush >= FLUSH_SECONDS:
             flush()
     flush()
     if certified % PROGRESS_LOG_IMAGES:
         print(f"{certified}/{len(indices)} images certified", flush=True)
     progress(1.0, f"image {len(indices)}/{len(indices)}")
+
+
+@contextmanager
+def compile_failure_explained(compiling: bool) -> Iterator[None]:
+    """A compiled model's forward passes, with a missing C++ compiler turned into a UserError that names the fix.
+
+    torch.compile compiles at a model's first forward pass (a GPU's memory probe, or the first group's), so that is
+    where Inductor finds it has no compiler; every other error passes through as it is.
+    """
+    try:
+        yield
+    except Exception as error:
+        complaint = missing_cxx_compiler(error) if compiling else None
+        if complaint is None:
+            raise
+        raise UserError(
+            f"SMX_COMPILE={os.environ.get('SMX_COMPILE', '')}: torch.compile needs a C++ compiler (g++, or the one "
+            f"$CXX names) and found none ({complaint}). Fix: install one, or unset SMX_COMPILE"
+        ) from error

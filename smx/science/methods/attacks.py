@@ -1,5 +1,5 @@
 """PGD on the soft smoothed classifier, as SmoothAdv (Salman et al. 2019) and consistency regularization's SmoothAdv
-combination (Jeong & Shin 2020) run it. Both ascend
+combination (Jeong & Shin 2020) run it, and the helpers these and SmoothMix's attack share. Both PGDs ascend
 
     mean_i -log(max(mean_j softmax(f(x'_i + n_j))_{y_i}, 1e-20))
 
@@ -10,17 +10,44 @@ smoothing-consistency's own attack), which these functions keep.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Literal
+
 import torch
 import torch.nn.functional as F
 
-from smx.science.methods.base import add_noise
-from smx.science.methods.smoothmix import (
-    MIN_PROBABILITY,
-    NORM_EPSILON,
-    frozen_eval,
-    per_image_norm,
-    project_l2,
-)
+from smx.science.methods.base import MIN_PROBABILITY, add_noise
+
+# Guard against division by a zero gradient norm.
+NORM_EPSILON = 1e-8
+
+
+@contextmanager
+def frozen_eval(model: torch.nn.Module) -> Iterator[None]:
+    """Eval mode with parameter gradients off, so an attack neither updates BatchNorm statistics nor spends
+    work on parameter gradients; both are restored afterwards."""
+    was_training = model.training
+    requires_grad = [(parameter, parameter.requires_grad) for parameter in model.parameters()]
+    model.eval()
+    for parameter, _ in requires_grad:
+        parameter.requires_grad_(False)
+    try:
+        yield
+    finally:
+        for parameter, flag in requires_grad:
+            parameter.requires_grad_(flag)
+        model.train(was_training)
+
+
+def per_image_norm(tensor: torch.Tensor) -> torch.Tensor:
+    """L2 norm of every image, shaped to broadcast against the batch."""
+    return tensor.flatten(1).norm(dim=1).view(-1, *([1] * (tensor.ndim - 1)))
+
+
+def project_l2(points: torch.Tensor, centers: torch.Tensor, radius: float) -> torch.Tensor:
+    """Each point moved onto the L2 ball of `radius` around its center when it lies outside."""
+    return centers + (points - centers).renorm(p=2, dim=0, maxnorm=radius)
 
 
 def warmed_up_radius(epsilon: float, warmup: int, epoch: int) -> float:
@@ -29,15 +56,24 @@ def warmed_up_radius(epsilon: float, warmup: int, epoch: int) -> float:
 
 
 def smoothed_loss_gradient(
-    model: torch.nn.Module, points: torch.Tensor, targets: torch.Tensor, noise: torch.Tensor
+    model: torch.nn.Module,
+    points: torch.Tensor,
+    targets: torch.Tensor,
+    noise: torch.Tensor,
+    reduction: Literal["mean", "sum"] = "mean",
 ) -> torch.Tensor:
-    """Gradient with respect to `points` of the soft smoothed classifier's NLL, averaged over the images as in both
-    references (the averaging does not matter: each image's gradient is normalised on its own)."""
+    """Gradient with respect to `points` of the soft smoothed classifier's NLL -log(mean_j softmax(f(x + n_j))_y).
+
+    `noise` (m, *points.shape) holds the draws n_j. The NLL is averaged over the images as in the SmoothAdv and
+    consistency references, or summed as in SmoothMix's, where an image's gradient is its own whatever the chunk
+    size. The callers normalise each image's gradient, so the reduction changes a step only through rounding and
+    the 1e-8 guard of the norm; each caller keeps its reference's.
+    """
     noise_samples, batch_size = noise.shape[0], points.shape[0]
     points = points.detach().requires_grad_(True)
     probabilities = F.softmax(model(add_noise(points, noise)), dim=1)
     mean_probabilities = probabilities.view(noise_samples, batch_size, -1).mean(dim=0)
-    attack_loss = F.nll_loss(torch.log(mean_probabilities.clamp(min=MIN_PROBABILITY)), targets)
+    attack_loss = F.nll_loss(torch.log(mean_probabilities.clamp(min=MIN_PROBABILITY)), targets, reduction=reduction)
     (gradient,) = torch.autograd.grad(attack_loss, points)
     return gradient
 

@@ -1,4 +1,4 @@
-"""The shared signature of training methods."""
+"""The shared signature of training methods, the noise they draw, and the probability floor of their logs."""
 
 from __future__ import annotations
 
@@ -10,6 +10,9 @@ import torch
 from smx.science.methods.params import MethodParams
 
 ParamsT = TypeVar("ParamsT", bound=MethodParams)
+
+# Floor of an averaged probability before its log, as in the references: a confidently wrong class keeps a finite loss.
+MIN_PROBABILITY = 1e-20
 
 
 @dataclass

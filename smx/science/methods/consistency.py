@@ -7,11 +7,8 @@ import torch
 import torch.nn.functional as F
 
 from smx.science.methods.attacks import consistency_pgd, warmed_up_radius
-from smx.science.methods.base import StepContext, StepOutput, add_noise, draw_noise
+from smx.science.methods.base import MIN_PROBABILITY, StepContext, StepOutput, add_noise, draw_noise
 from smx.science.methods.params import ConsistencyParams
-
-# Floor of the averaged probability inside the entropy's log, as in the reference.
-MIN_PROBABILITY = 1e-20
 
 
 def loss(

@@ -21,7 +21,9 @@ class MethodParams(BaseModel):
 class GaussianParams(MethodParams):
     """Gaussian augmentation (Cohen et al. 2019): cross-entropy on noisy copies of each input."""
 
-    noise_samples: int = Field(1, ge=1, le=64, description="noisy copies per image (m); the batch is split into m chunks")
+    noise_samples: int = Field(
+        1, ge=1, le=64, description="noisy copies per image (m); the batch is split into m chunks"
+    )
 
     def optimizer_steps_per_batch(self) -> int:
         return self.noise_samples

@@ -5,46 +5,18 @@ jh-jeong/smoothmix `train_smoothmix.py`.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
-
 import torch
 import torch.nn.functional as F
 
+from smx.science.methods.attacks import (
+    NORM_EPSILON,
+    frozen_eval,
+    per_image_norm,
+    project_l2,
+    smoothed_loss_gradient,
+)
 from smx.science.methods.base import StepContext, StepOutput, add_noise, draw_noise
 from smx.science.methods.params import SmoothMixParams
-
-# Floor of the averaged probability before the log, so a confidently wrong class gives a finite loss.
-MIN_PROBABILITY = 1e-20
-# Guard against division by a zero gradient norm.
-NORM_EPSILON = 1e-8
-
-
-@contextmanager
-def frozen_eval(model: torch.nn.Module) -> Iterator[None]:
-    """Eval mode with parameter gradients off, so an attack neither updates BatchNorm statistics nor spends
-    work on parameter gradients; both are restored afterwards."""
-    was_training = model.training
-    requires_grad = [(parameter, parameter.requires_grad) for parameter in model.parameters()]
-    model.eval()
-    for parameter, _ in requires_grad:
-        parameter.requires_grad_(False)
-    try:
-        yield
-    finally:
-        for parameter, flag in requires_grad:
-            parameter.requires_grad_(flag)
-        model.train(was_training)
-
-
-def per_image_norm(tensor: torch.Tensor) -> torch.Tensor:
-    """L2 norm of every image, shaped to broadcast against the batch."""
-    return tensor.flatten(1).norm(dim=1).view(-1, *([1] * (tensor.ndim - 1)))
-
-
-def project_l2(points: torch.Tensor, centers: torch.Tensor, radius: float) -> torch.Tensor:
-    """Each point moved onto the L2 ball of `radius` around its center when it lies outside."""
-    return centers + (points - centers).renorm(p=2, dim=0, maxnorm=radius)
 
 
 def smoothed_adversary(
@@ -64,7 +36,6 @@ def smoothed_adversary(
     Returns (the iterate at step `mix_step`, the input itself if the search is shorter, and the final iterate);
     the model's mode and gradient flags are restored on return.
     """
-    noise_samples, batch_size = noise.shape[0], inputs.shape[0]
     adversary = inputs.detach()
     kept = adversary
     # Gradients with respect to the input are needed even when the caller runs under torch.no_grad().
@@ -72,12 +43,8 @@ def smoothed_adversary(
         for step in range(steps):
             if step == mix_step:
                 kept = adversary
-            adversary = adversary.detach().requires_grad_(True)
-            probabilities = F.softmax(model(add_noise(adversary, noise)), dim=1)
-            mean_probabilities = probabilities.view(noise_samples, batch_size, -1).mean(dim=0)
             # Summed as in the reference: each image's gradient is its own, whatever the chunk size.
-            attack_loss = F.nll_loss(torch.log(mean_probabilities.clamp(min=MIN_PROBABILITY)), targets, reduction="sum")
-            (gradient,) = torch.autograd.grad(attack_loss, adversary)
+            gradient = smoothed_loss_gradient(model, adversary, targets, noise, reduction="sum")
             adversary = adversary + step_size * gradient / (per_image_norm(gradient) + NORM_EPSILON)
             if max_norm is not None:
                 adversary = project_l2(adversary, inputs, max_norm)

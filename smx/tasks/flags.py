@@ -1,0 +1,25 @@
+"""Opt-ins a worker's environment switches on for its jobs (SMX_COMPILE, ...). Torch-free."""
+
+from __future__ import annotations
+
+import os
+
+from smx.errors import UserError
+
+TRUE_SPELLINGS = ("1", "true", "yes", "on")
+FALSE_SPELLINGS = ("", "0", "false", "no", "off")
+
+
+def environment_flag(name: str) -> bool:
+    """Whether the environment variable `name` is on: unset or a false spelling is off (case-insensitive).
+
+    Any other value is a UserError rather than off, so that a misspelt opt-in does not go silently unused.
+    """
+    value = os.environ.get(name, "")
+    spelling = value.strip().lower()
+    if spelling in TRUE_SPELLINGS:
+        return True
+    if spelling in FALSE_SPELLINGS:
+        return False
+    raise UserError(f"{name}={value!r} is neither on nor off. Fix: set {name} to one of {', '.join(TRUE_SPELLINGS)} "
+                    f"to switch it on, or to one of {', '.join(FALSE_SPELLINGS[1:])} (or unset it) to leave it off")
