@@ -6,15 +6,14 @@ from __future__ import annotations
 
 import statistics
 from pathlib import Path
-from typing import Any
 
 from sqlalchemy.orm import Session
 
 from smx.db.models import AnalysisResult
-from smx.db.queries import ConfigAnalysis, analyses_of, experiment_names
+from smx.db.queries import ConfigAnalysis, analyses_of, require_experiment
 from smx.db.readonly import QueryResult
 from smx.db.store import Store
-from smx.errors import UserError
+from smx.report import pyplot, save_plot
 
 CONFIDENCE_COLUMNS = ["config", "epsilon", "samples", "true_class_confidence", "max_off_class_confidence", "accuracy"]
 MIXING_RATIO_COLUMNS = ["config", "samples", "changed", "mean_ratio", "median_ratio", "mean_boundary_distance"]
@@ -67,9 +66,7 @@ def plot_analysis(store: Store, experiment: str, out_dir: Path) -> list[Path]:
 
 
 def _analyses(session: Session, experiment: str) -> list[ConfigAnalysis]:
-    names = experiment_names(session)
-    if experiment not in names:
-        raise UserError(f"no experiment named {experiment!r} in the store (known: {', '.join(names) or 'none yet'}).")
+    require_experiment(session, experiment)
     return analyses_of(session, experiment)
 
 
@@ -103,20 +100,10 @@ def _mixing_summary(rows: list[AnalysisResult]) -> tuple[int, int, float | None,
             statistics.fmean(row.mixing_ratio * row.distance for row in changed))
 
 
-def _pyplot() -> Any:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
 def _plot_confidence(
     experiment: str, confidence: dict[str, list[tuple[float, int, float, float, float]]], path: Path
 ) -> Path:
-    plt = _pyplot()
-    figure, axes = plt.subplots(figsize=(7, 4.5), dpi=120)
+    figure, axes = pyplot().subplots(figsize=(7, 4.5), dpi=120)
     for color, (name, means) in enumerate(confidence.items()):
         epsilons = [epsilon for epsilon, *_ in means]
         axes.plot(epsilons, [true for _, _, true, _, _ in means], marker="o", color=f"C{color}",
@@ -129,15 +116,14 @@ def _plot_confidence(
     axes.grid(alpha=0.3)
     axes.set_title(f"{experiment}: confidence under attack (Table 1)")
     axes.legend(fontsize=8)
-    return _save(plt, figure, path)
+    return save_plot(figure, path)
 
 
 def _plot_mixing_ratios(experiment: str, mixing: dict[str, tuple[int, list[float | None]]], path: Path) -> Path:
-    plt = _pyplot()
     grid = max(grid for grid, _ in mixing.values())
     # Ratios are multiples of 1/grid: one bin centred on each.
     edges = [(step - 0.5) / grid for step in range(1, grid + 2)]
-    figure, axes = plt.subplots(figsize=(7, 4.5), dpi=120)
+    figure, axes = pyplot().subplots(figsize=(7, 4.5), dpi=120)
     for color, (name, (_, ratios)) in enumerate(mixing.items()):
         changed = [ratio for ratio in ratios if ratio is not None]
         axes.hist(changed, bins=edges, weights=[1 / len(ratios)] * len(changed), histtype="stepfilled", alpha=0.4,
@@ -149,12 +135,4 @@ def _plot_mixing_ratios(experiment: str, mixing: dict[str, tuple[int, list[float
     axes.grid(alpha=0.3)
     axes.set_title(f"{experiment}: equal-confidence mixing ratios (Figure 3)")
     axes.legend(fontsize=8)
-    return _save(plt, figure, path)
-
-
-def _save(plt: Any, figure: Any, path: Path) -> Path:
-    figure.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(path)
-    plt.close(figure)
-    return path
+    return save_plot(figure, path)

@@ -37,7 +37,6 @@ CpuJobsOption = Annotated[int, typer.Option("--cpu-jobs", min=1, help="Jobs run 
 # `smx submit`'s options that say how this machine runs jobs, by parameter name: Slurm jobs take their GPUs and CPUs
 # from [executor.slurm] instead.
 LOCAL_EXECUTOR_OPTIONS = {"gpus": "--gpus", "jobs_per_gpu": "--jobs-per-gpu", "cpu_jobs": "--cpu-jobs"}
-STATUS_STYLES = {"pending": "yellow", "running": "cyan", "done": "green", "failed": "red", "cancelled": "magenta"}
 # While another scheduler holds every slot, `smx submit` follows its jobs and looks this often for a free slot.
 SLOT_RETRY_SECONDS = 5.0
 # How often `smx submit --executor slurm` looks for jobs that Slurm lost or that wait on a failed parent.
@@ -69,13 +68,6 @@ def _signal_name(number: int) -> str:
         return f"{signal.Signals(number).name} (signal {number})"
     except ValueError:
         return f"signal {number}"
-
-
-def _seconds(value: float | None) -> str:
-    if value is None:
-        return ""
-    value = int(value)
-    return f"{value // 3600}:{value // 60 % 60:02d}:{value % 60:02d}"
 
 
 @app.command()
@@ -277,6 +269,7 @@ def _follow(store, experiment: str, workers, device: str, start_on_free_slots,  
 
     from smx.db.queries import jobs_view
     from smx.scheduler.worker import EXIT_JOBS_FAILED
+    from smx.tui.cells import STATUS_STYLES
 
     # A worker that ran until nothing was left for it, whether or not its jobs failed.
     worker_finished = (0, EXIT_JOBS_FAILED)
@@ -353,7 +346,8 @@ def worker(
     gpus: GpusOption = "auto",
     jobs_per_gpu: JobsPerGpuOption = 1,
     cpu_jobs: CpuJobsOption = 1,
-    stay: Annotated[bool, typer.Option("--stay", help="Keep waiting for new jobs instead of exiting when idle.")] = False,
+    stay: Annotated[bool, typer.Option(
+        "--stay", help="Keep waiting for new jobs instead of exiting when idle.")] = False,
 ) -> None:
     """Run one worker: take a free slot and run ready jobs there. Exits with status 3 if any of them failed."""
     from smx.db.store import open_store
@@ -373,11 +367,12 @@ def worker(
         raise typer.Exit(EXIT_JOBS_FAILED)
 
 
-def _print_jobs(store, experiment: str | None, only_unfinished: bool = False, statuses: list[str] | None = None) -> None:  # type: ignore[no-untyped-def]
+def _print_jobs(store, experiment: str | None, only_unfinished: bool = False) -> None:  # type: ignore[no-untyped-def]
     from smx.db.queries import jobs_view
+    from smx.tui.cells import STATUS_STYLES, duration
 
     with store.read_session() as session:
-        jobs = jobs_view(session, experiment, statuses)
+        jobs = jobs_view(session, experiment)
     if only_unfinished:
         jobs = [job for job in jobs if job.status != "done"]
         if not jobs:
@@ -400,14 +395,14 @@ def _print_jobs(store, experiment: str | None, only_unfinished: bool = False, st
         if job.blocked_by:
             note = f"waiting on a {job.blocked_by} parent"
         if job.silent_seconds is not None:
-            note = (f"no word from its worker for {_seconds(job.silent_seconds)}: if it stopped, "
+            note = (f"no word from its worker for {duration(job.silent_seconds)}: if it stopped, "
                     "`smx submit` or `smx worker` resumes the job")
         # Unfinished jobs that an edited spec left behind: nothing will run them unless they are retried.
         orphan = experiment is None and job.config_name is None and job.status != "done"
         table.add_row(job.key[:8], escape(job.name) + (" [dim](in no experiment)[/]" if orphan else ""),
                       f"[{style}]{job.status}[/]",
                       escape(job.progress_text) if job.status == "running" else "", job.device or "",
-                      _seconds(job.elapsed_seconds), escape(note))
+                      duration(job.elapsed_seconds), escape(note))
     _print_table(table)
 
 
@@ -419,16 +414,13 @@ def status(
     store: StoreOption = None,
 ) -> None:
     """Show experiments and their jobs."""
-    from smx.db.queries import experiment_names, experiments_overview, jobs_view
+    from smx.db.queries import experiments_overview, jobs_view, require_experiment
     from smx.db.store import open_store
 
     opened = open_store(store, create=False)
     if experiment is not None:
         with opened.read_session() as session:
-            known = experiment_names(session)
-        if experiment not in known:
-            raise UserError(f"no experiment named {experiment!r} in the store "
-                            f"(known: {', '.join(known) or 'none yet'}).")
+            require_experiment(session, experiment)
     if failed:
         with opened.read_session() as session:
             for job in jobs_view(session, experiment, ["failed"]):
@@ -487,29 +479,17 @@ def cancel(
 ) -> None:
     """Cancel pending or running jobs; a running job's process is stopped within seconds, and the Slurm jobs
     of jobs sent to Slurm are cancelled with scancel."""
-    from sqlalchemy import select
-
-    from smx.db.models import Job
     from smx.db.store import open_store
-    from smx.scheduler import queue
+    from smx.scheduler.queue import cancel_with_slurm_jobs
 
-    opened = open_store(store, create=False)
-    keys = queue.cancel(opened, targets)
-    with opened.read_session() as session:
-        slurm_job_ids = sorted(set(session.scalars(select(Job.slurm_job_id).where(Job.key.in_(keys),
-                                                                                   Job.slurm_job_id.is_not(None)))))
-    if slurm_job_ids:
-        from smx.scheduler.slurm import cancel_slurm_jobs
-
-        cancel_slurm_jobs(slurm_job_ids)
-    console.print(f"{len(keys)} job(s) cancelled" + (f", and their Slurm jobs {', '.join(slurm_job_ids)}."
-                                                      if slurm_job_ids else "."))
+    console.print(cancel_with_slurm_jobs(open_store(store, create=False), targets).summary)
 
 
 @app.command()
 def query(
     sql: Annotated[Optional[str], typer.Argument(help="One read-only SQL statement.")] = None,
-    experiment: Annotated[Optional[str], typer.Option("--experiment", "-e", help="Export this experiment's results rows.")] = None,
+    experiment: Annotated[Optional[str], typer.Option(
+        "--experiment", "-e", help="Export this experiment's results rows.")] = None,
     format: Annotated[str, typer.Option("--format", "-f", help="table, csv, json (one object per row; NaN and "
                                         "infinities are null) or md.")] = "table",
     tables: Annotated[bool, typer.Option("--tables", help="List tables and views with their columns.")] = False,
@@ -581,10 +561,9 @@ def tui(
     read_only: Annotated[bool, typer.Option("--read-only", help="Only look: refuse cancel, retry and export.")] = False,
 ) -> None:
     """Live terminal UI: experiments, jobs (with logs and errors), results and certified-accuracy curves."""
-    from smx.reference import PaperAcr
     from smx.tui.app import SmxApp
 
-    SmxApp(store, read_only=read_only, published_acr=PaperAcr(store)).run()
+    SmxApp(store, read_only=read_only, compare_with_paper=True).run()
 
 
 @app.command()
@@ -649,7 +628,8 @@ def import_log(
 @app.command()
 def export(
     experiment: Annotated[str, typer.Argument(help="Experiment name.")],
-    out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Directory \\[default: STORE/exports/NAME/].")] = None,
+    out: Annotated[Optional[Path], typer.Option(
+        "--out", "-o", help="Directory \\[default: STORE/exports/NAME/].")] = None,
     store: StoreOption = None,
 ) -> None:
     """Write an experiment's certifications in the field's TSV format, one file per config."""

@@ -22,6 +22,7 @@ from sqlalchemy import insert, select
 from sqlalchemy.orm import Session
 
 from smx.db.models import Aggregate, Certificate, Experiment, ExperimentJob, Job, JobParent, utcnow
+from smx.db.queries import certification_log_rows
 from smx.db.store import Store
 from smx.errors import UserError
 from smx.plan import content_key
@@ -241,15 +242,8 @@ def export_certification_logs(store: Store, experiment: str, out_dir: Path) -> l
     """Write each of the experiment's certified configs as `<config>.tsv` in the field's format; the paths."""
     with store.read_session() as session:
         aggregates = summaries_of(session, experiment)
-        logs = {
-            aggregate.config_name: [
-                LogRow(index=row.sample_index, label=row.label, prediction=row.prediction, radius=row.radius,
-                       correct=row.correct, seconds=row.seconds)
-                for row in session.scalars(select(Certificate).where(Certificate.job_key == aggregate.certify_key)
-                                           .order_by(Certificate.sample_index))
-            ]
-            for aggregate in aggregates
-        }
+        logs = {aggregate.config_name: certification_log_rows(session, aggregate.certify_key)
+                for aggregate in aggregates}
     paths = []
     try:
         out_dir.mkdir(parents=True, exist_ok=True)

@@ -18,7 +18,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from smx.db.models import Aggregate, Certificate
-from smx.db.queries import aggregates_of, experiment_names, jobs_view
+from smx.db.queries import aggregates_of, jobs_view, require_experiment
 from smx.db.readonly import QueryResult, run_query
 from smx.db.store import Store
 from smx.errors import UserError
@@ -82,10 +82,8 @@ def experiment_results(store: Store, experiment: str) -> QueryResult:
     result = run_query(store, "SELECT * FROM results WHERE experiment = :experiment ORDER BY config",
                        {"experiment": experiment})
     if not result.rows:
-        known = run_query(store, "SELECT name FROM experiments ORDER BY name")
-        if experiment not in [row[0] for row in known.rows]:
-            names = ", ".join(row[0] for row in known.rows) or "none yet"
-            raise UserError(f"no experiment named {experiment!r} in the store (known: {names}).")
+        with store.read_session() as session:
+            require_experiment(session, experiment)
     position = result.columns.index("hyperparams")
     swept_rows = [json.loads(row[position]) if isinstance(row[position], str) else (row[position] or {})
                   for row in result.rows]
@@ -98,10 +96,9 @@ def experiment_results(store: Store, experiment: str) -> QueryResult:
     return QueryResult(columns, rows)
 
 
-def cannot_write(path: Path, error: OSError, option: str = "--out") -> UserError:
-    """The error for an output that the user chose with `option` (or its default) and that cannot be written."""
-    return UserError(f"cannot write {path}: {error.strerror or error}.\n"
-                     f"Fix: choose a writable directory with {option}.")
+def cannot_write(path: Path, error: OSError) -> UserError:
+    """The error for an output that the user chose with --out (or its default) and that cannot be written."""
+    return UserError(f"cannot write {path}: {error.strerror or error}.\nFix: choose a writable directory with --out.")
 
 
 def plot_file(out: Path, experiment: str) -> Path:
@@ -125,30 +122,39 @@ def plot_file(out: Path, experiment: str) -> Path:
     return out
 
 
-def _save_whole(figure: Any, path: Path) -> None:
-    """Write the figure to `path` whole or not at all: into a hidden file beside it, renamed to `path` when done."""
+def pyplot() -> Any:
+    """matplotlib.pyplot, drawing without a display; imported when a plot is made, as it is slow to import."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def save_plot(figure: Any, path: Path) -> Path:
+    """Lay the figure out, write it to `path` whole or not at all (into a hidden file beside it, renamed to `path`
+    when done) and close it. Returns `path`."""
     partial = path.with_name(f".{path.name}.{os.getpid()}.part")
     try:
+        figure.tight_layout()
         path.parent.mkdir(parents=True, exist_ok=True)
         figure.savefig(partial, format=path.suffix.lower().removeprefix("."))
         os.replace(partial, path)
     except OSError as error:
         raise cannot_write(path, error) from None
     finally:
+        pyplot().close(figure)
         # Nothing to remove once renamed, or when it was never created (its folder may not even be reachable).
         with contextlib.suppress(OSError):
             partial.unlink()
+    return path
 
 
 def plot_experiment(store: Store, experiment: str, out: Path) -> Path:
     """Certified accuracy against radius for every config of an experiment, one image (see `plot_file`); the path
     written."""
     path = plot_file(out, experiment)
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     with store.read_session() as session:
         aggregates = summaries_of(session, experiment)
         curves = []
@@ -158,7 +164,7 @@ def plot_experiment(store: Store, experiment: str, out: Path) -> Path:
             curves.append((aggregate, [radius for radius, _ in rows], [correct for _, correct in rows]))
     max_radius = max((max(radii, default=0.0) for _, radii, _ in curves), default=1.0)
     grid = [max_radius * 1.05 * step / 400 for step in range(401)]
-    figure, axes = plt.subplots(figsize=(7, 4.5), dpi=120)
+    figure, axes = pyplot().subplots(figsize=(7, 4.5), dpi=120)
     for aggregate, radii, correct in curves:
         axes.plot(grid, [certified_accuracy(radii, correct, level) for level in grid],
                   label=f"{aggregate.config_name} (ACR {aggregate.acr:.3f})")
@@ -169,12 +175,7 @@ def plot_experiment(store: Store, experiment: str, out: Path) -> Path:
     axes.grid(alpha=0.3)
     axes.set_title(f"{experiment}: approximate certified accuracy")
     axes.legend(fontsize=8)
-    figure.tight_layout()
-    try:
-        _save_whole(figure, path)
-    finally:
-        plt.close(figure)
-    return path
+    return save_plot(figure, path)
 
 
 # ---- `smx report`: an experiment's table in the paper's layout, optionally beside the published numbers ----
@@ -242,10 +243,7 @@ def summaries_of(session: Session, experiment: str) -> list[Aggregate]:
     """The experiment's current summaries; an error that says why when there are none."""
     aggregates = aggregates_of(session, experiment)
     if not aggregates:
-        known = experiment_names(session)
-        if experiment not in known:
-            raise UserError(f"no experiment named {experiment!r} in the store "
-                            f"(known: {', '.join(known) or 'none yet'}).")
+        require_experiment(session, experiment)
         jobs = jobs_view(session, experiment)
         counts = {status: sum(job.status == status for job in jobs) for status in ("running", "pending", "failed",
                                                                                     "cancelled")}

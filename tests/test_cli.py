@@ -91,13 +91,15 @@ def test_submit_runs_every_job_and_fills_every_table(submitted) -> None:
         import hashlib
 
         assert hashlib.sha256(Path(checkpoint["path"]).read_bytes()).hexdigest() == checkpoint["sha256"]
-    results = query_json("SELECT config, method, sigma, acr, clean_accuracy, acc_0_00 FROM results ORDER BY config", store)
+    results = query_json("SELECT config, method, sigma, acr, clean_accuracy, acc_0_00 FROM results ORDER BY config",
+                         store)
     assert [(row["config"], row["method"], row["sigma"]) for row in results] == [
         ("gaussian", "gaussian", 0.5), ("smoothmix", "smoothmix", 0.5)]
     for row in results:
         assert 0.0 <= row["acr"] <= 4 * 0.5
         assert row["acc_0_00"] == pytest.approx(row["clean_accuracy"])
-    assert (store.files / "results" / "tiny" / "gaussian.tsv").read_text().startswith("idx\tlabel\tpredict\tradius\tcorrect\ttime\n")
+    log_header = "idx\tlabel\tpredict\tradius\tcorrect\ttime\n"
+    assert (store.files / "results" / "tiny" / "gaussian.tsv").read_text().startswith(log_header)
 
 
 def test_a_second_submit_runs_nothing(submitted) -> None:

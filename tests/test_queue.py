@@ -11,6 +11,7 @@ import pytest
 from sqlalchemy import select, update
 
 from smx.db.models import Job, JobParent
+from smx.db.progress import set_progress
 from smx.errors import UserError
 from smx.scheduler import queue
 from smx.scheduler.slots import is_free, parse_gpus, try_lock
@@ -103,7 +104,7 @@ def test_cancel_and_retry(store, tmp_path: Path) -> None:
     assert queue.claim_next(store, device="cpu", slot=tmp_path / "slot", pid=1) is None
     assert queue.retry(store, ["train-a"]) == ["train-a"]
     assert queue.claim_next(store, device="cpu", slot=tmp_path / "slot", pid=1).key == "train-a"
-    queue.set_progress(store, "train-a", 0.5, "epoch 2/4")
+    set_progress(store, "train-a", 0.5, "epoch 2/4")
     assert queue.retry(store, ["train-b"]) == []  # running, not failed
     assert sorted(queue.cancel(store, ["train-a", "train-b"])) == ["train-a", "train-b"]
     queue.release(store, "train-b", 1)  # its worker stopped the job's process
@@ -162,3 +163,28 @@ def test_gpus_option_counts_indices_and_index_zero_alone(monkeypatch) -> None:
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
     with pytest.raises(UserError, match=r"no GPU 0, 1 is visible here \(visible: none\)"):
         parse_gpus("0,1")
+
+
+def test_a_failing_nvidia_smi_warns_that_jobs_run_on_cpu(tmp_path: Path, monkeypatch, capsys) -> None:
+    # The driver is broken: nvidia-smi exists but cannot talk to it, as after a kernel update without a reboot.
+    fake = tmp_path / "bin" / "nvidia-smi"
+    fake.parent.mkdir()
+    fake.write_text("#!/bin/sh\necho \"NVIDIA-SMI has failed because it couldn't communicate with the driver.\"\n"
+                    "exit 1\n")
+    fake.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{fake.parent}:/usr/bin:/bin")
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    assert parse_gpus("auto") == []
+    warning = capsys.readouterr().err
+    assert warning.count("\n") == 1
+    assert "nvidia-smi failed (exit status 1: NVIDIA-SMI has failed" in warning
+    assert "jobs will run on CPU slots" in warning and "--gpus none" in warning
+
+    def no_answer(command, **options):
+        raise subprocess.TimeoutExpired(command, options["timeout"])
+
+    monkeypatch.setattr(subprocess, "run", no_answer)
+    assert parse_gpus("auto") == []
+    assert "nvidia-smi failed (no answer within 20 s)" in capsys.readouterr().err
+    assert parse_gpus("none") == []
+    assert capsys.readouterr().err == ""

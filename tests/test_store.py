@@ -110,3 +110,32 @@ def test_a_worker_pointed_where_there_is_no_store_creates_none(tmp_path: Path) -
     empty.mkdir()
     assert_refused(run_cli("worker", "--store", str(empty), "--gpus", "none"), f"no smx store at {empty}")
     assert list(empty.iterdir()) == []
+
+
+def test_an_experiments_best_acr_is_the_results_views_over_its_current_plan(store) -> None:
+    from smx.db.models import Aggregate, CertifiedAccuracy, Experiment, ExperimentJob, Job
+    from smx.db.queries import experiments_overview
+
+    def summary(job_key: str, config_name: str, acr: float) -> Aggregate:
+        return Aggregate(job_key=job_key, certify_key="certify", experiment="edited", config_name=config_name,
+                         method="gaussian", sigma=0.25, num_samples=2, acr=acr, clean_accuracy=1.0, abstain_rate=0.0,
+                         certified=[CertifiedAccuracy(radius=radius, accuracy=1.0 - radius) for radius in (0.0, 0.5)])
+
+    with store.session() as session:
+        session.add_all(Job(key=key, kind=kind, name=key, config={})
+                        for key, kind in [("certify", "certify"), ("aggregate-old", "aggregate"),
+                                          ("aggregate-now", "aggregate")])
+        edited, empty = (Experiment(name=name, spec_path="", spec_text="", spec_hash="")
+                         for name in ("edited", "empty"))
+        session.add_all([edited, empty])
+        session.flush()
+        # The spec was edited: the old plan's aggregate (and its better ACR) stays in the store, no longer shown.
+        session.add_all([ExperimentJob(experiment_id=edited.id, job_key="certify", config_name="a"),
+                         ExperimentJob(experiment_id=edited.id, job_key="aggregate-now", config_name="a")])
+        session.add_all([summary("aggregate-old", "a", 0.9), summary("aggregate-now", "a", 0.5),
+                         summary("aggregate-now", "b", 0.7)])
+    with store.read_session() as session:
+        best = {overview.name: overview.best_acr for overview in experiments_overview(session)}
+        in_view = dict(session.execute(text("SELECT experiment, MAX(acr) FROM results GROUP BY experiment")).all())
+    assert best == {"edited": 0.7, "empty": None}
+    assert in_view == {"edited": 0.7}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sqlite3
 import subprocess
 import sys
@@ -570,6 +571,32 @@ async def test_cancelling_an_experiment_cancels_its_unfinished_jobs(seeded: Stor
         assert status_of(seeded, "certify-smoothmix-0.50") == "cancelled"
         assert status_of(seeded, "train-gaussian-0.25") == "done"
         assert status_of(seeded, "train-mnist-big") == "cancelled" and status_of(seeded, "certify-mnist") == "pending"
+
+
+@pytest.mark.asyncio
+async def test_cancelling_a_job_sent_to_slurm_cancels_its_slurm_job_too(
+        seeded: Store, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # A stand-in for Slurm's scancel that notes what it was asked to cancel.
+    calls = tmp_path / "scancel-calls"
+    commands = tmp_path / "bin"
+    commands.mkdir()
+    (commands / "scancel").write_text(f'#!/bin/sh\necho "$@" >> {calls}\n')
+    (commands / "scancel").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{commands}{os.pathsep}{os.environ['PATH']}")
+    with seeded.session() as session:
+        session.execute(update(Job).where(Job.key == key("train-smoothmix-0.50")).values(slurm_job_id="4242"))
+    app = make_app(seeded)
+    notes: list[str] = []
+    app.notify = lambda message, **options: notes.append(message)
+    async with app.run_test(size=(100, 30)) as pilot:
+        await select_job(pilot, "train-smoothmix-0.50")
+        await pilot.press("c")
+        await pilot.pause()
+        await pilot.press("y")
+        await settle(pilot)
+    assert status_of(seeded, "train-smoothmix-0.50") == "cancelled"
+    assert calls.read_text().split() == ["4242"]
+    assert notes == ["1 job(s) cancelled, and their Slurm jobs 4242."]
 
 
 @pytest.mark.asyncio

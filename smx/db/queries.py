@@ -6,19 +6,22 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import func, select, text
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session, aliased
 
 from smx.db.models import (
     JOB_STATUSES,
     Aggregate,
     AnalysisResult,
+    Certificate,
     Experiment,
     ExperimentJob,
     Job,
     JobParent,
     utcnow,
 )
+from smx.errors import UserError
+from smx.science.metrics import LogRow
 
 # Workers beat every 5 s (scheduler.worker.HEARTBEAT_SECONDS): six missed beats say more than a slow disk.
 SILENT_WORKER_SECONDS = 30.0
@@ -85,10 +88,7 @@ class JobView:
 
     @property
     def eta_seconds(self) -> float | None:
-        elapsed = self.elapsed_seconds
-        if self.status != "running" or elapsed is None or self.progress <= 0.01:
-            return None
-        return elapsed * (1 - self.progress) / self.progress
+        return eta_seconds(self.status, self.progress, self.elapsed_seconds)
 
 
 def experiments_overview(session: Session) -> list[ExperimentOverview]:
@@ -108,7 +108,14 @@ def experiments_overview(session: Session) -> list[ExperimentOverview]:
         .where(Job.kind == "certify")
         .group_by(Experiment.name)
     ).all())
-    best = dict(session.execute(text("SELECT experiment, MAX(acr) FROM results GROUP BY experiment")).all())
+    # Over the experiment's current plan only, as in the `results` view (db/views.py).
+    best = dict(session.execute(
+        select(Aggregate.experiment, func.max(Aggregate.acr))
+        .join(Experiment, Experiment.name == Aggregate.experiment)
+        .join(ExperimentJob,
+              (ExperimentJob.experiment_id == Experiment.id) & (ExperimentJob.job_key == Aggregate.job_key))
+        .group_by(Aggregate.experiment)
+    ).all())
     return [
         ExperimentOverview(name=e.name, description=e.description, configs=configs.get(e.name, 0),
                            counts=counts.get(e.name, dict.fromkeys(JOB_STATUSES, 0)), best_acr=best.get(e.name),
@@ -162,6 +169,16 @@ def aggregates_of(session: Session, experiment: str) -> list[Aggregate]:
     ))
 
 
+def certification_log_rows(session: Session, certify_key: str) -> list[LogRow]:
+    """A certify job's certificates as rows of the field's certification log, by sample index."""
+    return [
+        LogRow(index=row.sample_index, label=row.label, prediction=row.prediction, radius=row.radius,
+               correct=row.correct, seconds=row.seconds)
+        for row in session.scalars(select(Certificate).where(Certificate.job_key == certify_key)
+                                   .order_by(Certificate.sample_index))
+    ]
+
+
 @dataclass
 class ConfigAnalysis:
     """One analyze job of an experiment with the rows it stored."""
@@ -191,3 +208,17 @@ def analyses_of(session: Session, experiment: str) -> list[ConfigAnalysis]:
         for config_name, job in jobs
         if results[job.key]
     ]
+
+
+def require_experiment(session: Session, experiment: str) -> None:
+    """Refuse an experiment name that the store does not hold, naming those it does."""
+    known = experiment_names(session)
+    if experiment not in known:
+        raise UserError(f"no experiment named {experiment!r} in the store (known: {', '.join(known) or 'none yet'}).")
+
+
+def eta_seconds(status: str, progress: float, elapsed: float | None) -> float | None:
+    """How much longer a running job needs at the pace it has kept; None until it has done 1% of its work."""
+    if status != "running" or elapsed is None or progress <= 0.01:
+        return None
+    return elapsed * (1 - progress) / progress

@@ -116,7 +116,8 @@ def _as_sqlite_gives(value: Any) -> Any:
 def _explain(sql: str, reason: str) -> str:
     if "not authorized" in reason or "readonly" in reason or "read-only" in reason:
         reason += " (smx query is read-only: only SELECT statements are allowed)"
-    return f"query failed: {reason}\n  query: {sql.strip()}\nFix: write a single read-only SELECT; `smx query --tables` lists tables and views."
+    return (f"query failed: {reason}\n  query: {sql.strip()}\n"
+            "Fix: write a single read-only SELECT; `smx query --tables` lists tables and views.")
 
 
 def _no_parameters(sql: str) -> str:

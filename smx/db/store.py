@@ -17,7 +17,7 @@ from typing import Iterator
 from urllib.parse import quote
 
 from filelock import FileLock
-from sqlalchemy import Engine, NullPool, create_engine, event, inspect, make_url, select, text
+from sqlalchemy import Engine, NullPool, create_engine, delete, event, insert, inspect, make_url, select, text
 from sqlalchemy.exc import ArgumentError, DatabaseError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -392,10 +392,5 @@ def initialise(store: Store) -> None:
         if version is not None and version < SCHEMA_VERSION:
             migrate(connection, version)
         create_views(connection)
-        connection.execute(
-            text("DELETE FROM meta WHERE key = 'schema_version'"),
-        )
-        connection.execute(
-            text("INSERT INTO meta (key, value) VALUES ('schema_version', :version)"),
-            {"version": str(SCHEMA_VERSION)},
-        )
+        connection.execute(delete(Meta).where(Meta.key == "schema_version"))
+        connection.execute(insert(Meta).values(key="schema_version", value=str(SCHEMA_VERSION)))

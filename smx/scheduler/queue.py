@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import socket
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
@@ -189,11 +190,6 @@ def heartbeat(session: Session, key: str, attempt: int) -> bool:
     return beat.rowcount == 1
 
 
-def set_progress(store: Store, key: str, fraction: float, text: str) -> None:
-    with store.session() as session:
-        session.execute(update(Job).where(Job.key == key).values(progress=fraction, progress_text=text[:200]))
-
-
 def _running(key: str, attempt: int | None) -> ColumnElement[bool]:
     """The job while it runs; with `attempt`, only while it runs that attempt (a later one is another worker's)."""
     condition = (Job.key == key) & (Job.status == "running")
@@ -212,7 +208,7 @@ def requeue(session: Session, key: str, reason: str, attempt: int | None = None)
                     .values(status="pending", error=reason, pid=None, progress_text="waiting to resume"))
 
 
-def recover_abandoned(store: Store, *, slot_is_free) -> list[str]:  # type: ignore[no-untyped-def]
+def recover_abandoned(store: Store, *, slot_is_free: Callable[[Path], bool]) -> list[str]:
     """Put back in the queue running jobs whose worker is gone, so they resume from their last checkpoint.
 
     On this host a job is abandoned when nobody holds its slot lock; elsewhere, when its heartbeat is stale.
@@ -290,3 +286,29 @@ def release(store: Store, key: str, pid: int) -> None:
     """Record that the job's process `pid` has ended."""
     with store.session() as session:
         session.execute(update(Job).where(Job.key == key, Job.pid == pid).values(pid=None))
+
+
+@dataclass
+class Cancellation:
+    keys: list[str]  # the jobs cancelled
+    slurm_job_ids: list[str]  # the Slurm jobs that had been sent to run them, cancelled with scancel
+
+    @property
+    def summary(self) -> str:
+        """What `smx cancel` prints and the TUI tells, e.g. 3 job(s) cancelled, and their Slurm jobs 81, 82."""
+        slurm = f", and their Slurm jobs {', '.join(self.slurm_job_ids)}" if self.slurm_job_ids else ""
+        return f"{len(self.keys)} job(s) cancelled{slurm}."
+
+
+def cancel_with_slurm_jobs(store: Store, targets: list[str]) -> Cancellation:
+    """Cancel the jobs (see `cancel`), and with scancel the Slurm jobs sent to run them, which would otherwise
+    stay queued in Slurm."""
+    # Imported here: the Slurm executor imports this module.
+    from smx.scheduler.slurm import cancel_slurm_jobs
+
+    keys = cancel(store, targets)
+    with store.read_session() as session:
+        slurm_job_ids = sorted(set(session.scalars(
+            select(Job.slurm_job_id).where(Job.key.in_(keys), Job.slurm_job_id.is_not(None)))))
+    cancel_slurm_jobs(slurm_job_ids)
+    return Cancellation(keys, slurm_job_ids)

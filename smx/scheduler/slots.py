@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -49,9 +50,22 @@ def detect_gpus() -> list[str]:
     try:
         listing = subprocess.run(["nvidia-smi", "--query-gpu=index", "--format=csv,noheader"],
                                  capture_output=True, text=True, timeout=20, check=True).stdout
-    except (OSError, subprocess.SubprocessError):
+    except (OSError, subprocess.SubprocessError) as error:
+        # Not an error: CPU slots are a legitimate fallback. But a broken driver must not pass for a CPU machine.
+        print(f"warning: nvidia-smi failed ({_nvidia_smi_failure(error)}), so jobs will run on CPU slots. "
+              "Fix: check the NVIDIA driver (run nvidia-smi), or pass --gpus none to run on CPU without this warning.",
+              file=sys.stderr, flush=True)
         return []
     return [line.strip() for line in listing.splitlines() if line.strip()]
+
+
+def _nvidia_smi_failure(error: OSError | subprocess.SubprocessError) -> str:
+    if isinstance(error, subprocess.TimeoutExpired):
+        return f"no answer within {error.timeout:g} s"
+    if isinstance(error, subprocess.CalledProcessError):
+        detail = (error.stderr or error.stdout or "").strip().splitlines()
+        return f"exit status {error.returncode}" + (f": {detail[-1]}" if detail else "")
+    return str(error)
 
 
 def parse_gpus(option: str | None) -> list[str]:

@@ -177,7 +177,8 @@ def cancel_orphans(store: Store, plan: Plan) -> list[str]:
     with store.read_session() as session:
         rows = {row.key: row for row in session.scalars(select(Job).where(Job.key.in_([j.key for j in plan.jobs])))}
     orphans = [row.slurm_job_id for planned in plan.jobs if (row := rows[planned.key]).status == "pending"
-               and row.slurm_job_id and any(rows[parent].status in ("failed", "cancelled") for parent in planned.parents)]
+               and row.slurm_job_id
+               and any(rows[parent].status in ("failed", "cancelled") for parent in planned.parents)]
     cancel_slurm_jobs(orphans)
     return orphans
 
@@ -199,7 +200,8 @@ class SlurmJob(_checkpointable()):  # type: ignore[misc]
         slurm_job_id = os.environ.get("SLURM_JOB_ID", "unknown")
         lock_path = store.locks_dir / f"slurm-{slurm_job_id}.lock"
         gpus = os.environ.get("CUDA_VISIBLE_DEVICES") or None
-        slot = Slot(f"slurm-{slurm_job_id}", gpus, lock_path, cpu_threads=int(os.environ.get("SLURM_CPUS_PER_TASK", "1")))
+        slot = Slot(f"slurm-{slurm_job_id}", gpus, lock_path,
+                    cpu_threads=int(os.environ.get("SLURM_CPUS_PER_TASK", "1")))
         # Held while the job runs, so that a scheduler on this node sees the job alive (queue.recover_abandoned).
         lock = try_lock(lock_path)
         try:

@@ -52,7 +52,8 @@ def _die_with_parent(worker_pid: int) -> None:
             os._exit(1)
 
 
-def log_tail(path: Path, lines: int = LOG_TAIL_LINES) -> str:
+def log_tail(path: Path) -> str:
+    """The last LOG_TAIL_LINES lines of a job's log, for the error a failed job records."""
     try:
         with path.open("rb") as handle:
             handle.seek(0, os.SEEK_END)
@@ -60,7 +61,7 @@ def log_tail(path: Path, lines: int = LOG_TAIL_LINES) -> str:
             text = handle.read().decode("utf-8", errors="replace")
     except OSError:
         return ""
-    return "\n".join(text.splitlines()[-lines:])
+    return "\n".join(text.splitlines()[-LOG_TAIL_LINES:])
 
 
 def _stop(process: subprocess.Popen) -> None:

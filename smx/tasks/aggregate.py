@@ -8,27 +8,15 @@ log's summary exactly as this job would have.
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from typing import Any, Protocol
+from typing import Any
 
-from sqlalchemy import delete, select
+from sqlalchemy import delete
 
-from smx.db.models import Aggregate, Certificate, CertifiedAccuracy, Job
+from smx.db.models import Aggregate, CertifiedAccuracy, Job
+from smx.db.queries import certification_log_rows
 from smx.db.store import Store
 from smx.science.metrics import DEFAULT_RADII, LogRow, summarize, write_certification_log
 from smx.tasks.progress import ProgressReporter
-
-
-class CertifiedSample(Protocol):
-    """What a summary needs of one certified sample: a stored Certificate or a row of a certification log."""
-
-    @property
-    def prediction(self) -> int: ...
-
-    @property
-    def radius(self) -> float: ...
-
-    @property
-    def correct(self) -> int: ...
 
 
 def aggregate_radii(report_radii: Iterable[float]) -> list[float]:
@@ -36,7 +24,7 @@ def aggregate_radii(report_radii: Iterable[float]) -> list[float]:
     return sorted(set(report_radii) | set(DEFAULT_RADII))
 
 
-def summarise_config(job_key: str, experiment: str, entry: dict[str, Any], samples: Sequence[CertifiedSample],
+def summarise_config(job_key: str, experiment: str, entry: dict[str, Any], samples: Sequence[LogRow],
                      radii: Iterable[float]) -> Aggregate:
     """One certified config's summary row, with its certified accuracy at each radius.
 
@@ -63,14 +51,9 @@ def run(store: Store, job: Job, device: str, progress: ProgressReporter) -> None
     summaries = []
     for position, entry in enumerate(configs):
         with store.read_session() as session:
-            rows = session.scalars(select(Certificate).where(Certificate.job_key == entry["certify_key"])
-                                   .order_by(Certificate.sample_index)).all()
+            rows = certification_log_rows(session, entry["certify_key"])
         summaries.append(summarise_config(job.key, experiment, entry, rows, radii))
-        write_certification_log(results_dir / f"{entry['name']}.tsv", [
-            LogRow(index=row.sample_index, label=row.label, prediction=row.prediction, radius=row.radius,
-                   correct=row.correct, seconds=row.seconds)
-            for row in rows
-        ])
+        write_certification_log(results_dir / f"{entry['name']}.tsv", rows)
         progress((position + 1) / len(configs), f"config {position + 1}/{len(configs)}")
     # One transaction: a rerun replaces the previous summaries whole, never leaving a half-written set.
     with store.session() as session:

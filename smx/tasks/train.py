@@ -48,7 +48,8 @@ def settings_from_config(config: dict, device: str) -> TrainSettings:
 def run(store: Store, job: Job, device: str, progress: ProgressReporter) -> None:
     config = job.config
     dataset = config["data"]["dataset"]
-    data = load_dataset(dataset, "train", root=job.runtime.get("data_root"), download=job.runtime.get("download", False))
+    data = load_dataset(dataset, "train", root=job.runtime.get("data_root"),
+                        download=job.runtime.get("download", False))
     # The initial weights are part of the run: seed before building the model, not only before training.
     torch.manual_seed(config["seed"])
     model = build_model(config["model"]["arch"], dataset)
@@ -57,7 +58,8 @@ def run(store: Store, job: Job, device: str, progress: ProgressReporter) -> None
 
     def record_metrics(metrics: EpochMetrics) -> None:
         with store.session() as session:
-            session.execute(delete(TrainMetric).where(TrainMetric.job_key == job.key, TrainMetric.epoch == metrics.epoch))
+            session.execute(delete(TrainMetric)
+                            .where(TrainMetric.job_key == job.key, TrainMetric.epoch == metrics.epoch))
             session.add(TrainMetric(job_key=job.key, epoch=metrics.epoch, loss=metrics.loss,
                                     noisy_accuracy=metrics.noisy_accuracy, lr=metrics.lr, seconds=metrics.seconds,
                                     extras=metrics.extras))

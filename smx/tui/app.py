@@ -4,8 +4,9 @@ The app owns the store reader, the experiment in focus and the refresh loop. Eve
 a worker thread (`reload`), which hands a `Snapshot` back to the UI thread; panes and screens only display it
 and post messages (smx/tui/messages.py) when the user asks for something.
 
-SQLAlchemy, NumPy and the data layer are imported by the first read, in its worker thread, so that the first frame
-does not wait for them (imports are slow on the network file systems of many GPU servers).
+SQLAlchemy, NumPy, the data layer and the published numbers (smx.reference) are imported by the first read, in its
+worker thread, so that the first frame does not wait for them (imports are slow on the network file systems of many
+GPU servers).
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from smx.db.location import check_location
 from smx.errors import UserError
 from smx.tui.cells import shown_path
 from smx.tui.messages import ActOnJobs, ExportResults, FocusExperiment, OpenJob
-from smx.tui.model import Clock, LoadRequest, PublishedAcr, Snapshot
+from smx.tui.model import Clock, LoadRequest, Snapshot
 from smx.tui.panes import CurvesPane, ExperimentsPane, ExperimentsTable, JobsPane, JobsTable, ResultsPane
 from smx.tui.screens import ConfirmScreen, HelpScreen, JobScreen
 from smx.tui.widgets import LiveTable
@@ -162,8 +163,9 @@ class SmxApp(App[None]):
     ]
 
     def __init__(self, location: str | None = None, *, read_only: bool = False, clock: Clock | None = None,
-                 published_acr: PublishedAcr | None = None, refresh_seconds: float = REFRESH_SECONDS) -> None:
-        """`clock` (UTC, naive) times running jobs; `published_acr` fills a column of published numbers.
+                 compare_with_paper: bool = False, refresh_seconds: float = REFRESH_SECONDS) -> None:
+        """`clock` (UTC, naive) times running jobs; `compare_with_paper` adds a column of the ACR that the SmoothMix
+        paper publishes for each result of a published setting.
 
         A location that can never hold a store (a regular file, a malformed URL) raises StoreError here, as every
         other command does, rather than showing a screen that waits for a store to appear there."""
@@ -171,7 +173,7 @@ class SmxApp(App[None]):
         super().__init__()
         self.location = location
         self.clock = clock
-        self.published_acr = published_acr
+        self.compare_with_paper = compare_with_paper
         self.reader: StoreReader | None = None  # made by the first read
         self.read_only = read_only
         self.refresh_seconds = refresh_seconds
@@ -206,7 +208,12 @@ class SmxApp(App[None]):
         if self.reader is None:
             from smx.tui.data import StoreReader
 
-            self.reader = StoreReader(self.location, clock=self.clock, published_acr=self.published_acr)
+            published_acr = None
+            if self.compare_with_paper:
+                from smx.reference import PaperAcr
+
+                published_acr = PaperAcr(self.location)
+            self.reader = StoreReader(self.location, clock=self.clock, published_acr=published_acr)
         snapshot = self.reader.load(request)
         self.call_from_thread(self._show, request, snapshot)
 
@@ -272,7 +279,12 @@ class SmxApp(App[None]):
         assert self.reader is not None  # an action acts on a row that a read has shown
         try:
             store = self.reader.store()
-            keys = queue.cancel(store, targets) if verb == "cancel" else queue.retry(store, targets)
+            if verb == "cancel":
+                cancellation = queue.cancel_with_slurm_jobs(store, targets)
+                keys, done = cancellation.keys, cancellation.summary
+            else:
+                keys = queue.retry(store, targets)
+                done = f"{len(keys)} job(s) queued again (a running worker or `smx worker` runs them)"
         except UserError as error:
             self.call_from_thread(self.tell, error.message, "error")
             return
@@ -280,8 +292,7 @@ class SmxApp(App[None]):
             self.call_from_thread(self.tell, f"the store refused the change: {error}", "error")
             return
         if keys:
-            done = "cancelled" if verb == "cancel" else "queued again (a running worker or `smx worker` runs them)"
-            self.call_from_thread(self.tell, f"{len(keys)} job(s) {done}")
+            self.call_from_thread(self.tell, done)
         else:
             which = " or ".join(ACTIONABLE[verb])
             self.call_from_thread(self.tell, f"nothing to {verb}: only {which} jobs can be", "warning")

@@ -18,6 +18,10 @@ if TYPE_CHECKING:
     from smx.db.queries import ExperimentOverview
 
 STATUS_STYLES = {"pending": "yellow", "running": "cyan", "done": "green", "failed": "red", "cancelled": "magenta"}
+# Decimals of the ACR, accuracies and rates in the tables.
+METRIC_DIGITS = 3
+# Cells of the experiments table's progress bar.
+PROGRESS_BAR_WIDTH = 6
 # Sorting by status puts what needs attention first.
 STATUS_ORDER = {status: order for order, status in enumerate(("failed", "running", "pending", "cancelled", "done"))}
 
@@ -73,8 +77,8 @@ def duration(seconds: float | None) -> str:
     return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
 
 
-def number(value: float | None, digits: int = 3) -> Cell:
-    return cell(value, "" if value is None else f"{value:.{digits}f}")
+def number(value: float | None) -> Cell:
+    return cell(value, "" if value is None else f"{value:.{METRIC_DIGITS}f}")
 
 
 def status_cell(status: str) -> Cell:
@@ -105,9 +109,9 @@ def experiment_cells(experiment: ExperimentOverview) -> tuple[Cell, ...]:
     )
 
 
-def progress_bar(fraction: float, width: int = 6) -> str:
-    filled = round(fraction * width)
-    return "█" * filled + "░" * (width - filled)
+def progress_bar(fraction: float) -> str:
+    filled = round(fraction * PROGRESS_BAR_WIDTH)
+    return "█" * filled + "░" * (PROGRESS_BAR_WIDTH - filled)
 
 
 JOB_COLUMNS = [("kind", "kind"), ("config", "config"), ("status", "status"), ("progress", "progress"),

@@ -20,7 +20,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, aliased
 
 from smx.db.models import Certificate, Checkpoint, Experiment, ExperimentJob, Job, JobParent, TrainMetric, utcnow
-from smx.db.queries import elapsed_seconds, experiments_overview, silent_seconds
+from smx.db.queries import elapsed_seconds, eta_seconds, experiments_overview, silent_seconds
 from smx.db.store import NoStoreYet, Store, StoreError, open_store, resolve_location
 from smx.errors import UserError
 from smx.report import experiment_results
@@ -81,12 +81,9 @@ def _summary(row: Any, membership: tuple[str | None, tuple[str, ...]], blocked_b
     (key, kind, name, status, progress, progress_text, device, attempts, started_at, finished_at, error_tail,
      heartbeat_at) = row[:12]
     elapsed = elapsed_seconds(status, started_at, finished_at, now)
-    eta = None
-    if status == "running" and elapsed is not None and progress > 0.01:
-        eta = elapsed * (1 - progress) / progress
     return JobSummary(key, kind, name, membership[0], membership[1], status, progress, progress_text, device, attempts,
-                      elapsed, eta, error_tail, blocked_by if status == "pending" else None,
-                      silent_seconds(status, heartbeat_at, now))
+                      elapsed, eta_seconds(status, progress, elapsed), error_tail,
+                      blocked_by if status == "pending" else None, silent_seconds(status, heartbeat_at, now))
 
 
 # substr(error, -n) is SQLite only; this form also works on PostgreSQL.
