@@ -1,12 +1,11 @@
 """Train job: build the model and data a config names, train with its method, record every checkpoint.
 
-SMX_CUDA_GRAPHS=1 in a worker's environment opts in to replaying each optimizer step from a CUDA graph on GPUs
+SMX_CUDA_GRAPHS=1 (or true, yes, on) in a worker's environment opts in to replaying each optimizer step from a CUDA graph on GPUs
 (smx/science/step_graphs.py): the same steps with fewer kernel launches, not yet the default.
 """
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import torch
@@ -20,6 +19,7 @@ from smx.science.models import build_model
 from smx.science.training import EpochMetrics, TrainSettings, train, uses_cuda_graphs
 from smx.spec import config_value
 from smx.tasks import checkpoints
+from smx.tasks.flags import environment_flag
 from smx.tasks.progress import ProgressReporter
 
 
@@ -41,7 +41,7 @@ def settings_from_config(config: dict, device: str) -> TrainSettings:
         device=device,
         amp=config_value("train.amp", config),
         lr_decay=config_value("train.lr_decay", config),
-        cuda_graphs=os.environ.get("SMX_CUDA_GRAPHS") == "1",
+        cuda_graphs=environment_flag("SMX_CUDA_GRAPHS"),
     )
 
 
@@ -81,9 +81,9 @@ def run(store: Store, job: Job, device: str, progress: ProgressReporter) -> None
 
     settings = settings_from_config(config, device)
     if settings.cuda_graphs:
-        print("SMX_CUDA_GRAPHS=1: each epoch's steps replay from a CUDA graph"
+        print("SMX_CUDA_GRAPHS: each epoch's steps replay from a CUDA graph"
               if uses_cuda_graphs(settings, data, torch.device(device))
-              else "SMX_CUDA_GRAPHS=1 left unused: CUDA graphs need a GPU and a dataset held in memory", flush=True)
+              else "SMX_CUDA_GRAPHS left unused: CUDA graphs need a GPU and a dataset held in memory", flush=True)
     final = train(model, data, settings, store.checkpoint_dir(job.key),
                   on_checkpoint=on_checkpoint, on_checkpoint_removed=lambda path: checkpoints.forget(store, path),
                   on_epoch=on_epoch, on_progress=progress, on_resume=on_resume)
