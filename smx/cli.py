@@ -6,7 +6,7 @@ import signal
 import sys
 import time
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated, NoReturn, Optional
 
 import typer
 from rich.console import Console
@@ -33,7 +33,13 @@ StoreOption = Annotated[
 GpusOption = Annotated[str, typer.Option(
     "--gpus", help="GPUs to use: auto, none, a count (2; 0 is none) or indices (0,1; '0,' for index 0 alone).")]
 JobsPerGpuOption = Annotated[int, typer.Option("--jobs-per-gpu", min=1, help="Jobs packed on each GPU.")]
-CpuJobsOption = Annotated[int, typer.Option("--cpu-jobs", min=1, help="Jobs run at once when there is no GPU.")]
+# Each CPU job is a process of its own, and past the machine's cores they only share them: a fixed ceiling (not one
+# from this machine's core count, since workers on several machines share a store's slot names) that stops a typo
+# from starting thousands of processes.
+MAX_CPU_JOBS = 256
+CpuJobsOption = Annotated[int, typer.Option(
+    "--cpu-jobs", min=1, max=MAX_CPU_JOBS,
+    help=f"Jobs run at once when there is no GPU, 1 to {MAX_CPU_JOBS} (jobs beyond the CPU cores share them).")]
 # `smx submit`'s options that say how this machine runs jobs, by parameter name: Slurm jobs take their GPUs and CPUs
 # from [executor.slurm] instead.
 LOCAL_EXECUTOR_OPTIONS = {"gpus": "--gpus", "jobs_per_gpu": "--jobs-per-gpu", "cpu_jobs": "--cpu-jobs"}
@@ -41,6 +47,9 @@ LOCAL_EXECUTOR_OPTIONS = {"gpus": "--gpus", "jobs_per_gpu": "--jobs-per-gpu", "c
 SLOT_RETRY_SECONDS = 5.0
 # How often `smx submit --executor slurm` looks for jobs that Slurm lost or that wait on a failed parent.
 SLURM_RESEND_SECONDS = 30.0
+# The exit status of a command stopped by SIGINT or SIGTERM, as a shell reports one stopped by Ctrl-C (128 + SIGINT).
+EXIT_INTERRUPTED = 130
+REQUEUED = "put back in the queue, to resume from the last checkpoint on the next `smx submit` or `smx worker`."
 
 
 def main() -> None:
@@ -61,6 +70,33 @@ def _print_table(table: Table) -> None:
         console.print(table)
     else:
         Console(width=max(_natural_width(table), console.width)).print(table)
+
+
+def _exit_interrupted(note: str) -> NoReturn:
+    """End a command that SIGINT or SIGTERM stopped: `note` says what became of its jobs."""
+    console.print(f"[yellow]{escape(note)}[/]", soft_wrap=True)
+    raise typer.Exit(EXIT_INTERRUPTED)
+
+
+def _job_label(job, experiment: str | None) -> str:  # type: ignore[no-untyped-def]
+    """How a listing names a job (a JobView). In one experiment's listing: its kind and the config name this
+    experiment gives it, since jobs.name is the name it got in whichever experiment created it. Otherwise that
+    stored name."""
+    if experiment is None:
+        return job.name
+    if job.kind == "aggregate":
+        # An experiment's aggregate has no config name; an imported log's own aggregate has its config's.
+        return "/".join(filter(None, ("aggregate", experiment, job.config_name)))
+    return f"{job.kind}/{job.config_name}"
+
+
+def _keys_in_experiments(session) -> set[str]:  # type: ignore[no-untyped-def]
+    """Keys of the jobs that some experiment's current plan needs: other jobs were left behind by an edited spec."""
+    from sqlalchemy import select
+
+    from smx.db.models import ExperimentJob
+
+    return set(session.scalars(select(ExperimentJob.job_key).distinct()))
 
 
 def _signal_name(number: int) -> str:
@@ -257,8 +293,7 @@ def _can_progress(jobs) -> bool:  # type: ignore[no-untyped-def]
 
 def _follow(store, experiment: str, workers, device: str, start_on_free_slots,  # type: ignore[no-untyped-def]
             retry_seconds: float = SLOT_RETRY_SECONDS,
-            interrupt_note: str = "interrupted: running jobs were put back in the queue and resume from their "
-                                  "last checkpoint on the next `smx submit` or `smx worker`.") -> None:
+            interrupt_note: str = f"interrupted: running jobs were {REQUEUED}") -> None:
     """Show live progress until the experiment's jobs can go no further; exit 1 if any of them failed.
 
     Another scheduler on the store (a second `smx submit`) may hold every slot, so that our workers exit at once
@@ -292,7 +327,7 @@ def _follow(store, experiment: str, workers, device: str, start_on_free_slots,  
                                 detail=" ".join(f"{n} {s}" for s, n in counts.items() if n))
                 for job in jobs:
                     if job.status == "running" and job.key not in bars:
-                        bars[job.key] = progress.add_task(f"  {job.name}", total=1.0, detail="")
+                        bars[job.key] = progress.add_task(f"  {_job_label(job, experiment)}", total=1.0, detail="")
                     if job.key in bars:
                         progress.update(bars[job.key], completed=job.progress, detail=job.progress_text)
                         if job.status != "running":
@@ -315,8 +350,7 @@ def _follow(store, experiment: str, workers, device: str, start_on_free_slots,  
                 worker.send_signal(signal.SIGINT)
         for worker in workers:
             worker.wait()
-        console.print(f"[yellow]{interrupt_note}[/]")
-        raise typer.Exit(130)
+        _exit_interrupted(interrupt_note)
     finally:
         signal.signal(signal.SIGTERM, previous_handler)
     _end_live_line()
@@ -327,6 +361,10 @@ def _follow(store, experiment: str, workers, device: str, start_on_free_slots,  
             errors.print(f"[red]a worker was killed by {_signal_name(-worker.returncode)}.[/] A job it was running "
                          "shows as running until the next `smx submit` or `smx worker` on this host puts it back in "
                          "the queue; it resumes from its last checkpoint.", markup=True)
+        elif worker.returncode == EXIT_INTERRUPTED:
+            # SIGINT or SIGTERM sent to the worker alone: it put its job back itself.
+            errors.print(f"[red]a worker was stopped by SIGINT or SIGTERM.[/] The job it was running, if any, was "
+                         f"{REQUEUED}", markup=True)
         else:
             errors.print(f"[red]a worker stopped with code {worker.returncode}[/]" + (f":\n{escape(stderr)}" if stderr
                                                                                       else "."), markup=True)
@@ -359,10 +397,15 @@ def worker(
     opened.prepare_for_writing()
     slots = make_slots(opened.locks_dir, parse_gpus(gpus), jobs_per_gpu, cpu_jobs)
     report = run_worker(opened, slots, stay=stay)
+    ran = f"ran {report.ran} job(s), {report.failed} failed"
+    if report.interrupted_by is not None:
+        where = f"worker on {report.slot}" if report.slot else "worker"
+        running = f"its running job {report.requeued} was {REQUEUED}" if report.requeued else "no job was running."
+        _exit_interrupted(f"{where}: interrupted by {report.interrupted_by} after it {ran}; {running}")
     if report.slot is None:
         console.print("every slot is taken by another worker; nothing to do here.")
         return
-    console.print(f"worker on {report.slot}: ran {report.ran} job(s), {report.failed} failed")
+    console.print(f"worker on {report.slot}: {ran}")
     if report.failed:
         raise typer.Exit(EXIT_JOBS_FAILED)
 
@@ -373,6 +416,8 @@ def _print_jobs(store, experiment: str | None, only_unfinished: bool = False) ->
 
     with store.read_session() as session:
         jobs = jobs_view(session, experiment)
+        # Listing every job: unfinished ones that an edited spec left behind, which nothing will run unless retried.
+        in_experiments = _keys_in_experiments(session) if experiment is None else set()
     if only_unfinished:
         jobs = [job for job in jobs if job.status != "done"]
         if not jobs:
@@ -397,9 +442,9 @@ def _print_jobs(store, experiment: str | None, only_unfinished: bool = False) ->
         if job.silent_seconds is not None:
             note = (f"no word from its worker for {duration(job.silent_seconds)}: if it stopped, "
                     "`smx submit` or `smx worker` resumes the job")
-        # Unfinished jobs that an edited spec left behind: nothing will run them unless they are retried.
-        orphan = experiment is None and job.config_name is None and job.status != "done"
-        table.add_row(job.key[:8], escape(job.name) + (" [dim](in no experiment)[/]" if orphan else ""),
+        orphan = experiment is None and job.key not in in_experiments and job.status != "done"
+        label = escape(_job_label(job, experiment)) + (" [dim](in no experiment)[/]" if orphan else "")
+        table.add_row(job.key[:8], label,
                       f"[{style}]{job.status}[/]",
                       escape(job.progress_text) if job.status == "running" else "", job.device or "",
                       duration(job.elapsed_seconds), escape(note))
@@ -423,11 +468,15 @@ def status(
             require_experiment(session, experiment)
     if failed:
         with opened.read_session() as session:
-            for job in jobs_view(session, experiment, ["failed"]):
-                outside = " (in no experiment)" if experiment is None and job.config_name is None else ""
-                console.print(f"[red]{job.name}[/] ({job.key[:12]}), attempt {job.attempts}, log {job.log_path}"
-                              f"{outside}")
-                console.print(job.error or "", markup=False, highlight=False)
+            failed_jobs = jobs_view(session, experiment, ["failed"])
+            in_experiments = _keys_in_experiments(session) if experiment is None else set()
+        if not failed_jobs:
+            console.print(f"no failed jobs in {experiment or 'the store'}.")
+        for job in failed_jobs:
+            outside = " (in no experiment)" if experiment is None and job.key not in in_experiments else ""
+            console.print(f"[red]{escape(_job_label(job, experiment))}[/] ({job.key[:12]}), attempt {job.attempts}, "
+                          f"log {job.log_path}{outside}")
+            console.print(job.error or "", markup=False, highlight=False)
         return
     if experiment or jobs:
         _print_jobs(opened, experiment)
@@ -632,10 +681,17 @@ def export(
         "--out", "-o", help="Directory \\[default: STORE/exports/NAME/].")] = None,
     store: StoreOption = None,
 ) -> None:
-    """Write an experiment's certifications in the field's TSV format, one file per config."""
+    """Write an experiment's certifications in the field's TSV format, one file per certified config."""
     from smx.db.store import open_store
     from smx.imports import export_certification_logs
 
     opened = open_store(store, create=False)
-    for path in export_certification_logs(opened, experiment, out or opened.root / "exports" / experiment):
+    exported = export_certification_logs(opened, experiment, out or opened.root / "exports" / experiment)
+    for path in exported.paths:
         console.print(str(path), markup=False, highlight=False, soft_wrap=True)
+    if exported.unfinished:
+        # On stderr: stdout stays one written path per line.
+        skipped = ", ".join(f"{name} ({status})" for name, status in exported.unfinished.items())
+        errors.print(f"skipped {len(exported.unfinished)} config(s) whose certify job is not done: {skipped}. "
+                     f"Export again once `smx status {experiment}` shows them done.",
+                     markup=False, highlight=False, soft_wrap=True)

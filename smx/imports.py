@@ -238,12 +238,30 @@ def store_log(store: Store, log: LoadedLog) -> ImportOutcome:
                              already_imported=False)
 
 
-def export_certification_logs(store: Store, experiment: str, out_dir: Path) -> list[Path]:
-    """Write each of the experiment's certified configs as `<config>.tsv` in the field's format; the paths."""
+@dataclass
+class ExportOutcome:
+    """What `smx export` wrote, and which configs it left out."""
+
+    paths: list[Path]  # one log per certified config
+    unfinished: dict[str, str]  # config name -> the status of its certify job, for configs not certified yet
+
+
+def export_certification_logs(store: Store, experiment: str, out_dir: Path) -> ExportOutcome:
+    """Write each of the experiment's configs whose certify job is done as `<config>.tsv` in the field's format.
+
+    The configs are those its aggregate jobs name, so a partly finished experiment exports what it has; one with
+    no certified config at all is an error that says why.
+    """
     with store.read_session() as session:
-        aggregates = summaries_of(session, experiment)
-        logs = {aggregate.config_name: certification_log_rows(session, aggregate.certify_key)
-                for aggregate in aggregates}
+        configs = dict(_configs_of(session, experiment))
+        statuses = dict(session.execute(select(Job.key, Job.status).where(Job.key.in_(set(configs.values())))).all())
+        certified = {name: key for name, key in sorted(configs.items()) if statuses[key] == "done"}
+        if not certified:
+            # No config is certified, so no aggregate has run either: summaries_of raises the error that says why
+            # (or that the store has no such experiment).
+            summaries_of(session, experiment)
+        logs = {name: certification_log_rows(session, key) for name, key in certified.items()}
+    unfinished = {name: statuses[key] for name, key in sorted(configs.items()) if name not in certified}
     paths = []
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
@@ -253,4 +271,14 @@ def export_certification_logs(store: Store, experiment: str, out_dir: Path) -> l
             paths.append(path)
     except OSError as error:
         raise cannot_write(Path(error.filename or out_dir), error) from None
-    return paths
+    return ExportOutcome(paths, unfinished)
+
+
+def _configs_of(session: Session, experiment: str) -> list[tuple[str, str]]:
+    """(config name, certify job key) of each config of the experiment's current plan, as its aggregate jobs' inputs
+    list them (one aggregate for a submitted spec, one per imported log)."""
+    aggregates = session.scalars(
+        select(Job).join(ExperimentJob, ExperimentJob.job_key == Job.key)
+        .join(Experiment, Experiment.id == ExperimentJob.experiment_id)
+        .where(Experiment.name == experiment, Job.kind == "aggregate"))
+    return [(entry["name"], entry["certify_key"]) for aggregate in aggregates for entry in aggregate.config["configs"]]

@@ -236,8 +236,26 @@ def test_a_running_job_whose_worker_went_silent_says_so(seeded: Store) -> None:
     jobs = {job.key: job for job in StoreReader(str(seeded.root), clock=frozen_clock).load(LoadRequest()).jobs}
     silent = jobs[key("train-smoothmix-0.50")]
     assert silent.silent_seconds == 95
-    assert str(job_cells(silent)[-1].shown) == "no word from its worker for 0:01:35"
+    assert str(job_cells(silent, None)[-1].shown) == "no word from its worker for 0:01:35"
     assert all(job.silent_seconds is None for job in jobs.values() if job is not silent)  # done or beating
+
+
+def test_a_job_that_experiments_share_shows_the_config_name_of_the_experiment_in_focus(seeded: Store) -> None:
+    from smx.tui.cells import describe, job_cells
+
+    with seeded.session() as session:
+        # `part` reuses quickstart's gaussian training and certification under a config name of its own.
+        part = Experiment(name="part", spec_path="p.toml", spec_text="", spec_hash="p", created_at=T0, updated_at=T0)
+        session.add(part)
+        session.flush()
+        session.add_all(ExperimentJob(experiment_id=part.id, job_key=key(name), config_name="reused", swept={})
+                        for name in ("train-gaussian-0.25", "certify-gaussian-0.25"))
+    jobs = {job.key: job for job in StoreReader(str(seeded.root), clock=frozen_clock).load(LoadRequest()).jobs}
+    train, aggregate = jobs[key("train-gaussian-0.25")], jobs[key("aggregate-quickstart")]
+    assert train.experiments == ("part", "quickstart")
+    assert [job_cells(train, focus)[1].shown for focus in ("part", "quickstart")] == ["reused", "gaussian-0.25"]
+    assert describe(train, "quickstart") == f"train job gaussian-0.25 ({key('train-gaussian-0.25')[:12]})"
+    assert job_cells(aggregate, "quickstart")[1].shown == job_cells(aggregate, None)[1].shown == "quickstart"
 
 
 def test_results_and_job_detail(seeded: Store) -> None:

@@ -34,8 +34,10 @@ EXIT_JOBS_FAILED = 3
 @dataclass
 class WorkerReport:
     slot: str | None
-    ran: int = 0
+    ran: int = 0  # jobs run to their end (or until they stopped being this worker's)
     failed: int = 0
+    interrupted_by: str | None = None  # the signal that stopped the worker, e.g. "SIGINT"
+    requeued: str | None = None  # the job it was running then, put back in the queue: "<name> (<key prefix>)"
 
 
 class Interrupted(Exception):
@@ -106,16 +108,19 @@ def run_job(store: Store, job: Job, slot: Slot, *, requeue_if_terminated: bool =
     log_path = store.log_path(job.key)
     command = [sys.executable, "-m", "smx.tasks.run", job.key, "--store", store.location, "--device", slot.device]
     environment = {**os.environ, **slot.environment(), "PYTHONUNBUFFERED": "1"}
-    with _open_log(store, job, slot) as log:
-        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=environment,
-                                   stdin=subprocess.DEVNULL,
-                                   preexec_fn=functools.partial(_die_with_parent, os.getpid()),
-                                   # Its own process group: a Ctrl-C reaches the worker, which stops the job cleanly.
-                                   process_group=0)
-    with store.session() as session:
-        session.execute(update(Job).where(Job.key == job.key).values(pid=process.pid, log_path=str(log_path)))
-    last_beat = 0.0
+    process: subprocess.Popen | None = None
+    # From the start: a stop request that comes before the job's process is started or recorded must still put
+    # the job back, rather than leave it marked running by a worker that is gone.
     try:
+        with _open_log(store, job, slot) as log:
+            process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=environment,
+                                       stdin=subprocess.DEVNULL,
+                                       preexec_fn=functools.partial(_die_with_parent, os.getpid()),
+                                       # Its own process group: a Ctrl-C reaches the worker, which stops the job.
+                                       process_group=0)
+        with store.session() as session:
+            session.execute(update(Job).where(Job.key == job.key).values(pid=process.pid, log_path=str(log_path)))
+        last_beat = 0.0
         while process.poll() is None:
             if time.monotonic() - last_beat >= HEARTBEAT_SECONDS:
                 last_beat = time.monotonic()
@@ -130,7 +135,8 @@ def run_job(store: Store, job: Job, slot: Slot, *, requeue_if_terminated: bool =
             except subprocess.TimeoutExpired:
                 pass
     except Interrupted:
-        _stop(process)
+        if process is not None:
+            _stop(process)
         with store.session() as session:
             queue.requeue(session, job.key, "interrupted; resumes from its last checkpoint", attempt=job.attempts)
         raise
@@ -164,8 +170,13 @@ def _run_on_slot(store: Store, slot: Slot, report: WorkerReport, *, stay: bool) 
     while True:
         job = queue.claim_next(store, device=slot.name, slot=slot.lock_path, pid=os.getpid())
         if job is not None:
+            try:
+                succeeded = run_job(store, job, slot)
+            except Interrupted:
+                report.requeued = f"{job.name} ({job.key[:12]})"
+                raise
             report.ran += 1
-            if run_job(store, job, slot) is False:
+            if succeeded is False:
                 report.failed += 1
             continue
         # Before deciding there is nothing left, take back what dead workers left: nobody else may be about to.
@@ -187,7 +198,8 @@ def _claim_slot(store: Store, slots: list[Slot]) -> tuple[Slot, FileLock] | None
 
 
 def run_worker(store: Store, slots: list[Slot], *, stay: bool = False) -> WorkerReport:
-    """Claim jobs until none can become ready (or forever with `stay`)."""
+    """Claim jobs until none can become ready (or forever with `stay`), or until SIGINT or SIGTERM, which the report
+    names."""
     report = WorkerReport(slot=None)
 
     def interrupt(signum: int, _frame: FrameType | None) -> None:
@@ -210,8 +222,8 @@ def run_worker(store: Store, slots: list[Slot], *, stay: bool = False) -> Worker
             # look once more now that the slot is free. Whoever holds a slot from here on sees them too.
             if not queue.has_ready_work(store):
                 break
-    except Interrupted:
-        pass
+    except Interrupted as stop:
+        report.interrupted_by = str(stop)
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)

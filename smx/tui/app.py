@@ -243,7 +243,7 @@ class SmxApp(App[None]):
         self.reload()
 
     def on_open_job(self, message: OpenJob) -> None:
-        self.push_screen(JobScreen(message.job_key))
+        self.push_screen(JobScreen(message.job_key, self.experiment))
         self.reload()
 
     def tell(self, message: str, severity: SeverityLevel = "information") -> None:

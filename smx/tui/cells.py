@@ -128,17 +128,18 @@ def job_progress(job: JobSummary) -> str:
     return job.progress_text
 
 
-def describe(job: JobSummary) -> str:
-    """How a question about the job names it."""
-    return f"{job.kind} job {job.config_name or job.name} ({job.key[:12]})"
+def describe(job: JobSummary, experiment: str | None) -> str:
+    """How a question about the job names it, with `experiment` in focus (or None)."""
+    return f"{job.kind} job {job.config_label(experiment)} ({job.key[:12]})"
 
 
 @lru_cache(maxsize=50_000)
-def job_cells(job: JobSummary) -> tuple[Cell, ...]:
-    """A job's row. Cached: a refresh rebuilds only the rows of jobs that changed, so cells compare by identity."""
+def job_cells(job: JobSummary, experiment: str | None) -> tuple[Cell, ...]:
+    """A job's row, with `experiment` in focus (or None). Cached: a refresh rebuilds only the rows of jobs that
+    changed, so cells compare by identity."""
     return (
         cell(job.kind),
-        cell(job.config_name or job.name.removeprefix(f"{job.kind}/")),
+        cell(job.config_label(experiment)),
         status_cell(job.status),
         cell(job.progress, job_progress(job)),
         cell(job.device),

@@ -73,17 +73,16 @@ class RadiusHistogram:
         return accuracy
 
 
-NO_MEMBERSHIP: tuple[str | None, tuple[str, ...]] = (None, ())
+Memberships = tuple[tuple[str, str | None], ...]  # JobSummary.memberships
 
 
-def _summary(row: Any, membership: tuple[str | None, tuple[str, ...]], blocked_by: str | None,
-             now: datetime) -> JobSummary:
+def _summary(row: Any, memberships: Memberships, blocked_by: str | None, now: datetime) -> JobSummary:
     (key, kind, name, status, progress, progress_text, device, attempts, started_at, finished_at, error_tail,
      heartbeat_at) = row[:12]
     elapsed = elapsed_seconds(status, started_at, finished_at, now)
-    return JobSummary(key, kind, name, membership[0], membership[1], status, progress, progress_text, device, attempts,
-                      elapsed, eta_seconds(status, progress, elapsed), error_tail,
-                      blocked_by if status == "pending" else None, silent_seconds(status, heartbeat_at, now))
+    return JobSummary(key, kind, name, memberships, status, progress, progress_text, device, attempts, elapsed,
+                      eta_seconds(status, progress, elapsed), error_tail, blocked_by if status == "pending" else None,
+                      silent_seconds(status, heartbeat_at, now))
 
 
 # substr(error, -n) is SQLite only; this form also works on PostgreSQL.
@@ -95,16 +94,15 @@ _JOB_COLUMNS = (Job.key, Job.kind, Job.name, Job.status, Job.progress, Job.progr
                 Job.started_at, Job.finished_at, _error_tail, Job.heartbeat_at)
 
 
-def _memberships(session: Session, key: str | None = None) -> dict[str, tuple[str | None, tuple[str, ...]]]:
-    """For each job, its config's name and the experiments it belongs to."""
+def _memberships(session: Session, key: str | None = None) -> dict[str, Memberships]:
+    """For each job that some experiment has, those experiments with the config name each gives it."""
     query = (select(ExperimentJob.job_key, Experiment.name, ExperimentJob.config_name)
              .join(Experiment, Experiment.id == ExperimentJob.experiment_id).order_by(Experiment.name))
     if key is not None:
         query = query.where(ExperimentJob.job_key == key)
-    memberships: dict[str, tuple[str | None, tuple[str, ...]]] = {}
+    memberships: dict[str, Memberships] = {}
     for job_key, experiment, config_name in session.execute(query):
-        config, experiments = memberships.get(job_key, NO_MEMBERSHIP)
-        memberships[job_key] = (config or config_name, (*experiments, experiment))
+        memberships[job_key] = (*memberships.get(job_key, ()), (experiment, config_name))
     return memberships
 
 
@@ -126,7 +124,7 @@ def load_jobs(session: Session, now: datetime) -> list[JobSummary]:
     memberships = _memberships(session)
     blockers = _blockers(session)
     rows = session.execute(select(*_JOB_COLUMNS).order_by(Job.created_at, Job.key))
-    return [_summary(row, memberships.get(row[0], NO_MEMBERSHIP), blockers.get(row[0]), now) for row in rows]
+    return [_summary(row, memberships.get(row[0], ()), blockers.get(row[0]), now) for row in rows]
 
 
 def load_job(session: Session, key: str, now: datetime) -> JobDetail | None:
@@ -144,9 +142,8 @@ def load_job(session: Session, key: str, now: datetime) -> JobDetail | None:
         select(TrainMetric.epoch, TrainMetric.loss, TrainMetric.noisy_accuracy)
         .where(TrainMetric.job_key == key).order_by(TrainMetric.epoch)
     )
-    membership = _memberships(session, key).get(key, NO_MEMBERSHIP)
     return JobDetail(
-        summary=_summary(row, membership, _blockers(session, key).get(key), now),
+        summary=_summary(row, _memberships(session, key).get(key, ()), _blockers(session, key).get(key), now),
         config=row.config if isinstance(row.config, dict) else json.loads(row.config or "{}"),
         error=row.error, log_path=row.log_path,
         final_checkpoint=CheckpointInfo(*checkpoint) if checkpoint else None,

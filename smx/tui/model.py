@@ -26,9 +26,10 @@ class JobSummary:
 
     key: str
     kind: str
-    name: str
-    config_name: str | None
-    experiments: tuple[str, ...]
+    name: str  # as the experiment that created the job named it: "<kind>/<its config>"
+    # (experiment, the config name it gives the job; None for its aggregate), by experiment name: a job serves every
+    # experiment whose plan has it, under each one's config name.
+    memberships: tuple[tuple[str, str | None], ...]
     status: str
     progress: float
     progress_text: str
@@ -39,6 +40,18 @@ class JobSummary:
     error_tail: str | None
     blocked_by: str | None  # status of an unfinished parent that keeps a pending job waiting
     silent_seconds: float | None = None  # a running job whose worker has not been heard from for this long
+
+    @property
+    def experiments(self) -> tuple[str, ...]:
+        return tuple(experiment for experiment, _ in self.memberships)
+
+    def config_label(self, experiment: str | None) -> str:
+        """The job's config as `experiment` names it (its aggregate: the experiment's name); with no experiment, as
+        the first experiment that names one does."""
+        config_names = dict(self.memberships)
+        if experiment in config_names:
+            return config_names[experiment] or experiment
+        return next((name for _, name in self.memberships if name), self.name.removeprefix(f"{self.kind}/"))
 
     @property
     def error_line(self) -> str:

@@ -147,13 +147,16 @@ class JobsPane(Vertical):
         if (self.status and job.status != self.status) or (self.kind and job.kind != self.kind):
             return False
         if self.text:
-            haystack = " ".join((job.key, job.kind, job.name, job.config_name or "", job.status, job.device or "",
+            # Searched as shown: by the config's name in the experiment in focus (jobs.name holds its name in
+            # whichever experiment created the job).
+            config = job.config_label(self.experiment)
+            haystack = " ".join((job.key, f"{job.kind}/{config}", job.status, job.device or "",
                                  job.error_line)).lower()
             return self.text.lower() in haystack
         return True
 
     def _show(self) -> None:
-        self.table.show_rows({job.key: job_cells(job) for job in self._jobs if self._matches(job)})
+        self.table.show_rows({job.key: job_cells(job, self.experiment) for job in self._jobs if self._matches(job)})
         self._caption()
 
     def _caption(self) -> None:
@@ -208,7 +211,7 @@ class JobsPane(Vertical):
     def _act(self, verb: str) -> None:
         job = next((job for job in self._jobs if job.key == self.table.selected_key), None)
         if job is not None:
-            self.post_message(ActOnJobs(verb, [job.key], describe(job), job.status))
+            self.post_message(ActOnJobs(verb, [job.key], describe(job, self.experiment), job.status))
 
     def action_cancel(self) -> None:
         self._act("cancel")

@@ -64,9 +64,10 @@ class JobScreen(Screen[None]):
     }
     """
 
-    def __init__(self, job_key: str) -> None:
+    def __init__(self, job_key: str, experiment: str | None) -> None:
         super().__init__()
         self.job_key = job_key
+        self.experiment = experiment  # in focus when the job was opened: it names the job's config
         self.detail: JobDetail | None = None
 
     def compose(self) -> ComposeResult:
@@ -91,7 +92,7 @@ class JobScreen(Screen[None]):
             self.query_one("#job-summary", Static).update(f"job {self.job_key} is not in the store.")
             return
         previous, self.detail = self.detail, detail
-        self.query_one("#job-summary", Static).update(summary_text(detail))
+        self.query_one("#job-summary", Static).update(summary_text(detail, self.experiment))
         if previous is None or previous.config != detail.config:
             self.query_one("#job-config-text", Static).update(JSON(json.dumps(detail.config)))
         if previous is None or previous.error != detail.error:
@@ -113,7 +114,7 @@ class JobScreen(Screen[None]):
     def _act(self, verb: str) -> None:
         if self.detail is not None:
             job = self.detail.summary
-            self.post_message(ActOnJobs(verb, [job.key], describe(job), job.status))
+            self.post_message(ActOnJobs(verb, [job.key], describe(job, self.experiment), job.status))
 
     def action_cancel(self) -> None:
         self._act("cancel")
@@ -122,9 +123,9 @@ class JobScreen(Screen[None]):
         self._act("retry")
 
 
-def summary_text(detail: JobDetail) -> Text:
+def summary_text(detail: JobDetail, experiment: str | None) -> Text:
     job = detail.summary
-    text = Text.assemble((job.config_name or job.name, "bold"), f" · {job.kind} · ",
+    text = Text.assemble((job.config_label(experiment), "bold"), f" · {job.kind} · ",
                          (job.status, STATUS_STYLES.get(job.status, "")), f" · {job_progress(job)}\n")
     facts = [f"device {job.device}" if job.device else "", f"attempt {job.attempts}",
              f"elapsed {duration(job.elapsed_seconds)}" if job.elapsed_seconds is not None else "",
