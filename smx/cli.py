@@ -220,6 +220,9 @@ def submit(
     if summary.failed:
         console.print(f"  [yellow]{len(summary.failed)} job(s) failed or were cancelled earlier; "
                       f"`smx retry {plan.experiment}` runs them again.[/]")
+    if summary.dropped:
+        console.print(f"  {len(summary.dropped)} pending job(s) of configs removed from the spec will not run "
+                      "(cancelled; a spec that includes them again queues them again).")
     if where.kind == "slurm":
         _submit_to_slurm(opened, plan, where.slurm, detach=detach)
         return

@@ -377,6 +377,143 @@ def test_status_notes_say_why_a_job_died_and_when_a_worker_went_silent(store) ->
     assert elapsed["train/beating"].startswith("0:03:") and elapsed["train/requeued"] == ""  # waiting, not running
 
 
+def enqueue_spec(store, path: Path, text: str):  # type: ignore[no-untyped-def]
+    """Write a spec and queue its experiment in the store without running anything; the plan."""
+    from smx.plan import build_plan
+    from smx.scheduler import queue
+    from smx.spec import load_spec
+
+    path.write_text(text)
+    plan = build_plan(load_spec(path))
+    queue.enqueue(store, plan, path.resolve())
+    return plan
+
+
+def planned_key(plan, name: str) -> str:  # type: ignore[no-untyped-def]
+    return next(job.key for job in plan.jobs if job.name == name)
+
+
+def experiments_sharing_jobs(store, folder: Path) -> dict:  # type: ignore[type-arg]
+    """Experiments a and b, each with a config named base, and `part`, whose configs gaussian and smoothmix are
+    theirs: part's jobs were created as train/base and certify/base. Their plans by name."""
+    base = '\n[[variant]]\nname = "base"\ntrain.method = "{}"\n'
+    return {
+        "a": enqueue_spec(store, folder / "a.toml", tiny_spec("a", epochs=1) + base.format("gaussian")),
+        "b": enqueue_spec(store, folder / "b.toml", tiny_spec("b", epochs=1) + base.format("smoothmix")),
+        "part": enqueue_spec(store, folder / "part.toml",
+                             tiny_spec("part", epochs=1) + variants("gaussian", "smoothmix")),
+    }
+
+
+def job_column(shown: str) -> list[str]:
+    return [line.split("│")[2].strip() for line in shown.splitlines() if line.startswith("│")]
+
+
+def test_status_names_jobs_by_the_experiments_config_and_marks_only_jobs_no_experiment_has(store,
+                                                                                           tmp_path: Path) -> None:
+    from sqlalchemy import update
+
+    from smx.db.models import Job
+
+    plans = experiments_sharing_jobs(store, tmp_path)
+    part = plans["part"]
+    target = StoreTarget(store.location, store.root)
+    assert sorted(job_column(run_smx("status", "part", store=target).stdout)) == [
+        "aggregate/part", "certify/gaussian", "certify/smoothmix", "train/gaussian", "train/smoothmix"]
+    # An edited spec leaves its old aggregate behind; its training and certification are still part's.
+    old_aggregate = planned_key(plans["a"], "aggregate/a")
+    edited = enqueue_spec(store, tmp_path / "a.toml", tiny_spec("a", epochs=2) + variants("gaussian"))
+    listed = run_smx("status", "--jobs", store=target).stdout
+    assert [line.split("│")[1].strip() for line in listed.splitlines() if "(in no experiment)" in line] == [
+        old_aggregate[:8]]
+    assert planned_key(edited, "aggregate/a")[:8] in listed and "aggregate/part " in listed
+
+    assert run_smx("status", "--failed", store=target).stdout == "no failed jobs in the store.\n"
+    smoothmix = planned_key(part, "train/smoothmix")
+    with store.session() as session:
+        session.execute(update(Job).where(Job.key == smoothmix).values(status="failed", error="boom"))
+    everywhere = run_smx("status", "--failed", store=target).stdout
+    assert everywhere.startswith(f"train/base ({smoothmix[:12]}), attempt 0") and "no experiment" not in everywhere
+    assert run_smx("status", "part", "--failed", store=target).stdout.startswith(
+        f"train/smoothmix ({smoothmix[:12]}), attempt 0")
+    assert run_smx("status", "a", "--failed", store=target).stdout == "no failed jobs in a.\n"
+
+
+def test_export_writes_the_certified_configs_of_a_partly_finished_experiment(store, tmp_path: Path) -> None:
+    from sqlalchemy import update
+
+    from smx.db.models import Certificate, Job
+
+    part = experiments_sharing_jobs(store, tmp_path)["part"]
+    target = StoreTarget(store.location, store.root)
+    nothing = run_smx("export", "part", store=target, check=False)
+    assert nothing.returncode == 2 and "Traceback" not in nothing.stderr
+    assert "experiment 'part' has no results yet" in one_line(nothing.stderr)
+    gaussian = planned_key(part, "certify/gaussian")
+    with store.session() as session:
+        session.execute(update(Job).where(Job.key == gaussian).values(status="done"))
+        session.add(Certificate(job_key=gaussian, sample_index=0, label=7, prediction=7, radius=0.5, correct=1,
+                                seconds=1.0))
+    out = tmp_path / "out"
+    exported = run_smx("export", "part", "--out", str(out), store=target)
+    assert exported.stdout == f"{out / 'gaussian.tsv'}\n"
+    assert one_line(exported.stderr) == ("skipped 1 config(s) whose certify job is not done: smoothmix (pending). "
+                                         "Export again once `smx status part` shows them done.")
+    assert (out / "gaussian.tsv").read_text().splitlines() == ["idx\tlabel\tpredict\tradius\tcorrect\ttime",
+                                                              "0\t7\t7\t0.5\t1\t0:00:01"]
+
+
+def test_cpu_jobs_has_a_ceiling(tmp_path: Path) -> None:
+    spec = tmp_path / "tiny.toml"
+    spec.write_text(TINY_SPEC)
+    store = StoreTarget.directory(tmp_path / "store")
+    for arguments in (("worker", "--cpu-jobs", "257"), ("submit", str(spec), "--cpu-jobs", "3000000", "--dry-run")):
+        result = run_smx(*arguments, store=store, check=False)
+        assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
+        assert "Invalid value for '--cpu-jobs': Input should be less than or equal to 256" in result.stderr
+    assert not (tmp_path / "store").exists()
+    shown = subprocess.run(smx_command("worker", "--help"), capture_output=True, text=True,
+                           env={**os.environ, "COLUMNS": "200"}).stdout
+    assert "Jobs run at once when there is no GPU, 1 to 256" in shown
+
+
+def test_an_interrupted_worker_says_its_job_went_back_to_the_queue_and_exits_130(tmp_path: Path) -> None:
+    import signal
+
+    from smx.db.models import Job
+    from smx.db.store import open_store
+
+    store = open_store(str(tmp_path / "store"))
+    train_key = planned_key(enqueue_spec(store, tmp_path / "long.toml", tiny_spec("long", epochs=50,
+                                                                                   method="gaussian")), "train/base")
+    target = StoreTarget.directory(tmp_path / "store")
+    worker = subprocess.Popen(smx_command("worker", "--gpus", "none"), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              text=True, env={**target.environment(), "CUDA_VISIBLE_DEVICES": ""})
+
+    def job_pid() -> int | None:
+        with store.read_session() as session:
+            return session.get(Job, train_key).pid
+
+    try:
+        deadline = time.monotonic() + 120
+        while job_pid() is None:
+            assert time.monotonic() < deadline and worker.poll() is None, "the worker did not start the job"
+            time.sleep(0.2)
+        worker.send_signal(signal.SIGINT)
+        stdout, stderr = worker.communicate(timeout=60)
+    finally:
+        if worker.poll() is None:
+            worker.kill()
+    assert worker.returncode == 130, stdout + stderr
+    assert "Traceback" not in stderr
+    assert stdout == (f"worker on cpu-slot0: interrupted by SIGINT after it ran 0 job(s), 0 failed; its running job "
+                      f"train/base ({train_key[:12]}) was put back in the queue, to resume from the last checkpoint on "
+                      "the next `smx submit` or `smx worker`.\n")
+    with store.read_session() as session:
+        job = session.get(Job, train_key)
+        assert (job.status, job.error) == ("pending", "interrupted; resumes from its last checkpoint")
+
+
 def test_help_shows_the_defaults_written_in_option_texts() -> None:
     environment = {**os.environ, "COLUMNS": "200"}
     shown = subprocess.run(smx_command("submit", "--help"), capture_output=True, text=True, env=environment).stdout
@@ -517,3 +654,64 @@ def test_amp_training_and_bf16_certification_run_end_to_end_and_are_recorded(tmp
     assert "SMX_CUDA_GRAPHS left unused" in Path(rows[2]["log_path"]).read_text()
     assert "graphs" not in rows[2]["config"]
     assert query_json("SELECT count(*) AS certified FROM certificates", store) == [{"certified": 2}]
+
+
+def test_cancel_leaves_shared_jobs_alone_and_key_prefixes_match_literally(tmp_path: Path) -> None:
+    from smx.db.store import open_store
+    from smx.plan import build_plan
+    from smx.scheduler import queue
+    from smx.spec import load_spec
+
+    store = StoreTarget.directory(tmp_path / "store")
+    opened = open_store(store.location)
+    for name in ("x", "y"):  # the same config, hence the same training and certification
+        spec = tmp_path / f"{name}.toml"
+        spec.write_text(tiny_spec(name, method="gaussian"))
+        plan = build_plan(load_spec(spec))
+        queue.enqueue(opened, plan, spec)
+    opened.engine.dispose()
+    (train,) = [job.key for job in plan.jobs if job.kind == "train"]
+    unused = next(prefix for prefix in ("0000", "ffff", "1234")
+                  if not any(job.key.startswith(prefix) for job in plan.jobs))
+    refusals = [(("cancel", f"{train[:2]}_{train[3:6]}"), "keys are hexadecimal (0-9, a-f)"),
+                (("cancel", ""), "job key prefixes need 4+ characters"),
+                (("retry", train[:3]), "job key prefixes need 4+ characters"),
+                (("retry", unused), f"no job key in the store starts with '{unused}'")]
+    for arguments, problem in refusals:
+        result = run_smx(*arguments, store=store, check=False)
+        assert result.returncode == 2 and "Traceback" not in result.stderr, (arguments, result.stderr)
+        message = " ".join(result.stderr.split())
+        assert problem in message and message.count("Fix:") == 1 and "`smx status --jobs`" in message, message
+    assert {row["status"] for row in query_json("SELECT status FROM jobs", store)} == {"pending"}
+
+    said = " ".join(run_smx("cancel", "x", store=store).stdout.split())
+    assert said.startswith("1 job(s) cancelled. 2 job(s) not cancelled, as other experiments need them too:")
+    assert f"train/base ({train[:12]}, also in y)" in said and f"{train[:12]}`." in said
+    statuses = query_json("SELECT name, status FROM jobs ORDER BY name", store)
+    assert statuses == [{"name": "aggregate/x", "status": "cancelled"}, {"name": "aggregate/y", "status": "pending"},
+                        {"name": "certify/base", "status": "pending"}, {"name": "train/base", "status": "pending"}]
+    assert run_smx("cancel", train[:12], store=store).stdout == "1 job(s) cancelled.\n"
+
+
+def test_a_data_root_fixed_in_the_spec_reaches_the_job_that_failed_for_want_of_it(tmp_path: Path) -> None:
+    from tests.test_data import write_idx_split
+
+    broken, fixed = tmp_path / "broken", tmp_path / "fixed"
+    broken.mkdir()
+    for name in ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte",
+                 "t10k-labels-idx1-ubyte"):
+        (broken / name).write_bytes(b"not an IDX file")
+    write_idx_split(fixed, "train", 8, compress=False, seed=0)
+    write_idx_split(fixed, "t10k", 8, compress=False, seed=1)
+    spec = tmp_path / "moved.toml"
+    store = StoreTarget.directory(tmp_path / "store")
+    for root in (broken, fixed):
+        spec.write_text(tiny_spec("moved", epochs=1, n=50, max_samples=2, method="gaussian")
+                        .replace('dataset = "mnist-mini"', f'dataset = "fashion-mnist"\nroot = "{root}"'))
+        assert run_smx("submit", str(spec), "--cpu-jobs", "1", store=store, check=False).returncode == 1
+    runtime = query_json("SELECT status, json_extract(runtime, '$.data_root') AS root FROM jobs WHERE kind = 'train'",
+                         store)
+    assert runtime == [{"status": "failed", "root": str(fixed)}]
+    run_smx("retry", "moved", store=store)
+    worker = run_smx("worker", "--gpus", "none", store=store)
+    assert "ran 3 job(s), 0 failed" in worker.stdout

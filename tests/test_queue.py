@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 import textwrap
@@ -13,8 +14,11 @@ from sqlalchemy import select, update
 from smx.db.models import Job, JobParent
 from smx.db.progress import set_progress
 from smx.errors import UserError
+from smx.plan import Plan, build_plan
 from smx.scheduler import queue
 from smx.scheduler.slots import is_free, parse_gpus, try_lock
+from smx.spec import load_spec
+from tests.specs import tiny_spec
 
 
 def add_jobs(store, keys: list[str], kind: str = "train", parents: dict[str, list[str]] | None = None) -> None:
@@ -99,17 +103,17 @@ def test_a_job_whose_slot_lock_is_free_is_requeued(store, tmp_path: Path) -> Non
 
 def test_cancel_and_retry(store, tmp_path: Path) -> None:
     add_jobs(store, ["train-a", "train-b"])
-    assert queue.cancel(store, ["train-a"]) == ["train-a"]
+    assert queue.cancel(store, ["train-a"]).keys == ["train-a"]
     assert queue.claim_next(store, device="cpu", slot=tmp_path / "slot", pid=1).key == "train-b"
     assert queue.claim_next(store, device="cpu", slot=tmp_path / "slot", pid=1) is None
     assert queue.retry(store, ["train-a"]) == ["train-a"]
     assert queue.claim_next(store, device="cpu", slot=tmp_path / "slot", pid=1).key == "train-a"
     set_progress(store, "train-a", 0.5, "epoch 2/4")
     assert queue.retry(store, ["train-b"]) == []  # running, not failed
-    assert sorted(queue.cancel(store, ["train-a", "train-b"])) == ["train-a", "train-b"]
+    assert sorted(queue.cancel(store, ["train-a", "train-b"]).keys) == ["train-a", "train-b"]
     queue.release(store, "train-b", 1)  # its worker stopped the job's process
     assert queue.retry(store, ["train-b"]) == ["train-b"]
-    assert queue.cancel(store, ["train-b"]) == ["train-b"]
+    assert queue.cancel(store, ["train-b"]).keys == ["train-b"]
     with store.read_session() as session:
         progress = dict(session.execute(select(Job.key, Job.progress_text)).all())
     assert progress == {"train-a": "epoch 2/4", "train-b": ""}  # where it stopped; no stale "retrying"
@@ -122,7 +126,7 @@ def test_a_job_cancelled_while_running_is_retried_only_once_its_process_has_ende
 
     add_jobs(store, ["train-a"])
     assert queue.claim_next(store, device="cpu", slot=tmp_path / "slot", pid=4242).key == "train-a"
-    assert queue.cancel(store, ["train-a"]) == ["train-a"]
+    assert queue.cancel(store, ["train-a"]).keys == ["train-a"]
     with pytest.raises(UserError, match="may still be stopping"):
         queue.retry(store, ["train-a"])  # its worker has not stopped the process yet
     queue.release(store, "train-a", 4242)  # the worker did
@@ -188,3 +192,142 @@ def test_a_failing_nvidia_smi_warns_that_jobs_run_on_cpu(tmp_path: Path, monkeyp
     assert "nvidia-smi failed (no answer within 20 s)" in capsys.readouterr().err
     assert parse_gpus("none") == []
     assert capsys.readouterr().err == ""
+
+
+SIGMAS = {"p": 0.25, "q": 0.5, "r": 0.75}
+
+
+def sigma_variants(*names: str) -> str:
+    """Gaussian variants that differ in sigma (SIGMAS), hence in every job; the same name gives the same jobs."""
+    return "".join(f'\n[[variant]]\nname = "{name}"\ntrain.method = "gaussian"\ntrain.sigma = {SIGMAS[name]}\n'
+                   for name in names)
+
+
+def submit_plan(store, tmp_path: Path, name: str, body: str) -> tuple[Plan, queue.EnqueueSummary]:
+    """Enqueue a spec as `smx submit` does, without running anything."""
+    spec = tmp_path / f"{name}.toml"
+    spec.write_text(tiny_spec(name) + body)
+    plan = build_plan(load_spec(spec))
+    return plan, queue.enqueue(store, plan, spec)
+
+
+def run_every_ready_job(store, tmp_path: Path) -> list[str]:
+    """Claim and finish jobs as workers would until none is ready; the names of those that ran."""
+    ran = []
+    while (job := queue.claim_next(store, device="cpu", slot=tmp_path / "slot", pid=1)) is not None:
+        queue.finish(store, job.key, succeeded=True)
+        ran.append(job.name)
+    return ran
+
+
+def keys_named(plan: Plan, *names: str) -> list[str]:
+    return [job.key for job in plan.jobs if job.name in names]
+
+
+def test_pending_jobs_of_configs_removed_from_a_spec_do_not_run_unless_a_spec_includes_them(
+        store, tmp_path: Path) -> None:
+    # As after an interrupted `smx submit`: every job of x is pending, and y shares r's training and certification.
+    first, _ = submit_plan(store, tmp_path, "x", sigma_variants("p", "q", "r"))
+    submit_plan(store, tmp_path, "y", sigma_variants("r"))
+    _, summary = submit_plan(store, tmp_path, "x", sigma_variants("p"))
+    dropped = keys_named(first, "train/q", "certify/q", "aggregate/x")
+    assert sorted(summary.dropped) == sorted(dropped)
+    assert sorted(run_every_ready_job(store, tmp_path)) == sorted(
+        ["train/p", "certify/p", "aggregate/x", "train/r", "certify/r", "aggregate/y"])
+    with store.read_session() as session:
+        rows = session.scalars(select(Job).where(Job.key.in_(dropped))).all()
+        assert {(job.status, job.attempts, job.started_at, job.error) for job in rows} == {
+            ("cancelled", 0, None, queue.DROPPED_FROM_EVERY_PLAN)}
+
+    # Putting q back queues its jobs again (the aggregate of p, q and r stays dropped: no spec has it).
+    again, summary = submit_plan(store, tmp_path, "x", sigma_variants("p", "q"))
+    assert summary.dropped == [] and summary.failed == []
+    assert set(keys_named(first, "train/q", "certify/q")) <= set(summary.waiting)
+    assert sorted(run_every_ready_job(store, tmp_path)) == ["aggregate/x", "certify/q", "train/q"]
+    with store.read_session() as session:
+        assert session.get(Job, keys_named(first, "aggregate/x")[0]).status == "cancelled"  # (p, q, r): gone
+        assert {job.status for job in session.scalars(select(Job).where(Job.key.in_(job.key for job in again.jobs)))
+                } == {"done"}
+
+
+def test_a_job_a_user_cancelled_stays_cancelled_when_its_config_comes_back(store, tmp_path: Path) -> None:
+    first, _ = submit_plan(store, tmp_path, "x", sigma_variants("p", "q"))
+    (train_q,) = keys_named(first, "train/q")
+    queue.cancel(store, [train_q])
+    dropped = submit_plan(store, tmp_path, "x", sigma_variants("p"))[1].dropped
+    assert sorted(dropped) == sorted(keys_named(first, "certify/q", "aggregate/x"))
+    summary = submit_plan(store, tmp_path, "x", sigma_variants("p", "q"))[1]
+    assert train_q in summary.failed and keys_named(first, "certify/q")[0] in summary.waiting
+
+
+def test_the_latest_data_root_reaches_failed_and_cancelled_jobs_but_not_running_or_done_ones(
+        store, tmp_path: Path) -> None:
+    def with_root(root: str) -> str:
+        return sigma_variants("p", "q").replace("train.method", f'data.root = "{root}"\ntrain.method')
+
+    plan, _ = submit_plan(store, tmp_path, "x", with_root("/old"))
+    statuses = {"train/p": "failed", "certify/p": "cancelled", "train/q": "running", "certify/q": "done"}
+    with store.session() as session:
+        for name, status in statuses.items():
+            session.execute(update(Job).where(Job.key.in_(keys_named(plan, name))).values(status=status))
+    submit_plan(store, tmp_path, "x", with_root("/new"))
+    with store.read_session() as session:
+        roots = dict(session.execute(select(Job.name, Job.runtime["data_root"].as_string())
+                                     .where(Job.kind != "aggregate")).all())
+    assert roots == {"train/p": "/new", "certify/p": "/new", "train/q": "/old", "certify/q": "/old"}
+
+
+def test_cancelling_an_experiment_leaves_alone_the_jobs_another_experiment_needs(store, tmp_path: Path) -> None:
+    x, _ = submit_plan(store, tmp_path, "x", sigma_variants("p"))
+    y, _ = submit_plan(store, tmp_path, "y", sigma_variants("p"))
+    z, _ = submit_plan(store, tmp_path, "z", sigma_variants("p", "q"))
+    (train_p,), (certify_p,) = keys_named(x, "train/p"), keys_named(x, "certify/p")
+
+    cancellation = queue.cancel(store, ["x"])
+    assert cancellation.keys == keys_named(x, "aggregate/x")
+    assert [(job.key, job.experiments) for job in cancellation.shared] == [(certify_p, ["y", "z"]),
+                                                                            (train_p, ["y", "z"])]
+    assert cancellation.summary == (
+        f"1 job(s) cancelled. 2 job(s) not cancelled, as other experiments need them too: certify/p "
+        f"({certify_p[:12]}, also in y, z); train/p ({train_p[:12]}, also in y, z). To cancel them all the same, "
+        f"name them by key: `smx cancel {certify_p[:12]} {train_p[:12]}`.")
+    with store.read_session() as session:
+        assert session.get(Job, train_p).status == session.get(Job, certify_p).status == "pending"
+    # x still includes p's jobs, cancelled or not: only naming every experiment that has them cancels them.
+    cancellation = queue.cancel(store, ["y", "z"])
+    assert sorted(cancellation.keys) == sorted(keys_named(y, "aggregate/y")
+                                               + keys_named(z, "train/q", "certify/q", "aggregate/z"))
+    assert [(job.name, job.experiments) for job in cancellation.shared] == [("certify/p", ["x"]), ("train/p", ["x"])]
+    assert sorted(queue.cancel(store, ["x", "y", "z"]).keys) == sorted([train_p, certify_p])
+
+
+def test_a_shared_job_named_by_its_key_is_cancelled(store, tmp_path: Path) -> None:
+    x, _ = submit_plan(store, tmp_path, "x", sigma_variants("p"))
+    submit_plan(store, tmp_path, "y", sigma_variants("p"))
+    (train_p,) = keys_named(x, "train/p")
+    cancellation = queue.cancel(store, ["x", train_p[:8]])
+    assert sorted(cancellation.keys) == sorted(keys_named(x, "aggregate/x", "train/p"))
+    assert [job.name for job in cancellation.shared] == ["certify/p"]
+    with store.read_session() as session:
+        assert dict(session.execute(select(Job.name, Job.status)).all()) == {
+            "train/p": "cancelled", "certify/p": "pending", "aggregate/x": "cancelled", "aggregate/y": "pending"}
+
+
+def test_job_key_prefixes_match_literally_and_bad_ones_are_refused_with_the_right_fix(store) -> None:
+    keys = ["b5a5e9dd" + "0" * 56, "cc7f" + "1" * 60, "cc7f" + "2" * 60]
+    add_jobs(store, keys)
+    refusals = {
+        "b5_5": "nor a job key: keys are hexadecimal", "cc7f%": "nor a job key: keys are hexadecimal",
+        "": "job key prefixes need 4+ characters", "b5a": "job key prefixes need 4+ characters",
+        "abcd": "no job key in the store starts with 'abcd'", "cc7f": "'cc7f' starts several job keys",
+    }
+    for target, problem in refusals.items():
+        for act in (queue.cancel, queue.retry):
+            with pytest.raises(UserError, match=re.escape(problem)) as refused:
+                act(store, [target])
+            assert refused.value.message.count("\nFix: ") == 1
+            assert "`smx status --jobs`" in refused.value.message
+    with store.read_session() as session:
+        assert set(session.scalars(select(Job.status))) == {"pending"}
+    assert queue.cancel(store, ["B5A5"]).keys == [keys[0]]  # keys are lowercase; a prefix may not be
+    assert queue.retry(store, ["cc7f1"]) == []

@@ -890,3 +890,32 @@ def test_a_huge_sweep_is_refused_before_anything_is_written(tmp_path: Path) -> N
     assert_user_error(run_cli("submit", str(spec), "--store", str(store)), "20,000 configs",
                       f"limit of {MAX_CONFIGS:,}")
     assert not store.exists()
+
+
+# ---- edited specs ----
+
+
+def test_jobs_of_a_config_removed_while_they_were_pending_never_run(tmp_path: Path) -> None:
+    """`smx submit` interrupted while every job was pending, a variant deleted from the spec, `smx submit` again:
+    only the jobs of the remaining config run, and the dropped ones stay unrun, cancelled, with the reason."""
+    store_dir = tmp_path / "store"
+    variant_q = '\n[[variant]]\nname = "q"\ntrain.sigma = 0.25\n'
+    both = spec_text("edited", epochs=1, max_samples=2) + '\n[[variant]]\nname = "p"\n' + variant_q
+    before = enqueue(store_dir, both)
+    spec = tmp_path / "edited.toml"
+    spec.write_text(both.replace(variant_q, ""))
+    submit = subprocess.run(smx_command("submit", str(spec), "--store", str(store_dir), "--gpus", "none"),
+                            capture_output=True, text=True, env=environment(), timeout=TIMEOUT_SECONDS)
+    assert submit.returncode == 0, submit.stdout + submit.stderr
+    assert "all 3 jobs done" in submit.stdout
+    assert "3 pending job(s) of configs removed from the spec will not run" in submit.stdout
+    store = open_store(str(store_dir), create=False)
+    after = {job.key for job in build_plan(load_spec(spec)).jobs}
+    dropped = {job.key for job in before.jobs} - after
+    assert len(dropped) == 3  # q's training and certification, and the aggregate of p and q
+    with store.read_session() as session:
+        jobs = session.scalars(select(Job)).all()
+    assert {job.key: (job.status, job.attempts) for job in jobs} == {
+        **{key: ("done", 1) for key in after}, **{key: ("cancelled", 0) for key in dropped}}
+    assert {job.error for job in jobs if job.key in dropped} == {queue.DROPPED_FROM_EVERY_PLAN}
+    assert not any(store.log_path(key).exists() for key in dropped)

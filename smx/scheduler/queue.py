@@ -12,7 +12,8 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy import ColumnElement, Select, case, delete, exists, func, select, update
 from sqlalchemy.orm import Session, aliased
 
-from smx.db.models import Experiment, ExperimentJob, Job, JobParent, utcnow
+from smx.db.models import Experiment, ExperimentJob, Job, JobParent, Meta, utcnow
+from smx.db.queries import experiment_names
 from smx.db.store import Store
 from smx.errors import UserError
 
@@ -25,6 +26,19 @@ STALE_AFTER = timedelta(minutes=5)
 STOP_GRACE = timedelta(seconds=30)
 # Results sooner: finish certifying and aggregating trained models before starting new trainings.
 KIND_PRIORITY = case({"aggregate": 0, "certify": 1, "analyze": 1, "train": 2}, value=Job.kind, else_=3)
+# The error of a pending job cancelled because a submission removed its config and no experiment includes it
+# any more; a later submission whose plan has the job queues it again (jobs cancelled by a user stay cancelled).
+DROPPED_FROM_EVERY_PLAN = "config removed from the spec: not run unless a spec includes it again"
+# A job's runtime (where its data lie) is that of the latest submission, unless the job is running or done.
+RUNTIME_FOLLOWS_SPEC = ("pending", "failed", "cancelled")
+# Job keys are sha256 hex digests; a shorter prefix than this would too often name several jobs.
+KEY_PREFIX_LENGTH = 4
+HEX_DIGITS = frozenset("0123456789abcdef")
+# How many jobs `smx cancel` names when it leaves jobs alone that other experiments need.
+SHARED_JOBS_SHOWN = 5
+# The columns of a failed or cancelled job that is put back in the queue.
+_QUEUED_AGAIN: dict[str, Any] = dict(status="pending", error=None, finished_at=None, started_at=None, device=None,
+                                     pid=None)
 
 
 @dataclass
@@ -34,6 +48,8 @@ class EnqueueSummary:
     done: list[str] = field(default_factory=list)
     waiting: list[str] = field(default_factory=list)
     failed: list[str] = field(default_factory=list)
+    # Pending jobs of the experiment's previous plan that no experiment includes any more: cancelled, never run.
+    dropped: list[str] = field(default_factory=list)
 
     @property
     def total(self) -> int:
@@ -64,28 +80,44 @@ def experiment_name_problem(session: Session, name: str, spec_path: Path) -> str
 
 
 def enqueue(store: Store, plan: Plan, spec_path: Path) -> EnqueueSummary:
-    """Record the experiment and add the jobs it needs that the store does not have yet."""
+    """Record the experiment and add the jobs it needs that the store does not have yet.
+
+    Its membership becomes exactly its current plan. Pending jobs that it alone needed before are cancelled (see
+    DROPPED_FROM_EVERY_PLAN), so that editing a config out of a spec stops its jobs from running; a later plan
+    that includes them again queues them again.
+    """
     summary = EnqueueSummary(plan.experiment)
+    planned_keys = [planned.key for planned in plan.jobs]
     with store.session() as session:
+        _lock_experiment_membership(session)
         problem = experiment_name_problem(session, plan.experiment, spec_path)
         if problem:
             raise UserError(problem)
-        known = dict(session.execute(select(Job.key, Job.status).where(Job.key.in_([j.key for j in plan.jobs]))).all())
+        known = {row.key: row for row in session.execute(
+            select(Job.key, Job.status, Job.error, Job.runtime).where(Job.key.in_(planned_keys)))}
+        dropped_before = [key for key, row in known.items()
+                          if row.status == "cancelled" and row.error == DROPPED_FROM_EVERY_PLAN]
+        session.execute(update(Job).where(Job.key.in_(dropped_before), Job.status == "cancelled")
+                        .values(**_QUEUED_AGAIN, progress_text=""))
         for planned in plan.jobs:
-            status = known.get(planned.key)
-            if status is None:
+            row = known.get(planned.key)
+            if row is None:
                 session.add(Job(key=planned.key, kind=planned.kind, name=planned.name, config=planned.inputs,
                                 runtime=planned.runtime, status="pending"))
                 session.add_all(JobParent(child_key=planned.key, parent_key=parent) for parent in planned.parents)
                 summary.new.append(planned.key)
-            elif status == "done":
+                continue
+            status = "pending" if planned.key in dropped_before else row.status
+            if status == "done":
                 summary.done.append(planned.key)
             elif status in ("failed", "cancelled"):
                 summary.failed.append(planned.key)
             else:
                 summary.waiting.append(planned.key)
-                # A job may have been planned with another data root: the latest submission's runtime wins.
-                session.execute(update(Job).where(Job.key == planned.key, Job.status == "pending")
+            if row.runtime != planned.runtime:
+                # Another data root, say one fixed after a job failed for want of its files: the latest
+                # submission's runtime wins for every job still to run, not for one running or done.
+                session.execute(update(Job).where(Job.key == planned.key, Job.status.in_(RUNTIME_FOLLOWS_SPEC))
                                 .values(runtime=planned.runtime))
         session.flush()
         experiment = session.scalar(select(Experiment).where(Experiment.name == plan.experiment))
@@ -93,11 +125,15 @@ def enqueue(store: Store, plan: Plan, spec_path: Path) -> EnqueueSummary:
             experiment = Experiment(name=plan.experiment, spec_path=str(spec_path), spec_text=plan.spec_text,
                                     spec_hash=plan.spec_hash, description=plan.description)
             session.add(experiment)
+            session.flush()
+            left_the_plan: set[str] = set()
         else:
             experiment.spec_path, experiment.spec_text = str(spec_path), plan.spec_text
             experiment.spec_hash, experiment.description = plan.spec_hash, plan.description
             experiment.updated_at = utcnow()
-        session.flush()
+            previous = session.scalars(select(ExperimentJob.job_key)
+                                       .where(ExperimentJob.experiment_id == experiment.id))
+            left_the_plan = set(previous) - set(planned_keys)
         # The experiment's membership is exactly its current plan; jobs of an older plan stay in the store.
         session.execute(delete(ExperimentJob).where(ExperimentJob.experiment_id == experiment.id))
         session.add_all(
@@ -105,7 +141,24 @@ def enqueue(store: Store, plan: Plan, spec_path: Path) -> EnqueueSummary:
                           swept=planned.swept)
             for planned in plan.jobs
         )
+        session.flush()
+        if left_the_plan:
+            # Another experiment may still include one: only jobs that none does are dropped.
+            included = exists().where(ExperimentJob.job_key == Job.key)
+            summary.dropped = list(session.scalars(
+                update(Job).where(Job.key.in_(left_the_plan), Job.status == "pending", ~included)
+                .values(status="cancelled", finished_at=utcnow(), error=DROPPED_FROM_EVERY_PLAN, progress_text="")
+                .returning(Job.key)
+                .execution_options(synchronize_session=False)))
     return summary
+
+
+def _lock_experiment_membership(session: Session) -> None:
+    """Take turns with other transactions that change which experiments include which jobs, or decide by it
+    (enqueue, cancel): otherwise a job that one submission drops while another adds it could end up cancelled
+    though an experiment needs it. On PostgreSQL this locks the schema-version row till the transaction ends;
+    SQLite's BEGIN IMMEDIATE (db/store.py) already lets one writer in at a time and renders no FOR UPDATE."""
+    session.execute(select(Meta.key).where(Meta.key == "schema_version").with_for_update())
 
 
 def _ready_jobs() -> Select[tuple[str]]:
@@ -230,40 +283,125 @@ def recover_abandoned(store: Store, *, slot_is_free: Callable[[Path], bool]) -> 
     return recovered
 
 
-def select_jobs(session: Session, targets: list[str]) -> list[Job]:
-    """Jobs named by key (or a unique key prefix) or by experiment name (all of its jobs)."""
-    jobs: dict[str, Job] = {}
+@dataclass
+class SelectedJobs:
+    """The jobs that the targets of `smx cancel` or `smx retry` name."""
+
+    by_key: dict[str, Job] = field(default_factory=dict)  # named by their key or a unique prefix of it
+    of_experiments: dict[str, Job] = field(default_factory=dict)  # in the current plan of an experiment named
+    experiments: list[str] = field(default_factory=list)  # the experiments named
+
+    @property
+    def jobs(self) -> list[Job]:
+        return list((self.of_experiments | self.by_key).values())
+
+
+def select_jobs(session: Session, targets: list[str]) -> SelectedJobs:
+    """Jobs named by key (or a unique key prefix of 4+ hexadecimal digits) or by experiment name (its current plan)."""
+    selected = SelectedJobs()
     for target in targets:
         experiment = session.scalar(select(Experiment).where(Experiment.name == target))
-        if experiment is not None:
-            jobs.update((member.job.key, member.job) for member in experiment.members)
-            continue
-        matches = session.scalars(select(Job).where(Job.key.startswith(target)).limit(2)).all()
-        if len(matches) != 1 or len(target) < 4:
-            problem = "matches several jobs" if len(matches) > 1 else "is neither an experiment nor a job key"
-            raise UserError(f"{target!r} {problem}.\nFix: give an experiment name or a longer job key "
-                            "prefix (see `smx status --jobs`).")
-        jobs[matches[0].key] = matches[0]
-    return list(jobs.values())
+        if experiment is None:
+            job = _job_named_by_key(session, target)
+            selected.by_key[job.key] = job
+        else:
+            selected.experiments.append(experiment.name)
+            selected.of_experiments.update((member.job.key, member.job) for member in experiment.members)
+    return selected
 
 
-def cancel(store: Store, targets: list[str]) -> list[str]:
+def _job_named_by_key(session: Session, target: str) -> Job:
+    """The job whose key is `target`, or the only one whose key starts with it; a UserError saying what is wrong
+    with a target that names no experiment and no one job."""
+    job = session.get(Job, target)
+    if job is not None:
+        return job
+    prefix = target.lower()
+    experiments = f"known: {', '.join(experiment_names(session)) or 'none yet'}"
+    if not set(prefix) <= HEX_DIGITS:
+        raise UserError(f"{target!r} is not an experiment in the store, nor a job key: keys are hexadecimal "
+                        f"(0-9, a-f).\nFix: give an experiment name ({experiments}) or a job key from "
+                        "`smx status --jobs`.")
+    if len(prefix) < KEY_PREFIX_LENGTH:
+        raise UserError(f"{target!r} is not an experiment in the store, and job key prefixes need "
+                        f"{KEY_PREFIX_LENGTH}+ characters.\nFix: give an experiment name ({experiments}) or at least "
+                        f"{KEY_PREFIX_LENGTH} characters of a job key (`smx status --jobs` lists the keys).")
+    # Compared as text, not with LIKE: no character of the prefix is a wildcard.
+    matches = session.scalars(select(Job).where(func.substr(Job.key, 1, len(prefix)) == prefix)
+                              .order_by(Job.key).limit(4)).all()
+    if not matches:
+        raise UserError(f"no job key in the store starts with {target!r}, and no experiment is named so.\n"
+                        f"Fix: copy the key from `smx status --jobs`, or give an experiment name ({experiments}).")
+    if len(matches) > 1:
+        shown = ", ".join(match.key[:12] for match in matches[:3]) + (", …" if len(matches) > 3 else "")
+        raise UserError(f"{target!r} starts several job keys ({shown}).\nFix: give more characters of the key "
+                        "(`smx status --jobs` lists the keys).")
+    return matches[0]
+
+
+@dataclass
+class SharedJob:
+    """An unfinished job of an experiment being cancelled that other experiments include too."""
+
+    key: str
+    name: str
+    experiments: list[str]  # the other experiments that include it
+
+
+@dataclass
+class Cancellation:
+    keys: list[str]  # the jobs cancelled
+    shared: list[SharedJob] = field(default_factory=list)  # left alone: experiments not named need them too
+    slurm_job_ids: list[str] = field(default_factory=list)  # the Slurm jobs sent to run `keys`, scancelled
+
+    @property
+    def summary(self) -> str:
+        """What `smx cancel` prints and the TUI tells, e.g. 3 job(s) cancelled, and their Slurm jobs 81, 82."""
+        slurm = f", and their Slurm jobs {', '.join(self.slurm_job_ids)}" if self.slurm_job_ids else ""
+        text = f"{len(self.keys)} job(s) cancelled{slurm}."
+        if self.shared:
+            shown = self.shared[:SHARED_JOBS_SHOWN]
+            jobs = "; ".join(f"{job.name} ({job.key[:12]}, also in {', '.join(job.experiments)})" for job in shown)
+            more = f"; and {len(self.shared) - len(shown)} more" if len(self.shared) > len(shown) else ""
+            text += (f" {len(self.shared)} job(s) not cancelled, as other experiments need them too: {jobs}{more}. "
+                     f"To cancel them all the same, name them by key: `smx cancel "
+                     f"{' '.join(job.key[:12] for job in shown)}`.")
+        return text
+
+
+def cancel(store: Store, targets: list[str]) -> Cancellation:
+    """Cancel the targets' pending and running jobs. A job of an experiment named that an experiment not named
+    also includes is left alone: cancelling one experiment must not stop another's work. Named by its key, it
+    is cancelled."""
     with store.session() as session:
-        keys = [job.key for job in select_jobs(session, targets) if job.status in ("pending", "running")]
+        _lock_experiment_membership(session)
+        selected = select_jobs(session, targets)
+        unfinished = {job.key: job for job in selected.jobs if job.status in ("pending", "running")}
+        shared: dict[str, list[str]] = {}
+        for key, experiment in session.execute(
+            select(ExperimentJob.job_key, Experiment.name)
+            .join(Experiment, Experiment.id == ExperimentJob.experiment_id)
+            .where(ExperimentJob.job_key.in_([key for key in unfinished if key not in selected.by_key]),
+                   Experiment.name.not_in(selected.experiments))
+            .order_by(Experiment.name)
+        ):
+            shared.setdefault(key, []).append(experiment)
+        keys = [key for key in unfinished if key not in shared]
         # A running job's progress says where it stopped; a pending job's ("retrying", "waiting to resume")
         # would no longer be true.
         progress_text = case((Job.status == "running", Job.progress_text), else_="")
         session.execute(update(Job).where(Job.key.in_(keys), Job.status.in_(("pending", "running")))
                         .values(status="cancelled", finished_at=utcnow(), error="cancelled by the user",
                                 progress_text=progress_text))
-    return keys
+    return Cancellation(keys, sorted((SharedJob(key, unfinished[key].name, experiments)
+                                      for key, experiments in shared.items()), key=lambda job: job.name))
 
 
 def retry(store: Store, targets: list[str]) -> list[str]:
     """Put failed and cancelled jobs back in the queue; refused while a cancelled job's process may still be
     stopping, since a worker could otherwise start the job beside it."""
     with store.session() as session:
-        jobs = [job for job in select_jobs(session, targets) if job.status in ("failed", "cancelled")]
+        jobs = [job for job in select_jobs(session, targets).jobs if job.status in ("failed", "cancelled")]
         stopping = [job for job in jobs if may_still_run(job)]
         if stopping:
             names = ", ".join(f"{job.name} ({job.key[:12]})" for job in stopping)
@@ -271,8 +409,7 @@ def retry(store: Store, targets: list[str]) -> list[str]:
                             f"Fix: retry in {int(STOP_GRACE.total_seconds())} seconds; nothing was queued again.")
         keys = [job.key for job in jobs]
         session.execute(update(Job).where(Job.key.in_(keys), Job.status.in_(("failed", "cancelled")))
-                        .values(status="pending", error=None, finished_at=None, started_at=None, device=None,
-                                pid=None, progress_text="retrying"))
+                        .values(**_QUEUED_AGAIN, progress_text="retrying"))
     return keys
 
 
@@ -288,27 +425,15 @@ def release(store: Store, key: str, pid: int) -> None:
         session.execute(update(Job).where(Job.key == key, Job.pid == pid).values(pid=None))
 
 
-@dataclass
-class Cancellation:
-    keys: list[str]  # the jobs cancelled
-    slurm_job_ids: list[str]  # the Slurm jobs that had been sent to run them, cancelled with scancel
-
-    @property
-    def summary(self) -> str:
-        """What `smx cancel` prints and the TUI tells, e.g. 3 job(s) cancelled, and their Slurm jobs 81, 82."""
-        slurm = f", and their Slurm jobs {', '.join(self.slurm_job_ids)}" if self.slurm_job_ids else ""
-        return f"{len(self.keys)} job(s) cancelled{slurm}."
-
-
 def cancel_with_slurm_jobs(store: Store, targets: list[str]) -> Cancellation:
     """Cancel the jobs (see `cancel`), and with scancel the Slurm jobs sent to run them, which would otherwise
     stay queued in Slurm."""
     # Imported here: the Slurm executor imports this module.
     from smx.scheduler.slurm import cancel_slurm_jobs
 
-    keys = cancel(store, targets)
+    cancellation = cancel(store, targets)
     with store.read_session() as session:
-        slurm_job_ids = sorted(set(session.scalars(
-            select(Job.slurm_job_id).where(Job.key.in_(keys), Job.slurm_job_id.is_not(None)))))
-    cancel_slurm_jobs(slurm_job_ids)
-    return Cancellation(keys, slurm_job_ids)
+        cancellation.slurm_job_ids = sorted(set(session.scalars(
+            select(Job.slurm_job_id).where(Job.key.in_(cancellation.keys), Job.slurm_job_id.is_not(None)))))
+    cancel_slurm_jobs(cancellation.slurm_job_ids)
+    return cancellation

@@ -281,9 +281,11 @@ class SmxApp(App[None]):
             store = self.reader.store()
             if verb == "cancel":
                 cancellation = queue.cancel_with_slurm_jobs(store, targets)
-                keys, done = cancellation.keys, cancellation.summary
+                # Jobs left alone because other experiments need them are news too: the summary names them.
+                answered, done = bool(cancellation.keys or cancellation.shared), cancellation.summary
             else:
                 keys = queue.retry(store, targets)
+                answered = bool(keys)
                 done = f"{len(keys)} job(s) queued again (a running worker or `smx worker` runs them)"
         except UserError as error:
             self.call_from_thread(self.tell, error.message, "error")
@@ -291,7 +293,7 @@ class SmxApp(App[None]):
         except SQLAlchemyError as error:  # e.g. the database stayed locked past the busy timeout
             self.call_from_thread(self.tell, f"the store refused the change: {error}", "error")
             return
-        if keys:
+        if answered:
             self.call_from_thread(self.tell, done)
         else:
             which = " or ".join(ACTIONABLE[verb])
