@@ -1,7 +1,7 @@
 """Train job: build the model and data a config names, train with its method, record every checkpoint.
 
-SMX_CUDA_GRAPHS=1 (or true, yes, on) in a worker's environment opts in to replaying each optimizer step from a CUDA graph on GPUs
-(smx/science/step_graphs.py): the same steps with fewer kernel launches, not yet the default.
+SMX_CUDA_GRAPHS=1 (or true, yes, on) in a worker's environment opts in to replaying each optimizer step from a CUDA
+graph on GPUs (smx/science/step_graphs.py): the same steps with fewer kernel launches, not yet the default.
 """
 
 from __future__ import annotations
