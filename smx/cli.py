@@ -90,15 +90,6 @@ def _job_label(job, experiment: str | None) -> str:  # type: ignore[no-untyped-d
     return f"{job.kind}/{job.config_name}"
 
 
-def _keys_in_experiments(session) -> set[str]:  # type: ignore[no-untyped-def]
-    """Keys of the jobs that some experiment's current plan needs: other jobs were left behind by an edited spec."""
-    from sqlalchemy import select
-
-    from smx.db.models import ExperimentJob
-
-    return set(session.scalars(select(ExperimentJob.job_key).distinct()))
-
-
 def _signal_name(number: int) -> str:
     try:
         return f"{signal.Signals(number).name} (signal {number})"
@@ -419,8 +410,6 @@ def _print_jobs(store, experiment: str | None, only_unfinished: bool = False) ->
 
     with store.read_session() as session:
         jobs = jobs_view(session, experiment)
-        # Listing every job: unfinished ones that an edited spec left behind, which nothing will run unless retried.
-        in_experiments = _keys_in_experiments(session) if experiment is None else set()
     if only_unfinished:
         jobs = [job for job in jobs if job.status != "done"]
         if not jobs:
@@ -445,7 +434,8 @@ def _print_jobs(store, experiment: str | None, only_unfinished: bool = False) ->
         if job.silent_seconds is not None:
             note = (f"no word from its worker for {duration(job.silent_seconds)}: if it stopped, "
                     "`smx submit` or `smx worker` resumes the job")
-        orphan = experiment is None and job.key not in in_experiments and job.status != "done"
+        # Unfinished jobs that an edited spec left behind: nothing will run them unless they are retried.
+        orphan = not job.in_experiment and job.status != "done"
         label = escape(_job_label(job, experiment)) + (" [dim](in no experiment)[/]" if orphan else "")
         table.add_row(job.key[:8], label,
                       f"[{style}]{job.status}[/]",
@@ -472,11 +462,10 @@ def status(
     if failed:
         with opened.read_session() as session:
             failed_jobs = jobs_view(session, experiment, ["failed"])
-            in_experiments = _keys_in_experiments(session) if experiment is None else set()
         if not failed_jobs:
             console.print(f"no failed jobs in {experiment or 'the store'}.")
         for job in failed_jobs:
-            outside = " (in no experiment)" if experiment is None and job.key not in in_experiments else ""
+            outside = "" if job.in_experiment else " (in no experiment)"
             console.print(f"[red]{escape(_job_label(job, experiment))}[/] ({job.key[:12]}), attempt {job.attempts}, "
                           f"log {job.log_path}{outside}")
             console.print(job.error or "", markup=False, highlight=False)

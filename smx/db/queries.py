@@ -66,6 +66,7 @@ class JobView:
     kind: str
     name: str
     config_name: str | None
+    in_experiment: bool  # some experiment's current plan includes it; else an edited spec left it behind
     status: str
     progress: float
     progress_text: str
@@ -133,7 +134,7 @@ def jobs_view(session: Session, experiment: str | None = None, statuses: list[st
         .correlate(Job)
         .scalar_subquery()
     )
-    query = select(Job, ExperimentJob.config_name, blocker)
+    query = select(Job, ExperimentJob.config_name, ExperimentJob.job_key, blocker)
     if experiment is not None:
         query = query.join(ExperimentJob, ExperimentJob.job_key == Job.key).join(
             Experiment, Experiment.id == ExperimentJob.experiment_id).where(Experiment.name == experiment)
@@ -142,9 +143,10 @@ def jobs_view(session: Session, experiment: str | None = None, statuses: list[st
     if statuses:
         query = query.where(Job.status.in_(statuses))
     views: dict[str, JobView] = {}
-    for job, config_name, blocked_by in session.execute(query.order_by(Job.created_at, Job.key)):
+    for job, config_name, member_key, blocked_by in session.execute(query.order_by(Job.created_at, Job.key)):
         views.setdefault(job.key, JobView(
-            key=job.key, kind=job.kind, name=job.name, config_name=config_name, status=job.status,
+            key=job.key, kind=job.kind, name=job.name, config_name=config_name, in_experiment=member_key is not None,
+            status=job.status,
             progress=job.progress, progress_text=job.progress_text, device=job.device, attempts=job.attempts,
             started_at=job.started_at, finished_at=job.finished_at, error=job.error, log_path=job.log_path,
             blocked_by=blocked_by if job.status == "pending" else None, heartbeat_at=job.heartbeat_at,

@@ -73,6 +73,18 @@ def file_storage_error(error: OSError, store_root: Path, *, then: str = "run the
                          disk_full=error.errno in DISK_FULL_ERRNOS, then=then)
 
 
+@contextmanager
+def lock_file_errors_reported(store_root: Path) -> Iterator[None]:
+    """A lock file this user may not open or create (another user's, say, in a store it may write) becomes a
+    StoreError naming it. Other errors, filelock's Timeout among them, pass unchanged."""
+    try:
+        yield
+    except OSError as error:
+        if error.errno not in STORAGE_ERRNOS:
+            raise
+        raise file_storage_error(error, store_root) from error
+
+
 def storage_cause(error: BaseException) -> OSError | None:
     """The full disk or unwritable file behind an error, if that is what it was. Libraries may wrap it: torch
     reports a checkpoint write that failed for want of space as a RuntimeError raised while handling the OSError."""
@@ -343,13 +355,8 @@ def _schema_lock(store: Store) -> Iterator[None]:
                 connection.execute(text("SELECT pg_advisory_unlock(:id)"), {"id": SCHEMA_LOCK_ID})
                 connection.commit()
         return
-    try:
+    with lock_file_errors_reported(store.root):
         acquired = FileLock(store.locks_dir / "schema.lock", timeout=BUSY_TIMEOUT_MS / 1000).acquire()
-    except OSError as error:
-        if error.errno not in STORAGE_ERRNOS:  # e.g. filelock's Timeout, a TimeoutError
-            raise
-        # The store's directory is writable (that was checked), but the lock file may be another user's.
-        raise file_storage_error(error, store.root) from error
     with acquired:
         yield
 

@@ -15,11 +15,10 @@ from pathlib import Path
 from types import FrameType
 from typing import TextIO
 
-from filelock import FileLock
 from sqlalchemy import select, update
 
 from smx.db.models import Job, utcnow
-from smx.db.store import STORAGE_ERRNOS, Store, file_storage_error
+from smx.db.store import Store, file_storage_error, lock_file_errors_reported
 from smx.scheduler import queue
 from smx.scheduler.slots import Slot, claim_slot, is_free
 
@@ -187,16 +186,6 @@ def _run_on_slot(store: Store, slot: Slot, report: WorkerReport, *, stay: bool) 
         time.sleep(POLL_SECONDS)
 
 
-def _claim_slot(store: Store, slots: list[Slot]) -> tuple[Slot, FileLock] | None:
-    try:
-        return claim_slot(slots)
-    except OSError as error:
-        if error.errno not in STORAGE_ERRNOS:
-            raise
-        # A lock file another user (or root) left, which this one may not open, though it may write beside it.
-        raise file_storage_error(error, store.root) from error
-
-
 def run_worker(store: Store, slots: list[Slot], *, stay: bool = False) -> WorkerReport:
     """Claim jobs until none can become ready (or forever with `stay`), or until SIGINT or SIGTERM, which the report
     names."""
@@ -211,7 +200,11 @@ def run_worker(store: Store, slots: list[Slot], *, stay: bool = False) -> Worker
 
     previous = {sig: signal.signal(sig, interrupt) for sig in (signal.SIGTERM, signal.SIGINT)}
     try:
-        while (claimed := _claim_slot(store, slots)) is not None:
+        while True:
+            with lock_file_errors_reported(store.root):
+                claimed = claim_slot(slots)
+            if claimed is None:
+                break
             slot, lock = claimed
             report.slot = slot.name
             try:
