@@ -25,6 +25,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from smx.db.location import NoStoreYet, StoreError, check_location, resolve_location  # noqa: F401
 from smx.db.models import SCHEMA_VERSION, Base, Meta
 from smx.db.views import create_views
+from smx.errors import exception_chain
 
 BUSY_TIMEOUT_MS = 60_000
 # PostgreSQL advisory lock key under which clients create or upgrade the schema one at a time.
@@ -88,14 +89,8 @@ def lock_file_errors_reported(store_root: Path) -> Iterator[None]:
 def storage_cause(error: BaseException) -> OSError | None:
     """The full disk or unwritable file behind an error, if that is what it was. Libraries may wrap it: torch
     reports a checkpoint write that failed for want of space as a RuntimeError raised while handling the OSError."""
-    seen: set[int] = set()
-    current: BaseException | None = error
-    while current is not None and id(current) not in seen:
-        seen.add(id(current))
-        if isinstance(current, OSError) and current.errno in STORAGE_ERRNOS:
-            return current
-        current = current.__cause__ or current.__context__
-    return None
+    return next((cause for cause in exception_chain(error)
+                 if isinstance(cause, OSError) and cause.errno in STORAGE_ERRNOS), None)
 
 
 @dataclass

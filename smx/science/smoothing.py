@@ -24,6 +24,7 @@ from typing import Literal
 
 import torch
 
+from smx.errors import exception_chain
 from smx.science.bounds import certified_radius, lower_confidence_bound
 from smx.science.metrics import ABSTAIN
 from smx.science.rewrites import bias_after_pooling, pairwise_max_pooling, pool_before_relu, relu_in_place
@@ -338,14 +339,7 @@ def missing_cxx_compiler(error: BaseException) -> str | None:
     # Imported here: torch._inductor takes seconds to import, and only a compiled model can have raised this.
     from torch._inductor.exc import InvalidCxxCompiler
 
-    seen: set[int] = set()
-    cause: BaseException | None = error
-    while cause is not None and id(cause) not in seen:
-        if isinstance(cause, InvalidCxxCompiler):
-            return str(cause)
-        seen.add(id(cause))
-        cause = getattr(cause, "inner_exception", None) or cause.__cause__ or cause.__context__
-    return None
+    return next((str(cause) for cause in exception_chain(error) if isinstance(cause, InvalidCxxCompiler)), None)
 
 
 def forward_batch_size(
