@@ -6,8 +6,8 @@
 #   * Slurm accounting (slurmdbd on a MariaDB socket-only server), because
 #     submitit reads job states with `sacct`: without it a cancelled or crashed
 #     job is never seen as finished and job.result() waits forever;
-#   * PostgreSQL on 127.0.0.1:5432 with role smx/smx (LOGIN CREATEDB) and the
-#     database smx_test owned by it.
+#   * PostgreSQL on 127.0.0.1:5432 with role smx/smx (LOGIN CREATEDB, member of
+#     pg_signal_backend) and the database smx_test owned by it.
 #
 # Meant for a fresh Debian 12 machine or container, run as root, without
 # systemd: the daemons are started directly. Safe to run again: what is
@@ -403,6 +403,9 @@ END \$\$;
 SELECT 'CREATE DATABASE $PG_DB OWNER $PG_ROLE'
  WHERE NOT EXISTS (SELECT FROM pg_database WHERE datname = '$PG_DB')\gexec
 ALTER DATABASE $PG_DB OWNER TO $PG_ROLE;
+-- The tests drop their databases WITH (FORCE), which must also end an autovacuum worker
+-- that happens to be in one; without this role that fails with InsufficientPrivilege.
+GRANT pg_signal_backend TO $PG_ROLE;
 EOF
     PGPASSWORD=$PG_PASSWORD timeout "$WAIT_S" psql -X -q -At -h 127.0.0.1 -p "$PG_PORT" -U "$PG_ROLE" -d "$PG_DB" \
         -c 'SELECT 1' >/dev/null || die "cannot log in as $PG_ROLE to $PG_DB"

@@ -9,11 +9,15 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import time
 import uuid
 from contextlib import contextmanager
-from typing import Iterator
+from typing import TYPE_CHECKING, Iterator
 
 import pytest
+
+if TYPE_CHECKING:
+    from sqlalchemy.engine import Engine
 
 POSTGRES_URL = os.environ.get("SMX_TEST_POSTGRES_URL", "postgresql+psycopg://smx:smx@127.0.0.1:5432/smx_test")
 REQUIRED = os.environ.get("SMX_REQUIRE_SERVERS") == "1"
@@ -43,9 +47,30 @@ def fresh_postgres_database() -> Iterator[str]:
     try:
         yield make_url(POSTGRES_URL).set(database=name).render_as_string(hide_password=False)
     finally:
-        with admin.connect() as connection:
-            connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        _drop_database(admin, name)
         admin.dispose()
+
+
+def _drop_database(admin: Engine, name: str) -> None:
+    """Drop a test database, waiting out an autovacuum worker that may be in it.
+
+    FORCE ends the other sessions in the database, but ending an autovacuum worker needs pg_signal_backend, which
+    scripts/ci_services.sh grants and a developer's server may not: there the worker is waited for, as it only
+    lives for seconds.
+    """
+    from sqlalchemy import text
+    from sqlalchemy.exc import ProgrammingError
+
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            with admin.connect() as connection:
+                connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+            return
+        except ProgrammingError as error:
+            if "pg_signal_backend" not in str(error) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.5)
 
 
 def require_slurm() -> None:
