@@ -318,7 +318,7 @@ def test_a_certification_killed_midway_resumes_after_its_last_stored_sample(
     # Long enough (several seconds even on a fast machine) for the task to store a first batch of certificates
     # (it flushes every 2 s) well before its end.
     max_samples = 200
-    plan = enqueue(store.root, spec_text("killed-in-certification", n=1000, max_samples=max_samples))
+    plan = enqueue(store.root, spec_text("killed-in-certification", n=500, max_samples=max_samples))
     certify_key = key_of(plan, "certify")
     assert job_row(store, reference.train_key).status == "done"  # the trained model is reused
     twin = tmp_path / "twin"  # the same queue, certified without interruption
@@ -597,11 +597,11 @@ def add_soak_jobs(store: Store, aggregates: int, rng: random.Random) -> dict[str
 
 def test_soak_random_worker_kills_lose_and_repeat_nothing(store: Store, tmp_path: Path) -> None:
     rng = random.Random(7)
-    configs_of = add_soak_jobs(store, aggregates=200, rng=rng)
+    configs_of = add_soak_jobs(store, aggregates=80, rng=rng)
     output = tmp_path / "workers.out"
     workers = [start_worker(store.location, output, slots=4) for _ in range(4)]
     kills = 0
-    while kills < 20 and any(worker.poll() is None for worker in workers):
+    while kills < 10 and any(worker.poll() is None for worker in workers):
         time.sleep(rng.uniform(0.3, 1.5))
         alive = [worker for worker in workers if worker.poll() is None]
         if not alive:
