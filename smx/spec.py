@@ -350,6 +350,12 @@ def _sbatch_option_problem(key: str, value: Any) -> str | None:
                 f"executor.slurm.{name} = {TYPED_EXAMPLES[name]}")
     if name in SBATCH_SET_BY_SMX:
         return f"smx sets {option} itself ({SBATCH_SET_BY_SMX[name]}); remove {key} from sbatch"
+    # sbatch takes any unambiguous start of a long option for the option (getopt_long): --dep is --dependency.
+    abbreviated = [protected for protected in (*SBATCH_TYPED, *SBATCH_SET_BY_SMX) if protected.startswith(name)]
+    if abbreviated:
+        options = " or ".join("--" + protected.replace("_", "-") for protected in sorted(abbreviated))
+        return (f"sbatch would read {option} as an abbreviation of {options}, which smx sets; write the full name "
+                f"of the sbatch option you mean, or remove {key} from sbatch")
     if isinstance(value, bool):
         if value and name in SBATCH_FLAGS:
             return None

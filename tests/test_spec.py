@@ -825,6 +825,12 @@ def executor_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, table: str) 
         pytest.param('sbatch = { dependency = "afterok:1" }', [
             "executor.slurm.sbatch.dependency: smx sets --dependency itself (each job waits for its parents' Slurm "
             "jobs with afterok); remove dependency from sbatch"], id="sbatch-dependency"),
+        pytest.param('sbatch = { dep = "afterok:1" }', [
+            "executor.slurm.sbatch.dep: sbatch would read --dep as an abbreviation of --dependency, which smx sets; "
+            "write the full name of the sbatch option you mean, or remove dep from sbatch"], id="sbatch-abbreviation"),
+        pytest.param('sbatch = { par = "x" }', [
+            "executor.slurm.sbatch.par: sbatch would read --par as an abbreviation of --parsable or --partition"],
+            id="sbatch-ambiguous-abbreviation"),
         pytest.param('sbatch = { job-name = "mine" }', [
             "executor.slurm.sbatch.job-name: smx sets --job-name itself", "remove job-name from sbatch"],
             id="sbatch-job-name"),
