@@ -6,7 +6,7 @@ import signal
 import sys
 import time
 from pathlib import Path
-from typing import Annotated, NoReturn, Optional
+from typing import TYPE_CHECKING, Annotated, NoReturn, Optional
 
 import typer
 from rich.console import Console
@@ -15,6 +15,9 @@ from rich.measure import Measurement
 from rich.table import Table
 
 from smx.errors import UserError
+
+if TYPE_CHECKING:
+    from smx.db.store import Store
 
 app = typer.Typer(
     name="smx",
@@ -131,6 +134,20 @@ def _warn_missing_data(spec_file: Path, problems: list[str]) -> None:
                      soft_wrap=True)
 
 
+def _cancel_dropped_slurm_jobs(store: Store, dropped: list[str]) -> None:
+    from smx.scheduler import queue
+    from smx.scheduler.slurm import SlurmError
+
+    try:
+        slurm_job_ids = queue.cancel_slurm_jobs_of(store, dropped)
+    except SlurmError as error:
+        # The jobs are cancelled in the store already: their Slurm jobs, when they start, end without running them.
+        console.print(f"  [yellow]Their Slurm jobs stay queued until they start and end at once: {error}[/]")
+        return
+    if slurm_job_ids:
+        console.print(f"  Their Slurm jobs were cancelled: {', '.join(slurm_job_ids)}.")
+
+
 def _print_plan(plan, states: dict[str, str]) -> None:  # type: ignore[no-untyped-def]
     table = Table(title=f"{plan.experiment}: {len(plan.jobs)} jobs", title_justify="left")
     for column in ("kind", "name", "key", "state"):
@@ -214,6 +231,7 @@ def submit(
     if summary.dropped:
         console.print(f"  {len(summary.dropped)} pending job(s) of configs removed from the spec will not run "
                       "(cancelled; a spec that includes them again queues them again).")
+        _cancel_dropped_slurm_jobs(opened, summary.dropped)
     if where.kind == "slurm":
         _submit_to_slurm(opened, plan, where.slurm, detach=detach)
         return

@@ -331,3 +331,28 @@ def test_job_key_prefixes_match_literally_and_bad_ones_are_refused_with_the_righ
         assert set(session.scalars(select(Job.status))) == {"pending"}
     assert queue.cancel(store, ["B5A5"]).keys == [keys[0]]  # keys are lowercase; a prefix may not be
     assert queue.retry(store, ["cc7f1"]) == []
+
+
+def test_the_slurm_jobs_of_dropped_configs_are_scancelled_or_a_warning_says_why_not(
+        store, tmp_path: Path, monkeypatch, capsys) -> None:
+    from smx.cli import _cancel_dropped_slurm_jobs
+
+    first, _ = submit_plan(store, tmp_path, "x", sigma_variants("p", "q"))
+    (certify_q,) = keys_named(first, "certify/q")
+    with store.session() as session:  # as after a submission to Slurm that a later one edits
+        session.execute(update(Job).where(Job.key == certify_q).values(slurm_job_id="4242"))
+    dropped = submit_plan(store, tmp_path, "x", sigma_variants("p"))[1].dropped
+    assert certify_q in dropped
+    commands, calls = tmp_path / "bin", tmp_path / "scancel-calls"
+    commands.mkdir()
+    (commands / "scancel").write_text(f'#!/bin/sh\necho "$@" >> {calls}\n')
+    (commands / "scancel").chmod(0o755)
+    monkeypatch.setenv("PATH", str(commands))
+    _cancel_dropped_slurm_jobs(store, dropped)
+    assert calls.read_text() == "4242\n"
+    assert "Their Slurm jobs were cancelled: 4242." in capsys.readouterr().out
+
+    (commands / "scancel").unlink()
+    _cancel_dropped_slurm_jobs(store, dropped)
+    shown = " ".join(capsys.readouterr().out.split())
+    assert "Their Slurm jobs stay queued until they start and end at once: no `scancel` on this machine" in shown

@@ -131,18 +131,31 @@ def test_a_requeued_slurm_job_resumes_its_training_from_its_last_checkpoint(clus
     assert resumed["epochs"] == resumed["distinct_epochs"] == 8  # no epoch trained twice, none lost
 
 
-def test_smx_cancel_cancels_the_slurm_jobs(cluster: Cluster, tmp_path: Path) -> None:
+def test_smx_cancel_and_configs_removed_from_the_spec_cancel_their_slurm_jobs(cluster: Cluster, tmp_path: Path) -> None:
     spec = tmp_path / "cancel.toml"
     spec.write_text(spec_text("cancel-slurm", epochs=200))
     sent = cluster.smx("submit", str(spec), "--executor", "slurm", "--detach")
     assert sent.returncode == 0, sent.stdout + sent.stderr
-    cluster.wait_until(lambda: cluster.query("SELECT count(*) AS n FROM jobs WHERE status = 'running'")[0]["n"] > 0,
-                       "a running training")
-    slurm_job_ids = [job["slurm_job_id"] for job in cluster.query("SELECT slurm_job_id FROM jobs")]
-    cancelled = cluster.smx("cancel", "cancel-slurm")
+    cluster.wait_until(lambda: cluster.query("SELECT count(*) AS n FROM jobs WHERE status = 'running'")[0]["n"] == 2,
+                       "both trainings running")
+    first_plan = {job["name"]: job for job in cluster.query("SELECT key, name, slurm_job_id FROM jobs")}
+
+    spec.write_text(tiny_spec("cancel-slurm", epochs=200) + SLURM_EXECUTOR + variants("gaussian"))
+    resent = cluster.smx("submit", str(spec), "--executor", "slurm", "--detach")
+    assert resent.returncode == 0, resent.stdout + resent.stderr
+    dropped = [first_plan["certify/stability"], first_plan["aggregate/cancel-slurm"]]
+    output = " ".join(resent.stdout.split())
+    assert "2 pending job(s) of configs removed from the spec will not run" in output
+    assert f"Their Slurm jobs were cancelled: {', '.join(sorted(job['slurm_job_id'] for job in dropped))}." in output
+    cluster.wait_until(lambda: not set(slurm_states([job["slurm_job_id"] for job in dropped]).values())
+                       - {"CANCELLED"}, "the removed configs' Slurm jobs cancelled", timeout=60)
+
+    # The running training of the removed config is left to finish; here it is cancelled by its key.
+    cancelled = cluster.smx("cancel", "cancel-slurm", first_plan["train/stability"]["key"])
     assert cancelled.returncode == 0, cancelled.stderr
-    assert "5 job(s) cancelled" in cancelled.stdout and "Slurm jobs" in cancelled.stdout
+    assert "4 job(s) cancelled" in cancelled.stdout and "Slurm jobs" in cancelled.stdout
     assert {job["status"] for job in cluster.query("SELECT status FROM jobs")} == {"cancelled"}
+    slurm_job_ids = [job["slurm_job_id"] for job in cluster.query("SELECT slurm_job_id FROM jobs")]
     cluster.wait_until(lambda: not set(slurm_states(slurm_job_ids).values()) - {"CANCELLED", "COMPLETED", "FAILED"},
                        "every Slurm job ended", timeout=60)
 

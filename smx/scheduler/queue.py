@@ -426,14 +426,20 @@ def release(store: Store, key: str, pid: int) -> None:
 
 
 def cancel_with_slurm_jobs(store: Store, targets: list[str]) -> Cancellation:
-    """Cancel the jobs (see `cancel`), and with scancel the Slurm jobs sent to run them, which would otherwise
-    stay queued in Slurm."""
+    """Cancel the jobs (see `cancel`), and with scancel the Slurm jobs sent to run them."""
+    cancellation = cancel(store, targets)
+    cancellation.slurm_job_ids = cancel_slurm_jobs_of(store, cancellation.keys)
+    return cancellation
+
+
+def cancel_slurm_jobs_of(store: Store, keys: list[str]) -> list[str]:
+    """scancel the Slurm jobs sent to run these cancelled jobs, and return their ids. Left alone, each would wait
+    in Slurm's queue for its resources only to find its job cancelled and end."""
     # Imported here: the Slurm executor imports this module.
     from smx.scheduler.slurm import cancel_slurm_jobs
 
-    cancellation = cancel(store, targets)
     with store.read_session() as session:
-        cancellation.slurm_job_ids = sorted(set(session.scalars(
-            select(Job.slurm_job_id).where(Job.key.in_(cancellation.keys), Job.slurm_job_id.is_not(None)))))
-    cancel_slurm_jobs(cancellation.slurm_job_ids)
-    return cancellation
+        slurm_job_ids = sorted(set(session.scalars(
+            select(Job.slurm_job_id).where(Job.key.in_(keys), Job.slurm_job_id.is_not(None)))))
+    cancel_slurm_jobs(slurm_job_ids)
+    return slurm_job_ids
