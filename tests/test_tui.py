@@ -170,10 +170,14 @@ def make_app(store: Store, **options) -> SmxApp:
 
 
 async def settle(pilot) -> None:
-    """Let the app read the store and show what it read (reads run in worker threads)."""
-    for _ in range(3):
+    """Let the app read the store and show what it read (reads run in worker threads). On a loaded machine a
+    read that a message starts may begin after a round: wait until a round ends with no worker left."""
+    for round_number in range(20):
         await pilot.app.workers.wait_for_complete()
         await pilot.pause()
+        if round_number >= 2 and not any(worker.is_running or worker.state.name == "PENDING"
+                                         for worker in pilot.app.workers):
+            return
 
 
 # ---------------------------------------------------------------------------------------------------------------
