@@ -232,6 +232,9 @@ def submit(
         console.print(f"  {len(summary.dropped)} pending job(s) of configs removed from the spec will not run "
                       "(cancelled; a spec that includes them again queues them again).")
         _cancel_dropped_slurm_jobs(opened, summary.dropped)
+    for key, name in summary.left_running.items():
+        console.print(f"  {name} ({key[:12]}) of a config removed from the spec is running and left to finish; "
+                      f"`smx cancel {key[:12]}` stops it.")
     if where.kind == "slurm":
         _submit_to_slurm(opened, plan, where.slurm, detach=detach)
         return

@@ -260,6 +260,16 @@ def test_a_job_a_user_cancelled_stays_cancelled_when_its_config_comes_back(store
     assert train_q in summary.failed and keys_named(first, "certify/q")[0] in summary.waiting
 
 
+def test_a_running_job_of_a_removed_config_is_left_to_finish_and_named(store, tmp_path: Path) -> None:
+    first, _ = submit_plan(store, tmp_path, "x", sigma_variants("p", "q"))
+    (train_q,) = keys_named(first, "train/q")
+    assert queue.claim(store, train_q, device="slurm-7", slot=tmp_path / "slot", pid=1, slurm_job_id="7") is not None
+    summary = submit_plan(store, tmp_path, "x", sigma_variants("p"))[1]
+    assert summary.left_running == {train_q: "train/q"}
+    assert sorted(summary.dropped) == sorted(keys_named(first, "certify/q", "aggregate/x"))
+    assert queue.job_states(store, [train_q]) == {train_q: "running"}
+
+
 def test_the_latest_data_root_reaches_failed_and_cancelled_jobs_but_not_running_or_done_ones(
         store, tmp_path: Path) -> None:
     def with_root(root: str) -> str:

@@ -50,6 +50,8 @@ class EnqueueSummary:
     failed: list[str] = field(default_factory=list)
     # Pending jobs of the experiment's previous plan that no experiment includes any more: cancelled, never run.
     dropped: list[str] = field(default_factory=list)
+    # Running jobs of its previous plan that no experiment includes any more, by name: left to finish.
+    left_running: dict[str, str] = field(default_factory=dict)
 
     @property
     def total(self) -> int:
@@ -84,7 +86,7 @@ def enqueue(store: Store, plan: Plan, spec_path: Path) -> EnqueueSummary:
 
     Its membership becomes exactly its current plan. Pending jobs that it alone needed before are cancelled (see
     DROPPED_FROM_EVERY_PLAN), so that editing a config out of a spec stops its jobs from running; a later plan
-    that includes them again queues them again.
+    that includes them again queues them again. Such jobs already running are left to finish, and named.
     """
     summary = EnqueueSummary(plan.experiment)
     planned_keys = [planned.key for planned in plan.jobs]
@@ -150,6 +152,9 @@ def enqueue(store: Store, plan: Plan, spec_path: Path) -> EnqueueSummary:
                 .values(status="cancelled", finished_at=utcnow(), error=DROPPED_FROM_EVERY_PLAN, progress_text="")
                 .returning(Job.key)
                 .execution_options(synchronize_session=False)))
+            summary.left_running = dict(session.execute(
+                select(Job.key, Job.name).where(Job.key.in_(left_the_plan), Job.status == "running", ~included)
+            ).all())
     return summary
 
 
