@@ -6,7 +6,7 @@ import signal
 import sys
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, NoReturn, Optional
+from typing import TYPE_CHECKING, Annotated, Any, NoReturn, Optional
 
 import typer
 from rich.console import Console
@@ -159,6 +159,17 @@ def _print_plan(plan, states: dict[str, str]) -> None:  # type: ignore[no-untype
     _print_table(table)
 
 
+def _print_leaving(leaving: dict[str, Any]) -> None:
+    """What a dry run's submission would do to the jobs of configs taken out of the spec."""
+    pending = sum(job.status == "pending" for job in leaving.values())
+    if pending:
+        console.print(f"Submitting would cancel {pending} pending job(s) of configs removed from the spec.")
+    for job in leaving.values():
+        if job.status == "running":
+            console.print(f"{job.name} ({job.key[:12]}) of a config removed from the spec is running and would be "
+                          "left to finish.")
+
+
 @app.command()
 def submit(
     context: typer.Context,
@@ -197,6 +208,7 @@ def submit(
         existing = open_store(store, create=False)
         with existing.read_session() as session:
             name_problem = queue.experiment_name_problem(session, plan.experiment, spec_file.resolve())
+            leaving = queue.leaving_jobs(session, plan.experiment, [job.key for job in plan.jobs])
         states = queue.job_states(existing, [job.key for job in plan.jobs])
         existing.engine.dispose()
         if name_problem and not dry_run:
@@ -204,7 +216,7 @@ def submit(
         if name_problem:
             errors.print(f"[yellow]warning:[/] {escape(name_problem)}")
     except NoStoreYet:
-        states = {}
+        states, leaving = {}, {}
     problems = missing_data(plan, {key for key, status in states.items() if status == "done"})
     if problems and where.kind == "local" and not dry_run:
         raise UserError(f"{spec_file}: data.root: jobs on this machine would not find their data; nothing was "
@@ -213,6 +225,7 @@ def submit(
     _warn_missing_data(spec_file, problems)
     if dry_run:
         _print_plan(plan, states)
+        _print_leaving(leaving)
         return
     if where.kind == "slurm":
         from smx.scheduler.slurm import check_available

@@ -21,7 +21,8 @@ from tests.conftest import smx_command
 from tests.servers import fresh_postgres_database
 from tests.specs import tiny_spec, variants
 
-TINY_SPEC = tiny_spec("tiny", epochs=1, max_samples=6, description="smallest end-to-end run") + variants("gaussian") + """
+TINY_SPEC = tiny_spec("tiny", epochs=1, max_samples=6, description="smallest end-to-end run") + variants(
+    "gaussian") + """
 [[variant]]
 name = "smoothmix"
 train.method = "smoothmix"
@@ -437,6 +438,26 @@ def test_status_names_jobs_by_the_experiments_config_and_marks_only_jobs_no_expe
     assert run_smx("status", "part", "--failed", store=target).stdout.startswith(
         f"train/smoothmix ({smoothmix[:12]}), attempt 0")
     assert run_smx("status", "a", "--failed", store=target).stdout == "no failed jobs in a.\n"
+
+
+def test_a_dry_run_says_what_submitting_would_do_to_the_jobs_of_removed_configs(tmp_path: Path) -> None:
+    from smx.db.store import open_store
+    from smx.scheduler import queue
+
+    store = open_store(str(tmp_path / "store"))
+    plan = enqueue_spec(store, tmp_path / "x.toml", tiny_spec("x") + variants("gaussian", "smoothmix"))
+    running = planned_key(plan, "train/smoothmix")
+    assert queue.claim(store, running, device="slurm-7", slot=tmp_path / "slot", pid=1, slurm_job_id="7")
+    edited = tmp_path / "x.toml"
+    edited.write_text(tiny_spec("x") + variants("gaussian"))
+    target = StoreTarget.directory(store.root)
+    before = query_json("SELECT key, status FROM jobs ORDER BY key", target)
+    shown = " ".join(run_smx("submit", str(edited), "--dry-run", store=target).stdout.split())
+    # certify/smoothmix and the aggregate of both configs are pending; the training is running.
+    assert "Submitting would cancel 2 pending job(s) of configs removed from the spec." in shown
+    assert (f"train/smoothmix ({running[:12]}) of a config removed from the spec is running and would be left to "
+            "finish.") in shown
+    assert query_json("SELECT key, status FROM jobs ORDER BY key", target) == before
 
 
 def test_export_writes_the_certified_configs_of_a_partly_finished_experiment(store, tmp_path: Path) -> None:

@@ -95,6 +95,7 @@ def enqueue(store: Store, plan: Plan, spec_path: Path) -> EnqueueSummary:
         problem = experiment_name_problem(session, plan.experiment, spec_path)
         if problem:
             raise UserError(problem)
+        leaving = leaving_jobs(session, plan.experiment, planned_keys)
         known = {row.key: row for row in session.execute(
             select(Job.key, Job.status, Job.error, Job.runtime).where(Job.key.in_(planned_keys)))}
         dropped_before = [key for key, row in known.items()
@@ -128,14 +129,10 @@ def enqueue(store: Store, plan: Plan, spec_path: Path) -> EnqueueSummary:
                                     spec_hash=plan.spec_hash, description=plan.description)
             session.add(experiment)
             session.flush()
-            left_the_plan: set[str] = set()
         else:
             experiment.spec_path, experiment.spec_text = str(spec_path), plan.spec_text
             experiment.spec_hash, experiment.description = plan.spec_hash, plan.description
             experiment.updated_at = utcnow()
-            previous = session.scalars(select(ExperimentJob.job_key)
-                                       .where(ExperimentJob.experiment_id == experiment.id))
-            left_the_plan = set(previous) - set(planned_keys)
         # The experiment's membership is exactly its current plan; jobs of an older plan stay in the store.
         session.execute(delete(ExperimentJob).where(ExperimentJob.experiment_id == experiment.id))
         session.add_all(
@@ -144,18 +141,27 @@ def enqueue(store: Store, plan: Plan, spec_path: Path) -> EnqueueSummary:
             for planned in plan.jobs
         )
         session.flush()
-        if left_the_plan:
-            # Another experiment may still include one: only jobs that none does are dropped.
-            included = exists().where(ExperimentJob.job_key == Job.key)
+        if leaving:
             summary.dropped = list(session.scalars(
-                update(Job).where(Job.key.in_(left_the_plan), Job.status == "pending", ~included)
+                update(Job).where(Job.key.in_(leaving), Job.status == "pending")
                 .values(status="cancelled", finished_at=utcnow(), error=DROPPED_FROM_EVERY_PLAN, progress_text="")
                 .returning(Job.key)
                 .execution_options(synchronize_session=False)))
-            summary.left_running = dict(session.execute(
-                select(Job.key, Job.name).where(Job.key.in_(left_the_plan), Job.status == "running", ~included)
-            ).all())
+            summary.left_running = {job.key: job.name for job in leaving.values() if job.status == "running"}
     return summary
+
+
+def leaving_jobs(session: Session, experiment: str, planned_keys: list[str]) -> dict[str, Any]:
+    """The jobs that making `planned_keys` the experiment's plan takes out of every experiment: those of its
+    current plan that the new one leaves out and no other experiment includes. Rows (key, name, status) by key."""
+    member, other = aliased(ExperimentJob), aliased(ExperimentJob)
+    elsewhere = exists().where(other.job_key == Job.key, other.experiment_id != member.experiment_id)
+    rows = session.execute(
+        select(Job.key, Job.name, Job.status)
+        .join(member, member.job_key == Job.key)
+        .join(Experiment, Experiment.id == member.experiment_id)
+        .where(Experiment.name == experiment, Job.key.not_in(planned_keys), ~elsewhere))
+    return {row.key: row for row in rows}
 
 
 def _lock_experiment_membership(session: Session) -> None:
