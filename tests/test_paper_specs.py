@@ -46,6 +46,20 @@ def test_paper_specs_have_one_config_per_row(name: str, count: int):
     assert sum(job.kind == "train" for job in plan.jobs) == count
 
 
+@pytest.mark.parametrize(("name", "table"), [("mnist_table2", "Table 2"), ("cifar10_table3", "Table 3")])
+def test_each_config_of_a_paper_table_spec_matches_its_own_row_of_that_table(name: str, table: str):
+    from smx.reference import Setting, find_published, published_rows
+
+    matched = []
+    for config in configs_of(name).values():
+        train = config["train"]
+        row = find_published(Setting(dataset=config["data"]["dataset"], method=train["method"], sigma=train["sigma"],
+                                     certify_sigma=config["certify"]["sigma"], params=train["params"]))
+        assert row is not None and row.table == table, config
+        matched.append((row.sigma, row.label))
+    assert sorted(matched) == sorted((row.sigma, row.label) for row in published_rows() if row.table == table)
+
+
 @pytest.mark.parametrize(("name", "count"), PAPER_CONFIG_COUNTS.items())
 def test_dry_run_lists_one_train_job_per_row_and_creates_no_store(name: str, count: int, tmp_path: Path):
     store = tmp_path / "store"

@@ -211,6 +211,24 @@ def test_a_setting_matches_only_the_published_row_of_the_same_dataset_method_sig
     assert find_published(cifar).label == "SmoothMix + one-step adversary"
 
 
+def test_a_baseline_matches_its_published_row_only_with_the_hyperparameters_the_paper_ran() -> None:
+    def baseline(method: str, sigma: float = 1.0, dataset: str = "mnist", **params: object) -> Setting:
+        return Setting(dataset=dataset, method=method, sigma=sigma, certify_sigma=sigma, params=params)
+
+    paper_smoothadv = {"epsilon": 0.99609375, "steps": 10, "noise_samples": 4}
+    assert find_published(baseline("smoothadv", **paper_smoothadv)).acr == 1.779
+    assert find_published(baseline("smoothadv")) is None  # the defaults: epsilon 0.25, m = 1
+    assert find_published(baseline("smoothadv", dataset="cifar10", sigma=0.5, **{**paper_smoothadv,
+                                                                               "noise_samples": 8})).acr == 0.684
+    assert find_published(baseline("macer", lbd=6.0)).acr == 1.598
+    assert find_published(baseline("macer", lbd=16.0)) is None  # sigma 1.0 ran lbd = 6
+    assert find_published(baseline("macer", sigma=0.5)).acr == 1.594  # the defaults are the paper's there
+    assert find_published(baseline("consistency", sigma=0.25)).acr == 0.928
+    assert find_published(baseline("consistency", lbd=10.0)) is None  # sigma 1.0 ran lbd = 5
+    assert find_published(baseline("consistency", lbd=5.0, adversarial=True)) is None
+    assert find_published(baseline("stability", lbd=1.0)) is None
+
+
 def test_published_accuracy_past_the_printed_columns_is_zero_only_where_certify_cannot_reach() -> None:
     assert max_certifiable_radius(1.0, 100_000, 0.001) == pytest.approx(3.81, abs=0.01)
     gaussian_quarter = next(row for row in published_rows() if row.sigma == 0.25 and row.method == "gaussian")
