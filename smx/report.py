@@ -23,7 +23,7 @@ from smx.db.readonly import QueryResult, run_query
 from smx.db.store import Store
 from smx.errors import UserError
 from smx.reference import RADIUS_TOLERANCE, PublishedRow, Setting, find_published, setting_of
-from smx.science.metrics import DEFAULT_RADII, certified_accuracy
+from smx.science.metrics import DEFAULT_RADII, RADIUS_DECIMALS, certified_accuracy
 
 FORMATS = ("table", "csv", "json", "md")
 # What `smx plot --out` may end in; matplotlib writes each of them with any backend.
@@ -234,7 +234,7 @@ def _report_radii(rows: list[ReportRow]) -> list[float]:
     still certified, never past the grid of the results view; and every radius the spec's [report] radii added."""
     certified = [radius for row in rows for radius, accuracy in row.certified_accuracy.items() if accuracy > 0]
     last = max([4 * max(row.sigma for row in rows), *certified])
-    grid = {round(radius, 6) for radius in DEFAULT_RADII}
+    grid = {round(radius, RADIUS_DECIMALS) for radius in DEFAULT_RADII}
     requested = {radius for row in rows for radius in row.certified_accuracy} - grid
     return sorted({radius for radius in grid if radius <= last + RADIUS_TOLERANCE} | requested)
 
@@ -264,7 +264,7 @@ def experiment_report(store: Store, experiment: str, compare_with_paper: bool = 
     with store.read_session() as session:
         aggregates = summaries_of(session, experiment)
         settings = [setting_of(session, aggregate.certify_key) for aggregate in aggregates]
-        accuracies = [{round(item.radius, 6): item.accuracy for item in aggregate.certified}
+        accuracies = [{round(item.radius, RADIUS_DECIMALS): item.accuracy for item in aggregate.certified}
                       for aggregate in aggregates]
     summaries, sort_keys = _hyperparameter_summaries(settings)
 
@@ -285,7 +285,7 @@ def experiment_report(store: Store, experiment: str, compare_with_paper: bool = 
 
 
 def _accuracy(row: ReportRow, radius: float) -> float | None:
-    return row.certified_accuracy.get(round(radius, 6))
+    return row.certified_accuracy.get(round(radius, RADIUS_DECIMALS))
 
 
 def _signed(value: float, places: int) -> str:
@@ -303,8 +303,9 @@ class _Line:
     best: bool = False  # our row with the best ACR of its sigma
 
 
-def _sigma_text(sigma: float) -> str:
-    return f"{sigma:.2f}" if round(sigma, 2) == sigma else f"{sigma:g}"
+def _number_text(value: float) -> str:
+    """A sigma or a radius: two decimals, as the paper prints them, or as many as the value needs (0.125)."""
+    return f"{value:.2f}" if round(value, 2) == value else f"{value:g}"
 
 
 def _report_lines(report: ExperimentReport, missing: str) -> list[_Line]:
@@ -318,7 +319,7 @@ def _report_lines(report: ExperimentReport, missing: str) -> list[_Line]:
         previous_sigma = row.sigma
         ours = [_accuracy(row, radius) for radius in report.radii]
         lines.append(_Line("ours", [
-            _sigma_text(row.sigma) if group_start else "", row.config, row.method, row.hyperparameters,
+            _number_text(row.sigma) if group_start else "", row.config, row.method, row.hyperparameters,
             f"{row.acr:.3f}", *(missing if value is None else f"{100 * value:.1f}" for value in ours),
         ], group_start, best=row.acr == best_acr[row.sigma]))
         published = row.published
@@ -338,7 +339,7 @@ def _report_lines(report: ExperimentReport, missing: str) -> list[_Line]:
 
 
 def _report_header(report: ExperimentReport, sigma: str) -> list[str]:
-    return [sigma, "config", "method", "hyperparameters", "ACR", *(f"{radius:.2f}" for radius in report.radii)]
+    return [sigma, "config", "method", "hyperparameters", "ACR", *map(_number_text, report.radii)]
 
 
 # Columns before this one hold text (left-aligned); from it on, numbers (right-aligned).

@@ -119,6 +119,15 @@ def test_the_specs_own_report_radii_get_columns_too(store: Store) -> None:
     assert gaussian[3:8] == ["0.500", "100.0", "100.0", "75.0", "75.0"]
 
 
+def test_radii_the_same_to_six_decimals_are_one_column_headed_with_the_decimals_it_needs(store: Store) -> None:
+    # 0.1000000001 and 0.2500000001 would otherwise be second rows of the primary key (aggregate, radius 0.1/0.25).
+    seed(store, SPEC.replace('name = "paper"', 'name = "paper"\n\n[report]\nradii = [0.1, 0.1000000001, 0.125, '
+                                             '0.2500000001]', 1))
+    lines = render_report(experiment_report(store, "paper"), "text").splitlines()
+    assert lines[1].split()[5:9] == ["0.00", "0.10", "0.125", "0.25"]
+    assert aggregate_radii([0.1, 0.1000000001, 0.2500000001])[:3] == [0.0, 0.1, 0.25]
+
+
 def test_markdown_and_latex_bold_the_best_acr_of_each_sigma(seeded: Store) -> None:
     report = experiment_report(seeded, "paper")
     markdown = render_report(report, "md")

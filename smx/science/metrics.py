@@ -18,6 +18,8 @@ import numpy as np
 from smx.errors import UserError
 
 DEFAULT_RADII: tuple[float, ...] = tuple(0.25 * step for step in range(17))  # 0.0, 0.25, ..., 4.0
+# Summaries are computed and stored at radii rounded to this many decimals: 0.1 * 3 and 0.3 are one radius.
+RADIUS_DECIMALS = 6
 
 # The prediction CERTIFY and PREDICT report, and certification logs record, when they abstain.
 ABSTAIN = -1

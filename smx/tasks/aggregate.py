@@ -15,20 +15,22 @@ from sqlalchemy import delete
 from smx.db.models import Aggregate, CertifiedAccuracy, Job
 from smx.db.queries import certification_log_rows
 from smx.db.store import Store
-from smx.science.metrics import DEFAULT_RADII, LogRow, summarize, write_certification_log
+from smx.science.metrics import DEFAULT_RADII, RADIUS_DECIMALS, LogRow, summarize, write_certification_log
 from smx.tasks.progress import ProgressReporter
 
 
 def aggregate_radii(report_radii: Iterable[float]) -> list[float]:
-    """The radii a summary covers: the spec's report radii and, for the results view's columns, the defaults."""
-    return sorted(set(report_radii) | set(DEFAULT_RADII))
+    """The radii a summary covers: the spec's report radii and, for the results view's columns, the defaults;
+    rounded to RADIUS_DECIMALS, so that radii the spec tells apart only past them are one radius, not two rows."""
+    return sorted({round(radius, RADIUS_DECIMALS) for radius in (*report_radii, *DEFAULT_RADII)})
 
 
 def summarise_config(job_key: str, experiment: str, entry: dict[str, Any], samples: Sequence[LogRow],
                      radii: Iterable[float]) -> Aggregate:
     """One certified config's summary row, with its certified accuracy at each radius.
 
-    `entry` is the config's item of an aggregate job's inputs: name, certify_key, method, sigma and swept values.
+    `entry` is the config's item of an aggregate job's inputs: name, certify_key, method, sigma and swept values;
+    `radii` as aggregate_radii gives them.
     """
     summary = summarize([sample.radius for sample in samples], [sample.correct for sample in samples],
                         [sample.prediction for sample in samples], radii)
@@ -37,7 +39,7 @@ def summarise_config(job_key: str, experiment: str, entry: dict[str, Any], sampl
         method=entry["method"], sigma=entry["sigma"], hyperparams=entry["swept"],
         num_samples=summary.num_samples, acr=summary.acr, clean_accuracy=summary.clean_accuracy,
         abstain_rate=summary.abstain_rate,
-        certified=[CertifiedAccuracy(radius=round(radius, 6), accuracy=accuracy)
+        certified=[CertifiedAccuracy(radius=radius, accuracy=accuracy)
                    for radius, accuracy in summary.certified_accuracy.items()],
     )
 
