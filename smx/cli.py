@@ -586,7 +586,8 @@ def query(
     result = experiment_results(opened, experiment) if experiment else run_query(opened, sql or "")
     if experiment and not result.rows:
         errors.print(f"{experiment} has no results yet: a config's row appears when its aggregate job is done "
-                     f"(`smx status {experiment}`).", markup=False, highlight=False)
+                     f"(`smx status {experiment}`); `smx report {experiment}` and `smx plot {experiment}` show the "
+                     "configs certified so far.", markup=False, highlight=False)
     if format != "table":
         sys.stdout.write(render(result, format))
         return
@@ -625,7 +626,9 @@ def plot(
     from smx.report import plot_experiment
 
     opened = open_store(store, create=False)
-    path = plot_experiment(opened, experiment, out or opened.root / "plots" / f"{experiment}.png")
+    path, provisional = plot_experiment(opened, experiment, out or opened.root / "plots" / f"{experiment}.png")
+    if provisional:
+        errors.print(provisional, markup=False, highlight=False)
     for written in [path, *plot_analysis(opened, experiment, path.parent)]:
         console.print(f"wrote {written}", markup=False, highlight=False, soft_wrap=True)
 
@@ -660,6 +663,8 @@ def report(
         raise UserError(f"unknown --compare {compare!r}.\nFix: use --compare {' or '.join(COMPARE_CHOICES)}.")
     opened = open_store(store, create=False)
     result = experiment_report(opened, experiment, compare_with_paper=compare == "paper")
+    if result.provisional:
+        errors.print(result.provisional, markup=False, highlight=False)
     sys.stdout.write(render_report(result, format))
     for kind, table in analysis_tables(opened, experiment).items():
         sys.stdout.write(render_analysis(kind, table, format))

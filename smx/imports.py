@@ -26,7 +26,7 @@ from smx.db.queries import certification_log_rows
 from smx.db.store import Store
 from smx.errors import UserError
 from smx.plan import content_key
-from smx.report import cannot_write, summaries_of
+from smx.report import cannot_write, plan_configs, summaries_of
 from smx.science.catalog import DATASETS
 from smx.science.methods.params import METHOD_PARAMS
 from smx.science.metrics import LogRow, read_certification_log, write_certification_log
@@ -253,7 +253,7 @@ def export_certification_logs(store: Store, experiment: str, out_dir: Path) -> E
     no certified config at all is an error that says why.
     """
     with store.read_session() as session:
-        configs = dict(_configs_of(session, experiment))
+        configs = {entry["name"]: entry["certify_key"] for _, entry in plan_configs(session, experiment)}
         statuses = dict(session.execute(select(Job.key, Job.status).where(Job.key.in_(set(configs.values())))).all())
         certified = {name: key for name, key in sorted(configs.items()) if statuses[key] == "done"}
         if not certified:
@@ -272,13 +272,3 @@ def export_certification_logs(store: Store, experiment: str, out_dir: Path) -> E
     except OSError as error:
         raise cannot_write(Path(error.filename or out_dir), error) from None
     return ExportOutcome(paths, unfinished)
-
-
-def _configs_of(session: Session, experiment: str) -> list[tuple[str, str]]:
-    """(config name, certify job key) of each config of the experiment's current plan, as its aggregate jobs' inputs
-    list them (one aggregate for a submitted spec, one per imported log)."""
-    aggregates = session.scalars(
-        select(Job).join(ExperimentJob, ExperimentJob.job_key == Job.key)
-        .join(Experiment, Experiment.id == ExperimentJob.experiment_id)
-        .where(Experiment.name == experiment, Job.kind == "aggregate"))
-    return [(entry["name"], entry["certify_key"]) for aggregate in aggregates for entry in aggregate.config["configs"]]

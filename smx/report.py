@@ -17,13 +17,14 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from smx.db.models import Aggregate, Certificate
-from smx.db.queries import aggregates_of, jobs_view, require_experiment
+from smx.db.models import Aggregate, Certificate, Experiment, ExperimentJob, Job
+from smx.db.queries import aggregates_of, certification_log_rows, jobs_view, require_experiment
 from smx.db.readonly import QueryResult, run_query
 from smx.db.store import Store
 from smx.errors import UserError
 from smx.reference import RADIUS_TOLERANCE, PublishedRow, Setting, find_published, setting_of
 from smx.science.metrics import DEFAULT_RADII, RADIUS_DECIMALS, certified_accuracy
+from smx.tasks.aggregate import aggregate_radii, summarise_config
 
 FORMATS = ("table", "csv", "json", "md")
 # What `smx plot --out` may end in; matplotlib writes each of them with any backend.
@@ -151,14 +152,14 @@ def save_plot(figure: Any, path: Path) -> Path:
     return path
 
 
-def plot_experiment(store: Store, experiment: str, out: Path) -> Path:
+def plot_experiment(store: Store, experiment: str, out: Path) -> tuple[Path, str | None]:
     """Certified accuracy against radius for every config of an experiment, one image (see `plot_file`); the path
-    written."""
+    written, and what is missing while the experiment's summaries are provisional (see Summaries)."""
     path = plot_file(out, experiment)
     with store.read_session() as session:
-        aggregates = summaries_of(session, experiment)
+        summaries = summaries_of(session, experiment)
         curves = []
-        for aggregate in aggregates:
+        for aggregate in summaries.aggregates:
             rows = session.execute(select(Certificate.radius, Certificate.correct)
                                    .where(Certificate.job_key == aggregate.certify_key)).all()
             curves.append((aggregate, [radius for radius, _ in rows], [correct for _, correct in rows]))
@@ -175,7 +176,7 @@ def plot_experiment(store: Store, experiment: str, out: Path) -> Path:
     axes.grid(alpha=0.3)
     axes.set_title(f"{experiment}: approximate certified accuracy")
     axes.legend(fontsize=8)
-    return save_plot(figure, path)
+    return save_plot(figure, path), summaries.provisional
 
 
 # ---- `smx report`: an experiment's table in the paper's layout, optionally beside the published numbers ----
@@ -206,6 +207,7 @@ class ExperimentReport:
     radii: list[float]  # the radius columns
     rows: list[ReportRow]  # by sigma, then method in the paper's order, then hyperparameters
     compared: bool  # with the paper
+    provisional: str | None = None  # see Summaries
 
 
 def _value_text(value: Any) -> str:
@@ -223,7 +225,10 @@ def _hyperparameter_summaries(settings: list[Setting | None]) -> tuple[list[str]
     texts, sort_keys = [], []
     for setting, params in zip(settings, resolved):
         keys = shown.get(setting.method, []) if setting else []
-        texts.append(", ".join(f"{key}={_value_text(params[key])}" for key in keys))
+        # Rows are grouped by the training sigma: a model certified at another one says so.
+        certified_at = [f"certify sigma={_value_text(setting.certify_sigma)}"] \
+            if setting and setting.certify_sigma != setting.sigma else []
+        texts.append(", ".join([*certified_at, *(f"{key}={_value_text(params[key])}" for key in keys)]))
         # None (an unbounded max_norm) after every number, as in the paper's ablation.
         sort_keys.append(tuple((params[key] is None, params[key] if params[key] is not None else 0) for key in keys))
     return texts, sort_keys
@@ -239,30 +244,63 @@ def _report_radii(rows: list[ReportRow]) -> list[float]:
     return sorted({radius for radius in grid if radius <= last + RADIUS_TOLERANCE} | requested)
 
 
-def summaries_of(session: Session, experiment: str) -> list[Aggregate]:
-    """The experiment's current summaries; an error that says why when there are none."""
+@dataclass
+class Summaries:
+    """An experiment's summaries: those its aggregate job stored, or, until that job is done, summaries of the
+    configs certified so far, made here the way it makes them (then `provisional` says which are missing)."""
+
+    aggregates: list[Aggregate]
+    provisional: str | None = None
+
+
+def plan_configs(session: Session, experiment: str) -> list[tuple[Job, dict[str, Any]]]:
+    """(aggregate job, its inputs' entry) of each config of the experiment's current plan: one aggregate job for a
+    submitted spec, one per imported log."""
+    aggregates = session.scalars(
+        select(Job).join(ExperimentJob, ExperimentJob.job_key == Job.key)
+        .join(Experiment, Experiment.id == ExperimentJob.experiment_id)
+        .where(Experiment.name == experiment, Job.kind == "aggregate").order_by(Job.key))
+    return [(aggregate, entry) for aggregate in aggregates for entry in aggregate.config["configs"]]
+
+
+def summaries_of(session: Session, experiment: str) -> Summaries:
+    """The experiment's current summaries; an error that says why when no config is certified yet."""
     aggregates = aggregates_of(session, experiment)
-    if not aggregates:
-        require_experiment(session, experiment)
-        jobs = jobs_view(session, experiment)
-        counts = {status: sum(job.status == status for job in jobs) for status in ("running", "pending", "failed",
-                                                                                    "cancelled")}
-        states = ", ".join(f"{count} {status}" for status, count in counts.items() if count) or "none unfinished"
-        if counts["running"]:
-            fix = f"wait for its running jobs (`smx status {experiment}`)"
-        elif counts["failed"] or counts["cancelled"]:
-            fix = f"see why with `smx status {experiment}`, then `smx retry {experiment}` and `smx submit` its spec"
-        else:
-            fix = "run its jobs: `smx submit` its spec, or `smx worker`"
-        raise UserError(f"experiment {experiment!r} has no results yet (its jobs: {states}).\nFix: {fix}.")
-    return aggregates
+    if aggregates:
+        return Summaries(aggregates)
+    configs = plan_configs(session, experiment)
+    statuses = dict(session.execute(select(Job.key, Job.status)
+                                    .where(Job.key.in_({entry["certify_key"] for _, entry in configs}))).all())
+    certified = [summarise_config(aggregate.key, experiment, entry,
+                                  certification_log_rows(session, entry["certify_key"]),
+                                  aggregate_radii(aggregate.config["radii"]))
+                 for aggregate, entry in configs if statuses.get(entry["certify_key"]) == "done"]
+    if certified:
+        waiting = [f"{entry['name']} ({statuses.get(entry['certify_key'], 'unknown')})" for _, entry in configs
+                   if statuses.get(entry["certify_key"]) != "done"]
+        note = (f"provisional: {experiment}'s aggregate job is not done; {len(certified)} of {len(configs)} config(s) "
+                "certified so far" + (f", not yet {', '.join(waiting)}" if waiting else "") + ".")
+        return Summaries(sorted(certified, key=lambda aggregate: aggregate.config_name), note)
+    require_experiment(session, experiment)
+    jobs = jobs_view(session, experiment)
+    counts = {status: sum(job.status == status for job in jobs) for status in ("running", "pending", "failed",
+                                                                                "cancelled")}
+    states = ", ".join(f"{count} {status}" for status, count in counts.items() if count) or "none unfinished"
+    if counts["running"]:
+        fix = f"wait for its running jobs (`smx status {experiment}`)"
+    elif counts["failed"] or counts["cancelled"]:
+        fix = f"see why with `smx status {experiment}`, then `smx retry {experiment}` and `smx submit` its spec"
+    else:
+        fix = "run its jobs: `smx submit` its spec, or `smx worker`"
+    raise UserError(f"experiment {experiment!r} has no results yet (its jobs: {states}).\nFix: {fix}.")
 
 
 def experiment_report(store: Store, experiment: str, compare_with_paper: bool = False) -> ExperimentReport:
     """The experiment's certified configs in the paper's layout; with `compare_with_paper`, each matched to the
     published row of its setting (dataset, method, sigma and key hyperparameters), where there is one."""
     with store.read_session() as session:
-        aggregates = summaries_of(session, experiment)
+        stored = summaries_of(session, experiment)
+        aggregates = stored.aggregates
         settings = [setting_of(session, aggregate.certify_key) for aggregate in aggregates]
         accuracies = [{round(item.radius, RADIUS_DECIMALS): item.accuracy for item in aggregate.certified}
                       for aggregate in aggregates]
@@ -281,7 +319,8 @@ def experiment_report(store: Store, experiment: str, compare_with_paper: bool = 
                   published=find_published(setting) if compare_with_paper and setting else None)
         for aggregate, setting, accuracy, summary, _ in ordered
     ]
-    return ExperimentReport(experiment=experiment, radii=_report_radii(rows), rows=rows, compared=compare_with_paper)
+    return ExperimentReport(experiment=experiment, radii=_report_radii(rows), rows=rows, compared=compare_with_paper,
+                            provisional=stored.provisional)
 
 
 def _accuracy(row: ReportRow, radius: float) -> float | None:

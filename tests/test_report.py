@@ -119,6 +119,16 @@ def test_the_specs_own_report_radii_get_columns_too(store: Store) -> None:
     assert gaussian[3:8] == ["0.500", "100.0", "100.0", "75.0", "75.0"]
 
 
+def test_a_config_certified_at_another_sigma_than_it_trained_at_says_so(store: Store) -> None:
+    seed(store, SPEC.replace('name = "gaussian-sigma0.25"\ntrain.method = "gaussian"\ntrain.sigma = 0.25',
+                             'name = "gaussian-sigma0.25"\ntrain.method = "gaussian"\ntrain.sigma = 0.25\n'
+                             'certify.sigma = 0.5'))
+    rows = {row.config: row for row in experiment_report(store, "paper").rows}
+    assert rows["gaussian-sigma0.25"].sigma == 0.25
+    assert rows["gaussian-sigma0.25"].hyperparameters == "certify sigma=0.5"
+    assert rows["gaussian-sigma0.5"].hyperparameters == ""
+
+
 def test_radii_the_same_to_six_decimals_are_one_column_headed_with_the_decimals_it_needs(store: Store) -> None:
     # 0.1000000001 and 0.2500000001 would otherwise be second rows of the primary key (aggregate, radius 0.1/0.25).
     seed(store, SPEC.replace('name = "paper"', 'name = "paper"\n\n[report]\nradii = [0.1, 0.1000000001, 0.125, '
@@ -169,6 +179,31 @@ def test_compare_adds_the_published_row_and_the_difference(seeded: Store) -> Non
     assert "| ours - paper |  |  | -0.685 |" in markdown
     latex = render_report(report, "latex")
     assert r"ours - paper &  &  & $-0.678$" in latex  # eta = 1: 0.600 - 1.678
+
+
+def test_until_its_aggregate_is_done_an_experiment_reports_and_plots_the_configs_certified_so_far(
+        store: Store, tmp_path) -> None:
+    from sqlalchemy import update
+
+    from smx.db.models import Certificate, Job
+    from smx.report import plot_experiment
+
+    plan = build_plan(parse_spec(SPEC))
+    enqueue(store, plan, store.root / "paper.toml")
+    certified, *waiting = next(job for job in plan.jobs if job.kind == "aggregate").inputs["configs"]
+    with store.session() as session:
+        session.execute(update(Job).where(Job.key == certified["certify_key"]).values(status="done"))
+        session.add_all(Certificate(job_key=certified["certify_key"], sample_index=index, label=0,
+                                    prediction=0 if correct else -1, radius=radius, correct=correct, seconds=0.1)
+                        for index, (radius, correct) in enumerate(SAMPLES[certified["name"]]))
+    report = experiment_report(store, "paper")
+    assert [(row.config, row.acr) for row in report.rows] == [
+        (certified["name"], pytest.approx(sum(radius * correct for radius, correct in SAMPLES[certified["name"]]) / 4))]
+    assert report.provisional == (
+        "provisional: paper's aggregate job is not done; 1 of 5 config(s) certified so far, not yet "
+        + ", ".join(f"{entry['name']} (pending)" for entry in waiting) + ".")
+    path, provisional = plot_experiment(store, "paper", tmp_path / "paper.png")
+    assert path.read_bytes()[:4] == b"\x89PNG" and provisional == report.provisional
 
 
 def test_report_of_an_unknown_or_empty_experiment_says_so(store: Store) -> None:
