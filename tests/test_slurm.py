@@ -90,7 +90,8 @@ def test_a_spec_sent_to_slurm_runs_with_the_keys_and_results_of_a_local_run(clus
     assert (cluster.files / "slurm").is_dir()  # submitit's own files, for Slurm-level problems
 
     local_store = str(tmp_path / "local-store")
-    local = cluster.smx("submit", str(spec), "--executor", "local", "--gpus", "none", store=local_store)
+    local = cluster.smx("submit", str(spec), "--executor", "local", "--gpus", "none", "--cpu-jobs", "2",
+                        store=local_store)
     assert local.returncode == 0, local.stdout + local.stderr
     local_jobs = cluster.query("SELECT key, slurm_job_id FROM jobs", store=local_store)
     assert {job["key"] for job in local_jobs} == {job["key"] for job in jobs}
