@@ -663,8 +663,9 @@ def report(
         raise UserError(f"unknown --compare {compare!r}.\nFix: use --compare {' or '.join(COMPARE_CHOICES)}.")
     opened = open_store(store, create=False)
     result = experiment_report(opened, experiment, compare_with_paper=compare == "paper")
-    if result.provisional:
-        errors.print(result.provisional, markup=False, highlight=False)
+    for note in (result.provisional, result.protocol_note):
+        if note:
+            errors.print(note, markup=False, highlight=False)
     sys.stdout.write(render_report(result, format))
     for kind, table in analysis_tables(opened, experiment).items():
         sys.stdout.write(render_analysis(kind, table, format))

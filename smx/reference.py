@@ -88,9 +88,19 @@ def max_certifiable_radius(sigma: float, n: int, alpha: float) -> float:
 
 
 @lru_cache(maxsize=1)
+def _document() -> dict[str, Any]:
+    return json.loads(resources.files("smx").joinpath(REFERENCE_FILE).read_text(encoding="utf-8"))
+
+
+def published_protocol() -> dict[str, Any]:
+    """How the paper certified every published row: n0, n, alpha and the number of test images."""
+    return dict(_document()["certify"])
+
+
+@lru_cache(maxsize=1)
 def published_rows() -> tuple[PublishedRow, ...]:
     """Every published row, in file order."""
-    document = json.loads(resources.files("smx").joinpath(REFERENCE_FILE).read_text(encoding="utf-8"))
+    document = _document()
     step, certify = document["radius_step"], document["certify"]
     return tuple(
         PublishedRow(

@@ -22,7 +22,8 @@ from smx.db.queries import aggregates_of, certification_log_rows, jobs_view, req
 from smx.db.readonly import QueryResult, run_query
 from smx.db.store import Store
 from smx.errors import UserError
-from smx.reference import RADIUS_TOLERANCE, PublishedRow, Setting, find_published, setting_of
+from smx.reference import (RADIUS_TOLERANCE, PublishedRow, Setting, find_published, published_protocol,
+                           setting_of)
 from smx.science.metrics import DEFAULT_RADII, RADIUS_DECIMALS, certified_accuracy
 from smx.tasks.aggregate import aggregate_radii, summarise_config
 
@@ -199,6 +200,9 @@ class ReportRow:
     acr: float
     certified_accuracy: dict[float, float]  # radius -> fraction
     published: PublishedRow | None  # set when comparing with the paper and the setting is published
+    # Where a published row is set: how this config's certification differs from the paper's ("200 images,
+    # n = 1,000"), or "" where it does not, as far as the store knows (an imported log records no n or alpha).
+    protocol_difference: str = ""
 
 
 @dataclass
@@ -208,6 +212,17 @@ class ExperimentReport:
     rows: list[ReportRow]  # by sigma, then method in the paper's order, then hyperparameters
     compared: bool  # with the paper
     provisional: str | None = None  # see Summaries
+
+    @property
+    def protocol_note(self) -> str | None:
+        """Which compared configs were certified otherwise than the paper's rows, whose numbers they then only
+        approximate; None when every one was certified as the paper was."""
+        different = [f"{row.config} ({row.protocol_difference})" for row in self.rows if row.protocol_difference]
+        if not different:
+            return None
+        paper = published_protocol()
+        return (f"certified otherwise than the paper ({paper['test_images']:,} test images, n = {paper['n']:,}, "
+                f"alpha = {paper['alpha']:g}), so ours - paper is only indicative: {'; '.join(different)}.")
 
 
 def _value_text(value: Any) -> str:
@@ -302,25 +317,39 @@ def experiment_report(store: Store, experiment: str, compare_with_paper: bool = 
         stored = summaries_of(session, experiment)
         aggregates = stored.aggregates
         settings = [setting_of(session, aggregate.certify_key) for aggregate in aggregates]
+        certifications = [session.get(Job, aggregate.certify_key).config.get("certify", {}) if compare_with_paper
+                          else {} for aggregate in aggregates]
         accuracies = [{round(item.radius, RADIUS_DECIMALS): item.accuracy for item in aggregate.certified}
                       for aggregate in aggregates]
     summaries, sort_keys = _hyperparameter_summaries(settings)
 
-    def paper_order(item: tuple[Aggregate, Setting | None, dict[float, float], str, tuple[Any, ...]]) -> tuple:
-        aggregate, _, _, _, parameters_key = item
+    def paper_order(item: tuple[Aggregate, Setting | None, dict[float, float], str, tuple[Any, ...], dict]) -> tuple:
+        aggregate, _, _, _, parameters_key, _ = item
         known = aggregate.method in METHOD_ORDER
         position = METHOD_ORDER.index(aggregate.method) if known else len(METHOD_ORDER)
         return aggregate.sigma, position, aggregate.method, parameters_key, aggregate.config_name
 
-    ordered = sorted(zip(aggregates, settings, accuracies, summaries, sort_keys), key=paper_order)
-    rows = [
-        ReportRow(config=aggregate.config_name, method=aggregate.method, sigma=aggregate.sigma,
-                  hyperparameters=summary, acr=aggregate.acr, certified_accuracy=accuracy,
-                  published=find_published(setting) if compare_with_paper and setting else None)
-        for aggregate, setting, accuracy, summary, _ in ordered
-    ]
+    ordered = sorted(zip(aggregates, settings, accuracies, summaries, sort_keys, certifications), key=paper_order)
+    rows = []
+    for aggregate, setting, accuracy, summary, _, certification in ordered:
+        published = find_published(setting) if compare_with_paper and setting else None
+        rows.append(ReportRow(
+            config=aggregate.config_name, method=aggregate.method, sigma=aggregate.sigma, hyperparameters=summary,
+            acr=aggregate.acr, certified_accuracy=accuracy, published=published,
+            protocol_difference=_protocol_difference(aggregate.num_samples, certification) if published else ""))
     return ExperimentReport(experiment=experiment, radii=_report_radii(rows), rows=rows, compared=compare_with_paper,
                             provisional=stored.provisional)
+
+
+def _protocol_difference(images: int, certification: dict[str, Any]) -> str:
+    """How a certification differs from the paper's, from what its job recorded: "200 images, n = 1,000"."""
+    paper = published_protocol()
+    differences = [f"{images:,} images"] if images != paper["test_images"] else []
+    differences += [f"{name} = {certification[name]:,}" for name in ("n0", "n")
+                    if name in certification and certification[name] != paper[name]]
+    if "alpha" in certification and certification["alpha"] != paper["alpha"]:
+        differences.append(f"alpha = {certification['alpha']:g}")
+    return ", ".join(differences)
 
 
 def _accuracy(row: ReportRow, radius: float) -> float | None:

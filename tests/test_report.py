@@ -174,11 +174,22 @@ def test_compare_adds_the_published_row_and_the_difference(seeded: Store) -> Non
     assert difference[4] == f"{75.0 - 99.2:+.1f}"
     assert text.rstrip().endswith("4 of 5 config(s) match a published setting of SmoothMix "
                                   "(Jeong et al., NeurIPS 2021); differences are ours - paper.")
+    assert report.protocol_note == (
+        "certified otherwise than the paper (10,000 test images, n = 100,000, alpha = 0.001), so ours - paper is only "
+        "indicative: gaussian-sigma0.25 (4 images); gaussian-sigma0.5 (4 images); smoothmix-eta1-sigma0.5 (4 images); "
+        "smoothmix-eta5-onestep-sigma0.5 (4 images).")
+    assert experiment_report(seeded, "paper").protocol_note is None  # nothing compared
     markdown = render_report(report, "md")
     assert "| paper (Table 2) | SmoothMix (eta=5) + one-step adversary |  | 1.685 |" in markdown
     assert "| ours - paper |  |  | -0.685 |" in markdown
     latex = render_report(report, "latex")
     assert r"ours - paper &  &  & $-0.678$" in latex  # eta = 1: 0.600 - 1.678
+
+
+def test_a_comparison_names_the_certification_settings_that_differ_from_the_papers(store: Store) -> None:
+    seed(store, SPEC + "\n[certify]\nn0 = 100\nn = 1000\nalpha = 0.01\n")
+    note = experiment_report(store, "paper", compare_with_paper=True).protocol_note
+    assert note is not None and "gaussian-sigma0.5 (4 images, n = 1,000, alpha = 0.01);" in note
 
 
 def test_until_its_aggregate_is_done_an_experiment_reports_and_plots_the_configs_certified_so_far(
