@@ -585,9 +585,10 @@ def query(
         sql = tables_sql(opened)
     result = experiment_results(opened, experiment) if experiment else run_query(opened, sql or "")
     if experiment and not result.rows:
-        errors.print(f"{experiment} has no results yet: a config's row appears when its aggregate job is done "
-                     f"(`smx status {experiment}`); `smx report {experiment}` and `smx plot {experiment}` show the "
-                     "configs certified so far.", markup=False, highlight=False)
+        errors.print(f"{experiment} has no results yet: a config's row appears when its certify job is done "
+                     f"(`smx status {experiment}`).", markup=False, highlight=False)
+    elif experiment and result.provisional:
+        errors.print(result.provisional, markup=False, highlight=False)
     if format != "table":
         sys.stdout.write(render(result, format))
         return

@@ -21,6 +21,7 @@ from smx.db.models import Aggregate, Certificate, Experiment, ExperimentJob, Job
 from smx.db.queries import aggregates_of, certification_log_rows, jobs_view, require_experiment
 from smx.db.readonly import QueryResult, run_query
 from smx.db.store import Store
+from smx.db.views import radius_column
 from smx.errors import UserError
 from smx.reference import (RADIUS_TOLERANCE, PublishedRow, Setting, find_published, published_protocol,
                            setting_of)
@@ -79,23 +80,47 @@ def render(result: QueryResult, format: str) -> str:
     return {"csv": to_csv, "json": to_json, "md": to_markdown}[format](result)
 
 
-def experiment_results(store: Store, experiment: str) -> QueryResult:
-    """The experiment's `results` rows, with each swept hyperparameter in a column of its own."""
+@dataclass
+class ExperimentResults(QueryResult):
+    provisional: str | None = None  # see Summaries: the rows are those of the configs certified so far
+
+
+def experiment_results(store: Store, experiment: str) -> ExperimentResults:
+    """The experiment's `results` rows, with each swept hyperparameter in a column of its own. Until its
+    aggregate job is done, the same rows for the configs certified so far."""
     result = run_query(store, "SELECT * FROM results WHERE experiment = :experiment ORDER BY config",
                        {"experiment": experiment})
-    if not result.rows:
+    stored_rows, provisional = result.rows, None
+    if not stored_rows:
         with store.read_session() as session:
             require_experiment(session, experiment)
+            with contextlib.suppress(UserError):  # nothing certified yet: no rows
+                summaries = summaries_of(session, experiment)
+                stored_rows = [_results_row(aggregate, result.columns) for aggregate in summaries.aggregates]
+                provisional = summaries.provisional
     position = result.columns.index("hyperparams")
     swept_rows = [json.loads(row[position]) if isinstance(row[position], str) else (row[position] or {})
-                  for row in result.rows]
+                  for row in stored_rows]
     swept_columns = sorted({key for swept in swept_rows for key in swept})
     columns = result.columns[:position] + swept_columns + result.columns[position + 1:]
     rows = [
         tuple(row[:position]) + tuple(swept.get(key) for key in swept_columns) + tuple(row[position + 1:])
-        for row, swept in zip(result.rows, swept_rows)
+        for row, swept in zip(stored_rows, swept_rows)
     ]
-    return QueryResult(columns, rows)
+    return ExperimentResults(columns, rows, provisional)
+
+
+def _results_row(aggregate: Aggregate, columns: list[str]) -> tuple[Any, ...]:
+    """A summary not stored yet as the `results` view would show it (db/views.py)."""
+    accuracy = {round(item.radius, RADIUS_DECIMALS): item.accuracy for item in aggregate.certified}
+    values = {
+        "experiment": aggregate.experiment, "config": aggregate.config_name, "method": aggregate.method,
+        "sigma": aggregate.sigma, "hyperparams": aggregate.hyperparams, "acr": aggregate.acr,
+        "clean_accuracy": aggregate.clean_accuracy, "abstain_rate": aggregate.abstain_rate,
+        "num_samples": aggregate.num_samples, "certify_key": aggregate.certify_key,
+        **{radius_column(radius): accuracy.get(round(radius, RADIUS_DECIMALS)) for radius in DEFAULT_RADII},
+    }
+    return tuple(values[column] for column in columns)
 
 
 def cannot_write(path: Path, error: OSError) -> UserError:

@@ -13,7 +13,7 @@ from smx.db.store import Store
 from smx.errors import UserError
 from smx.plan import build_plan
 from smx.reference import Setting, find_published, max_certifiable_radius, published_rows
-from smx.report import experiment_report, format_cell, render_report, to_csv, to_json, to_markdown
+from smx.report import experiment_report, experiment_results, format_cell, render_report, to_csv, to_json, to_markdown
 from smx.scheduler.queue import enqueue
 from smx.science.metrics import LogRow
 from smx.spec import parse_spec
@@ -215,6 +215,13 @@ def test_until_its_aggregate_is_done_an_experiment_reports_and_plots_the_configs
         + ", ".join(f"{entry['name']} (pending)" for entry in waiting) + ".")
     path, provisional = plot_experiment(store, "paper", tmp_path / "paper.png")
     assert path.read_bytes()[:4] == b"\x89PNG" and provisional == report.provisional
+    results = experiment_results(store, "paper")  # `smx query -e` and the TUI's results tab
+    assert results.provisional == report.provisional and len(results.rows) == 1
+    row = dict(zip(results.columns, results.rows[0]))
+    assert (row["config"], row["acr"], row["num_samples"]) == (certified["name"], report.rows[0].acr, 4)
+    assert row["acc_0_00"] == row["clean_accuracy"] == sum(correct for _, correct in SAMPLES[certified["name"]]) / 4
+    assert row["acc_4_00"] == 0.0
+    assert results.columns[-1] == "certify_key" and row["certify_key"] == certified["certify_key"]
 
 
 def test_report_of_an_unknown_or_empty_experiment_says_so(store: Store) -> None:
