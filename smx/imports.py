@@ -253,15 +253,14 @@ def export_certification_logs(store: Store, experiment: str, out_dir: Path) -> E
     no certified config at all is an error that says why.
     """
     with store.read_session() as session:
-        configs = {entry["name"]: entry["certify_key"] for _, entry in plan_configs(session, experiment)}
-        statuses = dict(session.execute(select(Job.key, Job.status).where(Job.key.in_(set(configs.values())))).all())
-        certified = {name: key for name, key in sorted(configs.items()) if statuses[key] == "done"}
-        if not certified:
+        configs = sorted(plan_configs(session, experiment), key=lambda config: config.entry["name"])
+        if not any(config.certified for config in configs):
             # No config is certified, so no aggregate has run either: summaries_of raises the error that says why
             # (or that the store has no such experiment).
             summaries_of(session, experiment)
-        logs = {name: certification_log_rows(session, key) for name, key in certified.items()}
-    unfinished = {name: statuses[key] for name, key in sorted(configs.items()) if name not in certified}
+        logs = {config.entry["name"]: certification_log_rows(session, config.entry["certify_key"])
+                for config in configs if config.certified}
+    unfinished = {config.entry["name"]: config.certify_status for config in configs if not config.certified}
     paths = []
     try:
         out_dir.mkdir(parents=True, exist_ok=True)

@@ -293,14 +293,29 @@ class Summaries:
     provisional: str | None = None
 
 
-def plan_configs(session: Session, experiment: str) -> list[tuple[Job, dict[str, Any]]]:
-    """(aggregate job, its inputs' entry) of each config of the experiment's current plan: one aggregate job for a
-    submitted spec, one per imported log."""
+@dataclass
+class PlannedConfig:
+    """A config of an experiment's current plan, as its aggregate job's inputs list it."""
+
+    aggregate: Job  # one aggregate job for a submitted spec, one per imported log
+    entry: dict[str, Any]  # name, certify_key, method, sigma and swept values
+    certify_status: str  # of its certify job
+
+    @property
+    def certified(self) -> bool:
+        return self.certify_status == "done"
+
+
+def plan_configs(session: Session, experiment: str) -> list[PlannedConfig]:
+    """Each config of the experiment's current plan, with the status of its certify job."""
     aggregates = session.scalars(
         select(Job).join(ExperimentJob, ExperimentJob.job_key == Job.key)
         .join(Experiment, Experiment.id == ExperimentJob.experiment_id)
-        .where(Experiment.name == experiment, Job.kind == "aggregate").order_by(Job.key))
-    return [(aggregate, entry) for aggregate in aggregates for entry in aggregate.config["configs"]]
+        .where(Experiment.name == experiment, Job.kind == "aggregate").order_by(Job.key)).all()
+    entries = [(aggregate, entry) for aggregate in aggregates for entry in aggregate.config["configs"]]
+    statuses = dict(session.execute(select(Job.key, Job.status)
+                                    .where(Job.key.in_({entry["certify_key"] for _, entry in entries}))).all())
+    return [PlannedConfig(aggregate, entry, statuses[entry["certify_key"]]) for aggregate, entry in entries]
 
 
 def summaries_of(session: Session, experiment: str) -> Summaries:
@@ -309,15 +324,13 @@ def summaries_of(session: Session, experiment: str) -> Summaries:
     if aggregates:
         return Summaries(aggregates)
     configs = plan_configs(session, experiment)
-    statuses = dict(session.execute(select(Job.key, Job.status)
-                                    .where(Job.key.in_({entry["certify_key"] for _, entry in configs}))).all())
-    certified = [summarise_config(aggregate.key, experiment, entry,
-                                  certification_log_rows(session, entry["certify_key"]),
-                                  aggregate_radii(aggregate.config["radii"]))
-                 for aggregate, entry in configs if statuses.get(entry["certify_key"]) == "done"]
+    certified = [summarise_config(config.aggregate.key, experiment, config.entry,
+                                  certification_log_rows(session, config.entry["certify_key"]),
+                                  aggregate_radii(config.aggregate.config["radii"]))
+                 for config in configs if config.certified]
     if certified:
-        waiting = [f"{entry['name']} ({statuses.get(entry['certify_key'], 'unknown')})" for _, entry in configs
-                   if statuses.get(entry["certify_key"]) != "done"]
+        waiting = [f"{config.entry['name']} ({config.certify_status})" for config in configs
+                   if not config.certified]
         note = (f"provisional: {experiment}'s aggregate job is not done; {len(certified)} of {len(configs)} config(s) "
                 "certified so far" + (f", not yet {', '.join(waiting)}" if waiting else "") + ".")
         return Summaries(sorted(certified, key=lambda aggregate: aggregate.config_name), note)
