@@ -208,7 +208,8 @@ def submit(
         existing = open_store(store, create=False)
         with existing.read_session() as session:
             name_problem = queue.experiment_name_problem(session, plan.experiment, spec_file.resolve())
-            leaving = queue.leaving_jobs(session, plan.experiment, [job.key for job in plan.jobs])
+            # A submission finds these itself (enqueue); a dry run says what it would do to them.
+            leaving = queue.leaving_jobs(session, plan.experiment, [job.key for job in plan.jobs]) if dry_run else {}
         states = queue.job_states(existing, [job.key for job in plan.jobs])
         existing.engine.dispose()
         if name_problem and not dry_run:
