@@ -18,6 +18,8 @@ from smx.scheduler.queue import enqueue
 from smx.science.metrics import LogRow
 from smx.spec import parse_spec
 from smx.tasks.aggregate import aggregate_radii, summarise_config
+from smx.tui.cells import results_caption
+from smx.tui.data import load_results
 
 SPEC = textwrap.dedent("""
     [experiment]
@@ -222,6 +224,9 @@ def test_until_its_aggregate_is_done_an_experiment_reports_and_plots_the_configs
     assert row["acc_0_00"] == row["clean_accuracy"] == sum(correct for _, correct in SAMPLES[certified["name"]]) / 4
     assert row["acc_4_00"] == 0.0
     assert results.columns[-1] == "certify_key" and row["certify_key"] == certified["certify_key"]
+    table = load_results(store, "paper")
+    assert table.provisional == report.provisional and [row[0] for row in table.rows] == [certified["name"]]
+    assert results_caption(table) == f"{report.provisional} @r: certified accuracy at radius r"
 
 
 def test_report_of_an_unknown_or_empty_experiment_says_so(store: Store) -> None:

@@ -12,7 +12,7 @@ from rich.console import Console, ConsoleOptions, RenderResult
 from rich.measure import Measurement
 from rich.text import Text
 
-from smx.tui.model import JobSummary
+from smx.tui.model import JobSummary, ResultsTable
 
 if TYPE_CHECKING:
     from smx.db.queries import ExperimentOverview
@@ -166,3 +166,12 @@ def result_cells(columns: list[str], row: tuple[Any, ...]) -> tuple[Cell, ...]:
     return tuple(number(value) if column in METRIC_COLUMNS or column.startswith("acc_")
                  else cell(value, f"{value:g}" if isinstance(value, float) else None)
                  for column, value in zip(columns, row))
+
+
+def results_caption(results: ResultsTable) -> str:
+    """What the results tab shows, and what it cannot show yet."""
+    if not results.rows:
+        return f"{results.experiment}: no certified config yet (see the Jobs tab)"
+    # A provisional table names the configs still to come, so that a partial row set is not read as the whole.
+    shown = results.provisional or f"{results.experiment}: {len(results.rows)} certified config(s);"
+    return f"{shown} @r: certified accuracy at radius r"

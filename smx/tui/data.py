@@ -163,7 +163,7 @@ def load_results(store: Store, experiment: str, published_acr: PublishedAcr | No
             position = columns.index("acr") + 1
             columns.insert(position, "published_acr")
             rows = [row[:position] + (value,) + row[position:] for row, value in zip(rows, published)]
-    return ResultsTable(experiment, columns, rows)
+    return ResultsTable(experiment, columns, rows, result.provisional)
 
 
 def radius_histograms(session: Session, job_keys: list[str]) -> dict[str, RadiusHistogram]:

@@ -107,6 +107,7 @@ class ResultsTable:
     experiment: str
     columns: list[str]
     rows: list[tuple[Any, ...]]
+    provisional: str | None = None  # until the aggregate job is done: which configs are certified so far
 
 
 @dataclass

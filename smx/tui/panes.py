@@ -12,7 +12,7 @@ from textual.widgets import DataTable, Input, SelectionList, Static
 from textual.widgets.selection_list import Selection
 
 from smx.tui.cells import (EXPERIMENT_COLUMNS, JOB_COLUMNS, describe, experiment_cells, job_cells, result_cells,
-                           result_label)
+                           result_label, results_caption)
 from smx.tui.messages import ActOnJobs, ExportResults, FocusExperiment, OpenJob
 from smx.tui.model import CurveSet, JobSummary, ResultsTable
 from smx.tui.widgets import CurvesPlot, LiveTable
@@ -250,9 +250,7 @@ class ResultsPane(Vertical):
             self.table.set_columns([(column, result_label(column)) for column in results.columns])
             config = results.columns.index("config")
             self.table.show_rows({str(row[config]): result_cells(results.columns, row) for row in results.rows})
-            self._what = (f"{results.experiment}: {len(results.rows)} certified config(s); "
-                          "@r: certified accuracy at radius r" if results.rows else
-                          f"{results.experiment}: no certified config yet (see the Jobs tab)")
+            self._what = results_caption(results)
         self._caption()
 
     def _caption(self) -> None:
