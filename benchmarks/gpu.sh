@@ -7,15 +7,21 @@
 #
 #     bash benchmarks/gpu.sh [OUTPUT_DIR]      # default: ./gpu-benchmarks; one log per step, and summary.txt
 #
-# It needs smx's dependencies and pytest importable by $PYTHON (default python3) on that machine. A machine
-# that has torch but cannot reach a package index takes wheels downloaded beforehand for its Python
-# (`pip download --only-binary=:all: --python-version 3.X -d wheels pydantic typer ...`, then
-# `pip install --no-index --no-deps --target /tmp/site wheels/*.whl` there and PYTHONPATH=/tmp/site:$PWD).
+# It needs smx's dependencies and pytest importable by $PYTHON (default python3) on that machine; smx itself is
+# imported from this checkout. A machine that has PyTorch but cannot reach a package index takes the rest as
+# wheels: `bash benchmarks/gpu_wheels.sh .whl` where pip works, copy .whl over, and run
+# `WHEELS=.whl bash benchmarks/gpu.sh` there, which installs them into a folder of its own first.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 out="${1:-gpu-benchmarks}"
 mkdir -p "$out"
 python=${PYTHON:-python3}
+export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
+if [ -n "${WHEELS:-}" ]; then
+    site=$(mktemp -d)
+    "$python" -m pip install --quiet --no-index --no-deps --no-compile --target "$site" "$WHEELS"/*.whl || exit 1
+    export PYTHONPATH="$site:$PYTHONPATH"
+fi
 
 step() {  # step NAME SECONDS COMMAND...
     local name=$1 limit=$2
