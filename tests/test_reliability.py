@@ -440,6 +440,49 @@ def test_a_checkpoint_write_that_fails_halfway_keeps_the_previous_one_and_traini
     assert_same_state(final_state(store, train_key), reference.final_state)
 
 
+OUT_OF_GPU_MEMORY = textwrap.dedent("""
+    # Runs one job as a worker does, but its second epoch fails as a GPU shared by too many jobs makes it fail.
+    import sys
+    import torch
+    from smx.science import training
+    from smx.tasks import run
+
+    epochs_started = []
+    train_epoch = training.train_epoch
+
+    def running_out_of_memory(*arguments, **options):
+        epochs_started.append(1)
+        if len(epochs_started) == 2:
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 MiB. GPU 0 has a total "
+                                         "capacity of 79.19 GiB of which 3.12 MiB is free.\\nSee the documentation.")
+        return train_epoch(*arguments, **options)
+
+    training.train_epoch = running_out_of_memory
+    sys.exit(run.main(sys.argv[1:]))
+""")
+
+
+def test_a_job_that_runs_out_of_gpu_memory_says_what_to_do_and_resumes_from_its_last_checkpoint(
+    reference: Reference, tmp_path: Path
+) -> None:
+    store, train_key = claimed_training(tmp_path, "out-of-gpu-memory")
+    arguments = [train_key, "--store", store.location, "--device", "cpu"]
+    failed = subprocess.run([sys.executable, "-c", OUT_OF_GPU_MEMORY, *arguments], capture_output=True, text=True,
+                            env=environment(), timeout=TIMEOUT_SECONDS)
+    assert failed.returncode == 2 and "Traceback" not in failed.stderr
+    assert failed.stderr.splitlines()[0] == (
+        "error: the job ran out of memory on cpu: CUDA out of memory. Tried to allocate 20.00 MiB. GPU 0 has a total "
+        "capacity of 79.19 GiB of which 3.12 MiB is free.")
+    assert "Fix: run fewer jobs on this GPU at once (`--jobs-per-gpu`" in failed.stderr
+    assert f"`smx retry {train_key[:12]}`: the job resumes where it stopped" in failed.stderr
+    assert trained_epochs(store, train_key) == [1]
+
+    resumed = run_job_process(store, train_key)
+    assert resumed.returncode == 0, resumed.stderr
+    assert "after epoch 1/2" in resumed.stdout
+    assert_same_state(final_state(store, train_key), reference.final_state)
+
+
 KILLED_BEFORE_RECORDING = textwrap.dedent("""
     # Runs one job as a worker does, but SIGKILLs it once its first checkpoint is on disk, before the store records it.
     import os, signal, sys

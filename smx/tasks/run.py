@@ -9,7 +9,7 @@ import traceback
 
 from smx.db.models import Job
 from smx.db.store import file_storage_error, open_store, resolve_location, storage_cause
-from smx.errors import UserError
+from smx.errors import UserError, exception_chain
 from smx.tasks.progress import ProgressReporter
 
 TASKS = {"train": "smx.tasks.train", "certify": "smx.tasks.certify", "analyze": "smx.tasks.analyze",
@@ -35,17 +35,35 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {error.message}", file=sys.stderr, flush=True)
         return 2
     except Exception as error:
-        # A full disk is the user's to fix, not a bug: say so plainly, whatever library the write failed in.
-        cause = storage_cause(error)
-        if cause is None:
+        # A full disk or a full GPU is the user's to fix, not a bug: say so plainly, whatever library failed.
+        problem = _resource_problem(error, arguments.store, arguments.device, arguments.key)
+        if problem is None:
             traceback.print_exc()
             return 1
-        _, store_root = resolve_location(arguments.store)
-        problem = file_storage_error(cause, store_root, then="`smx retry` the job: it resumes from its last checkpoint")
         print(f"error: {problem.message}", file=sys.stderr, flush=True)
         return 2
     print("finished", flush=True)
     return 0
+
+
+def _resource_problem(error: BaseException, store: str, device: str, key: str) -> UserError | None:
+    """The error to show for a job that failed for want of disk space or of GPU memory; None for anything else."""
+    retry = f"`smx retry {key[:12]}`: the job resumes where it stopped (its last checkpoint or certified image)"
+    cause = storage_cause(error)
+    if cause is not None:
+        _, store_root = resolve_location(store)
+        return file_storage_error(cause, store_root, then=retry)
+    torch = sys.modules.get("torch")  # imported by every task that can fill a GPU; never imported here for this
+    out_of_memory = torch and next((cause for cause in exception_chain(error)
+                                    if isinstance(cause, torch.OutOfMemoryError)), None)
+    if not out_of_memory:
+        return None
+    said = str(out_of_memory).strip().splitlines()[0] if str(out_of_memory).strip() else "out of memory"
+    return UserError(
+        f"the job ran out of memory on {device}: {said}\n"
+        "Fix: run fewer jobs on this GPU at once (`--jobs-per-gpu` of `smx submit` and `smx worker`) or stop what "
+        "else uses it; a certify job also fits in less with a smaller certify.batch_size (the same certificates). "
+        f"Then {retry}.")
 
 
 if __name__ == "__main__":
