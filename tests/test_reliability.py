@@ -483,6 +483,19 @@ def test_a_job_that_runs_out_of_gpu_memory_says_what_to_do_and_resumes_from_its_
     assert_same_state(final_state(store, train_key), reference.final_state)
 
 
+def test_out_of_gpu_memory_names_the_gpu_as_the_machine_numbers_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    import torch
+
+    from smx.tasks.run import _resource_problem
+
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "3")  # a worker's job on GPU 3 sees it as cuda:0
+    wrapped = RuntimeError("compiled step failed")
+    wrapped.__cause__ = torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB.")
+    problem = _resource_problem(wrapped, "store", "cuda", "ab" * 32)
+    assert problem.message.startswith("the job ran out of memory on GPU 3: CUDA out of memory. Tried to allocate")
+    assert _resource_problem(RuntimeError("a bug"), "store", "cuda", "ab" * 32) is None
+
+
 KILLED_BEFORE_RECORDING = textwrap.dedent("""
     # Runs one job as a worker does, but SIGKILLs it once its first checkpoint is on disk, before the store records it.
     import os, signal, sys

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 import traceback
 
@@ -59,8 +60,11 @@ def _resource_problem(error: BaseException, store: str, device: str, key: str) -
     if not out_of_memory:
         return None
     said = str(out_of_memory).strip().splitlines()[0] if str(out_of_memory).strip() else "out of memory"
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES", "")
+    # A worker's job sees its own GPU alone, as cuda:0: name the GPU as the machine numbers it.
+    where = f"GPU {visible}" if device.startswith("cuda") and visible.isdigit() else device
     return UserError(
-        f"the job ran out of memory on {device}: {said}\n"
+        f"the job ran out of memory on {where}: {said}\n"
         "Fix: run fewer jobs on this GPU at once (`--jobs-per-gpu` of `smx submit` and `smx worker`) or stop what "
         "else uses it; a certify job also fits in less with a smaller certify.batch_size (the same certificates). "
         f"Then {retry}.")
