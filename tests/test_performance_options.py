@@ -26,7 +26,7 @@ from smx.science.smoothing import (
 )
 from smx.science.training import TrainSettings, load_checkpoint, save_checkpoint, train
 from smx.tasks.certify import compile_failure_explained
-from smx.tasks.flags import environment_flag
+from smx.tasks.flags import environment_count, environment_flag
 
 
 @pytest.fixture(scope="module")
@@ -165,6 +165,22 @@ def test_any_other_smx_compile_is_a_user_error_naming_it(monkeypatch, value) -> 
     monkeypatch.setenv("SMX_COMPILE", value)
     with pytest.raises(UserError, match=f"SMX_COMPILE='{value}' is neither on nor off. Fix: set SMX_COMPILE to one of"):
         environment_flag("SMX_COMPILE")
+
+
+@pytest.mark.parametrize("value, count", [(None, None), ("", None), (" 20000 ", 20000), ("1", 1)])
+def test_smx_certify_batch_size_is_a_positive_count_or_unset(monkeypatch, value, count) -> None:
+    if value is None:
+        monkeypatch.delenv("SMX_CERTIFY_BATCH_SIZE", raising=False)
+    else:
+        monkeypatch.setenv("SMX_CERTIFY_BATCH_SIZE", value)
+    assert environment_count("SMX_CERTIFY_BATCH_SIZE") == count
+
+
+@pytest.mark.parametrize("value", ["0", "-5", "2e4", "lots"])
+def test_any_other_smx_certify_batch_size_is_a_user_error_naming_it(monkeypatch, value) -> None:
+    monkeypatch.setenv("SMX_CERTIFY_BATCH_SIZE", value)
+    with pytest.raises(UserError, match=f"SMX_CERTIFY_BATCH_SIZE='{value}' is not a positive whole number. Fix: set"):
+        environment_count("SMX_CERTIFY_BATCH_SIZE")
 
 
 def test_compiling_without_a_cxx_compiler_is_one_user_error_with_the_fix(tmp_path) -> None:

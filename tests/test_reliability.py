@@ -94,16 +94,19 @@ def no_process_left_behind() -> Iterator[None]:
     STARTED.clear()
 
 
-def start(command: list[str], **options: Any) -> subprocess.Popen:
-    process = subprocess.Popen(command, stdin=subprocess.DEVNULL, env=environment(), **options)
+def start(command: list[str], settings: dict[str, str] | None = None, **options: Any) -> subprocess.Popen:
+    """The command with the tests' environment, and `settings` added to it."""
+    process = subprocess.Popen(command, stdin=subprocess.DEVNULL, env={**environment(), **(settings or {})},
+                               **options)
     STARTED.append(process)
     return process
 
 
-def start_worker(location: str | Path, output: Path, slots: int = 1) -> subprocess.Popen:
+def start_worker(location: str | Path, output: Path, slots: int = 1,
+                 settings: dict[str, str] | None = None) -> subprocess.Popen:
     command = smx_command("worker", "--store", str(location), "--gpus", "none", "--cpu-jobs", str(slots))
     with output.open("a") as log:
-        return start(command, stdout=log, stderr=subprocess.STDOUT)
+        return start(command, settings, stdout=log, stderr=subprocess.STDOUT)
 
 
 def finish_worker(worker: subprocess.Popen, output: Path) -> None:
@@ -326,12 +329,9 @@ def test_a_certification_killed_midway_resumes_after_its_last_stored_sample(
     shutil.copytree(store.root, twin, ignore=shutil.ignore_patterns("smx.db*"))
     with closing(sqlite3.connect(store.root / "smx.db")) as source, closing(sqlite3.connect(twin / "smx.db")) as copy:
         source.backup(copy)
-        # Passes of 64 rows instead of 250 (a GPU's rows per pass come from its free memory): the same noise still.
-        with copy:
-            copy.execute("UPDATE jobs SET config = json_set(config, '$.certify.batch_size', 64) WHERE key = ?",
-                         (certify_key,))
     # Beside the run to be interrupted: both jobs are single-threaded, so on two cores neither waits for the other.
-    uninterrupted_worker = start_worker(twin, tmp_path / "twin.out")
+    # Its passes have 64 rows instead of 250 (a GPU's rows per pass come from its free memory): the same noise still.
+    uninterrupted_worker = start_worker(twin, tmp_path / "twin.out", settings={"SMX_CERTIFY_BATCH_SIZE": "64"})
     worker = start_worker(store.root, tmp_path / "worker.out")
     wait_until(lambda: certificates(store, certify_key), "the first stored certificates")
     kill_worker_of(job_row(store, certify_key).pid, [worker])
@@ -345,7 +345,8 @@ def test_a_certification_killed_midway_resumes_after_its_last_stored_sample(
     assert stored[: len(stored_before_the_kill)] == stored_before_the_kill  # kept, not certified again
     finish_worker(uninterrupted_worker, tmp_path / "twin.out")
     twin_store = open_store(str(twin), create=False)
-    assert "; 64 rows per forward pass" in twin_store.log_path(certify_key).read_text()
+    assert ("; 64 rows per forward pass (at most 64 from SMX_CERTIFY_BATCH_SIZE, for certify.batch_size 250)"
+            in twin_store.log_path(certify_key).read_text())
     # The same noise, so the same certificates: predictions, radii, counts (only the seconds differ).
     assert [row[:4] for row in stored] == [row[:4] for row in certificates(twin_store, certify_key)]
     job = job_row(store, certify_key)

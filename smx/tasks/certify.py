@@ -7,7 +7,9 @@ certificates, whatever the rows per forward pass (on a GPU they come from a memo
 share a pass. A crash costs at most the groups of the last FLUSH_SECONDS.
 The job certifies in fp32 unless its config opts in to bf16 (certify.precision, part of the job key);
 SMX_COMPILE=1 (or true, yes, on) in a worker's environment opts in to torch.compile for its jobs
-(docs/performance.md: it pays for itself only on long runs).
+(docs/performance.md: it pays for itself only on long runs). SMX_CERTIFY_BATCH_SIZE=N there replaces
+certify.batch_size, the most rows of a forward pass, for its jobs: since the certificates do not depend on it, a
+GPU's worker can take large passes without re-keying (and so re-running) jobs that a spec's batch_size keys.
 """
 
 from __future__ import annotations
@@ -35,7 +37,7 @@ from smx.science.smoothing import (
 )
 from smx.spec import config_value
 from smx.tasks import checkpoints
-from smx.tasks.flags import environment_flag
+from smx.tasks.flags import environment_count, environment_flag
 from smx.tasks.progress import ProgressReporter
 
 FLUSH_SECONDS = 2.0
@@ -46,6 +48,7 @@ def run(store: Store, job: Job, device: str, progress: ProgressReporter) -> None
     config = job.config
     certify_config, dataset = config["certify"], config["data"]["dataset"]
     compile_model = environment_flag("SMX_COMPILE")
+    batch_size_override = environment_count("SMX_CERTIFY_BATCH_SIZE")
     with store.session() as session:
         train_key = session.scalar(select(JobParent.parent_key).where(JobParent.child_key == job.key))
         train_job = session.get(Job, train_key)
@@ -66,11 +69,14 @@ def run(store: Store, job: Job, device: str, progress: ProgressReporter) -> None
     certified = len(indices) - len(remaining)
     # certify.batch_size bounds the rows of a forward pass; the device may be faster with fewer.
     precision = config_value("certify.precision", config)
+    largest_pass = batch_size_override or certify_config["batch_size"]
     with compile_failure_explained(compile_model):
-        batch_size = forward_batch_size(model, DATASETS[dataset].input_shape, certify_config["batch_size"], device,
-                                        precision)
+        batch_size = forward_batch_size(model, DATASETS[dataset].input_shape, largest_pass, device, precision)
     resumed = f", resuming after {certified} already certified" if certified else ""
-    print(f"certifying {len(indices)} test images{resumed}; {batch_size} rows per forward pass", flush=True)
+    overridden = (f" (at most {batch_size_override} from SMX_CERTIFY_BATCH_SIZE, for certify.batch_size "
+                  f"{certify_config['batch_size']})" if batch_size_override else "")
+    print(f"certifying {len(indices)} test images{resumed}; {batch_size} rows per forward pass{overridden}",
+          flush=True)
     group_size = images_per_sync(batch_size, certify_config["n0"] + certify_config["n"])
     groups = [remaining[start:start + group_size] for start in range(0, len(remaining), group_size)]
 

@@ -23,3 +23,17 @@ def environment_flag(name: str) -> bool:
         return False
     raise UserError(f"{name}={value!r} is neither on nor off. Fix: set {name} to one of {', '.join(TRUE_SPELLINGS)} "
                     f"to switch it on, or to one of {', '.join(FALSE_SPELLINGS[1:])} (or unset it) to leave it off")
+
+
+def environment_count(name: str) -> int | None:
+    """The positive whole number the environment variable `name` holds; None when it is unset or empty.
+
+    Anything else is a UserError, so that a mistyped setting fails the job instead of being ignored.
+    """
+    value = os.environ.get(name, "").strip()
+    if not value:
+        return None
+    if value.isdigit() and int(value) > 0:
+        return int(value)
+    raise UserError(f"{name}={value!r} is not a positive whole number. Fix: set {name} to one, such as 20000, or "
+                    "unset it")
