@@ -46,5 +46,5 @@ step certify-20000 80 "$python" benchmarks/certify.py --device cuda --images 100
 step full-test-set 110 "$python" benchmarks/certify.py --device cuda --images 2000 --n 100000 --batch 65536 \
     --rounds 1 --skip-reference --skip-memory
 step certify-1000 80 "$python" benchmarks/certify.py --device cuda --images 100 --n 10000 --batch 1000
-step quickstart 90 env SMX_STORE="$out/store" SMX_CUDA_GRAPHS=1 SMX_CERTIFY_BATCH_SIZE=65536 "$python" -m smx submit experiments/quickstart.toml \
-    --jobs-per-gpu 2
+step quickstart 90 env SMX_STORE="$out/store" SMX_CUDA_GRAPHS=1 SMX_CERTIFY_BATCH_SIZE=65536 \
+    "$python" -m smx submit experiments/quickstart.toml --jobs-per-gpu 2

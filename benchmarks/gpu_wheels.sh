@@ -12,10 +12,12 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 out=${1:-.whl}
 python=${PYTHON:-.venv/bin/python}
-packages=(pydantic pydantic-core annotated-types typing-inspection typing-extensions sqlalchemy typer annotated-doc shellingham)
+packages=(pydantic pydantic-core annotated-types typing-inspection typing-extensions sqlalchemy
+          typer annotated-doc shellingham)
 pins=()
 for package in "${packages[@]}"; do
-    pins+=("$package==$("$python" -c "import importlib.metadata as m, sys; print(m.version(sys.argv[1]))" "$package")")
+    version=$("$python" -c "import importlib.metadata as m, sys; print(m.version(sys.argv[1]))" "$package")
+    pins+=("$package==$version")
 done
 mkdir -p "$out"
 "$python" -m pip download --quiet --no-deps --only-binary=:all: --python-version "${GPU_PYTHON:-3.12}" \
