@@ -443,6 +443,29 @@ async def test_tabs_show_experiments_jobs_results_and_curves(seeded: Store) -> N
 
 
 @pytest.mark.asyncio
+async def test_each_experiment_keeps_its_own_ticked_curves(seeded: Store, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(CurvesPane, "TICKED_AT_FIRST", 2)
+    app = make_app(seeded)
+    async with app.run_test(size=(100, 30)) as pilot:
+        await settle(pilot)
+        await pilot.press("4")
+        await settle(pilot)
+        configs = app.main.query_one(CurvesPane).configs
+        assert app.experiment is None and len(configs.selected) == 2  # quickstart, the most recently updated
+        await pilot.press("space")  # untick the first of the two
+        await settle(pilot)
+        quickstart_ticks = set(configs.selected)
+        assert len(quickstart_ticks) == 1
+        await pilot.press("1", "down", "enter", "4")
+        await settle(pilot)
+        # broken's one config is ticked although quickstart's choice filled the first-view quota once.
+        assert configs.selected == [key("certify-mnist")]
+        await pilot.press("1", "up", "enter", "4")
+        await settle(pilot)
+        assert app.experiment == "quickstart" and set(configs.selected) == quickstart_ticks
+
+
+@pytest.mark.asyncio
 async def test_jobs_filter_by_status_kind_and_text(seeded: Store) -> None:
     app = make_app(seeded)
     async with app.run_test(size=(100, 30)) as pilot:

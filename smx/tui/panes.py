@@ -280,8 +280,9 @@ class CurvesPane(Vertical):
     def __init__(self, *, id: str | None = None) -> None:
         super().__init__(id=id)
         self._curves: CurveSet | None = None
-        self._ticked: set[str] = set()  # the user's choice survives refreshes
-        self._seen: set[str] = set()
+        # Per experiment, so that the user's choice survives refreshes and a visit to another experiment.
+        self._ticked: dict[str, set[str]] = {}
+        self._seen: dict[str, set[str]] = {}
 
     def compose(self) -> ComposeResult:
         yield Caption(id="curves-caption")
@@ -298,15 +299,19 @@ class CurvesPane(Vertical):
             return
         options = [(curve.job_key, curve.config if curve.status == "done" else f"{curve.config} ({curve.status})")
                    for curve in curves.curves] if curves else []
+        ticked = self._ticked.setdefault(curves.experiment, set()) if curves else set()
+        seen = self._seen.setdefault(curves.experiment, set()) if curves else set()
         for key, _ in options:
-            if key not in self._seen and len(self._ticked) < self.TICKED_AT_FIRST:
-                self._ticked.add(key)
-            self._seen.add(key)
+            if key not in seen and len(ticked) < self.TICKED_AT_FIRST:
+                ticked.add(key)
+            seen.add(key)
         shown = [(option.value, str(option.prompt)) for option in self.configs.options]
-        if options != shown:
+        # Two experiments may share every certify job, but each has its own ticks.
+        same_experiment = (self._curves.experiment if self._curves else None) == (curves.experiment if curves else None)
+        if options != shown or not same_experiment:
             highlighted = self.configs.highlighted
             self.configs.clear_options()
-            self.configs.add_options(Selection(Text(prompt), key, key in self._ticked)  # Text: not markup
+            self.configs.add_options(Selection(Text(prompt), key, key in ticked)  # Text: not markup
                                      for key, prompt in options)
             if options:
                 # A highlighted option from the start, so the first `space` ticks something.
@@ -315,8 +320,9 @@ class CurvesPane(Vertical):
         self._draw()
 
     def _draw(self) -> None:
-        drawn = self.query_one(CurvesPlot).show_curves(self._curves, self._ticked)
         curves = self._curves
+        drawn = self.query_one(CurvesPlot).show_curves(curves, self._ticked.get(curves.experiment, set())
+                                                        if curves else set())
         if curves is None:
             caption = "no experiment yet"
         elif not curves.curves:
@@ -329,7 +335,9 @@ class CurvesPane(Vertical):
 
     def on_selection_list_selected_changed(self, event: SelectionList.SelectedChanged) -> None:
         event.stop()
-        self._ticked = set(self.configs.selected)
+        # The list shows the options of the experiment in self._curves: show() replaces both at once.
+        if self._curves is not None:
+            self._ticked[self._curves.experiment] = set(self.configs.selected)
         self._draw()
 
     def action_toggle_all(self) -> None:
