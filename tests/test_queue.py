@@ -119,6 +119,33 @@ def test_cancel_and_retry(store, tmp_path: Path) -> None:
     assert progress == {"train-a": "epoch 2/4", "train-b": ""}  # where it stopped; no stale "retrying"
 
 
+def test_the_eta_of_a_resumed_job_counts_only_the_work_of_its_current_attempt(store, tmp_path: Path) -> None:
+    from datetime import timedelta
+
+    from smx.db.models import utcnow
+    from smx.db.queries import jobs_view
+
+    def eta_after_100_seconds() -> float | None:
+        with store.session() as session:
+            session.execute(update(Job).values(started_at=utcnow() - timedelta(seconds=100)))
+        with store.read_session() as session:
+            return jobs_view(session)[0].eta_seconds
+
+    add_jobs(store, ["train-a"])
+    queue.claim_next(store, device="cpu", slot=tmp_path / "slot", pid=1)
+    set_progress(store, "train-a", 0.0, "epoch 1/10 batch 0/30")
+    assert eta_after_100_seconds() is None  # nothing done yet: no pace to go by
+    set_progress(store, "train-a", 0.6, "epoch 6/10 batch 30/30")
+    assert eta_after_100_seconds() == pytest.approx(100 * 0.4 / 0.6, rel=0.01)
+    with store.session() as session:
+        queue.requeue(session, "train-a", "its worker died")
+    queue.claim_next(store, device="cpu", slot=tmp_path / "slot", pid=2)
+    set_progress(store, "train-a", 0.6, "resumed after epoch 6/10")
+    set_progress(store, "train-a", 0.7, "epoch 7/10 batch 30/30")
+    # 10% in this attempt's 100 s, 30% to go; counting the first attempt's 60% would say 43 s.
+    assert eta_after_100_seconds() == pytest.approx(300, rel=0.01)
+
+
 def test_a_job_cancelled_while_running_is_retried_only_once_its_process_has_ended(store, tmp_path: Path) -> None:
     from datetime import timedelta
 

@@ -37,12 +37,14 @@ def test_an_older_store_is_upgraded_when_a_reading_command_opens_it(tmp_path: Pa
         connection.execute(text("DROP TABLE analysis_results"))
         connection.execute(text("DROP INDEX ix_certificates_curve"))
         connection.execute(text("ALTER TABLE jobs DROP COLUMN slurm_job_id"))
+        connection.execute(text("ALTER TABLE jobs DROP COLUMN attempt_start_progress"))
         connection.execute(text("UPDATE meta SET value = '1' WHERE key = 'schema_version'"))
     reopened = open_store(str(tmp_path / "store"), create=False)
     assert stored_version(reopened) == SCHEMA_VERSION
     assert inspect(reopened.engine).has_table("analysis_results")
     assert "ix_certificates_curve" in {index["name"] for index in inspect(reopened.engine).get_indexes("certificates")}
-    assert "slurm_job_id" in {column["name"] for column in inspect(reopened.engine).get_columns("jobs")}
+    assert {"slurm_job_id", "attempt_start_progress"} <= {column["name"]
+                                                          for column in inspect(reopened.engine).get_columns("jobs")}
 
 
 def test_a_newer_store_is_refused(tmp_path: Path) -> None:

@@ -31,8 +31,14 @@ def add_slurm_job_id(connection: Connection) -> None:
         connection.execute(text("ALTER TABLE jobs ADD COLUMN slurm_job_id VARCHAR(64)"))
 
 
+def add_attempt_start_progress(connection: Connection) -> None:
+    """Version 5 records where a job's current attempt started, for its ETA."""
+    if "attempt_start_progress" not in {column["name"] for column in inspect(connection).get_columns("jobs")}:
+        connection.execute(text("ALTER TABLE jobs ADD COLUMN attempt_start_progress FLOAT"))
+
+
 MIGRATIONS: dict[int, Callable[[Connection], None]] = {
-    1: add_analysis_results, 2: add_curve_index, 3: add_slurm_job_id,
+    1: add_analysis_results, 2: add_curve_index, 3: add_slurm_job_id, 4: add_attempt_start_progress,
 }
 
 

@@ -8,7 +8,7 @@ from sqlalchemy import JSON, Float, ForeignKey, Index, Integer, String, Text
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
 # Bump when a table changes, and add the step that upgrades an older store to smx/db/migrations.py.
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 
 JOB_STATUSES = ("pending", "running", "done", "failed", "cancelled")
 JOB_KINDS = ("train", "certify", "analyze", "aggregate")
@@ -79,6 +79,9 @@ class Job(Base):
     heartbeat_at: Mapped[datetime | None] = mapped_column()
     progress: Mapped[float] = mapped_column(Float, default=0.0)
     progress_text: Mapped[str] = mapped_column(String(200), default="")
+    # The progress the current attempt started from (earlier attempts' work), from its first report: an ETA
+    # divides this attempt's time by the work done in it, not by all the work done.
+    attempt_start_progress: Mapped[float | None] = mapped_column(Float)
     log_path: Mapped[str | None] = mapped_column(Text)
     error: Mapped[str | None] = mapped_column(Text)
     # The Slurm job last asked to run this job, when it was sent to Slurm (smx submit --executor slurm).

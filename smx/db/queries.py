@@ -78,6 +78,7 @@ class JobView:
     log_path: str | None
     blocked_by: str | None  # status of an unfinished parent that keeps a pending job waiting
     heartbeat_at: datetime | None = None  # a running job's worker beats every few seconds
+    attempt_start_progress: float | None = None  # where the current attempt started (earlier attempts' work)
 
     @property
     def silent_seconds(self) -> float | None:
@@ -89,7 +90,7 @@ class JobView:
 
     @property
     def eta_seconds(self) -> float | None:
-        return eta_seconds(self.status, self.progress, self.elapsed_seconds)
+        return eta_seconds(self.status, self.progress, self.elapsed_seconds, self.attempt_start_progress)
 
 
 def experiments_overview(session: Session) -> list[ExperimentOverview]:
@@ -150,6 +151,7 @@ def jobs_view(session: Session, experiment: str | None = None, statuses: list[st
             progress=job.progress, progress_text=job.progress_text, device=job.device, attempts=job.attempts,
             started_at=job.started_at, finished_at=job.finished_at, error=job.error, log_path=job.log_path,
             blocked_by=blocked_by if job.status == "pending" else None, heartbeat_at=job.heartbeat_at,
+            attempt_start_progress=job.attempt_start_progress,
         ))
     return list(views.values())
 
@@ -219,8 +221,15 @@ def require_experiment(session: Session, experiment: str) -> None:
         raise UserError(f"no experiment named {experiment!r} in the store (known: {', '.join(known) or 'none yet'}).")
 
 
-def eta_seconds(status: str, progress: float, elapsed: float | None) -> float | None:
-    """How much longer a running job needs at the pace it has kept; None until it has done 1% of its work."""
-    if status != "running" or elapsed is None or progress <= 0.01:
+def eta_seconds(status: str, progress: float, elapsed: float | None,
+                attempt_start_progress: float | None) -> float | None:
+    """How much longer a running job needs at the pace its current attempt has kept; None until that attempt has
+    done 1% of the job's work.
+
+    `elapsed` counts this attempt only, so it is set against the work done since the attempt started: a job resumed
+    at 60% that has since reached 62% is 2% along at this pace, not 62%.
+    """
+    done_in_attempt = progress - (attempt_start_progress or 0.0)
+    if status != "running" or elapsed is None or done_in_attempt <= 0.01:
         return None
-    return elapsed * (1 - progress) / progress
+    return elapsed * (1 - progress) / done_in_attempt

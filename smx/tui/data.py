@@ -78,11 +78,11 @@ Memberships = tuple[tuple[str, str | None], ...]  # JobSummary.memberships
 
 def _summary(row: Any, memberships: Memberships, blocked_by: str | None, now: datetime) -> JobSummary:
     (key, kind, name, status, progress, progress_text, device, attempts, started_at, finished_at, error_tail,
-     heartbeat_at) = row[:12]
+     heartbeat_at, attempt_start_progress) = row[:13]
     elapsed = elapsed_seconds(status, started_at, finished_at, now)
     return JobSummary(key, kind, name, memberships, status, progress, progress_text, device, attempts, elapsed,
-                      eta_seconds(status, progress, elapsed), error_tail, blocked_by if status == "pending" else None,
-                      silent_seconds(status, heartbeat_at, now))
+                      eta_seconds(status, progress, elapsed, attempt_start_progress), error_tail,
+                      blocked_by if status == "pending" else None, silent_seconds(status, heartbeat_at, now))
 
 
 # substr(error, -n) is SQLite only; this form also works on PostgreSQL.
@@ -91,7 +91,7 @@ _error_tail = func.substr(
                     else_=1),
 ).label("error_tail")
 _JOB_COLUMNS = (Job.key, Job.kind, Job.name, Job.status, Job.progress, Job.progress_text, Job.device, Job.attempts,
-                Job.started_at, Job.finished_at, _error_tail, Job.heartbeat_at)
+                Job.started_at, Job.finished_at, _error_tail, Job.heartbeat_at, Job.attempt_start_progress)
 
 
 def _memberships(session: Session, key: str | None = None) -> dict[str, Memberships]:
