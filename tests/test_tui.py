@@ -440,6 +440,8 @@ async def test_tabs_show_experiments_jobs_results_and_curves(seeded: Store) -> N
         await pilot.press("e")  # the next experiment in the list wraps round to all of them
         await settle(pilot)
         assert app.experiment is None and jobs_pane(app).table.row_count == 10
+        await pilot.press("1", "s")  # the caption says so at once, not at the next read of the store
+        assert "sorted by" in str(app.main.query_one("#experiments-caption").content)
 
 
 @pytest.mark.asyncio

@@ -65,10 +65,22 @@ class ExperimentsPane(Vertical):
     def table(self) -> ExperimentsTable:
         return self.query_one(ExperimentsTable)
 
+    def __init__(self, *, id: str | None = None) -> None:
+        super().__init__(id=id)
+        self._shown = 0
+        self._focus: str | None = None
+
     def show(self, experiments: list[ExperimentOverview], focus: str | None) -> None:
         self.table.show_rows({experiment.name: experiment_cells(experiment) for experiment in experiments})
-        focused = f"focus: {focus}" if focus else "Enter shows one's jobs, results and curves"
-        self.query_one(Caption).update(f"{len(experiments)} experiment(s) · {focused}{_sorted(self.table)}")
+        self._shown, self._focus = len(experiments), focus
+        self._caption()
+
+    def _caption(self) -> None:
+        focused = f"focus: {self._focus}" if self._focus else "Enter shows one's jobs, results and curves"
+        self.query_one(Caption).update(f"{self._shown} experiment(s) · {focused}{_sorted(self.table)}")
+
+    def on_live_table_sort_changed(self) -> None:
+        self._caption()
 
     def on_data_table_row_selected(self, event: DataTable.RowSelected) -> None:
         event.stop()
