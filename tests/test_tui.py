@@ -244,6 +244,20 @@ def test_a_running_job_whose_worker_went_silent_says_so(seeded: Store) -> None:
     assert all(job.silent_seconds is None for job in jobs.values() if job is not silent)  # done or beating
 
 
+def test_a_stopped_job_shows_how_far_it_got_and_never_the_queues_own_words() -> None:
+    from smx.tui.cells import job_progress
+    from smx.tui.model import JobSummary
+
+    def shown(status: str, progress: float, text: str) -> str:
+        return job_progress(JobSummary("k", "certify", "certify/a", (), status, progress, text, "cpu", 1, 10.0, None,
+                                       None, None))
+
+    assert shown("failed", 0.6, "image 18/30") == " 60% image 18/30"
+    assert shown("cancelled", 0.0, "starting") == ""  # it stopped before its first report
+    assert shown("failed", 0.6, "waiting to resume") == ""
+    assert shown("running", 0.0, "starting") == "  0% starting"
+
+
 def test_a_job_that_experiments_share_shows_the_config_name_of_the_experiment_in_focus(seeded: Store) -> None:
     from smx.tui.cells import describe, job_cells
 

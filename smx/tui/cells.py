@@ -125,7 +125,11 @@ def job_progress(job: JobSummary) -> str:
         return f"waits: parent {job.blocked_by}" if job.blocked_by else job.progress_text or "ready"
     if job.status == "done":
         return job.progress_text or "done"
-    return job.progress_text
+    # A failed or cancelled job shows how far it got; the texts the queue writes (starting, retrying, waiting to
+    # resume) are not reports of its work, and after it stopped they would read as if it were still going.
+    if job.progress_text in ("", "starting", "retrying", "waiting to resume", "waiting to retrain"):
+        return ""
+    return f"{job.progress:4.0%} {job.progress_text}"
 
 
 def describe(job: JobSummary, experiment: str | None) -> str:

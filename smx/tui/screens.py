@@ -125,8 +125,9 @@ class JobScreen(Screen[None]):
 
 def summary_text(detail: JobDetail, experiment: str | None) -> Text:
     job = detail.summary
+    progress = job_progress(job)
     text = Text.assemble((job.config_label(experiment), "bold"), f" · {job.kind} · ",
-                         (job.status, STATUS_STYLES.get(job.status, "")), f" · {job_progress(job)}\n")
+                         (job.status, STATUS_STYLES.get(job.status, "")), f" · {progress}\n" if progress else "\n")
     facts = [f"device {job.device}" if job.device else "", f"attempt {job.attempts}",
              f"elapsed {duration(job.elapsed_seconds)}" if job.elapsed_seconds is not None else "",
              f"ETA {duration(job.eta_seconds)}" if job.eta_seconds is not None else "",
