@@ -28,7 +28,7 @@ from smx.db.models import (
 )
 from smx.db.store import Store, StoreError, open_store
 from smx.science.metrics import DEFAULT_RADII
-from smx.tui.app import SmxApp
+from smx.tui.app import SmxApp, status_line, welcome_text
 from smx.tui.data import LOG_TAIL_BYTES, RADIUS_STEP, LoadRequest, LogFollower, StoreReader, radius_histograms
 from smx.tui.panes import CurvesPane, ExperimentsPane, JobsPane, ResultsPane
 from smx.tui.screens import ConfirmScreen, HelpScreen, JobScreen
@@ -710,6 +710,9 @@ def test_a_store_location_that_is_a_file_is_refused_as_every_command_refuses_it(
     # A reader that meets it (the path turned into a file after the app started) says so, not "no store yet".
     snapshot = StoreReader(str(regular_file)).load(LoadRequest())
     assert not snapshot.found and snapshot.problem is not None and "is a file" in snapshot.problem
+    status = str(status_line(snapshot, None, read_only=False))
+    assert "store unreadable" in status and "no store yet" not in status
+    assert "smx submit" not in welcome_text(snapshot)  # a new experiment would not mend it
     assert list(tmp_path.iterdir()) == [regular_file] and regular_file.read_text() == "notes"
 
 

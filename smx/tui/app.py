@@ -42,8 +42,10 @@ ACTIONABLE = {"cancel": ("pending", "running"), "retry": ("failed", "cancelled")
 def welcome_text(snapshot: Snapshot) -> str:
     where = shown_path(snapshot.root)
     if snapshot.problem:
-        state = f"The store in {where}/ cannot be read:\n{snapshot.problem}"
-    elif not snapshot.found:
+        # Starting an experiment would not help: the problem's own text says what would.
+        return (f"The store in {where}/ cannot be read:\n{snapshot.problem}\n\n"
+                "This screen keeps trying, and shows the experiments as soon as the store can be read.")
+    if not snapshot.found:
         state = f"There is no smx store in {where}/ yet."
     else:
         state = f"The store in {where}/ has no experiments yet."
@@ -56,7 +58,8 @@ def status_line(snapshot: Snapshot, focus: str | None, read_only: bool) -> Text:
     running = sum(job.status == "running" for job in snapshot.jobs)
     failed = sum(job.status == "failed" for job in snapshot.jobs)
     parts = [Text.assemble(("smx ", "bold"), shown_path(snapshot.root)),
-             Text(f"{len(snapshot.jobs)} jobs" if snapshot.found else "no store yet")]
+             Text(f"{len(snapshot.jobs)} jobs" if snapshot.found else "store unreadable" if snapshot.problem
+                  else "no store yet")]
     if running:
         parts.append(Text(f"{running} running", "cyan"))
     if failed:
