@@ -620,6 +620,23 @@ async def test_cancel_and_retry_change_the_job_after_confirming(seeded: Store) -
 
 
 @pytest.mark.asyncio
+async def test_the_question_and_the_help_fit_a_small_terminal(seeded: Store) -> None:
+    app = make_app(seeded)
+    async with app.run_test(size=(50, 16)) as pilot:
+        await settle(pilot)
+        await pilot.press("c")
+        await pilot.pause()
+        assert isinstance(app.screen, ConfirmScreen)
+        screen = app.screen.region
+        for button in ("#yes", "#no"):
+            assert screen.contains_region(app.screen.query_one(button).region), button
+        await pilot.press("n", "question_mark")
+        await pilot.pause()
+        assert isinstance(app.screen, HelpScreen)
+        assert app.screen.query_one("VerticalScroll").region.right <= screen.right
+
+
+@pytest.mark.asyncio
 async def test_cancelling_an_experiment_cancels_its_unfinished_jobs(seeded: Store) -> None:
     app = make_app(seeded)
     async with app.run_test(size=(100, 30)) as pilot:

@@ -156,6 +156,7 @@ class ConfirmScreen(ModalScreen[bool]):
     }
     ConfirmScreen > Vertical {
         width: 64;
+        max-width: 100%;
         height: auto;
         border: thick $warning;
         background: $surface;
@@ -202,6 +203,7 @@ class HelpScreen(ModalScreen[None]):
     }
     HelpScreen > VerticalScroll {
         width: 76;
+        max-width: 100%;
         max-height: 90%;
         height: auto;
         border: thick $primary;
