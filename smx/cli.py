@@ -584,11 +584,9 @@ def query(
     opened = open_store(store, create=False)
     if tables:
         sql = tables_sql(opened)
-    result = experiment_results(opened, experiment) if experiment else run_query(opened, sql or "")
-    if experiment and not result.rows:
-        errors.print(f"{experiment} has no results yet: a config's row appears when its certify job is done "
-                     f"(`smx status {experiment}`).", markup=False, highlight=False)
-    elif experiment and result.provisional:
+    result = (experiment_results(opened, experiment, required=True) if experiment
+              else run_query(opened, sql or ""))
+    if experiment and result.provisional:
         errors.print(result.provisional, markup=False, highlight=False)
     if format != "table":
         sys.stdout.write(render(result, format))

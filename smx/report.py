@@ -85,16 +85,17 @@ class ExperimentResults(QueryResult):
     provisional: str | None = None  # see Summaries: the rows are those of the configs certified so far
 
 
-def experiment_results(store: Store, experiment: str) -> ExperimentResults:
+def experiment_results(store: Store, experiment: str, *, required: bool = False) -> ExperimentResults:
     """The experiment's `results` rows, with each swept hyperparameter in a column of its own. Until its
-    aggregate job is done, the same rows for the configs certified so far."""
+    aggregate job is done, the same rows for the configs certified so far. With nothing certified yet: no rows,
+    or, when `required`, the error that says why and what to do (as `smx report` gives)."""
     result = run_query(store, "SELECT * FROM results WHERE experiment = :experiment ORDER BY config",
                        {"experiment": experiment})
     stored_rows, provisional = result.rows, None
     if not stored_rows:
         with store.read_session() as session:
             require_experiment(session, experiment)
-            with contextlib.suppress(UserError):  # nothing certified yet: no rows
+            with contextlib.nullcontext() if required else contextlib.suppress(UserError):
                 summaries = summaries_of(session, experiment)
                 stored_rows = [_results_row(aggregate, result.columns) for aggregate in summaries.aggregates]
                 provisional = summaries.provisional

@@ -557,9 +557,10 @@ def test_a_failing_job_makes_submit_exit_1_a_worker_exit_3_and_leaves_no_results
     assert submitted.returncode == 1, submitted.stdout + submitted.stderr
     assert "a worker stopped" not in submitted.stderr  # its job failed, the worker did not
     assert {row["status"] for row in query_json("SELECT status FROM jobs WHERE kind = 'train'", store)} == {"failed"}
-    empty = run_smx("query", "--experiment", "unreadable", "--format", "csv", store=store)
-    assert empty.stdout.startswith("experiment,config,") and len(empty.stdout.splitlines()) == 1
-    assert "unreadable has no results yet" in " ".join(empty.stderr.split())
+    empty = run_smx("query", "--experiment", "unreadable", "--format", "csv", store=store, check=False)
+    assert empty.returncode == 2 and empty.stdout == "" and "Traceback" not in empty.stderr  # as smx report says
+    assert "experiment 'unreadable' has no results yet (its jobs: 2 pending, 1 failed)" in " ".join(empty.stderr.split())
+    assert "smx retry unreadable" in " ".join(empty.stderr.split())
 
     run_smx("retry", "unreadable", store=store)
     worker = run_smx("worker", "--gpus", "none", store=store, check=False)

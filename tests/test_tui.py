@@ -707,11 +707,15 @@ async def test_export_writes_the_experiments_results_as_csv(seeded: Store) -> No
         await settle(pilot)
         await pilot.press("x")
         await settle(pilot)
+        await pilot.press("1", "down", "x")  # broken: nothing certified
+        await settle(pilot)
     export = seeded.root / "exports" / "quickstart.csv"
     lines = export.read_text().splitlines()
     assert lines[0].startswith("experiment,config,method,sigma,train.sigma,acr,")
     assert [line.split(",")[1] for line in lines[1:]] == ["gaussian-0.25", "smoothmix-0.25"]
-    assert notes == [f"exported 2 row(s) of quickstart to {export}"]
+    assert notes[0] == f"exported 2 row(s) of quickstart to {export}"
+    assert notes[1].startswith("experiment 'broken' has no results yet (its jobs: 1 pending, 1 failed, 1 cancelled)")
+    assert not (seeded.root / "exports" / "broken.csv").exists()
 
 
 def test_a_store_location_that_is_a_file_is_refused_as_every_command_refuses_it(tmp_path: Path) -> None:

@@ -314,7 +314,7 @@ class SmxApp(App[None]):
         assert self.reader is not None  # an action acts on a row that a read has shown
         try:
             store = self.reader.store()
-            results = experiment_results(store, experiment)
+            results = experiment_results(store, experiment, required=True)
             path = store.root / "exports" / f"{experiment}.csv"
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_text(to_csv(results))
