@@ -20,7 +20,8 @@ Conventions the rest of smx relies on:
 - A swept key applies to a config unless it is a parameter of a method the config does not train
   with. `ResolvedConfig.swept` maps the full dotted keys that apply ("train.smoothmix.eta") to their
   validated values.
-- Overrides apply in the order base, variant, sweep: a swept key wins over a variant's value for it.
+- Overrides apply in the order base, variant, sweep. A variant may not set a swept key: the sweep's values
+  would replace its value in every config, so it would never be used.
 - Configs with identical contents are merged; the first one keeps its name.
 - [analyze] is shared by the whole experiment, like [report], so that its configs are compared under the same
   analysis; its sigma defaults to each config's training sigma. When present, the resolved settings are the
@@ -481,6 +482,8 @@ def parse_spec(text: str, path: str | Path = "<spec>") -> Spec:
     sweep, sweep_problems = _read_sweep(document.get("sweep"))
     if variant_problems or sweep_problems:
         raise _spec_error(path, variant_problems + sweep_problems)
+    if problems := _variant_values_the_sweep_replaces(variants, sweep):
+        raise _spec_error(path, problems)
     _refuse_huge_sweep(path, variants, sweep)
     base = {key: value for key, value in document.items() if key not in ("sweep", "variant")}
     first_document, configs = _expand(path, base, variants, sweep)
@@ -778,6 +781,17 @@ def _variant_key_problems(overrides: dict[str, Any], where: KeyPath) -> list[Pro
                 if sub_key != "seed"
             )
     return problems
+
+
+def _variant_values_the_sweep_replaces(variants: list[_Variant], sweep: _Sweep) -> list[Problem]:
+    swept_at = {swept.key: swept.where for group in [*sweep.zips, sweep.grid] for swept in group}
+    return [
+        (_key_path(variant.where + tuple(dotted.split("."))),
+         f"is swept too ({_key_path(swept_at[dotted])}), and the sweep's values replace the variant's in every "
+         f"config, so this value would never be used; remove it, or take {dotted} out of the sweep and set it in "
+         "each variant")
+        for variant in variants for dotted, _ in _flattened(variant.overrides) if dotted in swept_at
+    ]
 
 
 # The same for an empty [sweep.grid] and an empty [[sweep.zip]], which would both sweep nothing.

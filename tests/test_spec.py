@@ -319,6 +319,15 @@ def test_variants_may_change_the_seed_and_the_data_root() -> None:
     assert configs[1].runtime["data_root"] == "/data"
 
 
+def test_a_variant_value_that_the_sweep_would_replace_is_refused(tmp_path: Path) -> None:
+    text = MINIMAL + ('[sweep.grid]\n"train.lr" = [0.01, 0.02]\n[[variant]]\nname = "slow"\ntrain.lr = 0.001\n'
+                      '[[variant]]\nname = "fast"\ntrain = { lr = 0.1, epochs = 2 }\n')
+    message = error_of(tmp_path, text)
+    for variant in ("variant[1].train.lr", "variant[2].train.lr"):
+        assert f"{variant}: is swept too (sweep.grid.\"train.lr\")" in message
+    assert "take train.lr out of the sweep and set it in each variant" in message
+
+
 def test_huge_sweeps_are_refused_before_expansion(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     def expansion_must_not_run(*arguments: object) -> None:
         raise AssertionError("the sweep was expanded")
