@@ -174,10 +174,14 @@ TrainSection = create_model(
 )
 
 
+# Draws per image past which counting would overflow torch's 64-bit integers; ten million times the paper's n.
+MAX_NOISE_DRAWS = 10**12
+
+
 class CertifySection(_Section):
     sigma: float | None = Field(None, gt=0.0)  # None: the training sigma
-    n0: int = Field(100, ge=1)
-    n: int = Field(100_000, ge=1)
+    n0: int = Field(100, ge=1, le=MAX_NOISE_DRAWS)
+    n: int = Field(100_000, ge=1, le=MAX_NOISE_DRAWS)
     alpha: float = Field(0.001, gt=0.0, lt=1.0)
     batch_size: int = Field(1000, ge=1)
     max_samples: int | None = Field(None, ge=1)  # None: the whole split

@@ -445,6 +445,11 @@ def test_spec_hash_ignores_key_order_formatting_and_comments() -> None:
             id="negative-sigma",
         ),
         pytest.param(
+            MINIMAL + "[certify]\nn = 100000000000000000000000\n",  # would overflow the job's int64 counting
+            ["certify.n: must be <= 1000000000000 (got 100000000000000000000000)"],
+            id="n-too-large",
+        ),
+        pytest.param(
             MINIMAL + "[certify]\nalpha = 1.5\n",
             ["certify.alpha: must be < 1.0 (got 1.5)"],
             id="alpha-range",
