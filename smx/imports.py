@@ -30,7 +30,7 @@ from smx.report import cannot_write, plan_configs, summaries_of
 from smx.science.catalog import DATASETS
 from smx.science.methods.params import METHOD_PARAMS
 from smx.science.metrics import LogRow, read_certification_log, write_certification_log
-from smx.spec import SAFE_NAME
+from smx.spec import CONFIG_NAME, MAX_CONFIG_NAME_BYTES, SAFE_NAME
 from smx.tasks.aggregate import aggregate_radii, summarise_config
 
 DEFAULT_DATASET = "mnist"
@@ -92,6 +92,16 @@ def _check_name(name: str, option: str) -> str:
     return name
 
 
+def _check_config_name(name: str, option: str) -> str:
+    """A config may be named as smx names its own (`smoothmix-eta=2`), so an exported log imports as it is."""
+    if CONFIG_NAME.fullmatch(name) is None:
+        raise UserError(f"{option} {name!r} is not a safe config name.\n"
+                        f"Fix: use 1 to {MAX_CONFIG_NAME_BYTES} letters, digits, '-', '_', '.', '=' or '+', starting "
+                        "with a letter or digit" + ("" if option == "--config" else ", or name it with --config NAME")
+                        + ".")
+    return name
+
+
 def _parse_params(method: str, options: list[str]) -> dict[str, Any]:
     """`--param eta=1` options → the stated hyperparameters, checked against the method's parameter model."""
     model = METHOD_PARAMS[method]
@@ -129,8 +139,8 @@ def load_log(path: Path, options: ImportOptions) -> LoadedLog:
         raise UserError(f"--sigma must be a positive number, not {options.sigma}.\n"
                         "Fix: give the noise level the model was certified with, e.g. --sigma 0.5.")
     experiment = _check_name(options.experiment, "--name")
-    config_name = _check_name(options.config_name or path.stem,
-                              "--config" if options.config_name else "the file's stem")
+    config_name = _check_config_name(options.config_name or path.stem,
+                                     "--config" if options.config_name else "the file's stem")
     params = _parse_params(options.method, options.params)
     try:
         content = path.read_bytes()

@@ -1036,6 +1036,9 @@ def _validate(
 
 # Config names become file names (results/<experiment>/<config>.tsv); most file systems allow 255 bytes.
 MAX_CONFIG_NAME_BYTES = 200
+# Every name a spec gives a config: a variant's safe name, then "-<label>=<value>" per swept key (a float may
+# bring "+" and "e": "sigma=1e+30").
+CONFIG_NAME = re.compile(rf"[A-Za-z0-9][A-Za-z0-9._=+-]{{0,{MAX_CONFIG_NAME_BYTES - 1}}}")
 
 # Settings added after jobs existed, with the value every job had before: a config holds such a setting only
 # when it differs from that value, so the keys of older jobs keep their meaning. For amp and precision this is

@@ -182,6 +182,7 @@ def test_a_malformed_log_exits_2_naming_file_and_line_and_writes_nothing(importe
     (("--method", "smoothmix", "--sigma", "0.5", "--param", "etta=2"), "smoothmix has no such hyperparameter"),
     (("--method", "smoothmix", "--sigma", "0.5", "--param", "mix_step=3"), "mix_step"),
     (("--method", "gaussian", "--sigma", "0.5", "--name", "bad name"), "is not a safe name"),
+    (("--method", "gaussian", "--sigma", "0.5", "--config", "bad name"), "is not a safe config name"),
     # Keys hash the stated values as JSON, which has no infinity.
     (("--method", "smoothmix", "--sigma", "0.5", "--param", "eta=inf"), "eta: Input should be a finite number"),
     (("--method", "smoothmix", "--sigma", "0.5", "--param", "max_norm=1e400"), "max_norm: Input should be a finite"),
@@ -191,6 +192,19 @@ def test_bad_import_options_exit_2(imported: Path, arguments: tuple[str, ...], m
     name = () if "--name" in arguments else ("--name", "cohen2")
     result = run_smx("import", str(GAUSSIAN), *name, *arguments, store=imported, check=False)
     assert result.returncode == 2 and message in result.stderr, result.stderr
+
+
+def test_a_log_named_as_smx_names_swept_configs_imports_under_that_name(imported: Path, tmp_path: Path) -> None:
+    exported = tmp_path / "gaussian-sigma=0.5.tsv"  # what `smx export` writes for a swept config
+    shutil.copyfile(GAUSSIAN, exported)
+    run_smx("import", str(exported), "--name", "swept", "--method", "gaussian", "--sigma", "0.5", store=imported)
+    assert query_json("SELECT config FROM results WHERE experiment = 'swept'", imported) == [
+        {"config": "gaussian-sigma=0.5"}]
+    spaced = tmp_path / "my run.tsv"
+    shutil.copyfile(GAUSSIAN, spaced)
+    refused = run_smx("import", str(spaced), "--name", "swept", "--method", "gaussian", "--sigma", "0.5",
+                      store=imported, check=False)
+    assert refused.returncode == 2 and "or name it with --config NAME" in " ".join(refused.stderr.split())
 
 
 def test_import_errors_for_missing_files_clashing_configs_and_spec_experiments(imported: Path, tmp_path: Path) -> None:
