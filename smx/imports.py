@@ -271,13 +271,17 @@ def export_certification_logs(store: Store, experiment: str, out_dir: Path) -> E
         logs = {config.entry["name"]: certification_log_rows(session, config.entry["certify_key"])
                 for config in configs if config.certified}
     unfinished = {config.entry["name"]: config.certify_status for config in configs if not config.certified}
-    paths = []
+    paths = [out_dir / f"{config_name}.tsv" for config_name in logs]
+    # What would stop the export partway is refused before anything is written.
+    if out_dir.exists() and not out_dir.is_dir():
+        raise UserError(f"--out {out_dir} is a file, not a directory.\nFix: choose a directory with --out.")
+    if blocking := [path for path in paths if path.is_dir()]:
+        raise UserError(f"cannot write {blocking[0]}: a directory has that name.\n"
+                        "Fix: move it away, or choose another directory with --out.")
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
-        for config_name, rows in logs.items():
-            path = out_dir / f"{config_name}.tsv"
+        for path, rows in zip(paths, logs.values()):
             write_certification_log(path, rows)
-            paths.append(path)
     except OSError as error:
         raise cannot_write(Path(error.filename or out_dir), error) from None
     return ExportOutcome(paths, unfinished)

@@ -139,6 +139,20 @@ def test_export_writes_the_logs_back_byte_for_byte(imported: Path, tmp_path: Pat
         assert path.read_bytes() == (FIXTURES / path.name).read_bytes()
     default = run_smx("export", "cohen", store=imported).stdout.splitlines()
     assert Path(default[0]).parent == imported / "exports" / "cohen"
+    assert not list((tmp_path / "out").glob(".*"))  # no partial files left beside the logs
+
+
+def test_an_export_that_could_not_finish_writes_nothing(imported: Path, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    (out / SMOOTHMIX.name).mkdir(parents=True)  # the second log's name, sorted, is taken by a directory
+    blocked = run_smx("export", "cohen", "--out", str(out), store=imported, check=False)
+    assert blocked.returncode == 2 and "a directory has that name" in blocked.stderr
+    assert [path.name for path in out.iterdir()] == [SMOOTHMIX.name]
+    a_file = tmp_path / "a-file"
+    a_file.write_text("mine")
+    refused = run_smx("export", "cohen", "--out", str(a_file), store=imported, check=False)
+    assert refused.returncode == 2 and "is a file, not a directory" in refused.stderr
+    assert a_file.read_text() == "mine"
 
 
 def test_report_compares_an_imported_log_with_the_paper(imported: Path) -> None:

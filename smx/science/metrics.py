@@ -6,12 +6,14 @@ radius >= r; abstentions and wrong answers count as 0. ACR is the mean over all 
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
+from pathlib import Path
 
 import numpy as np
 
@@ -105,13 +107,24 @@ def read_certification_log(path: str | os.PathLike[str]) -> list[LogRow]:
 
 
 def write_certification_log(path: str | os.PathLike[str], rows: Iterable[LogRow]) -> None:
-    """Writes rows in the field's TSV format; radii keep full precision, times have microsecond resolution."""
-    with open(path, "w", encoding="utf-8", newline="\n") as log:
-        log.write(LOG_HEADER + "\n")
-        for row in rows:
-            elapsed = timedelta(seconds=row.seconds)
-            fields = (row.index, row.label, row.prediction, float(row.radius), row.correct, elapsed)
-            log.write("\t".join(str(field) for field in fields) + "\n")
+    """Writes rows in the field's TSV format; radii keep full precision, times have microsecond resolution.
+
+    The file is whole or absent: it is written beside `path` under a hidden name and renamed when complete, so
+    an error or a kill midway never leaves a log that reads as a shorter certification.
+    """
+    path = Path(path)
+    partial = path.with_name(f".{path.name}.{os.getpid()}.part")
+    try:
+        with open(partial, "w", encoding="utf-8", newline="\n") as log:
+            log.write(LOG_HEADER + "\n")
+            for row in rows:
+                elapsed = timedelta(seconds=row.seconds)
+                fields = (row.index, row.label, row.prediction, float(row.radius), row.correct, elapsed)
+                log.write("\t".join(str(field) for field in fields) + "\n")
+        os.replace(partial, path)
+    finally:
+        with contextlib.suppress(OSError):  # nothing left once renamed
+            partial.unlink()
 
 
 def _parse_row(line: str, path: str | os.PathLike[str], line_number: int) -> LogRow:
