@@ -229,6 +229,28 @@ def test_until_its_aggregate_is_done_an_experiment_reports_and_plots_the_configs
     assert results_caption(table) == f"{report.provisional} @r: certified accuracy at radius r"
 
 
+def test_the_aggregate_job_writes_each_configs_log_and_removes_those_of_dropped_configs(store: Store) -> None:
+    from smx.db.models import Certificate, Job
+    from smx.tasks import aggregate as aggregate_task
+
+    plan = build_plan(parse_spec(SPEC))
+    enqueue(store, plan, store.root / "paper.toml")
+    aggregate = next(job for job in plan.jobs if job.kind == "aggregate")
+    with store.session() as session:
+        for entry in aggregate.inputs["configs"]:
+            session.add_all(Certificate(job_key=entry["certify_key"], sample_index=index, label=0,
+                                        prediction=0 if correct else -1, radius=radius, correct=correct, seconds=0.1)
+                            for index, (radius, correct) in enumerate(SAMPLES[entry["name"]]))
+    results = store.root / "results" / "paper"
+    results.mkdir(parents=True)
+    (results / "gaussian-sigma0.75.tsv").write_text("a config an earlier version of the spec had\n")
+    with store.read_session() as session:
+        job = session.get(Job, aggregate.key)
+    aggregate_task.run(store, job, "cpu", lambda fraction, text: None)
+    assert sorted(path.name for path in results.iterdir()) == sorted(f"{name}.tsv" for name in SAMPLES)
+    assert (results / "gaussian-sigma0.5.tsv").read_text().splitlines()[1].startswith("0\t0\t0\t2.0\t1\t")
+
+
 def test_report_of_an_unknown_or_empty_experiment_says_so(store: Store) -> None:
     from smx.errors import UserError
 

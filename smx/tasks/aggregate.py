@@ -57,6 +57,12 @@ def run(store: Store, job: Job, device: str, progress: ProgressReporter) -> None
         summaries.append(summarise_config(job.key, experiment, entry, rows, radii))
         write_certification_log(results_dir / f"{entry['name']}.tsv", rows)
         progress((position + 1) / len(configs), f"config {position + 1}/{len(configs)}")
+    # The folder holds the logs of the experiment's configs as this plan has them: an edited spec's dropped
+    # configs would otherwise stay beside them and be read as results of the experiment.
+    current = {f"{entry['name']}.tsv" for entry in configs}
+    for stale in results_dir.glob("*.tsv"):
+        if stale.name not in current:
+            stale.unlink(missing_ok=True)
     # One transaction: a rerun replaces the previous summaries whole, never leaving a half-written set.
     with store.session() as session:
         session.execute(delete(Aggregate).where(Aggregate.job_key == job.key))
