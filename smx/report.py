@@ -11,6 +11,7 @@ import math
 import os
 from collections import Counter
 from dataclasses import dataclass
+from decimal import ROUND_HALF_UP, Decimal
 from pathlib import Path
 from typing import Any
 
@@ -395,9 +396,15 @@ def _accuracy(row: ReportRow, radius: float) -> float | None:
     return row.certified_accuracy.get(round(radius, RADIUS_DECIMALS))
 
 
-def _signed(value: float, places: int) -> str:
-    rounded = round(value, places) + 0.0  # + 0.0 turns -0.0 into 0.0: a difference that rounds to 0 reads +0.0
-    return f"{rounded:+.{places}f}"
+def _fixed(value: float, places: int) -> str:
+    """`value` with `places` decimals, a tie rounded away from zero. It is rounded from the value at 9 decimals, so
+    that binary error does not decide a tie: 6,395 of 10,000 is 63.95%, but 100 * 0.6395 is 63.9499... ."""
+    return str(Decimal(f"{value:.9f}").quantize(Decimal(1).scaleb(-places), rounding=ROUND_HALF_UP))
+
+
+def _difference(ours: str, paper: str) -> str:
+    """The difference of two shown numbers, so that the three lines of a comparison add up as printed."""
+    return f"{Decimal(ours) - Decimal(paper):+f}"
 
 
 @dataclass
@@ -424,22 +431,24 @@ def _report_lines(report: ExperimentReport, missing: str) -> list[_Line]:
     for row in report.rows:
         group_start = row.sigma != previous_sigma
         previous_sigma = row.sigma
-        ours = [_accuracy(row, radius) for radius in report.radii]
+        ours = [None if value is None else _fixed(100 * value, 1)
+                for value in (_accuracy(row, radius) for radius in report.radii)]
         lines.append(_Line("ours", [
             _number_text(row.sigma) if group_start else "", row.config, row.method, row.hyperparameters,
-            f"{row.acr:.3f}", *(missing if value is None else f"{100 * value:.1f}" for value in ours),
+            _fixed(row.acr, 3), *(missing if value is None else value for value in ours),
         ], group_start, best=row.acr == best_acr[row.sigma]))
         published = row.published
         if published is None:
             continue
-        theirs = [published.accuracy_at(radius) for radius in report.radii]
+        theirs = [None if value is None else _fixed(100 * value, 1)
+                  for value in (published.accuracy_at(radius) for radius in report.radii)]
         lines.append(_Line("paper", [
-            "", f"paper ({published.table})", published.label, "", f"{published.acr:.3f}",
-            *(missing if value is None else f"{100 * value:.1f}" for value in theirs),
+            "", f"paper ({published.table})", published.label, "", _fixed(published.acr, 3),
+            *(missing if value is None else value for value in theirs),
         ], False))
         lines.append(_Line("difference", [
-            "", "ours - paper", "", "", _signed(row.acr - published.acr, 3),
-            *(missing if mine is None or paper is None else _signed(100 * (mine - paper), 1)
+            "", "ours - paper", "", "", _difference(_fixed(row.acr, 3), _fixed(published.acr, 3)),
+            *(missing if mine is None or paper is None else _difference(mine, paper)
               for mine, paper in zip(ours, theirs)),
         ], False))
     return lines
