@@ -584,8 +584,12 @@ def query(
     opened = open_store(store, create=False)
     if tables:
         sql = tables_sql(opened)
-    result = (experiment_results(opened, experiment, required=True) if experiment
-              else run_query(opened, sql or ""))
+    try:
+        result = (experiment_results(opened, experiment, required=True) if experiment
+                  else run_query(opened, sql or ""))
+    except KeyboardInterrupt:
+        errors.print("interrupted: the query was stopped (it changes nothing in the store).", highlight=False)
+        raise typer.Exit(EXIT_INTERRUPTED) from None
     if experiment and result.provisional:
         errors.print(result.provisional, markup=False, highlight=False)
     if format != "table":

@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import os
+import signal
+import threading
+import time
+
 import pytest
 from sqlalchemy import func, select
 
@@ -74,3 +79,37 @@ def test_placeholders_are_refused_with_the_fix_of_writing_the_value(seeded) -> N
             "query parameters (?, :name, $1) are not supported: smx query runs the statement as written.\n"
             f"  query: {sql}\nFix: write the value into the SQL, e.g. WHERE experiment = 'quickstart'.")
     assert run_query(seeded, "SELECT key FROM jobs WHERE kind = :kind", {"kind": "train"}).rows == [("abc123",)]
+
+
+ENDLESS = "WITH RECURSIVE counter(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM counter) SELECT count(*) FROM counter"
+
+
+def interrupt_this_process_in(seconds: float) -> threading.Timer:
+    timer = threading.Timer(seconds, os.kill, (os.getpid(), signal.SIGINT))
+    timer.start()
+    return timer
+
+
+def test_ctrl_c_stops_a_statement_that_never_ends(seeded) -> None:
+    if seeded.sqlite_path is None:
+        pytest.skip("psycopg's own waits are interruptible; SQLite's statements run without returning to Python")
+    started = time.monotonic()
+    interrupt_this_process_in(0.5)
+    with pytest.raises(KeyboardInterrupt):
+        run_query(seeded, ENDLESS)
+    assert time.monotonic() - started < 10
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # the handler was put back
+    assert run_query(seeded, "SELECT count(*) FROM jobs").rows == [(1,)]
+
+
+def test_smx_query_stopped_by_ctrl_c_exits_130_and_says_so(seeded) -> None:
+    if seeded.sqlite_path is None:
+        pytest.skip("SQLite only, as above")
+    from typer.testing import CliRunner
+
+    from smx.cli import app
+
+    interrupt_this_process_in(1.0)
+    result = CliRunner().invoke(app, ["query", ENDLESS, "--store", seeded.location])
+    assert result.exit_code == 130, result.output
+    assert "interrupted: the query was stopped" in result.output

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import decimal
 import json
+import signal
 import sqlite3
+import threading
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote
@@ -57,10 +61,11 @@ def _sqlite_query(store: Store, sql: str, params: dict[str, Any]) -> QueryResult
     try:
         connection.execute("PRAGMA query_only = ON")
         connection.set_authorizer(_authorize)
-        # sqlite3's execute() refuses several statements in one string, so "SELECT 1; DROP TABLE jobs" fails.
-        cursor = connection.execute(sql, params)
-        columns = [description[0] for description in cursor.description or []]
-        return QueryResult(columns, cursor.fetchall())
+        with _interrupted_by_sigint(connection):
+            # sqlite3's execute() refuses several statements in one string, so "SELECT 1; DROP TABLE jobs" fails.
+            cursor = connection.execute(sql, params)
+            columns = [description[0] for description in cursor.description or []]
+            return QueryResult(columns, cursor.fetchall())
     except sqlite3.ProgrammingError as error:
         # sqlite3 names a placeholder (?, :name) without a value in each of its messages about bindings.
         if not params and "binding" in str(error).lower():
@@ -70,6 +75,41 @@ def _sqlite_query(store: Store, sql: str, params: dict[str, Any]) -> QueryResult
         raise QueryError(_explain(sql, str(error))) from error
     finally:
         connection.close()
+
+
+# SQLite virtual-machine instructions between two looks for Ctrl-C: a few milliseconds.
+PROGRESS_STEPS = 100_000
+
+
+@contextlib.contextmanager
+def _interrupted_by_sigint(connection: sqlite3.Connection) -> Iterator[None]:
+    """Ctrl-C stops a running statement, which then raises KeyboardInterrupt.
+
+    Python runs a signal handler only between bytecodes, and a long statement runs in SQLite without returning to
+    them; so SQLite calls back into Python every PROGRESS_STEPS of its instructions, which lets the handler run,
+    and the callback's answer stops the statement. Outside the main thread (the TUI's reads) signals cannot be
+    handled, and nothing changes."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    interrupted = threading.Event()
+
+    def stop(signum: int, frame: Any) -> None:
+        interrupted.set()
+
+    previous = signal.signal(signal.SIGINT, stop)
+    connection.set_progress_handler(lambda: interrupted.is_set(), PROGRESS_STEPS)
+    try:
+        yield
+    except sqlite3.OperationalError:
+        if interrupted.is_set():
+            raise KeyboardInterrupt from None
+        raise
+    finally:
+        connection.set_progress_handler(None, 0)
+        signal.signal(signal.SIGINT, previous)
+    if interrupted.is_set():  # between two steps of the statement, or after its last
+        raise KeyboardInterrupt
 
 
 def _server_query(store: Store, sql: str, params: dict[str, Any]) -> QueryResult:
