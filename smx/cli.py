@@ -14,7 +14,7 @@ from rich.markup import escape
 from rich.measure import Measurement
 from rich.table import Table
 
-from smx.errors import UserError
+from smx.errors import UserError, failure_summary
 
 if TYPE_CHECKING:
     from smx.db.store import Store
@@ -459,11 +459,7 @@ def _print_jobs(store, experiment: str | None, only_unfinished: bool = False) ->
     table.add_column("note", overflow="ellipsis", max_width=60)
     for job in jobs:
         style = STATUS_STYLES.get(job.status, "")
-        note = ""
-        if job.error:
-            lines = job.error.strip().splitlines()
-            # A job killed by a signal said nothing of it: its log's last line is not the cause.
-            note = lines[0] if lines[0].startswith("killed by signal") else lines[-1]
+        note = failure_summary(job.error or "")
         if job.blocked_by:
             note = f"waiting on a {job.blocked_by} parent"
         if job.silent_seconds is not None:

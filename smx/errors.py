@@ -27,3 +27,20 @@ def exception_chain(error: BaseException) -> Iterator[BaseException]:
         seen.add(id(current))
         yield current
         current = getattr(current, "inner_exception", None) or current.__cause__ or current.__context__
+
+
+def failure_summary(error: str) -> str:
+    """One line of a failed job's recorded error for a listing: what ended it.
+
+    The record is the worker's reason and the job log's last lines. A job that reported a user error printed it
+    as `error: …`, and the lines after it continue that message (a library's text may itself span lines), so that
+    line says the most; a job killed by a signal said nothing of it, so its log is not the cause; otherwise the last
+    line is the exception that ended it.
+    """
+    lines = [line.strip() for line in error.splitlines() if line.strip()]
+    if not lines:
+        return ""
+    if lines[0].startswith("killed by signal"):
+        return lines[0]
+    reported = [line for line in lines if line.startswith("error: ")]
+    return reported[-1].removeprefix("error: ") if reported else lines[-1]

@@ -370,7 +370,7 @@ def test_status_notes_say_why_a_job_died_and_when_a_worker_went_silent(store) ->
     # None of these jobs is in an experiment, as if an edited spec had left them behind.
     assert sum("(in no experiment)" in line for line in shown.splitlines()) == 5
     assert rows["train/killed"] == "killed by signal 9; log store/logs/a.log"
-    assert rows["train/raised"].startswith("error: the train split of mnist")
+    assert rows["train/raised"].startswith("the train split of mnist")
     assert rows["train/silent"].startswith("no word from its worker for 0:02:")
     assert rows["train/beating"] == ""
     elapsed = {line.split("│")[2].split()[0]: line.split("│")[6].strip() for line in shown.splitlines()

@@ -244,6 +244,19 @@ def test_a_running_job_whose_worker_went_silent_says_so(seeded: Store) -> None:
     assert all(job.silent_seconds is None for job in jobs.values() if job is not silent)  # done or beating
 
 
+def test_a_failed_jobs_note_is_the_line_that_says_what_ended_it() -> None:
+    from smx.errors import failure_summary
+
+    log = "exited with code 2; log /s/logs/k.log\ntrain train/a (k) on cpu\n"
+    # A user error whose message spans lines (a library's text inside it): its first line, not a fragment.
+    assert failure_summary(log + "error: downloading mnist into /d failed: <urlopen error\n[Errno -3]>. Check the "
+                                 "network\nor set data.download = false\n") == (
+        "downloading mnist into /d failed: <urlopen error")
+    assert failure_summary(log + "Traceback (most recent call last):\n  ...\nValueError: bad\n") == "ValueError: bad"
+    assert failure_summary("killed by signal 9; log /s/logs/k.log\nepoch 3/8\n") == "killed by signal 9; log /s/logs/k.log"
+    assert failure_summary("") == ""
+
+
 def test_a_stopped_job_shows_how_far_it_got_and_never_the_queues_own_words() -> None:
     from smx.tui.cells import job_progress
     from smx.tui.model import JobSummary

@@ -12,6 +12,8 @@ from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from smx.errors import failure_summary
+
 if TYPE_CHECKING:
     from smx.db.queries import ExperimentOverview
 
@@ -55,9 +57,8 @@ class JobSummary:
 
     @property
     def error_line(self) -> str:
-        """The last non-empty line of the error: usually the exception that ended the job."""
-        lines = [line for line in (self.error_tail or "").splitlines() if line.strip()]
-        return lines[-1].strip() if lines else ""
+        """What ended the job, in one line of its error."""
+        return failure_summary(self.error_tail or "")
 
 
 @dataclass(frozen=True)
