@@ -190,6 +190,7 @@ def submit(
     from smx.scheduler.local import LocalOptions, missing_data, start_workers
     from smx.scheduler.slots import is_free, make_slots, parse_gpus
     from smx.spec import executor_settings, load_spec
+    from smx.tasks.flags import check_job_environment
 
     if executor not in (None, "local", "slurm"):
         raise UserError(f"unknown --executor {executor!r}.\nFix: use local or slurm.")
@@ -218,6 +219,8 @@ def submit(
             errors.print(f"[yellow]warning:[/] {escape(name_problem)}")
     except NoStoreYet:
         states, leaving = {}, {}
+    if where.kind == "local" and not dry_run:
+        check_job_environment()  # its jobs would otherwise fail one by one on a setting only this machine has
     problems = missing_data(plan, {key for key, status in states.items() if status == "done"})
     if problems and where.kind == "local" and not dry_run:
         raise UserError(f"{spec_file}: data.root: jobs on this machine would not find their data; nothing was "
@@ -420,7 +423,9 @@ def worker(
     from smx.db.store import open_store
     from smx.scheduler.slots import make_slots, parse_gpus
     from smx.scheduler.worker import EXIT_JOBS_FAILED, run_worker
+    from smx.tasks.flags import check_job_environment
 
+    check_job_environment()
     # Only `smx submit` creates a store: a worker pointed at a mistyped path says so instead of making one there.
     opened = open_store(store, create=False)
     opened.prepare_for_writing()

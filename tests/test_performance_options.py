@@ -27,6 +27,7 @@ from smx.science.smoothing import (
 from smx.science.training import TrainSettings, load_checkpoint, save_checkpoint, train
 from smx.tasks.certify import compile_failure_explained
 from smx.tasks.flags import environment_count, environment_flag
+from tests.conftest import REPO
 
 
 @pytest.fixture(scope="module")
@@ -181,6 +182,22 @@ def test_any_other_smx_certify_batch_size_is_a_user_error_naming_it(monkeypatch,
     monkeypatch.setenv("SMX_CERTIFY_BATCH_SIZE", value)
     with pytest.raises(UserError, match=f"SMX_CERTIFY_BATCH_SIZE='{value}' is not a positive whole number. Fix: set"):
         environment_count("SMX_CERTIFY_BATCH_SIZE")
+
+
+@pytest.mark.parametrize(("name", "value"), [("SMX_CERTIFY_BATCH_SIZE", "abc"), ("SMX_COMPILE", "maybe"),
+                                             ("SMX_CUDA_GRAPHS", "2")])
+def test_submit_and_worker_refuse_a_malformed_job_setting_before_anything_runs(monkeypatch, tmp_path, name,
+                                                                              value) -> None:
+    from tests.test_fuzz_cli import run_cli
+
+    spec = tmp_path / "spec.toml"
+    spec.write_text((REPO / "experiments" / "quickstart.toml").read_text())
+    monkeypatch.setenv(name, value)
+    store = tmp_path / "store"
+    for command in (["submit", str(spec)], ["worker"]):
+        code, _, err = run_cli(*command, "--store", str(store), "--gpus", "none")
+        assert code == 2 and f"{name}='{value}' is" in err and "Fix: set" in err, (command, err)
+    assert not store.exists()  # nothing queued, nothing run
 
 
 def test_compiling_without_a_cxx_compiler_is_one_user_error_with_the_fix(tmp_path) -> None:

@@ -37,3 +37,16 @@ def environment_count(name: str) -> int | None:
         return int(value)
     raise UserError(f"{name}={value!r} is not a positive whole number. Fix: set {name} to one, such as 20000, or "
                     "unset it")
+
+
+# What a worker's environment may set for its jobs, by kind of value.
+JOB_FLAGS = ("SMX_COMPILE", "SMX_CUDA_GRAPHS")
+JOB_COUNTS = ("SMX_CERTIFY_BATCH_SIZE",)
+
+
+def check_job_environment() -> None:
+    """Raise the UserError a job would fail with on a malformed setting above, before any job is queued or run."""
+    for name in JOB_FLAGS:
+        environment_flag(name)
+    for name in JOB_COUNTS:
+        environment_count(name)
