@@ -495,6 +495,28 @@ async def test_each_experiment_keeps_its_own_ticked_curves(seeded: Store, monkey
 
 
 @pytest.mark.asyncio
+async def test_long_config_names_stay_apart_and_keep_the_legend_in_a_small_terminal(seeded: Store) -> None:
+    from smx.db.models import ExperimentJob
+
+    long_names = {"certify-gaussian-0.25": "gaussian-eta1-onestep-noise_samples=4-sigma=0.25",
+                  "certify-smoothmix-0.25": "smoothmix-eta1-onestep-noise_samples=4-sigma=0.25"}
+    with seeded.session() as session:
+        for job, name in long_names.items():
+            session.execute(update(ExperimentJob).where(ExperimentJob.job_key == key(job)).values(config_name=name))
+    app = make_app(seeded)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await settle(pilot)
+        await pilot.press("4")
+        await settle(pilot)
+        pane = app.main.query_one(CurvesPane)
+        shown = [pane.configs.render_line(row).text for row in range(3)]
+        assert shown[0].endswith(" gaussian-eta1-…=4-sigma=0.25") and shown[2].endswith(" smoothmix-eta1…=4-sigma=0.25")
+        plot = pane.query_one("#curves-plot")
+        legend = plot.plt.build()
+        assert legend.count("ACR") == 2 and "sigma=0.25 ACR" in legend  # which line is which survives
+
+
+@pytest.mark.asyncio
 async def test_jobs_filter_by_status_kind_and_text(seeded: Store) -> None:
     app = make_app(seeded)
     async with app.run_test(size=(100, 30)) as pilot:

@@ -70,6 +70,17 @@ def shown_path(path: str | Path) -> str:
         return str(path)
 
 
+def middle_cut(text: str, room: int) -> str:
+    """`text` in at most `room` characters, cut in the middle: the configs of a sweep share their start and differ
+    at their end (smoothmix-eta1-onestep-sigma0.25, ...-sigma0.5), so both ends are kept."""
+    if len(text) <= room:
+        return text
+    if room < 2:
+        return text[:room]
+    tail = (room - 1) // 2
+    return f"{text[:room - 1 - tail]}…{text[len(text) - tail:]}"
+
+
 def duration(seconds: float | None) -> str:
     if seconds is None:
         return ""

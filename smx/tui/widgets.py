@@ -10,7 +10,7 @@ from textual.message import Message
 from textual.widgets import DataTable
 from textual_plotext import PlotextPlot
 
-from smx.tui.cells import Cell
+from smx.tui.cells import Cell, middle_cut
 from smx.tui.model import CurveSet, EpochMetric
 
 # DataTable.remove_row costs time linear in the table's size, so removing many rows one by one is quadratic:
@@ -153,9 +153,16 @@ class CurvesPlot(PlotextPlot):
 
     # More lines than this are unreadable in a terminal, and slow to draw.
     MAX_CURVES = 20
+    # plotext leaves out the whole legend when its longest label is wider than the plot less this.
+    LEGEND_MARGIN = 12
+
+    def __init__(self, *, id: str | None = None) -> None:
+        super().__init__(id=id)
+        self._shown: tuple[CurveSet | None, set[str]] = (None, set())
 
     def show_curves(self, curves: CurveSet | None, selected: set[str]) -> int:
         """Draw the selected curves that have samples; returns how many were drawn."""
+        self._shown = (curves, set(selected))
         plt = self.plt
         plt.clear_data()
         plt.clear_figure()
@@ -163,9 +170,16 @@ class CurvesPlot(PlotextPlot):
         plt.ylim(0, 1)
         drawn = [curve for curve in (curves.curves if curves else []) if curve.job_key in selected and curve.samples]
         for curve in drawn[:self.MAX_CURVES]:
-            plt.plot(curves.radii, curve.accuracy, label=f"{curve.config} ACR {curve.acr:.3f}", marker="braille")
+            acr = f" ACR {curve.acr:.3f}"
+            # Names cut to the plot's width keep the legend, and with it which line is which.
+            room = self.size.width - self.LEGEND_MARGIN - len(acr) if self.size.width else len(curve.config)
+            plt.plot(curves.radii, curve.accuracy, label=middle_cut(curve.config, max(room, 4)) + acr,
+                     marker="braille")
         self.refresh()
         return min(len(drawn), self.MAX_CURVES)
+
+    def on_resize(self) -> None:
+        self.show_curves(*self._shown)
 
 
 class MetricsPlot(PlotextPlot):
