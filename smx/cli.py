@@ -668,8 +668,8 @@ def report(
         raise UserError(f"unknown --compare {compare!r}.\nFix: use --compare {' or '.join(COMPARE_CHOICES)}.")
     opened = open_store(store, create=False)
     result = experiment_report(opened, experiment, compare_with_paper=compare == "paper")
-    for note in (result.provisional, result.protocol_note):
-        if note:
+    if format == "text":  # md and latex carry the notes in the table they write
+        for note in result.notes():
             errors.print(note, markup=False, highlight=False)
     sys.stdout.write(render_report(result, format))
     for kind, table in analysis_tables(opened, experiment).items():

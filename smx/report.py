@@ -251,6 +251,10 @@ class ExperimentReport:
         return (f"certified otherwise than the paper ({paper['test_images']:,} test images, n = {paper['n']:,}, "
                 f"alpha = {paper['alpha']:g}), so ours - paper is only indicative: {'; '.join(different)}.")
 
+    def notes(self) -> list[str]:
+        """What makes the table partial (provisional) or its comparison indicative, if anything."""
+        return [note for note in (self.provisional, self.protocol_note) if note]
+
 
 def _value_text(value: Any) -> str:
     return "none" if value is None else f"{value:.4g}" if isinstance(value, float) else str(value)
@@ -495,7 +499,13 @@ def _markdown_report(report: ExperimentReport) -> str:
         if line.best:
             cells[_FIRST_NUMBER_COLUMN] = f"**{cells[_FIRST_NUMBER_COLUMN]}**"
         out.append("| " + " | ".join(cells) + " |")
+    # A saved table carries what makes it partial or indicative, which the terminal gets on stderr.
+    out += [f"\n*{_markdown_escape(note)}*" for note in report.notes()]
     return "\n".join(out) + "\n"
+
+
+def _markdown_escape(text: str) -> str:
+    return "".join(f"\\{character}" if character in "\\`*_[]<>|" else character for character in text)
 
 
 _LATEX_SPECIAL = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_",
@@ -523,6 +533,7 @@ def _latex_report(report: ExperimentReport) -> str:
             cells[_FIRST_NUMBER_COLUMN] = rf"\textbf{{{cells[_FIRST_NUMBER_COLUMN]}}}"
         out.append(" & ".join(cells) + r" \\")
     out += [r"\hline", r"\end{tabular}"]
+    out += [f"% {line}" for note in report.notes() for line in note.splitlines()]
     return "\n".join(out) + "\n"
 
 

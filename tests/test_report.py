@@ -215,6 +215,10 @@ def test_until_its_aggregate_is_done_an_experiment_reports_and_plots_the_configs
     assert report.provisional == (
         "provisional: paper's aggregate job is not done; 1 of 5 config(s) certified so far, not yet "
         + ", ".join(f"{entry['name']} (pending)" for entry in waiting) + ".")
+    markdown, latex = render_report(report, "md"), render_report(report, "latex")  # saved tables say so too
+    assert markdown.endswith(f"\n\n*{report.provisional.replace('_', chr(92) + '_')}*\n")
+    assert latex.endswith(f"\\end{{tabular}}\n% {report.provisional}\n")
+    assert report.provisional not in render_report(report, "text")  # the terminal gets it on stderr
     path, provisional = plot_experiment(store, "paper", tmp_path / "paper.png")
     assert path.read_bytes()[:4] == b"\x89PNG" and provisional == report.provisional
     results = experiment_results(store, "paper")  # `smx query -e` and the TUI's results tab
