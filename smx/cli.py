@@ -52,6 +52,8 @@ SLOT_RETRY_SECONDS = 5.0
 SLURM_RESEND_SECONDS = 30.0
 # The exit status of a command stopped by SIGINT or SIGTERM, as a shell reports one stopped by Ctrl-C (128 + SIGINT).
 EXIT_INTERRUPTED = 130
+# How many running jobs of other experiments `smx status EXPERIMENT` names when its own wait.
+OTHER_RUNNING_SHOWN = 5
 REQUEUED = "put back in the queue, to resume from the last checkpoint on the next `smx submit` or `smx worker`."
 
 
@@ -450,6 +452,7 @@ def _print_jobs(store, experiment: str | None, only_unfinished: bool = False) ->
 
     with store.read_session() as session:
         jobs = jobs_view(session, experiment)
+        others = jobs_view(session, None, ["running"]) if experiment else []
     if only_unfinished:
         jobs = [job for job in jobs if job.status != "done"]
         if not jobs:
@@ -478,6 +481,15 @@ def _print_jobs(store, experiment: str | None, only_unfinished: bool = False) ->
                       escape(job.progress_text) if job.status == "running" else "", job.device or "",
                       duration(job.elapsed_seconds), escape(note))
     _print_table(table)
+    # The slots its pending jobs wait for may be held by jobs this listing does not show.
+    own = {job.key for job in jobs}
+    elsewhere = [job for job in others if job.key not in own]
+    if elsewhere and any(job.status == "pending" for job in jobs):
+        named = ", ".join(f"{job.name} ({job.key[:8]}{'' if job.in_experiment else ', in no experiment'})"
+                          for job in elsewhere[:OTHER_RUNNING_SHOWN])
+        more = f" and {len(elsewhere) - OTHER_RUNNING_SHOWN} more" if len(elsewhere) > OTHER_RUNNING_SHOWN else ""
+        console.print(f"Also running, outside {experiment}: {named}{more} (`smx status --jobs`).",
+                      markup=False, highlight=False)
 
 
 @app.command()

@@ -438,6 +438,11 @@ def test_status_names_jobs_by_the_experiments_config_and_marks_only_jobs_no_expe
     assert run_smx("status", "part", "--failed", store=target).stdout.startswith(
         f"train/smoothmix ({smoothmix[:12]}), attempt 0")
     assert run_smx("status", "a", "--failed", store=target).stdout == "no failed jobs in a.\n"
+    # A job that no experiment has can hold the slot that part's pending jobs wait for: part's listing names it.
+    with store.session() as session:
+        session.execute(update(Job).where(Job.key == old_aggregate).values(status="running"))
+    assert (f"Also running, outside part: aggregate/a ({old_aggregate[:8]}, in no experiment) (`smx status --jobs`)."
+            in " ".join(run_smx("status", "part", store=target).stdout.split()))
 
 
 def test_a_dry_run_says_what_submitting_would_do_to_the_jobs_of_removed_configs(tmp_path: Path) -> None:
