@@ -555,10 +555,13 @@ def retry(
     from smx.db.store import open_store
     from smx.scheduler import queue
 
-    keys = queue.retry(open_store(store, create=False), targets)
+    opened = open_store(store, create=False)
+    keys = queue.retry(opened, targets)
     console.print(f"{len(keys)} job(s) queued again." + (" Run them with `smx worker` or `smx submit`." if keys else
-                  " Nothing failed or cancelled there (an experiment counts the jobs of its current plan only; "
-                  "`smx status --failed` lists every failed job in the store, with its key)."))
+                  f" Nothing failed or cancelled there ({_states_of(opened, targets)}; an experiment counts the jobs "
+                  "of its current plan only; `smx status --failed` lists every failed job in the store, with its "
+                  "key). A running job whose worker died is resumed by `smx submit` or `smx worker`."),
+                  markup=False, highlight=False)
 
 
 @app.command()
@@ -571,7 +574,22 @@ def cancel(
     from smx.db.store import open_store
     from smx.scheduler.queue import cancel_with_slurm_jobs
 
-    console.print(cancel_with_slurm_jobs(open_store(store, create=False), targets).summary)
+    opened = open_store(store, create=False)
+    cancellation = cancel_with_slurm_jobs(opened, targets)
+    console.print(cancellation.summary + ("" if cancellation.keys or cancellation.shared else
+                                          f" Nothing there was pending or running ({_states_of(opened, targets)})."),
+                  markup=False, highlight=False)
+
+
+def _states_of(store, targets: list[str]) -> str:  # type: ignore[no-untyped-def]
+    """'2 done, 1 failed': the states of the jobs that `targets` name, for a command that found nothing to do."""
+    from collections import Counter
+
+    from smx.scheduler.queue import select_jobs
+
+    with store.read_session() as session:
+        counts = Counter(job.status for job in select_jobs(session, targets).jobs)
+    return ", ".join(f"{number} {status}" for status, number in sorted(counts.items())) or "no jobs"
 
 
 @app.command()

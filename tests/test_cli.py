@@ -110,7 +110,9 @@ def test_a_second_submit_runs_nothing(submitted) -> None:
     assert "0 new, 5 cached" in result.stdout
     assert query_json("SELECT key, finished_at FROM jobs ORDER BY key", store) == before
     retried = " ".join(run_smx("retry", "tiny", store=store).stdout.split())
-    assert retried.startswith("0 job(s) queued again. Nothing failed or cancelled there")
+    assert retried.startswith("0 job(s) queued again. Nothing failed or cancelled there (5 done;")
+    cancelled = " ".join(run_smx("cancel", "tiny", store=store).stdout.split())
+    assert cancelled == "0 job(s) cancelled. Nothing there was pending or running (5 done)."
 
 
 def test_a_spec_from_elsewhere_cannot_take_over_an_experiment_by_its_name(submitted, tmp_path: Path) -> None:
