@@ -700,8 +700,15 @@ def _explain_unknown_key(loc: KeyPath, is_table: bool) -> str:
     key, parent = str(loc[-1]), loc[:-1]
     known = list(_model_at(parent).model_fields)
     if parent:
+        suggestion = _suggestion(key, known)
+        # A key of another table written here (train.n0, data.arch, train.eta) is moved, not renamed.
+        homes = [] if suggestion else [leaf.rpartition(".")[0] for leaf in _leaf_keys(SpecDocument)
+                                       if leaf.rpartition(".")[2] == key and leaf.rpartition(".")[0]]
+        if homes:
+            return (f"unknown key; {key} belongs in {' or '.join(f'[{home}]' for home in homes)}, so move it there "
+                    f"([{_key_path(parent)}] takes: {', '.join(known)})")
         return (
-            f"unknown key{_suggestion(key, known)}{_quoted_dotted_key_hint(key)}; rename or remove it "
+            f"unknown key{suggestion}{_quoted_dotted_key_hint(key)}; rename or remove it "
             f"([{_key_path(parent)}] takes: {', '.join(known)})"
         )
     homes = [section for section in known if key in _model_at((section,)).model_fields]
@@ -1026,7 +1033,10 @@ def _validate(
     try:
         document = SpecDocument.model_validate(merged, strict=True)
     except ValidationError as error:
-        problems = [(_source(detail["loc"], variant, assignments), _explain(detail)) for detail in error.errors()]
+        # An unknown key first: a misspelt required key ("sigam") is also reported missing, and the unknown key's
+        # "did you mean" says what to fix.
+        details = sorted(error.errors(), key=lambda detail: detail["type"] != "extra_forbidden")
+        problems = [(_source(detail["loc"], variant, assignments), _explain(detail)) for detail in details]
         raise _spec_error(path, problems) from None
     arch_problem = _arch_problem(document)
     if arch_problem:

@@ -425,6 +425,16 @@ def test_spec_hash_ignores_key_order_formatting_and_comments() -> None:
             id="wrong-case",
         ),
         pytest.param(
+            MINIMAL.replace("sigma = 0.5", "sigma = 0.5\nn0 = 50"),
+            ["train.n0: unknown key; n0 belongs in [certify], so move it there"],
+            id="key-of-another-table",
+        ),
+        pytest.param(
+            MINIMAL.replace("sigma = 0.5", "sigma = 0.5\neta = 2.0"),
+            ["train.eta: unknown key; eta belongs in [train.smoothmix] or [train.consistency], so move it there"],
+            id="method-parameter-outside-its-table",
+        ),
+        pytest.param(
             MINIMAL.replace("sigma = 0.5", 'sigma = "0.5"'),
             ['train.sigma: expected a number, got the string "0.5"', "remove the quotes"],
             id="quoted-number",
@@ -707,6 +717,12 @@ def test_each_mistake_gets_a_message_with_its_key_path_and_fix(tmp_path: Path, t
     assert "\n" not in message, message
     for fragment in expected:
         assert fragment in message, message
+
+
+def test_a_misspelt_required_key_is_named_before_the_key_it_leaves_missing(tmp_path: Path) -> None:
+    lines = error_of(tmp_path, MINIMAL.replace("sigma = 0.5", "sigam = 0.5")).splitlines()
+    assert lines[1].strip().startswith('train.sigam: unknown key (did you mean "sigma"?)')
+    assert lines[2].strip().startswith("train.sigma: required but missing")
 
 
 def test_several_problems_are_listed_under_one_line_naming_the_file(tmp_path: Path) -> None:
