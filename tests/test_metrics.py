@@ -183,3 +183,15 @@ def test_malformed_logs_name_the_file_and_line(tmp_path, text, bad_line):
         read_certification_log(path)
     assert isinstance(raised.value, ValueError) and isinstance(raised.value, UserError)
     assert str(path) in str(raised.value) and f"line {bad_line}:" in str(raised.value)
+
+
+@pytest.mark.parametrize(("row", "named"), [
+    ("0\tseven\t7\t1.91\t1\t0:00:00.3", "label must be a whole number, not 'seven'"),
+    ("0\t7\t7\tfar\t1\t0:00:00.3", "radius must be a finite number >= 0, not 'far'"),
+    ("0\t7\t7\t1.91\tyes\t0:00:00.3", "correct must be a whole number, not 'yes'"),
+])
+def test_a_field_that_is_no_number_is_named_by_its_column(tmp_path, row: str, named: str) -> None:
+    path = tmp_path / "broken.tsv"
+    path.write_text(f"idx\tlabel\tpredict\tradius\tcorrect\ttime\n{row}\n")
+    with pytest.raises(CertificationLogError, match=f"line 2: {named}"):
+        read_certification_log(path)

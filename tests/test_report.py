@@ -258,7 +258,7 @@ def test_the_aggregate_job_writes_each_configs_log_and_removes_those_of_dropped_
 def test_report_of_an_unknown_or_empty_experiment_says_so(store: Store) -> None:
     from smx.errors import UserError
 
-    with pytest.raises(UserError, match="no experiment named 'nope'"):
+    with pytest.raises(UserError, match=r"no experiment named 'nope' in the store \(known: none yet\).\nFix: check"):
         experiment_report(store, "nope")
     enqueue(store, build_plan(parse_spec(SPEC)), store.root / "paper.toml")
     with pytest.raises(UserError, match=r"has no results yet \(its jobs: 11 pending\).\nFix: run its jobs"):

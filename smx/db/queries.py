@@ -218,7 +218,8 @@ def require_experiment(session: Session, experiment: str) -> None:
     """Refuse an experiment name that the store does not hold, naming those it does."""
     known = experiment_names(session)
     if experiment not in known:
-        raise UserError(f"no experiment named {experiment!r} in the store (known: {', '.join(known) or 'none yet'}).")
+        raise UserError(f"no experiment named {experiment!r} in the store (known: {', '.join(known) or 'none yet'}).\n"
+                        "Fix: check the name against `smx status`, or pass --store for the store that holds it.")
 
 
 def eta_seconds(status: str, progress: float, elapsed: float | None,

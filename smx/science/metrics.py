@@ -127,18 +127,29 @@ def write_certification_log(path: str | os.PathLike[str], rows: Iterable[LogRow]
             partial.unlink()
 
 
+def _whole_number(field: str, column: str) -> int:
+    try:
+        return int(field)
+    except ValueError:
+        raise ValueError(f"{column} must be a whole number, not {field!r}") from None
+
+
 def _parse_row(line: str, path: str | os.PathLike[str], line_number: int) -> LogRow:
     fields = line.split("\t")
     try:
         if len(fields) != len(LOG_COLUMNS):
             raise ValueError(f"{len(fields)} tab-separated fields instead of {len(LOG_COLUMNS)}")
-        index, label, prediction, correct = (int(field) for field in (fields[0], fields[1], fields[2], fields[4]))
+        index, label, prediction, correct = (_whole_number(fields[position], LOG_COLUMNS[position])
+                                             for position in (0, 1, 2, 4))
         # A store keeps indices as 64-bit integers.
         if not 0 <= index < 2**63:
             raise ValueError(f"idx must be a sample index, from 0 to 2**63 - 1, not {fields[0]}")
         if label < 0 or prediction < ABSTAIN:
             raise ValueError(f"label must be a class >= 0 and predict a class or -1, not {label} and {prediction}")
-        radius = float(fields[3])
+        try:
+            radius = float(fields[3])
+        except ValueError:
+            radius = math.nan  # refused just below, naming the column
         if not math.isfinite(radius) or radius < 0:
             raise ValueError(f"radius must be a finite number >= 0, not {fields[3]!r}")
         if correct not in (0, 1):
