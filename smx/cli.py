@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, NoReturn, Optional
 
 import typer
+from rich.cells import cell_len
 from rich.console import Console
 from rich.markup import escape
 from rich.measure import Measurement
@@ -605,7 +606,7 @@ def query(
     """Run read-only SQL on the store, or export an experiment's results."""
     from smx.db.readonly import run_query, tables_sql
     from smx.db.store import open_store
-    from smx.report import FORMATS, experiment_results, format_cell, render
+    from smx.report import FORMATS, boxed_table, experiment_results, format_cell, render
 
     if format not in FORMATS:
         raise UserError(f"unknown --format {format!r}.\nFix: use one of {', '.join(FORMATS)}.")
@@ -626,13 +627,9 @@ def query(
     if format != "table":
         sys.stdout.write(render(result, format))
         return
-    table = Table(show_lines=False)
-    for column in result.columns:
-        table.add_column(column, overflow="fold")
     cells = [[format_cell(value) for value in row] for row in result.rows]
-    for row in cells:
-        table.add_row(*row)
-    if console.is_terminal and _natural_width(table) > console.width:
+    table = boxed_table(result.columns, cells)
+    if console.is_terminal and cell_len(table.partition("\n")[0]) > console.width:
         # Folded into the terminal, wide rows come out as columns a few letters wide: show one block per row.
         name_width = max(len(column) for column in result.columns)
         for number, row in enumerate(cells, start=1):
@@ -642,7 +639,7 @@ def query(
         errors.print(f"({len(result.columns)} columns are wider than this terminal, so each row is a block; "
                      "--format csv or md gives a table.)", highlight=False)
     else:
-        _print_table(table)
+        sys.stdout.write(table)
     console.print(f"{len(result.rows)} row(s)")
 
 

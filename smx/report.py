@@ -15,6 +15,7 @@ from decimal import ROUND_HALF_UP, Decimal
 from pathlib import Path
 from typing import Any
 
+from rich.cells import cell_len
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
@@ -45,6 +46,29 @@ def format_cell(value: Any) -> str:
             return text + "0" if text.endswith(".") else text
         return f"{value:.4g}" if abs(value) < 1e-3 else f"{value:.6g}"
     return str(value)
+
+
+def boxed_table(columns: list[str], rows: list[list[str]]) -> str:
+    """The table as Rich draws one (its default heavy-headed box, a space of padding, cells that span lines, every
+    column as wide as its widest line), without styles. Built directly: Rich measures and lays out every cell, which
+    took 22 s for the 20,000 certificates of two configs."""
+    if not columns:
+        return ""
+    split = [[cell.expandtabs(8).split("\n") for cell in row] for row in [columns, *rows]]
+    widths = [max(cell_len(line) for row in split for line in row[column]) for column in range(len(columns))]
+
+    def rule(left: str, fill: str, middle: str, right: str) -> str:
+        return left + middle.join(fill * (width + 2) for width in widths) + right + "\n"
+
+    def lines_of(row: list[list[str]], edge: str) -> str:
+        height = max(len(cell) for cell in row)
+        return "".join(
+            edge + edge.join(f" {line}{' ' * (width - cell_len(line))} " for line, width in
+                             zip((cell[number] if number < len(cell) else "" for cell in row), widths)) + edge + "\n"
+            for number in range(height))
+
+    return (rule("┏", "━", "┳", "┓") + lines_of(split[0], "┃") + rule("┡", "━", "╇", "┩")
+            + "".join(lines_of(row, "│") for row in split[1:]) + rule("└", "─", "┴", "┘"))
 
 
 def to_csv(result: QueryResult) -> str:

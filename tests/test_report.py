@@ -362,3 +362,28 @@ def test_json_writes_nan_and_infinities_as_null() -> None:
     result = QueryResult(["big", "small", "undefined", "half", "count"], [(math.inf, -math.inf, math.nan, 0.5, 3)])
     rows = json.loads(to_json(result), parse_constant=_refuse_constant)
     assert rows == [{"big": None, "small": None, "undefined": None, "half": 0.5, "count": 3}]
+
+
+@pytest.mark.parametrize(("columns", "rows"), [
+    (["config", "acr"], [["gaussian", "0.5"], ["smoothmix-eta=2", "1.0"]]),
+    (["job_key", "radius"], []),
+    (["error"], [["exited with code 2\nerror: no data"], ["é中文"], [""]]),
+    (["note"], [["[red]not markup[/]"]]),
+])
+def test_a_query_table_looks_as_rich_draws_it(columns: list[str], rows: list[list[str]]) -> None:
+    import io
+
+    from rich.console import Console
+    from rich.table import Table
+    from rich.text import Text
+
+    from smx.report import boxed_table
+
+    table = Table(show_lines=False)
+    for column in columns:
+        table.add_column(column)
+    for row in rows:
+        table.add_row(*map(Text, row))
+    drawn = io.StringIO()
+    Console(file=drawn, width=500, color_system=None).print(table)
+    assert boxed_table(columns, rows) == drawn.getvalue()
