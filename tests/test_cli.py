@@ -566,8 +566,9 @@ def test_a_failing_job_makes_submit_exit_1_a_worker_exit_3_and_leaves_no_results
     assert {row["status"] for row in query_json("SELECT status FROM jobs WHERE kind = 'train'", store)} == {"failed"}
     empty = run_smx("query", "--experiment", "unreadable", "--format", "csv", store=store, check=False)
     assert empty.returncode == 2 and empty.stdout == "" and "Traceback" not in empty.stderr  # as smx report says
-    assert "experiment 'unreadable' has no results yet (its jobs: 2 pending, 1 failed)" in " ".join(empty.stderr.split())
-    assert "smx retry unreadable" in " ".join(empty.stderr.split())
+    said = " ".join(empty.stderr.split())
+    assert "experiment 'unreadable' has no results yet (its jobs: 2 pending, 1 failed)" in said
+    assert "smx retry unreadable" in said
 
     run_smx("retry", "unreadable", store=store)
     worker = run_smx("worker", "--gpus", "none", store=store, check=False)

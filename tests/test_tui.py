@@ -253,7 +253,8 @@ def test_a_failed_jobs_note_is_the_line_that_says_what_ended_it() -> None:
                                  "network\nor set data.download = false\n") == (
         "downloading mnist into /d failed: <urlopen error")
     assert failure_summary(log + "Traceback (most recent call last):\n  ...\nValueError: bad\n") == "ValueError: bad"
-    assert failure_summary("killed by signal 9; log /s/logs/k.log\nepoch 3/8\n") == "killed by signal 9; log /s/logs/k.log"
+    killed = "killed by signal 9; log /s/logs/k.log"
+    assert failure_summary(f"{killed}\nepoch 3/8\n") == killed
     assert failure_summary("") == ""
 
 
