@@ -133,14 +133,14 @@ def test_the_eta_of_a_resumed_job_counts_only_the_work_of_its_current_attempt(st
 
     add_jobs(store, ["train-a"])
     queue.claim_next(store, device="cpu", slot=tmp_path / "slot", pid=1)
-    set_progress(store, "train-a", 0.0, "epoch 1/10 batch 0/30")
     assert eta_after_100_seconds() is None  # nothing done yet: no pace to go by
+    # A fresh attempt's first report comes after work it did: that work counts (the attempt started at 0).
     set_progress(store, "train-a", 0.6, "epoch 6/10 batch 30/30")
     assert eta_after_100_seconds() == pytest.approx(100 * 0.4 / 0.6, rel=0.01)
     with store.session() as session:
         queue.requeue(session, "train-a", "its worker died")
     queue.claim_next(store, device="cpu", slot=tmp_path / "slot", pid=2)
-    set_progress(store, "train-a", 0.6, "resumed after epoch 6/10")
+    set_progress(store, "train-a", 0.6, "resumed after epoch 6/10", resumed=True)
     set_progress(store, "train-a", 0.7, "epoch 7/10 batch 30/30")
     # 10% in this attempt's 100 s, 30% to go; counting the first attempt's 60% would say 43 s.
     assert eta_after_100_seconds() == pytest.approx(300, rel=0.01)

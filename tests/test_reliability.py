@@ -351,6 +351,8 @@ def test_a_certification_killed_midway_resumes_after_its_last_stored_sample(
     assert [row[:4] for row in stored] == [row[:4] for row in certificates(twin_store, certify_key)]
     job = job_row(store, certify_key)
     assert job.attempts == 2 and logged_attempts(store, certify_key) == [1, 2]
+    # Its second attempt started where the first stopped: its ETA counted only its own images.
+    assert job.attempt_start_progress == pytest.approx(len(stored_before_the_kill) / max_samples)
     log = store.log_path(certify_key).read_text()
     assert f"certifying {max_samples} test images; " in log
     assert f"certifying {max_samples} test images, resuming after {len(stored_before_the_kill)} already" in log

@@ -79,8 +79,8 @@ class Job(Base):
     heartbeat_at: Mapped[datetime | None] = mapped_column()
     progress: Mapped[float] = mapped_column(Float, default=0.0)
     progress_text: Mapped[str] = mapped_column(String(200), default="")
-    # The progress the current attempt started from (earlier attempts' work), from its first report: an ETA
-    # divides this attempt's time by the work done in it, not by all the work done.
+    # The progress the current attempt started from (earlier attempts' work; 0 when claimed, until a resuming task
+    # says otherwise): an ETA divides this attempt's time by the work done in it, not by all the work done.
     attempt_start_progress: Mapped[float | None] = mapped_column(Float)
     log_path: Mapped[str | None] = mapped_column(Text)
     error: Mapped[str | None] = mapped_column(Text)

@@ -202,7 +202,7 @@ def _started(device: str, slot: Path, pid: int) -> dict[str, Any]:
     now = utcnow()
     return dict(status="running", attempts=Job.attempts + 1, host=socket.gethostname(), pid=pid, device=device,
                 slot=str(slot), started_at=now, heartbeat_at=now, finished_at=None, error=None, progress=0.0,
-                progress_text="starting", attempt_start_progress=None)
+                progress_text="starting", attempt_start_progress=0.0)
 
 
 def claim(store: Store, key: str, *, device: str, slot: Path, pid: int, slurm_job_id: str) -> Job | None:

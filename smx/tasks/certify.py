@@ -77,7 +77,8 @@ def run(store: Store, job: Job, device: str, progress: ProgressReporter) -> None
                   f"{certify_config['batch_size']})" if batch_size_override else "")
     print(f"certifying {len(indices)} test images{resumed}; {batch_size} rows per forward pass{overridden}",
           flush=True)
-    progress(certified / len(indices), f"image {certified}/{len(indices)}")
+    if certified:
+        progress.resumed(certified / len(indices), f"image {certified}/{len(indices)}")
     group_size = images_per_sync(batch_size, certify_config["n0"] + certify_config["n"])
     groups = [remaining[start:start + group_size] for start in range(0, len(remaining), group_size)]
 

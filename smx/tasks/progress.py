@@ -25,3 +25,8 @@ class ProgressReporter:
             return
         self._last_write = now
         set_progress(self.store, self.job_key, min(max(fraction, 0.0), 1.0), text)
+
+    def resumed(self, fraction: float, text: str) -> None:
+        """Say that this attempt starts from `fraction`, done by earlier ones, so that its ETA counts only its own."""
+        self._last_write = time.monotonic()
+        set_progress(self.store, self.job_key, min(max(fraction, 0.0), 1.0), text, resumed=True)

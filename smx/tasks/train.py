@@ -74,7 +74,7 @@ def run(store: Store, job: Job, device: str, progress: ProgressReporter) -> None
 
     def on_resume(path: Path, epoch: int, metrics: EpochMetrics | None) -> None:
         print(f"resumed from {path} after epoch {epoch}/{epochs}", flush=True)
-        progress(epoch / epochs, f"resumed after epoch {epoch}/{epochs}")
+        progress.resumed(epoch / epochs, f"resumed after epoch {epoch}/{epochs}")
         # Recorded again in case the last run died between writing this checkpoint and recording it.
         on_checkpoint(path, epoch)
         if metrics is not None:
