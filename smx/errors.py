@@ -32,15 +32,18 @@ def exception_chain(error: BaseException) -> Iterator[BaseException]:
 def failure_summary(error: str) -> str:
     """One line of a failed job's recorded error for a listing: what ended it.
 
-    The record is the worker's reason and the job log's last lines. A job that reported a user error printed it
-    as `error: …`, and the lines after it continue that message (a library's text may itself span lines), so that
-    line says the most; a job killed by a signal said nothing of it, so its log is not the cause; otherwise the last
-    line is the exception that ended it.
+    The record is the worker's reason and the job log's last lines, which may reach back into earlier attempts (the
+    log is appended to, each attempt under a `==== … ====` header), so only the last attempt's lines count. A job that
+    reported a user error printed it as `error: …`, and the lines after it continue that message (a library's text
+    may itself span lines), so that line says the most; a job killed by a signal said nothing of it, so its log is
+    not the cause; otherwise the last line is the exception that ended it.
     """
     lines = [line.strip() for line in error.splitlines() if line.strip()]
     if not lines:
         return ""
     if lines[0].startswith("killed by signal"):
         return lines[0]
-    reported = [line for line in lines if line.startswith("error: ")]
-    return reported[-1].removeprefix("error: ") if reported else lines[-1]
+    headers = [number for number, line in enumerate(lines) if line.startswith("==== ") and line.endswith(" ====")]
+    last_attempt = lines[headers[-1] + 1:] if headers else lines
+    reported = [line for line in last_attempt if line.startswith("error: ")]
+    return reported[-1].removeprefix("error: ") if reported else (last_attempt or lines)[-1]

@@ -256,6 +256,22 @@ def test_a_failed_jobs_note_is_the_line_that_says_what_ended_it() -> None:
     killed = "killed by signal 9; log /s/logs/k.log"
     assert failure_summary(f"{killed}\nepoch 3/8\n") == killed
     assert failure_summary("") == ""
+    # The log is appended to: an earlier attempt's error is not what ended the last one.
+    assert failure_summary(log + "error: out of memory\n==== certify/a attempt 2 on h cpu0 at 2026 ====\n"
+                                 "Traceback (most recent call last):\nValueError: 11 classes\n") == "ValueError: 11 classes"
+
+
+def test_the_jobs_table_reads_enough_of_an_error_to_say_what_ended_the_job(tmp_path: Path) -> None:
+    store = open_store(str(tmp_path / "store"))
+    epochs = "".join(f"epoch {epoch}/90: loss 2.1, noisy accuracy 0.3, lr 0.01, 30.1 s\n" for epoch in range(40))
+    message = "the train split of mnist is not under /data/" + "x" * 150
+    with store.session() as session:
+        add_job(session, "train-killed", "train", "failed", error=f"killed by signal 9; log /s/k.log\n{epochs}")
+        add_job(session, "train-raised", "train", "failed",
+                error=f"exited with code 2; log /s/r.log\n{epochs}error: {message}\nFix: " + "y" * 150 + "\n")
+    jobs = {job.key: job for job in StoreReader(str(store.root), clock=frozen_clock).load(LoadRequest()).jobs}
+    assert jobs[key("train-killed")].error_line == "killed by signal 9; log /s/k.log"
+    assert jobs[key("train-raised")].error_line == message
 
 
 def test_a_stopped_job_shows_how_far_it_got_and_never_the_queues_own_words() -> None:

@@ -42,8 +42,10 @@ from smx.tui.model import (
 # Certified accuracy is counted in SQL in radius bins of this width; curves are drawn on the bin edges.
 RADIUS_STEP = 0.01
 BIN_NUDGE = 1e-9
-# The jobs list only needs the end of an error (the exception); the job screen loads all of it.
-ERROR_TAIL_CHARS = 300
+# The jobs list needs only the ends of an error: its first line (the worker's reason, such as a signal) and its last
+# lines (the exception, or the job's error message); the job screen loads all of it.
+ERROR_HEAD_CHARS = 200
+ERROR_TAIL_CHARS = 1500
 # The first read of a log shows at most its last this many bytes.
 LOG_TAIL_BYTES = 64 * 1024
 # Columns of the results view that the results table does not show: the experiment is the table's title.
@@ -86,9 +88,11 @@ def _summary(row: Any, memberships: Memberships, blocked_by: str | None, now: da
 
 
 # substr(error, -n) is SQLite only; this form also works on PostgreSQL.
-_error_tail = func.substr(
-    Job.error, case((func.length(Job.error) > ERROR_TAIL_CHARS, func.length(Job.error) - (ERROR_TAIL_CHARS - 1)),
-                    else_=1),
+_error_tail = case(
+    (func.length(Job.error) > ERROR_HEAD_CHARS + ERROR_TAIL_CHARS,
+     func.substr(Job.error, 1, ERROR_HEAD_CHARS).op("||")("\n").op("||")(
+         func.substr(Job.error, func.length(Job.error) - (ERROR_TAIL_CHARS - 1)))),
+    else_=Job.error,
 ).label("error_tail")
 _JOB_COLUMNS = (Job.key, Job.kind, Job.name, Job.status, Job.progress, Job.progress_text, Job.device, Job.attempts,
                 Job.started_at, Job.finished_at, _error_tail, Job.heartbeat_at, Job.attempt_start_progress)

@@ -39,7 +39,7 @@ class JobSummary:
     attempts: int
     elapsed_seconds: float | None
     eta_seconds: float | None
-    error_tail: str | None
+    error_tail: str | None  # the error's first line and last lines (data.ERROR_HEAD_CHARS, ERROR_TAIL_CHARS)
     blocked_by: str | None  # status of an unfinished parent that keeps a pending job waiting
     silent_seconds: float | None = None  # a running job whose worker has not been heard from for this long
 
