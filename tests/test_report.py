@@ -234,7 +234,9 @@ def test_until_its_aggregate_is_done_an_experiment_reports_and_plots_the_configs
 
 
 def test_the_aggregate_job_writes_each_configs_log_and_removes_those_of_dropped_configs(store: Store) -> None:
-    from smx.db.models import Certificate, Job
+    from sqlalchemy import delete
+
+    from smx.db.models import Certificate, ExperimentJob, Job
     from smx.tasks import aggregate as aggregate_task
 
     plan = build_plan(parse_spec(SPEC))
@@ -253,6 +255,14 @@ def test_the_aggregate_job_writes_each_configs_log_and_removes_those_of_dropped_
     aggregate_task.run(store, job, "cpu", lambda fraction, text: None)
     assert sorted(path.name for path in results.iterdir()) == sorted(f"{name}.tsv" for name in SAMPLES)
     assert (results / "gaussian-sigma0.5.tsv").read_text().splitlines()[1].startswith("0\t0\t0\t2.0\t1\t")
+    # Once an edited spec's plan no longer has it, the job (retried, or finishing late) leaves the folder alone.
+    with store.session() as session:
+        session.execute(delete(ExperimentJob).where(ExperimentJob.job_key == aggregate.key))
+    (results / "gaussian-sigma0.5.tsv").unlink()
+    (results / "gaussian-sigma0.75.tsv").write_text("a config of the spec as it is now\n")
+    aggregate_task.run(store, job, "cpu", lambda fraction, text: None)
+    assert sorted(path.name for path in results.iterdir()) == sorted(
+        [f"{name}.tsv" for name in SAMPLES if name != "gaussian-sigma0.5"] + ["gaussian-sigma0.75.tsv"])
 
 
 def test_report_of_an_unknown_or_empty_experiment_says_so(store: Store) -> None:

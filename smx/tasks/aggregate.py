@@ -10,9 +10,9 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from sqlalchemy import delete
+from sqlalchemy import delete, select
 
-from smx.db.models import Aggregate, CertifiedAccuracy, Job
+from smx.db.models import Aggregate, CertifiedAccuracy, Experiment, ExperimentJob, Job
 from smx.db.queries import certification_log_rows
 from smx.db.store import Store
 from smx.science.metrics import DEFAULT_RADII, RADIUS_DECIMALS, LogRow, summarize, write_certification_log
@@ -49,20 +49,30 @@ def run(store: Store, job: Job, device: str, progress: ProgressReporter) -> None
     experiment, configs = inputs["experiment"], inputs["configs"]
     radii = aggregate_radii(inputs["radii"])
     results_dir = store.root / "results" / experiment
-    results_dir.mkdir(parents=True, exist_ok=True)
+    # The folder is the experiment's as its spec is now: the aggregate of an edited spec's earlier version, left to
+    # finish or retried, must not write the configs it had there, nor remove the current ones.
+    with store.read_session() as session:
+        current_plan = session.scalar(
+            select(ExperimentJob.job_key).join(Experiment, Experiment.id == ExperimentJob.experiment_id)
+            .where(Experiment.name == experiment, ExperimentJob.job_key == job.key)) is not None
+    if current_plan:
+        results_dir.mkdir(parents=True, exist_ok=True)
+    else:
+        print(f"not in {experiment}'s current plan: {results_dir} is left as it is", flush=True)
     summaries = []
     for position, entry in enumerate(configs):
         with store.read_session() as session:
             rows = certification_log_rows(session, entry["certify_key"])
         summaries.append(summarise_config(job.key, experiment, entry, rows, radii))
-        write_certification_log(results_dir / f"{entry['name']}.tsv", rows)
+        if current_plan:
+            write_certification_log(results_dir / f"{entry['name']}.tsv", rows)
         progress((position + 1) / len(configs), f"config {position + 1}/{len(configs)}")
-    # The folder holds the logs of the experiment's configs as this plan has them: an edited spec's dropped
-    # configs would otherwise stay beside them and be read as results of the experiment.
-    current = {f"{entry['name']}.tsv" for entry in configs}
-    for stale in results_dir.glob("*.tsv"):
-        if stale.name not in current:
-            stale.unlink(missing_ok=True)
+    if current_plan:
+        # An edited spec's dropped configs would otherwise stay beside the others and be read as its results.
+        current = {f"{entry['name']}.tsv" for entry in configs}
+        for stale in results_dir.glob("*.tsv"):
+            if stale.name not in current:
+                stale.unlink(missing_ok=True)
     # One transaction: a rerun replaces the previous summaries whole, never leaving a half-written set.
     with store.session() as session:
         session.execute(delete(Aggregate).where(Aggregate.job_key == job.key))
