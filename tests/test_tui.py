@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import sqlite3
 import subprocess
 import sys
@@ -514,9 +515,12 @@ async def test_each_experiment_keeps_its_own_ticked_curves(seeded: Store, monkey
 @pytest.mark.asyncio
 async def test_long_config_names_stay_apart_and_keep_the_legend_in_a_small_terminal(seeded: Store) -> None:
     from smx.db.models import ExperimentJob
+    from smx.tui.cells import short_config_names
 
-    long_names = {"certify-gaussian-0.25": "gaussian-eta1-onestep-noise_samples=4-sigma=0.25",
-                  "certify-smoothmix-0.25": "smoothmix-eta1-onestep-noise_samples=4-sigma=0.25"}
+    # A sweep over three keys: the values that tell configs apart sit in the middle of their names.
+    long_names = {"certify-gaussian-0.25": "smoothmix-eta=2-noise_samples=1-sigma=0.25",
+                  "certify-smoothmix-0.25": "smoothmix-eta=2-noise_samples=4-sigma=0.25",
+                  "certify-smoothmix-0.50": "smoothmix-eta=8-noise_samples=1-sigma=0.25"}
     with seeded.session() as session:
         for job, name in long_names.items():
             session.execute(update(ExperimentJob).where(ExperimentJob.job_key == key(job)).values(config_name=name))
@@ -526,11 +530,24 @@ async def test_long_config_names_stay_apart_and_keep_the_legend_in_a_small_termi
         await pilot.press("4")
         await settle(pilot)
         pane = app.main.query_one(CurvesPane)
-        shown = [pane.configs.render_line(row).text for row in range(3)]
-        assert shown[0].endswith(" gaussian-eta1-…=4-sigma=0.25") and shown[2].endswith(" smoothmix-eta1…=4-sigma=0.25")
+        shown = [pane.configs.render_line(row).text.split("▌ ", 1)[1].rstrip() for row in range(3)]
+        # The list keeps room for a state (pending) beside each name.
+        assert shown == ["…eta=2-no…mples=1…", "…eta=2-no…mples=4…", "…eta=8-no…mples=1… (pending)"]
         plot = pane.query_one("#curves-plot")
-        legend = plot.plt.build()
-        assert legend.count("ACR") == 2 and "sigma=0.25 ACR" in legend  # which line is which survives
+        legend = re.sub(r"\x1b\[[0-9;]*m", "", plot.plt.build())  # which line is which survives
+        labels = short_config_names(list(long_names.values())[:2], plot.size.width - plot.LEGEND_MARGIN - 10)
+        assert len(set(labels.values())) == 2 and all(f"{label} ACR" in legend for label in labels.values())
+
+
+def test_short_config_names_drop_what_all_share_and_then_cut_the_middle() -> None:
+    from smx.tui.cells import short_config_names
+
+    names = [f"smoothmix-eta={eta}-noise_samples={m}-sigma=0.25" for eta in (2, 4) for m in (1, 4)]
+    assert list(short_config_names(names, 42).values()) == names  # they fit
+    assert list(short_config_names(names, 14).values()) == ["…eta=2-…les=1…", "…eta=2-…les=4…", "…eta=4-…les=1…",
+                                                            "…eta=4-…les=4…"]
+    mixed = short_config_names(["gaussian", "smoothmix-eta=2-onestep-sigma=0.25"], 20)
+    assert mixed == {"gaussian": "gaussian", "smoothmix-eta=2-onestep-sigma=0.25": "smoothmix-…igma=0.25"}
 
 
 @pytest.mark.asyncio

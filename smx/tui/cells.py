@@ -3,6 +3,7 @@ other bits of text the screens share."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from functools import lru_cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
@@ -71,14 +72,35 @@ def shown_path(path: str | Path) -> str:
 
 
 def middle_cut(text: str, room: int) -> str:
-    """`text` in at most `room` characters, cut in the middle: the configs of a sweep share their start and differ
-    at their end (smoothmix-eta1-onestep-sigma0.25, ...-sigma0.5), so both ends are kept."""
+    """`text` in at most `room` characters, cut in the middle, keeping both ends."""
     if len(text) <= room:
         return text
     if room < 2:
         return text[:room]
     tail = (room - 1) // 2
     return f"{text[:room - 1 - tail]}…{text[len(text) - tail:]}"
+
+
+def short_config_names(names: Sequence[str], room: int) -> dict[str, str]:
+    """Each name in at most `room` characters, told apart from the others where it can be.
+
+    Config names are `-`-separated parts (variant, then `label=value` per swept key), and the configs of one
+    experiment share many of them wherever the values that differ sit: the parts common to all at the start and at
+    the end go first (marked …), then a name still too long is cut in its middle.
+    """
+    if all(len(name) <= room for name in names):
+        return {name: name for name in names}
+    parts = [name.split("-") for name in names]
+    shortest = min(len(name_parts) for name_parts in parts)
+
+    def shared(position: int) -> bool:
+        return len(names) > 1 and len({name_parts[position] for name_parts in parts}) == 1
+
+    lead = next((count for count in range(shortest - 1) if not shared(count)), shortest - 1)
+    trail = next((count for count in range(shortest - 1 - lead) if not shared(-1 - count)), shortest - 1 - lead)
+    return {name: middle_cut(("…" if lead else "") + "-".join(name_parts[lead:len(name_parts) - trail])
+                             + ("…" if trail else ""), room)
+            for name, name_parts in zip(names, parts)}
 
 
 def duration(seconds: float | None) -> str:

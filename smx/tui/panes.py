@@ -11,8 +11,8 @@ from textual.containers import Horizontal, Vertical
 from textual.widgets import DataTable, Input, SelectionList, Static
 from textual.widgets.selection_list import Selection
 
-from smx.tui.cells import (EXPERIMENT_COLUMNS, JOB_COLUMNS, describe, experiment_cells, job_cells, middle_cut,
-                           result_cells, result_label, results_caption)
+from smx.tui.cells import (EXPERIMENT_COLUMNS, JOB_COLUMNS, describe, experiment_cells, job_cells,
+                           result_cells, result_label, results_caption, short_config_names)
 from smx.tui.messages import ActOnJobs, ExportResults, FocusExperiment, OpenJob
 from smx.tui.model import CurveSet, JobSummary, ResultsTable
 from smx.tui.widgets import CurvesPlot, LiveTable
@@ -286,7 +286,7 @@ class CurvesPane(Vertical):
         height: 1fr;
     }
     """
-    # What the list's width leaves for a name: a longer one is cut in its middle, where a sweep's configs are alike.
+    # What the list's width leaves for a name (a longer one is shortened: short_config_names).
     LISTED_NAME_WIDTH = 28
     # A terminal chart with more lines than this is unreadable (and slow to draw): later configs start unticked.
     TICKED_AT_FIRST = 8
@@ -311,8 +311,11 @@ class CurvesPane(Vertical):
     def show(self, curves: CurveSet | None) -> None:
         if curves == self._curves:
             return
-        options = [(curve.job_key, middle_cut(curve.config, self.LISTED_NAME_WIDTH)
-                     + ("" if curve.status == "done" else f" ({curve.status})"))
+        states = {curve.job_key: "" if curve.status == "done" else f" ({curve.status})"
+                  for curve in curves.curves} if curves else {}
+        room = self.LISTED_NAME_WIDTH - max(map(len, states.values()), default=0)
+        listed = short_config_names([curve.config for curve in curves.curves], room) if curves else {}
+        options = [(curve.job_key, listed[curve.config] + states[curve.job_key])
                    for curve in curves.curves] if curves else []
         ticked = self._ticked.setdefault(curves.experiment, set()) if curves else set()
         seen = self._seen.setdefault(curves.experiment, set()) if curves else set()

@@ -10,7 +10,7 @@ from textual.message import Message
 from textual.widgets import DataTable
 from textual_plotext import PlotextPlot
 
-from smx.tui.cells import Cell, middle_cut
+from smx.tui.cells import Cell, short_config_names
 from smx.tui.model import CurveSet, EpochMetric
 
 # DataTable.remove_row costs time linear in the table's size, so removing many rows one by one is quadratic:
@@ -169,11 +169,11 @@ class CurvesPlot(PlotextPlot):
         plt.xlabel("radius (L2)")
         plt.ylim(0, 1)
         drawn = [curve for curve in (curves.curves if curves else []) if curve.job_key in selected and curve.samples]
+        # Names shortened to the plot's width keep the legend, and with it which line is which.
+        room = self.size.width - self.LEGEND_MARGIN - len(" ACR 0.000") if self.size.width else 10**6
+        labels = short_config_names([curve.config for curve in drawn], max(room, 4))
         for curve in drawn[:self.MAX_CURVES]:
-            acr = f" ACR {curve.acr:.3f}"
-            # Names cut to the plot's width keep the legend, and with it which line is which.
-            room = self.size.width - self.LEGEND_MARGIN - len(acr) if self.size.width else len(curve.config)
-            plt.plot(curves.radii, curve.accuracy, label=middle_cut(curve.config, max(room, 4)) + acr,
+            plt.plot(curves.radii, curve.accuracy, label=f"{labels[curve.config]} ACR {curve.acr:.3f}",
                      marker="braille")
         self.refresh()
         return min(len(drawn), self.MAX_CURVES)
