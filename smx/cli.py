@@ -606,7 +606,7 @@ def query(
     """Run read-only SQL on the store, or export an experiment's results."""
     from smx.db.readonly import run_query, tables_sql
     from smx.db.store import open_store
-    from smx.report import FORMATS, boxed_table, experiment_results, format_cell, render
+    from smx.report import ASCII_BOX, FORMATS, boxed_table, experiment_results, format_cell, render
 
     if format not in FORMATS:
         raise UserError(f"unknown --format {format!r}.\nFix: use one of {', '.join(FORMATS)}.")
@@ -639,6 +639,10 @@ def query(
         errors.print(f"({len(result.columns)} columns are wider than this terminal, so each row is a block; "
                      "--format csv or md gives a table.)", highlight=False)
     else:
+        try:
+            "┃".encode(sys.stdout.encoding or "utf-8")
+        except (UnicodeEncodeError, LookupError):
+            table = table.translate(ASCII_BOX)
         sys.stdout.write(table)
     console.print(f"{len(result.rows)} row(s)")
 

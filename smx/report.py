@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from rich.cells import cell_len
+from rich.control import strip_control_codes
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
@@ -54,7 +55,8 @@ def boxed_table(columns: list[str], rows: list[list[str]]) -> str:
     took 22 s for the 20,000 certificates of two configs."""
     if not columns:
         return ""
-    split = [[cell.expandtabs(8).split("\n") for cell in row] for row in [columns, *rows]]
+    # Control codes (a carriage return in a value) would move the terminal's cursor over the box: Rich drops them.
+    split = [[strip_control_codes(cell.expandtabs(8)).split("\n") for cell in row] for row in [columns, *rows]]
     widths = [max(cell_len(line) for row in split for line in row[column]) for column in range(len(columns))]
 
     def rule(left: str, fill: str, middle: str, right: str) -> str:
@@ -69,6 +71,10 @@ def boxed_table(columns: list[str], rows: list[list[str]]) -> str:
 
     return (rule("┏", "━", "┳", "┓") + lines_of(split[0], "┃") + rule("┡", "━", "╇", "┩")
             + "".join(lines_of(row, "│") for row in split[1:]) + rule("└", "─", "┴", "┘"))
+
+
+# The box in characters every terminal encoding has, for one that lacks the box-drawing ones.
+ASCII_BOX = str.maketrans("┏┳┓┡╇┩└┴┘━─┃│", "+++++++++--||")
 
 
 def to_csv(result: QueryResult) -> str:

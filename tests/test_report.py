@@ -379,6 +379,7 @@ def test_json_writes_nan_and_infinities_as_null() -> None:
     (["job_key", "radius"], []),
     (["error"], [["exited with code 2\nerror: no data"], ["é中文"], [""]]),
     (["note"], [["[red]not markup[/]"]]),
+    (["log"], [["a\r\nb\x07"], ["x\ry"]]),  # control codes would move the cursor over the box
 ])
 def test_a_query_table_looks_as_rich_draws_it(columns: list[str], rows: list[list[str]]) -> None:
     import io
