@@ -280,8 +280,11 @@ def export_certification_logs(store: Store, experiment: str, out_dir: Path) -> E
                         "Fix: move it away, or choose another directory with --out.")
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
-        for path, rows in zip(paths, logs.values()):
-            write_certification_log(path, rows)
     except OSError as error:
         raise cannot_write(Path(error.filename or out_dir), error) from None
+    for path, rows in zip(paths, logs.values()):
+        try:
+            write_certification_log(path, rows)
+        except OSError as error:  # named by the log it was writing, not by its hidden partial file
+            raise cannot_write(path, error) from None
     return ExportOutcome(paths, unfinished)

@@ -10,6 +10,7 @@ import contextlib
 import math
 import os
 import re
+import secrets
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
@@ -113,9 +114,11 @@ def write_certification_log(path: str | os.PathLike[str], rows: Iterable[LogRow]
     an error or a kill midway never leaves a log that reads as a shorter certification.
     """
     path = Path(path)
-    partial = path.with_name(f".{path.name}.{os.getpid()}.part")
+    # A name no other writer has, even one with this pid on another machine sharing the file system ("x" refuses
+    # an existing file); unlike mkstemp's, the file gets the permissions any other file written here would.
+    partial = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.part")
     try:
-        with open(partial, "w", encoding="utf-8", newline="\n") as log:
+        with open(partial, "x", encoding="utf-8", newline="\n") as log:
             log.write(LOG_HEADER + "\n")
             for row in rows:
                 elapsed = timedelta(seconds=row.seconds)
