@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import threading
@@ -84,17 +85,31 @@ def test_placeholders_are_refused_with_the_fix_of_writing_the_value(seeded) -> N
 ENDLESS = "WITH RECURSIVE counter(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM counter) SELECT count(*) FROM counter"
 
 
-def interrupt_this_process_in(seconds: float) -> threading.Timer:
-    timer = threading.Timer(seconds, os.kill, (os.getpid(), signal.SIGINT))
-    timer.start()
-    return timer
+@pytest.fixture
+def ctrl_c_during_the_statement(monkeypatch):
+    """Send this process SIGINT once the query's handler is in place, and never after the query."""
+    from smx.db import readonly
+
+    watched = readonly._interrupted_by_sigint
+
+    @contextlib.contextmanager
+    def interrupted_soon(connection):
+        with watched(connection):
+            timer = threading.Timer(0.3, os.kill, (os.getpid(), signal.SIGINT))
+            timer.start()
+            try:
+                yield
+            finally:
+                timer.cancel()
+                timer.join()
+
+    monkeypatch.setattr(readonly, "_interrupted_by_sigint", interrupted_soon)
 
 
-def test_ctrl_c_stops_a_statement_that_never_ends(seeded) -> None:
+def test_ctrl_c_stops_a_statement_that_never_ends(seeded, ctrl_c_during_the_statement) -> None:
     if seeded.sqlite_path is None:
         pytest.skip("psycopg's own waits are interruptible; SQLite's statements run without returning to Python")
     started = time.monotonic()
-    interrupt_this_process_in(0.5)
     with pytest.raises(KeyboardInterrupt):
         run_query(seeded, ENDLESS)
     assert time.monotonic() - started < 10
@@ -102,14 +117,22 @@ def test_ctrl_c_stops_a_statement_that_never_ends(seeded) -> None:
     assert run_query(seeded, "SELECT count(*) FROM jobs").rows == [(1,)]
 
 
-def test_smx_query_stopped_by_ctrl_c_exits_130_and_says_so(seeded) -> None:
+def test_smx_query_stopped_by_ctrl_c_exits_130_and_says_so(seeded, ctrl_c_during_the_statement) -> None:
     if seeded.sqlite_path is None:
         pytest.skip("SQLite only, as above")
     from typer.testing import CliRunner
 
     from smx.cli import app
 
-    interrupt_this_process_in(1.0)
     result = CliRunner().invoke(app, ["query", ENDLESS, "--store", seeded.location])
     assert result.exit_code == 130, result.output
     assert "interrupted: the query was stopped" in result.output
+
+
+def test_a_query_whose_sigint_is_ignored_leaves_it_ignored(seeded) -> None:
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        assert run_query(seeded, "SELECT count(*) FROM jobs").rows == [(1,)]
+        assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+    finally:
+        signal.signal(signal.SIGINT, previous)

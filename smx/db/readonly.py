@@ -87,9 +87,11 @@ def _interrupted_by_sigint(connection: sqlite3.Connection) -> Iterator[None]:
 
     Python runs a signal handler only between bytecodes, and a long statement runs in SQLite without returning to
     them; so SQLite calls back into Python every PROGRESS_STEPS of its instructions, which lets the handler run,
-    and the callback's answer stops the statement. Outside the main thread (the TUI's reads) signals cannot be
-    handled, and nothing changes."""
-    if threading.current_thread() is not threading.main_thread():
+    and the callback's answer stops the statement. Nothing changes outside the main thread (the TUI's reads), where
+    signals cannot be handled, nor where SIGINT is ignored (a job started in the background by a script) or
+    handled by code outside Python."""
+    if (threading.current_thread() is not threading.main_thread()
+            or signal.getsignal(signal.SIGINT) in (signal.SIG_IGN, None)):
         yield
         return
     interrupted = threading.Event()
