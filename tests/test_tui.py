@@ -258,8 +258,9 @@ def test_a_failed_jobs_note_is_the_line_that_says_what_ended_it() -> None:
     assert failure_summary(f"{killed}\nepoch 3/8\n") == killed
     assert failure_summary("") == ""
     # The log is appended to: an earlier attempt's error is not what ended the last one.
-    assert failure_summary(log + "error: out of memory\n==== certify/a attempt 2 on h cpu0 at 2026 ====\n"
-                                 "Traceback (most recent call last):\nValueError: 11 classes\n") == "ValueError: 11 classes"
+    second_attempt = "==== certify/a attempt 2 on h cpu0 at 2026 ====\nTraceback (most recent call last):\n"
+    crashed = f"{log}error: out of memory\n{second_attempt}ValueError: 11 classes\n"
+    assert failure_summary(crashed) == "ValueError: 11 classes"
 
 
 def test_the_jobs_table_reads_enough_of_an_error_to_say_what_ended_the_job(tmp_path: Path) -> None:
