@@ -32,8 +32,9 @@ import torch
 from sqlalchemy import event, func, select, update
 from sqlalchemy.engine import make_url
 
-from smx.db.models import Aggregate, Base, Certificate, CertifiedAccuracy, Checkpoint, Job, JobParent, TrainMetric
-from smx.db.store import Store, open_store
+from smx.db.models import (Aggregate, Base, Certificate, CertifiedAccuracy, Checkpoint, Experiment, ExperimentJob, Job,
+                           JobParent, TrainMetric)
+from smx.db.store import NoStoreYet, Store, open_store
 from smx.plan import Plan, build_plan
 from smx.scheduler import queue
 from smx.scheduler.slots import is_free, try_lock
@@ -111,6 +112,14 @@ def start_worker(location: str | Path, output: Path, slots: int = 1,
 
 def finish_worker(worker: subprocess.Popen, output: Path) -> None:
     assert worker.wait(timeout=TIMEOUT_SECONDS) == 0, output.read_text()
+
+
+def store_if_created(directory: Path) -> Store | None:
+    """The store `smx submit` is creating there, once its tables exist (smx.db comes first)."""
+    try:
+        return open_store(str(directory), create=False)
+    except NoStoreYet:
+        return None
 
 
 def wait_until(condition: Callable[[], T], what: str, timeout: float = TIMEOUT_SECONDS) -> T:
@@ -274,8 +283,7 @@ def test_a_signal_to_smx_submit_alone_stops_its_workers_and_requeues_the_job(tmp
     store_dir = tmp_path / "store"
     submit = start(smx_command("submit", str(spec), "--store", str(store_dir), "--gpus", "none"),
                    stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
-    store = wait_until(lambda: (store_dir / "smx.db").exists() and open_store(str(store_dir), create=False),
-                       "the store")
+    store = wait_until(lambda: store_if_created(store_dir), "the store")
     train_key = key_of(build_plan(load_spec(spec)), "train")
     wait_until(lambda: epoch_metric(store, train_key, 1), "the first epoch")
     job_pid = job_row(store, train_key).pid
@@ -295,8 +303,7 @@ def test_smx_submit_whose_worker_is_killed_says_so_and_the_next_submit_resumes_t
     store_dir = tmp_path / "store"
     command = smx_command("submit", str(spec), "--store", str(store_dir), "--gpus", "none")
     submit = start(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
-    store = wait_until(lambda: (store_dir / "smx.db").exists() and open_store(str(store_dir), create=False),
-                       "the store")
+    store = wait_until(lambda: store_if_created(store_dir), "the store")
     train_key = key_of(build_plan(load_spec(spec)), "train")
     wait_until(lambda: epoch_metric(store, train_key, 1), "the first epoch")
     job_pid = job_row(store, train_key).pid
@@ -630,7 +637,8 @@ def test_two_submitters_on_overlapping_specs_run_every_job_exactly_once(tmp_path
 def add_soak_jobs(store: Store, aggregates: int, rng: random.Random) -> dict[str, list[str]]:
     """Certify jobs already done (a few certificates each), and torch-free aggregate jobs that summarise them.
 
-    Returns each aggregate's config names. Each aggregate has its own experiment, hence its own results folder.
+    Returns each aggregate's config names. Each aggregate is the plan of an experiment of its own, hence has its own
+    results folder.
     """
     certify_keys = [f"certify-{index}" for index in range(6)]
     configs_of = {}
@@ -648,8 +656,12 @@ def add_soak_jobs(store: Store, aggregates: int, rng: random.Random) -> dict[str
                         "sigma": 0.5, "swept": {}} for certify_key in chosen]
             session.add(Job(key=key, kind="aggregate", name=f"aggregate/soak-{index:03d}",
                             config={"experiment": f"soak-{index:03d}", "radii": [0.5], "configs": configs}))
+            experiment = Experiment(name=f"soak-{index:03d}", spec_path=f"soak-{index:03d}.toml", spec_text="",
+                                    spec_hash=f"{index:064d}")
+            session.add(experiment)
             session.flush()
             session.add_all(JobParent(child_key=key, parent_key=parent) for parent in chosen)
+            session.add(ExperimentJob(experiment_id=experiment.id, job_key=key))
             configs_of[key] = [config["name"] for config in configs]
     return configs_of
 
