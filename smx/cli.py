@@ -733,6 +733,9 @@ def import_log(
     console.print(f"{what} {escape(str(file))} as [bold]{outcome.experiment}[/] / {outcome.config_name}: "
                   f"{outcome.samples} certificates, ACR {outcome.acr:.4f} (job {outcome.certify_key[:12]})",
                   highlight=False, soft_wrap=True)
+    if outcome.already_imported and note != outcome.note:
+        console.print(f"--note was not stored: the import already there keeps its note {outcome.note!r}.",
+                      markup=False, highlight=False, soft_wrap=True)
     assumed = log.assumed_params()
     if assumed and not outcome.already_imported:
         # Comparisons with the paper match on these; a wrong assumption (e.g. m=1 for an m=4 run) matches the

@@ -83,6 +83,7 @@ class ImportOutcome:
     samples: int
     acr: float
     already_imported: bool
+    note: str  # the note the import was made with: a later import of the same log does not change it
 
 
 def _check_name(name: str, option: str) -> str:
@@ -195,8 +196,9 @@ def store_log(store: Store, log: LoadedLog) -> ImportOutcome:
             .where(ExperimentJob.experiment_id == experiment.id)).all())
         if aggregate_key in members:
             aggregate = _summary_of(session, aggregate_key)
+            stored = session.get(Job, certify_key).config.get("import", {}).get("note", "")
             return ImportOutcome(log.experiment, log.config_name, certify_key, aggregate.num_samples, aggregate.acr,
-                                 already_imported=True)
+                                 already_imported=True, note=stored)
         if certify_key in members:
             raise UserError(f"{log.path} is already in experiment {log.experiment!r} as config "
                             f"{members[certify_key]!r}.\nFix: nothing to do; or import into another --name.")
@@ -245,7 +247,7 @@ def store_log(store: Store, log: LoadedLog) -> ImportOutcome:
         session.flush()
         aggregate = _summary_of(session, aggregate_key)
         return ImportOutcome(log.experiment, log.config_name, certify_key, aggregate.num_samples, aggregate.acr,
-                             already_imported=False)
+                             already_imported=False, note=log.note)
 
 
 @dataclass

@@ -107,7 +107,9 @@ def test_an_import_records_its_provenance_and_leaves_what_a_certify_job_would(im
 def test_importing_the_same_file_again_changes_nothing(imported: Path) -> None:
     before = query_json(COUNTS, imported), query_json("SELECT key, finished_at FROM jobs ORDER BY key", imported)
     result = run_smx(*IMPORT_GAUSSIAN, store=imported)
-    assert "already imported" in result.stdout
+    assert "already imported" in result.stdout and "--note" not in result.stdout  # the same note
+    renoted = run_smx(*IMPORT_GAUSSIAN[:-1], "a new note", store=imported).stdout
+    assert "--note was not stored: the import already there keeps its note \"Cohen et al.'s MNIST model\"." in renoted
     assert (query_json(COUNTS, imported), query_json("SELECT key, finished_at FROM jobs ORDER BY key", imported)) \
         == before
 
