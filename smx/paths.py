@@ -1,7 +1,11 @@
-"""Paths a user writes, in a spec, an option or an environment variable."""
+"""Paths a user writes, in a spec, an option or an environment variable; and files written whole or not at all."""
 
 from __future__ import annotations
 
+import contextlib
+import os
+import secrets
+from collections.abc import Iterator
 from pathlib import Path
 
 from smx.errors import UserError
@@ -21,3 +25,19 @@ def expand_home(path: str | Path, setting: str) -> Path:
             f"{setting}: cannot find the home directory {home!r} in {str(path)!r}: there is no such user here. "
             "Fix: write the path in full, or with ~ for your own home."
         ) from None
+
+
+@contextlib.contextmanager
+def written_whole(path: Path) -> Iterator[Path]:
+    """A hidden path beside `path` to write the file at; renamed to `path` when the block ends without an error, and
+    removed otherwise, so that an error or a kill midway never leaves a partial file under the real name.
+
+    The name is one no other writer has, even one with this pid on another machine sharing the file system.
+    """
+    partial = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.part")
+    try:
+        yield partial
+        os.replace(partial, path)
+    finally:
+        with contextlib.suppress(OSError):  # nothing left once renamed, or nothing ever written
+            partial.unlink()

@@ -8,7 +8,6 @@ import csv
 import io
 import json
 import math
-import os
 from collections import Counter
 from dataclasses import dataclass
 from decimal import ROUND_HALF_UP, Decimal
@@ -26,6 +25,7 @@ from smx.db.readonly import QueryResult, run_query
 from smx.db.store import Store
 from smx.db.views import radius_column
 from smx.errors import UserError
+from smx.paths import written_whole
 from smx.reference import (RADIUS_TOLERANCE, PublishedRow, Setting, find_published, published_protocol,
                            setting_of)
 from smx.science.metrics import DEFAULT_RADII, RADIUS_DECIMALS, certified_accuracy
@@ -194,19 +194,15 @@ def pyplot() -> Any:
 def save_plot(figure: Any, path: Path) -> Path:
     """Lay the figure out, write it to `path` whole or not at all (into a hidden file beside it, renamed to `path`
     when done) and close it. Returns `path`."""
-    partial = path.with_name(f".{path.name}.{os.getpid()}.part")
     try:
         figure.tight_layout()
         path.parent.mkdir(parents=True, exist_ok=True)
-        figure.savefig(partial, format=path.suffix.lower().removeprefix("."))
-        os.replace(partial, path)
+        with written_whole(path) as partial:
+            figure.savefig(partial, format=path.suffix.lower().removeprefix("."))
     except OSError as error:
         raise cannot_write(path, error) from None
     finally:
         pyplot().close(figure)
-        # Nothing to remove once renamed, or when it was never created (its folder may not even be reachable).
-        with contextlib.suppress(OSError):
-            partial.unlink()
     return path
 
 

@@ -1,4 +1,4 @@
-"""Paths with ~ in the settings a user writes."""
+"""Paths with ~ in the settings a user writes, and files written whole or not at all."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from smx.errors import UserError
-from smx.paths import expand_home
+from smx.paths import expand_home, written_whole
 from tests.conftest import REPO, smx_command
 
 NO_SUCH_USER = "~smx-no-such-user"
@@ -52,3 +52,18 @@ def test_embedded_data_needs_no_data_root(tmp_path: Path) -> None:
     result = subprocess.run(smx_command("validate", str(REPO / "experiments" / "quickstart.toml")),
                             capture_output=True, text=True, env=environment, cwd=tmp_path, timeout=120)
     assert result.returncode == 0, result.stderr
+
+
+def test_a_file_written_whole_appears_only_complete_and_never_after_an_error(tmp_path: Path) -> None:
+    target = tmp_path / "results.tsv"
+    target.write_text("the previous run's log\n")
+    with pytest.raises(OSError):
+        with written_whole(target) as partial:
+            partial.write_text("half of it")
+            raise OSError("disk full")
+    assert list(tmp_path.iterdir()) == [target] and target.read_text() == "the previous run's log\n"
+    with written_whole(target) as partial:
+        assert partial.parent == tmp_path and partial.name.startswith(".results.tsv.")
+        partial.write_text("all of it\n")
+        assert target.read_text() == "the previous run's log\n"  # replaced only once complete
+    assert list(tmp_path.iterdir()) == [target] and target.read_text() == "all of it\n"

@@ -6,11 +6,9 @@ radius >= r; abstentions and wrong answers count as 0. ACR is the mean over all 
 
 from __future__ import annotations
 
-import contextlib
 import math
 import os
 import re
-import secrets
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
@@ -19,6 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from smx.errors import UserError
+from smx.paths import written_whole
 
 DEFAULT_RADII: tuple[float, ...] = tuple(0.25 * step for step in range(17))  # 0.0, 0.25, ..., 4.0
 # Summaries are computed and stored at radii rounded to this many decimals: 0.1 * 3 and 0.3 are one radius.
@@ -113,21 +112,13 @@ def write_certification_log(path: str | os.PathLike[str], rows: Iterable[LogRow]
     The file is whole or absent: it is written beside `path` under a hidden name and renamed when complete, so
     an error or a kill midway never leaves a log that reads as a shorter certification.
     """
-    path = Path(path)
-    # A name no other writer has, even one with this pid on another machine sharing the file system ("x" refuses
-    # an existing file); unlike mkstemp's, the file gets the permissions any other file written here would.
-    partial = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.part")
-    try:
-        with open(partial, "x", encoding="utf-8", newline="\n") as log:
-            log.write(LOG_HEADER + "\n")
-            for row in rows:
-                elapsed = timedelta(seconds=row.seconds)
-                fields = (row.index, row.label, row.prediction, float(row.radius), row.correct, elapsed)
-                log.write("\t".join(str(field) for field in fields) + "\n")
-        os.replace(partial, path)
-    finally:
-        with contextlib.suppress(OSError):  # nothing left once renamed
-            partial.unlink()
+    # "x": the partial file is this writer's alone; unlike mkstemp's, it gets the permissions any other file here would.
+    with written_whole(Path(path)) as partial, open(partial, "x", encoding="utf-8", newline="\n") as log:
+        log.write(LOG_HEADER + "\n")
+        for row in rows:
+            elapsed = timedelta(seconds=row.seconds)
+            fields = (row.index, row.label, row.prediction, float(row.radius), row.correct, elapsed)
+            log.write("\t".join(str(field) for field in fields) + "\n")
 
 
 def _whole_number(field: str, column: str) -> int:
