@@ -8,6 +8,7 @@ import csv
 import io
 import json
 import math
+import re
 from collections import Counter
 from dataclasses import dataclass
 from decimal import ROUND_HALF_UP, Decimal
@@ -28,7 +29,7 @@ from smx.errors import UserError
 from smx.paths import written_whole
 from smx.reference import (RADIUS_TOLERANCE, PublishedRow, Setting, find_published, published_protocol,
                            setting_of)
-from smx.science.metrics import DEFAULT_RADII, RADIUS_DECIMALS, certified_accuracy
+from smx.science.metrics import DEFAULT_RADII, RADIUS_DECIMALS, certified_accuracy_curve
 from smx.tasks.aggregate import aggregate_radii, summarise_config
 
 FORMATS = ("table", "csv", "json", "md")
@@ -192,10 +193,11 @@ def pyplot() -> Any:
 
 
 def save_plot(figure: Any, path: Path) -> Path:
-    """Lay the figure out, write it to `path` whole or not at all (into a hidden file beside it, renamed to `path`
-    when done) and close it. Returns `path`."""
+    """Lay the figure out (unless it has a layout engine of its own), write it to `path` whole or not at all (into a
+    hidden file beside it, renamed to `path` when done) and close it. Returns `path`."""
     try:
-        figure.tight_layout()
+        if figure.get_layout_engine() is None:
+            figure.tight_layout()
         path.parent.mkdir(parents=True, exist_ok=True)
         with written_whole(path) as partial:
             figure.savefig(partial, format=path.suffix.lower().removeprefix("."))
@@ -206,31 +208,70 @@ def save_plot(figure: Any, path: Path) -> Path:
     return path
 
 
+@dataclass
+class Curve:
+    """One certified config's certificates, as a curve of certified accuracy against radius draws them."""
+
+    aggregate: Aggregate
+    radii: list[float]
+    correct: list[int]
+
+
+# Matplotlib's ten default colours, then the same ten dashed, dotted, ...: no two curves of a panel look alike.
+LINE_STYLES = ("-", "--", ":", "-.")
+LEGEND_ROWS = 30  # legend entries per column
+
+
 def plot_experiment(store: Store, experiment: str, out: Path) -> tuple[Path, str | None]:
     """Certified accuracy against radius for every config of an experiment, one image (see `plot_file`); the path
     written, and what is missing while the experiment's summaries are provisional (see Summaries)."""
     path = plot_file(out, experiment)
     with store.read_session() as session:
         summaries = summaries_of(session, experiment)
-        curves = []
-        for aggregate in summaries.aggregates:
-            rows = session.execute(select(Certificate.radius, Certificate.correct)
-                                   .where(Certificate.job_key == aggregate.certify_key)).all()
-            curves.append((aggregate, [radius for radius, _ in rows], [correct for _, correct in rows]))
-    max_radius = max((max(radii, default=0.0) for _, radii, _ in curves), default=1.0)
-    grid = [max_radius * 1.05 * step / 400 for step in range(401)]
-    figure, axes = pyplot().subplots(figsize=(7, 4.5), dpi=120)
-    for aggregate, radii, correct in curves:
-        axes.plot(grid, [certified_accuracy(radii, correct, level) for level in grid],
-                  label=f"{aggregate.config_name} (ACR {aggregate.acr:.3f})")
-    axes.set_xlabel("radius (L2)")
-    axes.set_ylabel("certified accuracy")
-    axes.set_ylim(0, 1)
-    axes.set_xlim(left=0)
-    axes.grid(alpha=0.3)
-    axes.set_title(f"{experiment}: approximate certified accuracy")
-    axes.legend(fontsize=8)
-    return save_plot(figure, path), summaries.provisional
+        certificates: dict[str, tuple[list[float], list[int]]] = {
+            aggregate.certify_key: ([], []) for aggregate in summaries.aggregates}
+        for key, radius, correct in session.execute(
+                select(Certificate.job_key, Certificate.radius, Certificate.correct)
+                .where(Certificate.job_key.in_(list(certificates)))):
+            certificates[key][0].append(radius)
+            certificates[key][1].append(correct)
+    curves = [Curve(aggregate, *certificates[aggregate.certify_key]) for aggregate in summaries.aggregates]
+    return save_plot(certified_accuracy_figure(experiment, curves), path), summaries.provisional
+
+
+def certified_accuracy_figure(experiment: str, curves: list[Curve]) -> Any:
+    """One panel per sigma, as the paper's tables group their rows, each with its configs in the report's order and
+    its legend beside it, where it covers no curve however many configs there are."""
+    ordered = sorted(curves, key=lambda curve: (curve.aggregate.sigma, *_method_order(curve.aggregate.method),
+                                                _natural_order(curve.aggregate.config_name)))
+    panels: dict[float, list[Curve]] = {}
+    for curve in ordered:
+        panels.setdefault(curve.aggregate.sigma, []).append(curve)
+    heights = [max(3.2, 0.19 * min(len(panel), LEGEND_ROWS) + 1.0) for panel in panels.values()]
+    figure, axes_column = pyplot().subplots(len(panels), 1, figsize=(9, sum(heights) + 0.4), dpi=120, squeeze=False,
+                                            height_ratios=heights, layout="constrained")
+    for (sigma, panel), (axes,) in zip(panels.items(), axes_column):
+        max_radius = max((max(curve.radii, default=0.0) for curve in panel), default=0.0) or 1.0
+        grid = [max_radius * 1.05 * step / 400 for step in range(401)]
+        for position, curve in enumerate(panel):
+            axes.plot(grid, certified_accuracy_curve(curve.radii, curve.correct, grid),
+                      color=f"C{position % 10}", linestyle=LINE_STYLES[position // 10 % len(LINE_STYLES)],
+                      label=f"{curve.aggregate.config_name} (ACR {curve.aggregate.acr:.3f})")
+        axes.set_xlabel("radius (L2)")
+        axes.set_ylabel("certified accuracy")
+        axes.set_ylim(0, 1)
+        axes.set_xlim(0, grid[-1])
+        axes.grid(alpha=0.3)
+        axes.set_title(f"σ = {sigma:g}", fontsize=10)
+        axes.legend(loc="upper left", bbox_to_anchor=(1.01, 1), fontsize=8, frameon=False,
+                    ncols=math.ceil(len(panel) / LEGEND_ROWS))
+    figure.suptitle(f"{experiment}: approximate certified accuracy")
+    return figure
+
+
+def _natural_order(name: str) -> tuple[tuple[int, int | str], ...]:
+    """Orders names as a reader does: "eta2" before "eta10"."""
+    return tuple((0, int(part)) if part.isdigit() else (1, part) for part in re.split(r"(\d+)", name) if part)
 
 
 # ---- `smx report`: an experiment's table in the paper's layout, optionally beside the published numbers ----
@@ -395,9 +436,7 @@ def experiment_report(store: Store, experiment: str, compare_with_paper: bool = 
 
     def paper_order(item: tuple[Aggregate, Setting | None, dict[float, float], str, tuple[Any, ...], dict]) -> tuple:
         aggregate, _, _, _, parameters_key, _ = item
-        known = aggregate.method in METHOD_ORDER
-        position = METHOD_ORDER.index(aggregate.method) if known else len(METHOD_ORDER)
-        return aggregate.sigma, position, aggregate.method, parameters_key, aggregate.config_name
+        return aggregate.sigma, *_method_order(aggregate.method), parameters_key, aggregate.config_name
 
     ordered = sorted(zip(aggregates, settings, accuracies, summaries, sort_keys, certifications), key=paper_order)
     rows = []
@@ -409,6 +448,11 @@ def experiment_report(store: Store, experiment: str, compare_with_paper: bool = 
             protocol_difference=_protocol_difference(aggregate.num_samples, certification) if published else ""))
     return ExperimentReport(experiment=experiment, radii=_report_radii(rows), rows=rows, compared=compare_with_paper,
                             provisional=stored.provisional)
+
+
+def _method_order(method: str) -> tuple[int, str]:
+    """Where a method's rows go: the paper's order, then the methods it does not have by name."""
+    return (METHOD_ORDER.index(method) if method in METHOD_ORDER else len(METHOD_ORDER)), method
 
 
 def _protocol_difference(images: int, certification: dict[str, Any]) -> str:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from smx.errors import UserError
@@ -14,6 +15,7 @@ from smx.science.metrics import (
     LogRow,
     average_certified_radius,
     certified_accuracy,
+    certified_accuracy_curve,
     read_certification_log,
     summarize,
     write_certification_log,
@@ -105,6 +107,18 @@ def test_metrics_on_a_small_example():
     assert summary.clean_accuracy == 0.5
     assert summary.abstain_rate == 0.25
     assert summary.certified_accuracy == {0.0: 0.5, 2.0: 0.25}
+
+
+def test_a_curve_counts_what_the_definition_counts_at_every_level():
+    generator = np.random.default_rng(0)
+    # Radii rounded to two decimals, as published logs have them, so that many samples tie with a level.
+    radii = np.round(generator.uniform(0, 2, 5000), 2)
+    correct = (generator.uniform(size=5000) < 0.8).astype(np.int64)
+    radii[correct == 0] = 0.0
+    levels = [0.0, *np.round(np.linspace(0, 2.2, 221), 2), 0.5, 5.0]
+    curve = certified_accuracy_curve(radii, correct, levels)
+    assert curve == [float(np.mean((correct == 1) & (radii >= level))) for level in levels]
+    assert curve[0] == np.mean(correct) and curve[-1] == 0.0
 
 
 def test_default_radii():

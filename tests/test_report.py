@@ -13,7 +13,9 @@ from smx.db.store import Store
 from smx.errors import UserError
 from smx.plan import build_plan
 from smx.reference import Setting, find_published, max_certifiable_radius, published_rows
-from smx.report import experiment_report, experiment_results, format_cell, render_report, to_csv, to_json, to_markdown
+from smx.db.models import Aggregate
+from smx.report import (Curve, certified_accuracy_figure, experiment_report, experiment_results, format_cell, pyplot,
+                        render_report, to_csv, to_json, to_markdown)
 from smx.scheduler.queue import enqueue
 from smx.science.metrics import LogRow
 from smx.spec import parse_spec
@@ -398,3 +400,33 @@ def test_a_query_table_looks_as_rich_draws_it(columns: list[str], rows: list[lis
     drawn = io.StringIO()
     Console(file=drawn, width=500, color_system=None).print(table)
     assert boxed_table(columns, rows) == drawn.getvalue()
+
+
+def test_a_plot_has_a_panel_per_sigma_with_its_configs_in_the_reports_order_and_its_legend_beside_it() -> None:
+    def curve(config: str, method: str, sigma: float, certified_radius: float) -> Curve:
+        aggregate = Aggregate(config_name=config, method=method, sigma=sigma, acr=certified_radius / 2,
+                              certify_key=config)
+        return Curve(aggregate, radii=[certified_radius, 0.0], correct=[1, 0])
+
+    smoothmix_configs = [curve(f"smoothmix-eta{eta}-sigma1", "smoothmix", 1.0, 2.0) for eta in (10, 2, 1)]
+    many_configs = [curve(f"gaussian-run{run}", "gaussian", 0.25, 0.5) for run in range(12)]
+    figure = certified_accuracy_figure("paper", [*smoothmix_configs, curve("gaussian-sigma1", "gaussian", 1.0, 3.0),
+                                                 *many_configs])
+    try:
+        assert [axes.get_title() for axes in figure.axes] == ["σ = 0.25", "σ = 1"]
+        labels = [[text.get_text() for text in axes.get_legend().get_texts()] for axes in figure.axes]
+        assert labels[0][:3] == ["gaussian-run0 (ACR 0.250)", "gaussian-run1 (ACR 0.250)", "gaussian-run2 (ACR 0.250)"]
+        assert labels[0][-1] == "gaussian-run11 (ACR 0.250)"
+        assert labels[1] == ["gaussian-sigma1 (ACR 1.500)", "smoothmix-eta1-sigma1 (ACR 1.000)",
+                             "smoothmix-eta2-sigma1 (ACR 1.000)", "smoothmix-eta10-sigma1 (ACR 1.000)"]
+        looks = [(line.get_color(), line.get_linestyle()) for line in figure.axes[0].get_lines()]
+        assert len(set(looks)) == 12
+        assert [axes.get_xlim()[1] for axes in figure.axes] == pytest.approx([0.525, 3.15])
+        # Half of the images are certified up to their radius, none past it.
+        sigma_one = figure.axes[1].get_lines()[0].get_ydata()
+        assert sigma_one[0] == 0.5 and sigma_one[-1] == 0.0
+        figure.canvas.draw()
+        for axes in figure.axes:
+            assert axes.get_legend().get_window_extent().x0 > axes.get_window_extent().x1
+    finally:
+        pyplot().close(figure)

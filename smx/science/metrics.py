@@ -66,8 +66,19 @@ def certified_accuracy(
     radii: Sequence[float] | np.ndarray, correct: Sequence[int] | np.ndarray, radius: float
 ) -> float:
     """Fraction of samples classified correctly with a certified radius of at least `radius`."""
+    return certified_accuracy_curve(radii, correct, [radius])[0]
+
+
+def certified_accuracy_curve(
+    radii: Sequence[float] | np.ndarray, correct: Sequence[int] | np.ndarray, levels: Iterable[float]
+) -> list[float]:
+    """Certified accuracy at each of `levels`, from one sort: a plot's 400 levels over 10,000 samples cost one
+    pass over the samples, not 400."""
     radii_array, correct_array = _as_arrays(radii, correct)
-    return float(np.mean((correct_array == 1) & (radii_array >= radius)))
+    certified_radii = np.sort(radii_array[correct_array == 1])
+    # Certified with at least `level`: the correct samples that do not sort before it.
+    counts = certified_radii.size - np.searchsorted(certified_radii, np.asarray(list(levels), dtype=np.float64))
+    return [float(count / radii_array.size) for count in counts]
 
 
 def summarize(
@@ -78,6 +89,7 @@ def summarize(
 ) -> Summary:
     """ACR, clean accuracy, abstain rate and certified accuracy at each radius of the grid."""
     radii_array, correct_array = _as_arrays(radii, correct)
+    grid = [float(radius) for radius in radius_grid]
     predictions_array = np.asarray(predictions)
     if predictions_array.shape != radii_array.shape:
         raise ValueError(f"predictions of shape {predictions_array.shape} for radii of shape {radii_array.shape}")
@@ -86,9 +98,7 @@ def summarize(
         acr=average_certified_radius(radii_array, correct_array),
         clean_accuracy=float(np.mean(correct_array == 1)),
         abstain_rate=float(np.mean(predictions_array == ABSTAIN)),
-        certified_accuracy={
-            float(radius): certified_accuracy(radii_array, correct_array, radius) for radius in radius_grid
-        },
+        certified_accuracy=dict(zip(grid, certified_accuracy_curve(radii_array, correct_array, grid))),
     )
 
 
