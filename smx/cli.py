@@ -29,6 +29,10 @@ app = typer.Typer(
 )
 console = Console()
 errors = Console(stderr=True)
+# Into a pipe or a file a message stays one line, whatever its length, for grep and for logs; a terminal wraps it
+# at word boundaries.
+console.soft_wrap = not console.is_terminal
+errors.soft_wrap = not errors.is_terminal
 
 StoreOption = Annotated[
     Optional[str],
