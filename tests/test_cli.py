@@ -658,9 +658,13 @@ def test_bf16_certification_is_accepted_with_a_warning(tmp_path: Path) -> None:
     spec = tmp_path / "bf16.toml"
     spec.write_text(TINY_SPEC.replace("[certify]\n", '[certify]\nprecision = "bf16"\n'))
     assert 'precision = "bf16"' in spec.read_text()
-    result = subprocess.run(smx_command("validate", str(spec)), capture_output=True, text=True, timeout=120)
+    result = subprocess.run(smx_command("validate", str(spec)), capture_output=True, text=True, timeout=120,
+                            env={**os.environ, "COLUMNS": "80"})
     assert result.returncode == 0, result.stderr
     assert "false certificates" in result.stderr and "tiny" in result.stdout
+    # Into a pipe, each message is one line however long (grep finds it), not folded at the width.
+    warning = next(line for line in result.stderr.splitlines() if "false certificates" in line)
+    assert len(warning) > 80 and warning.startswith("warning:") and warning.endswith("Use fp32 for results you publish.")
     plain = tmp_path / "fp32.toml"
     plain.write_text(TINY_SPEC)
     result = subprocess.run(smx_command("validate", str(plain)), capture_output=True, text=True, timeout=120)
