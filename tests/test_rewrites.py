@@ -184,6 +184,18 @@ def test_a_layer_that_trains_keeps_the_convolution_s_own_backward():
     assert fast(images).grad_fn.name() == plain(images).grad_fn.name()
 
 
+def test_a_frozen_weight_with_a_bias_that_trains_keeps_the_convolution_s_own_backward():
+    torch.manual_seed(1)
+    plain = nn.Conv2d(1, 4, 3)
+    fast = copy.deepcopy(plain)
+    fast_image_gradients(fast)
+    images = torch.randn(2, 1, 8, 8, requires_grad=True)
+    for layer in (plain, fast):
+        layer.weight.requires_grad_(False)
+        layer(images).square().sum().backward()
+    assert fast.bias.grad is not None and torch.equal(fast.bias.grad, plain.bias.grad)
+
+
 def test_only_single_channel_convolutions_change_class_and_parameters_stay_the_same_objects():
     model = nn.Sequential(nn.Conv2d(1, 4, 3), nn.Conv2d(4, 4, 3), nn.Conv2d(1, 2, 3, groups=1, dilation=2))
     weights = [layer.weight for layer in model]

@@ -181,7 +181,8 @@ class SingleChannelConv2d(nn.Conv2d):
     nn.Conv2d's own path."""
 
     def _conv_forward(self, input: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
-        if input.requires_grad and not weight.requires_grad and input.device.type == "cpu":
+        frozen = not weight.requires_grad and (bias is None or not bias.requires_grad)
+        if input.requires_grad and frozen and input.device.type == "cpu":
             return _SingleChannelImageGradient.apply(input, weight, bias, self.stride, self.padding)
         return super()._conv_forward(input, weight, bias)
 
