@@ -171,6 +171,8 @@ def test_predict_abstains_exactly_when_the_binomial_test_cannot_separate_the_top
     assert predict(sixty_forty, image, SIGMA, 100, 0.05, 100, 10) == ABSTAIN
     assert predict(sixty_forty, image, SIGMA, 100, 0.06, 100, 10) == 2
     assert predict(RowPatternClassifier([4], 10), image, SIGMA, 100, 0.001, 100, 10) == 4
+    # A one-class model has no runner-up: its class wins every draw, against none.
+    assert predict(RowPatternClassifier([0], 1), image, SIGMA, 100, 0.001, 100, 1) == 0
 
 
 @pytest.mark.parametrize(

@@ -177,6 +177,8 @@ def predict(
     with evaluating(model):
         images = image.unsqueeze(0).to(model_device(model), torch.float32)
         counts = count_predictions(model, images, (n,), sigma, batch_size, num_classes)[0, 0]
+        if num_classes == 1:  # no runner-up: it counts as a class that was never predicted
+            counts = torch.cat((counts, counts.new_zeros(1)))
         top_counts, top_classes = counts.topk(2)
     [top_count, runner_up_count], [top_class, _] = torch.stack((top_counts, top_classes)).tolist()
     if binomtest(top_count, top_count + runner_up_count, p=0.5).pvalue > alpha:
