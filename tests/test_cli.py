@@ -196,6 +196,18 @@ def one_line(text: str) -> str:
     return " ".join(text.split())
 
 
+def test_cancel_needs_no_submitit_where_slurm_is_not_used(imported: StoreTarget, tmp_path: Path) -> None:
+    # submitit is the [cluster] extra's: a plain install has none, which `import submitit` here makes so.
+    blocker = tmp_path / "no_submitit"
+    blocker.mkdir()
+    (blocker / "submitit.py").write_text("raise ImportError('submitit is not installed')\n")
+    environment = {**imported.environment(), "PYTHONPATH": os.pathsep.join([str(blocker), str(Path.cwd())])}
+    result = subprocess.run(smx_command("cancel", "published"), capture_output=True, text=True, env=environment,
+                            timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert "Nothing there was pending or running" in result.stdout and "submitit" not in result.stderr
+
+
 def test_plot_refuses_an_out_path_it_cannot_write_and_writes_nothing(imported: StoreTarget, tmp_path: Path) -> None:
     (tmp_path / "afile").write_text("")
     expected = {

@@ -14,23 +14,17 @@ store on a shared file system works for a few nodes, as SQLite's locking allows)
 
 from __future__ import annotations
 
-import os
 import shutil
-import signal
 import subprocess
 from dataclasses import dataclass, field
-from pathlib import Path
-from types import FrameType
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import select
 
 from smx.db.models import Job
-from smx.db.store import Store, open_store
+from smx.db.store import Store
 from smx.errors import UserError
 from smx.scheduler import queue
-from smx.scheduler.slots import Slot, try_lock
-from smx.scheduler.worker import Interrupted, run_job
 
 if TYPE_CHECKING:
     from smx.plan import Plan
@@ -47,7 +41,7 @@ class SlurmError(UserError):
     pass
 
 
-def _submitit() -> Any:
+def require_submitit() -> Any:
     try:
         import submitit
     except ImportError:
@@ -66,7 +60,7 @@ def _slurm_command(name: str) -> str:
 
 def check_available() -> None:
     """Refuse early, before anything is queued, where jobs cannot go to Slurm from this machine."""
-    _submitit()
+    require_submitit()
     for command in ("sbatch", "squeue", "scancel"):
         _slurm_command(command)
 
@@ -102,7 +96,9 @@ class SlurmSubmission:
 
 def send_plan(store: Store, plan: Plan, settings: SlurmSection) -> SlurmSubmission:
     """Send to Slurm every pending job of the plan that no live Slurm job is already there to run."""
-    submitit = _submitit()
+    submitit = require_submitit()
+    from smx.scheduler.slurm_job import SlurmJob
+
     with store.read_session() as session:
         rows = {row.key: row for row in session.scalars(select(Job).where(Job.key.in_([j.key for j in plan.jobs])))}
     live = live_slurm_jobs(sorted({row.slurm_job_id for row in rows.values() if row.slurm_job_id}))
@@ -181,50 +177,3 @@ def cancel_orphans(store: Store, plan: Plan) -> list[str]:
                and any(rows[parent].status in ("failed", "cancelled") for parent in planned.parents)]
     cancel_slurm_jobs(orphans)
     return orphans
-
-
-def _checkpointable() -> type:
-    return _submitit().helpers.Checkpointable
-
-
-class SlurmJob(_checkpointable()):  # type: ignore[misc]
-    """What a Slurm job runs: one job of the store, by key, on the node Slurm chose.
-
-    submitit pickles this object and calls it on the node. As a Checkpointable, on preemption or at its time
-    limit it is requeued with the same arguments, and the job resumes from its last checkpoint.
-    """
-
-    def __call__(self, key: str, location: str, files_root: str) -> str:
-        os.environ["SMX_STORE_FILES"] = files_root
-        store = open_store(location, create=False)
-        slurm_job_id = os.environ.get("SLURM_JOB_ID", "unknown")
-        lock_path = store.locks_dir / f"slurm-{slurm_job_id}.lock"
-        gpus = os.environ.get("CUDA_VISIBLE_DEVICES") or None
-        slot = Slot(f"slurm-{slurm_job_id}", gpus, lock_path,
-                    cpu_threads=int(os.environ.get("SLURM_CPUS_PER_TASK", "1")))
-        # Held while the job runs, so that a scheduler on this node sees the job alive (queue.recover_abandoned).
-        lock = try_lock(lock_path)
-        try:
-            job = queue.claim(store, key, device=slot.name, slot=Path(lock_path), pid=os.getpid(),
-                              slurm_job_id=slurm_job_id)
-            if job is None:
-                status = queue.job_states(store, [key]).get(key)
-                if status in ("done", "cancelled", "running"):
-                    return f"not run: the job is {status}"
-                raise RuntimeError(f"job {key} is {status} and not ready: a parent is not done")
-            signal.signal(signal.SIGTERM, _interrupt)
-            try:
-                succeeded = run_job(store, job, slot, requeue_if_terminated=True)
-            except Interrupted:
-                return "stopped: back in the queue, to resume from its last checkpoint"
-            if not succeeded:
-                raise RuntimeError(f"{job.name} did not succeed; its log: {store.log_path(key)}")
-            return "done"
-        finally:
-            if lock is not None:
-                lock.release()
-
-
-def _interrupt(signum: int, _frame: FrameType | None) -> None:
-    # Slurm preempts, requeues or cancels with SIGTERM (then SIGKILL): stop the job and put it back in the queue.
-    raise Interrupted(signal.Signals(signum).name)
