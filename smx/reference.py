@@ -8,7 +8,9 @@ published). In Python, certified accuracy is a fraction, as everywhere else in s
 A result matches a published row when its dataset, method and sigma (of training and of certification) are the
 row's and so is every hyperparameter the row names; the method's defaults fill in those a result does not state
 (an imported log states only what was given on the command line). The first matching row in file order wins, so
-a setting that is both in Table 2 and in an ablation is compared with Table 2.
+a setting that is both in Table 2 and in an ablation is compared with Table 2. Architecture, training schedule and
+the hyperparameters a row does not name do not decide the match: `training_differences` says where they differ
+from the paper's, so that a report can say its comparison is only indicative.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field, fields
 from functools import lru_cache
 from importlib import resources
 from typing import Any
@@ -26,6 +28,7 @@ from sqlalchemy.orm import Session
 
 from smx.db.models import Job, JobParent
 from smx.db.store import Store, open_store
+from smx.science.catalog import DATASETS, TrainRecipe
 from smx.science.methods.params import METHOD_PARAMS
 
 REFERENCE_FILE = "reference_data/paper_tables.json"
@@ -38,10 +41,13 @@ class PublishedRow:
     table: str  # "Table 2", "Ablation: eta", ...
     source: str  # "paper", or how the numbers were obtained
     dataset: str
+    arch: str  # the architecture the paper trained, by smx's name
     sigma: float
     method: str
     label: str  # as the paper writes the row: "SmoothMix (eta=1) + one-step adversary"
     params: Mapping[str, Any]  # the hyperparameters that identify the setting
+    # Other hyperparameters of the paper's run where they are not smx's defaults (SmoothAdv's warmup = 10).
+    recipe: Mapping[str, Any]
     acr: float
     certified_accuracy: tuple[float, ...]  # fractions at radius 0, radius_step, 2 * radius_step, ...
     radius_step: float
@@ -70,6 +76,9 @@ class Setting:
     sigma: float  # of training
     certify_sigma: float
     params: Mapping[str, Any]  # the method's hyperparameters as stated; defaults fill in the rest when matching
+    arch: str | None = None  # None where the store does not know it (an imported log)
+    # The training schedule (epochs, lr, lr_step, lr_gamma, batch_size, momentum, weight_decay), as far as known.
+    schedule: Mapping[str, Any] = field(default_factory=dict)
 
     def resolved_params(self) -> dict[str, Any]:
         """The hyperparameters with the method's defaults for those not stated."""
@@ -104,8 +113,10 @@ def published_rows() -> tuple[PublishedRow, ...]:
     step, certify = document["radius_step"], document["certify"]
     return tuple(
         PublishedRow(
-            table=table["title"], source=table["source"], dataset=table["dataset"], sigma=row["sigma"],
-            method=row["method"], label=row["label"], params=row["params"], acr=row["acr"],
+            table=table["title"], source=table["source"], dataset=table["dataset"], arch=table["arch"],
+            sigma=row["sigma"],
+            method=row["method"], label=row["label"], params=row["params"], recipe=row.get("recipe", {}),
+            acr=row["acr"],
             certified_accuracy=tuple(percent / 100 for percent in row["certified_accuracy_percent"]),
             radius_step=step,
             max_certifiable_radius=max_certifiable_radius(row["sigma"], certify["n"], certify["alpha"]),
@@ -132,6 +143,23 @@ def find_published(setting: Setting) -> PublishedRow | None:
     return None
 
 
+def training_differences(setting: Setting, row: PublishedRow) -> list[str]:
+    """Where a setting that matches `row` was trained otherwise than the paper, as far as the store knows: another
+    architecture, a schedule other than the dataset's recipe (the reference code's), or a hyperparameter the row
+    does not name set to other than the paper's run (its recipe, else smx's default; e.g. no warm-up), e.g.
+    ["cifar_resnet20 (paper: cifar_resnet110)", "epochs = 10", "warmup = 1"]."""
+    differences = [f"{setting.arch} (paper: {row.arch})"] if setting.arch not in (None, row.arch) else []
+    recipe = DATASETS[row.dataset].recipe
+    differences += [f"{name} = {setting.schedule[name]:g}" for name in (item.name for item in fields(TrainRecipe))
+                    if name in setting.schedule and not _same(setting.schedule[name], getattr(recipe, name))]
+    defaults = METHOD_PARAMS[setting.method]().model_dump() if setting.method in METHOD_PARAMS else {}
+    paper_run = {**defaults, **row.recipe}
+    # Stated values only: an imported log's unstated hyperparameters are unknown, not smx's defaults.
+    differences += [f"{name} = {value}" for name, value in setting.params.items()
+                    if name not in row.params and name in paper_run and not _same(value, paper_run[name])]
+    return differences
+
+
 def setting_of(session: Session, certify_key: str) -> Setting | None:
     """The setting of a certify job: dataset and certification sigma from its own config, method, training sigma
     and hyperparameters from its train job's (an imported log has no train job: its config holds them)."""
@@ -142,12 +170,15 @@ def setting_of(session: Session, certify_key: str) -> Setting | None:
         select(Job).join(JobParent, JobParent.parent_key == Job.key)
         .where(JobParent.child_key == certify_key, Job.kind == "train")
     )
-    train_config = (train.config if train is not None else certify.config).get("train")
+    trained = train.config if train is not None else certify.config
+    train_config = trained.get("train")
     if train_config is None:
         return None
     return Setting(dataset=certify.config["data"]["dataset"], method=train_config["method"],
                    sigma=train_config["sigma"], certify_sigma=certify.config["certify"]["sigma"],
-                   params=train_config.get("params", {}))
+                   params=train_config.get("params", {}), arch=trained.get("model", {}).get("arch"),
+                   schedule={item.name: train_config[item.name] for item in fields(TrainRecipe)
+                             if item.name in train_config})
 
 
 class PaperAcr:

@@ -28,7 +28,7 @@ from smx.db.views import radius_column
 from smx.errors import UserError
 from smx.paths import written_whole
 from smx.reference import (RADIUS_TOLERANCE, PublishedRow, Setting, find_published, published_protocol,
-                           setting_of)
+                           setting_of, training_differences)
 from smx.science.metrics import DEFAULT_RADII, RADIUS_DECIMALS, certified_accuracy_curve
 from smx.tasks.aggregate import aggregate_radii, summarise_config
 
@@ -294,8 +294,9 @@ class ReportRow:
     acr: float
     certified_accuracy: dict[float, float]  # radius -> fraction
     published: PublishedRow | None  # set when comparing with the paper and the setting is published
-    # Where a published row is set: how this config's certification differs from the paper's ("200 images,
-    # n = 1,000"), or "" where it does not, as far as the store knows (an imported log records no n or alpha).
+    # Where a published row is set: how this config was trained or certified otherwise than the paper's ("epochs = 10,
+    # 200 images, n = 1,000"), or "" where it was not, as far as the store knows (an imported log records neither
+    # its architecture and schedule nor its n and alpha).
     protocol_difference: str = ""
 
 
@@ -309,14 +310,16 @@ class ExperimentReport:
 
     @property
     def protocol_note(self) -> str | None:
-        """Which compared configs were certified otherwise than the paper's rows, whose numbers they then only
-        approximate; None when every one was certified as the paper was."""
+        """Which compared configs were trained or certified otherwise than the paper's rows, whose numbers they then
+        only approximate; None when every one was trained and certified as the paper's were, as far as the store
+        knows."""
         different = [f"{row.config} ({row.protocol_difference})" for row in self.rows if row.protocol_difference]
         if not different:
             return None
         paper = published_protocol()
-        return (f"certified otherwise than the paper ({paper['test_images']:,} test images, n = {paper['n']:,}, "
-                f"alpha = {paper['alpha']:g}), so ours - paper is only indicative: {'; '.join(different)}.")
+        return (f"trained or certified otherwise than the paper (the architecture of its table, its dataset's "
+                f"training recipe; {paper['test_images']:,} test images, n = {paper['n']:,}, alpha = "
+                f"{paper['alpha']:g}), so ours - paper is only indicative: {'; '.join(different)}.")
 
     def notes(self) -> list[str]:
         """What makes the table partial (provisional) or its comparison indicative, if anything."""
@@ -445,7 +448,9 @@ def experiment_report(store: Store, experiment: str, compare_with_paper: bool = 
         rows.append(ReportRow(
             config=aggregate.config_name, method=aggregate.method, sigma=aggregate.sigma, hyperparameters=summary,
             acr=aggregate.acr, certified_accuracy=accuracy, published=published,
-            protocol_difference=_protocol_difference(aggregate.num_samples, certification) if published else ""))
+            protocol_difference=", ".join(training_differences(setting, published)
+                                          + _certification_differences(aggregate.num_samples, certification))
+            if published and setting else ""))
     return ExperimentReport(experiment=experiment, radii=_report_radii(rows), rows=rows, compared=compare_with_paper,
                             provisional=stored.provisional)
 
@@ -455,15 +460,15 @@ def _method_order(method: str) -> tuple[int, str]:
     return (METHOD_ORDER.index(method) if method in METHOD_ORDER else len(METHOD_ORDER)), method
 
 
-def _protocol_difference(images: int, certification: dict[str, Any]) -> str:
-    """How a certification differs from the paper's, from what its job recorded: "200 images, n = 1,000"."""
+def _certification_differences(images: int, certification: dict[str, Any]) -> list[str]:
+    """How a certification differs from the paper's, from what its job recorded: ["200 images", "n = 1,000"]."""
     paper = published_protocol()
     differences = [f"{images:,} images"] if images != paper["test_images"] else []
     differences += [f"{name} = {certification[name]:,}" for name in ("n0", "n")
                     if name in certification and certification[name] != paper[name]]
     if "alpha" in certification and certification["alpha"] != paper["alpha"]:
         differences.append(f"alpha = {certification['alpha']:g}")
-    return ", ".join(differences)
+    return differences
 
 
 def _accuracy(row: ReportRow, radius: float) -> float | None:

@@ -12,7 +12,7 @@ from smx.db.readonly import QueryResult
 from smx.db.store import Store
 from smx.errors import UserError
 from smx.plan import build_plan
-from smx.reference import Setting, find_published, max_certifiable_radius, published_rows
+from smx.reference import Setting, find_published, max_certifiable_radius, published_rows, training_differences
 from smx.db.models import Aggregate
 from smx.report import (Curve, certified_accuracy_figure, experiment_report, experiment_results, format_cell, pyplot,
                         render_report, to_csv, to_json, to_markdown)
@@ -161,6 +161,44 @@ def test_markdown_and_latex_bold_the_best_acr_of_each_sigma(seeded: Store) -> No
     assert latex.count(r"\hline") == 4  # top, after the header, between the two sigmas, bottom
 
 
+def test_training_differences_name_the_architecture_and_schedule_and_only_what_is_known() -> None:
+    short_resnet20 = Setting("cifar10", "gaussian", 0.25, 0.25, {}, arch="cifar_resnet20",
+                             schedule={"epochs": 10, "lr": 0.1, "lr_step": 50})
+    assert training_differences(short_resnet20, find_published(short_resnet20)) == [
+        "cifar_resnet20 (paper: cifar_resnet110)", "epochs = 10"]
+    # An imported log knows neither architecture nor schedule, and only the hyperparameters it was given.
+    imported = Setting("mnist", "macer", 0.25, 0.25, {"lbd": 16.0, "noise_samples": 16, "beta": 16.0, "gamma": 8.0})
+    assert training_differences(imported, find_published(imported)) == []
+    not_deferred = Setting("mnist", "macer", 0.25, 0.25, {**imported.params, "deferred_epochs": 0})
+    assert training_differences(not_deferred, find_published(not_deferred)) == ["deferred_epochs = 0"]
+
+
+def test_compare_says_where_a_config_was_trained_otherwise_than_the_paper(store: Store) -> None:
+    # The paper's SmoothAdv warms its radius up over 10 epochs, and trains for the MNIST recipe's 90.
+    SAMPLES["smoothadv-short"] = SAMPLES["smoothadv-recipe"] = SAMPLES["gaussian-sigma0.5"]
+    try:
+        seed(store, SPEC + textwrap.dedent("""
+            [[variant]]
+            name = "smoothadv-short"
+            train.method = "smoothadv"
+            train.epochs = 10
+            train.smoothadv = { epsilon = 0.99609375, steps = 10, noise_samples = 4 }
+
+            [[variant]]
+            name = "smoothadv-recipe"
+            train.method = "smoothadv"
+            train.smoothadv = { epsilon = 0.99609375, steps = 10, noise_samples = 4, warmup = 10 }
+        """))
+    finally:
+        del SAMPLES["smoothadv-short"], SAMPLES["smoothadv-recipe"]
+    report = experiment_report(store, "paper", compare_with_paper=True)
+    rows = {row.config: row for row in report.rows}
+    assert rows["smoothadv-short"].published.label == rows["smoothadv-recipe"].published.label == "SmoothAdv"
+    assert rows["smoothadv-short"].protocol_difference == "epochs = 10, warmup = 1, 4 images"
+    assert rows["smoothadv-recipe"].protocol_difference == "4 images"
+    assert "smoothadv-short (epochs = 10, warmup = 1, 4 images)" in report.protocol_note
+
+
 def test_compare_adds_the_published_row_and_the_difference(seeded: Store) -> None:
     report = experiment_report(seeded, "paper", compare_with_paper=True)
     published = {row.config: row.published for row in report.rows}
@@ -179,9 +217,10 @@ def test_compare_adds_the_published_row_and_the_difference(seeded: Store) -> Non
     assert text.rstrip().endswith("4 of 5 config(s) match a published setting of SmoothMix "
                                   "(Jeong et al., NeurIPS 2021); differences are ours - paper.")
     assert report.protocol_note == (
-        "certified otherwise than the paper (10,000 test images, n = 100,000, alpha = 0.001), so ours - paper is only "
-        "indicative: gaussian-sigma0.25 (4 images); gaussian-sigma0.5 (4 images); smoothmix-eta1-sigma0.5 (4 images); "
-        "smoothmix-eta5-onestep-sigma0.5 (4 images).")
+        "trained or certified otherwise than the paper (the architecture of its table, its dataset's training recipe; "
+        "10,000 test images, n = 100,000, alpha = 0.001), so ours - paper is only indicative: gaussian-sigma0.25 "
+        "(4 images); gaussian-sigma0.5 (4 images); smoothmix-eta1-sigma0.5 (4 images); smoothmix-eta5-onestep-sigma0.5 "
+        "(4 images).")
     assert experiment_report(seeded, "paper").protocol_note is None  # nothing compared
     markdown = render_report(report, "md")
     assert "| paper (Table 2) | SmoothMix (eta=5) + one-step adversary |  | 1.685 |" in markdown
