@@ -284,3 +284,28 @@ def test_a_model_with_the_wrong_number_of_logits_is_rejected():
     model, image = classifier_at_distance(1.0)
     with pytest.raises(ValueError, match="num_classes"):
         certify(model, image, SIGMA, 10, 100, 0.001, 64, num_classes=10)
+
+
+class NoiseRecorder(torch.nn.Module):
+    """Keeps every input it sees (the noise itself, for zero images and sigma 1) and always predicts class 0."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.inputs: list[torch.Tensor] = []
+
+    def forward(self, inputs: torch.Tensor) -> torch.Tensor:
+        self.inputs.append(inputs.clone())
+        return torch.nn.functional.one_hot(torch.zeros(len(inputs), dtype=torch.long), 10).float()
+
+
+@pytest.mark.parametrize("seed", [0, 7])
+def test_no_image_is_certified_with_the_noise_its_model_was_trained_on(seed):
+    # Training draws from torch's generator seeded with the experiment's seed itself.
+    torch.manual_seed(seed)
+    training_noise = torch.randn(64, *IMAGE_SHAPE)
+    recorder = NoiseRecorder()
+    certify_dataset(recorder, torch.zeros(3, *IMAGE_SHAPE), [0, 0, 0], [0, 1, seed], 1.0, 4, 60, 0.001, 64, 10,
+                    seed=seed)
+    certification_noise = torch.cat(recorder.inputs)
+    assert certification_noise.shape == (3 * 64, *IMAGE_SHAPE)
+    assert not any(torch.equal(row, training_row) for row in certification_noise for training_row in training_noise)

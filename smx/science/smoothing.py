@@ -28,6 +28,7 @@ from smx.errors import exception_chain
 from smx.science.bounds import certified_radius, lower_confidence_bound
 from smx.science.metrics import ABSTAIN
 from smx.science.rewrites import bias_after_pooling, pairwise_max_pooling, pool_before_relu, relu_in_place
+from smx.science.seeds import derived_seed
 
 # Images that share one host sync are sized to fill this many forward passes: the sync idles the device
 # while the host turns counts into certificates, and each group ends in at most one partly filled pass.
@@ -150,9 +151,9 @@ def certify_dataset(
 
 def image_noise_seed(seed: int, index: int) -> int:
     """The seed of the generator that draws the noise of image `index` of a dataset, for an experiment's seed.
-    Distinct for the images of one experiment; the same for a given image across the experiment's configs, which
-    then see the same noise."""
-    return seed * 1_000_003 + index
+    Distinct for the images of one experiment, and from the seed training draws its noise from; the same for a
+    given image across the experiment's configs, which then see the same noise."""
+    return derived_seed(seed, "certify", index)
 
 
 def images_per_sync(batch_size: int, draws_per_image: int) -> int:

@@ -19,6 +19,7 @@ from smx.science.analysis import ProgressCallback, confidence_under_attack, equa
 from smx.science.catalog import DATASETS
 from smx.science.data import images_and_labels, load_dataset, strided_indices
 from smx.science.rewrites import fast_image_gradients
+from smx.science.seeds import derived_seed
 from smx.science.smoothing import prepare_for_certification
 from smx.tasks import checkpoints
 from smx.tasks.progress import ProgressReporter
@@ -44,7 +45,7 @@ def run(store: Store, job: Job, device: str, progress: ProgressReporter) -> None
 
     kinds = settings["kinds"]
     for position, kind in enumerate(kinds):
-        torch.manual_seed(train_config["seed"])
+        torch.manual_seed(derived_seed(train_config["seed"], f"analyze/{kind}"))
         rows: list[AnalysisResult] = []
         for group_start in range(0, len(indices), IMAGES_PER_GROUP):
             group = indices[group_start:group_start + IMAGES_PER_GROUP]
