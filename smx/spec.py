@@ -41,7 +41,7 @@ import json
 import math
 import os
 import re
-import tomllib
+import sys
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -55,6 +55,11 @@ from smx.paths import expand_home
 from smx.science.catalog import ARCHS, DATASETS
 from smx.science.methods.params import METHOD_PARAMS, MethodParams
 from smx.science.metrics import DEFAULT_RADII
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # the same parser, before it joined the standard library
+    import tomli as tomllib
 
 # Beyond this a sweep is almost certainly a mistake, and expanding it would take long and fill the store.
 MAX_CONFIGS = 10_000

@@ -19,7 +19,6 @@ import subprocess
 import sys
 import textwrap
 import time
-import tomllib
 from collections.abc import Callable, Iterator
 from contextlib import closing
 from dataclasses import dataclass
@@ -41,7 +40,7 @@ from smx.scheduler.slots import is_free, try_lock
 from smx.science.data import strided_indices
 from smx.science.metrics import DEFAULT_RADII
 from smx.science.training import load_checkpoint, load_weights
-from smx.spec import MAX_CONFIGS, load_spec
+from smx.spec import MAX_CONFIGS, load_spec, parse_spec
 from smx.tasks import checkpoints
 from tests.conftest import smx_command
 from tests.servers import fresh_postgres_database
@@ -68,7 +67,7 @@ def environment() -> dict[str, str]:
 def enqueue(store_dir: Path, spec: str, kinds: tuple[str, ...] = ("train", "certify", "aggregate")) -> Plan:
     """Queue a spec's jobs of these kinds as `smx submit` does, without starting workers: the tests start (and
     kill) those."""
-    path = store_dir.parent / f"{tomllib.loads(spec)['experiment']['name']}.toml"
+    path = store_dir.parent / f"{parse_spec(spec).experiment.name}.toml"
     path.write_text(spec)
     plan = build_plan(load_spec(path))
     plan = dataclasses.replace(plan, jobs=[job for job in plan.jobs if job.kind in kinds])
