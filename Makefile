@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 # Bring your own CUDA build by installing torch into the venv first; this only installs it when missing.
 TORCH ?= torch torchvision
 
-.PHONY: setup demo test services benchmark clean
+.PHONY: setup demo test services clean
 
 setup: $(VENV)/.installed
 
