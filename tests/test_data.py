@@ -92,6 +92,29 @@ def test_a_truncated_idx_file_is_a_data_error(tmp_path):
         read_idx(path)
 
 
+def test_an_idx_file_cut_inside_its_header_is_a_data_error(tmp_path):
+    write_idx_split(tmp_path, "t10k", 3, compress=False, seed=0)
+    path = tmp_path / "t10k-images-idx3-ubyte"
+    path.write_bytes(path.read_bytes()[:10])
+    with pytest.raises(DataError, match="ends inside its header.*truncated"):
+        read_idx(path)
+
+
+def test_idx_images_of_another_size_or_labels_of_no_class_are_data_errors_naming_the_file(tmp_path):
+    write_idx_split(tmp_path, "t10k", 4, compress=False, seed=0)
+    labels_path = tmp_path / "t10k-labels-idx1-ubyte"
+    write_idx(labels_path, np.array([3, 1, 42, 26]), compress=False)  # e.g. EMNIST letters' labels
+    with pytest.raises(DataError) as raised:
+        load_dataset("mnist", "test", root=tmp_path)
+    assert str(raised.value).startswith(f"{labels_path}: label 42 of item 2 (and 1 more) is no class of mnist, "
+                                        "whose classes are 0 to 9.")
+    write_idx(labels_path, np.array([3, 1, 4, 1]), compress=False)
+    images_path = tmp_path / "t10k-images-idx3-ubyte"
+    write_idx(images_path, np.zeros((4, 32, 32)), compress=False)
+    with pytest.raises(DataError, match="holds 32x32 images, where mnist's are 28x28"):
+        load_dataset("mnist", "test", root=tmp_path)
+
+
 def test_a_damaged_gzip_idx_file_is_a_data_error_that_says_how_to_fetch_it_again(tmp_path):
     write_idx_split(tmp_path / "MNIST" / "raw", "t10k", 3, compress=True, seed=0)
     path = tmp_path / "MNIST" / "raw" / "t10k-images-idx3-ubyte.gz"
@@ -117,6 +140,41 @@ def test_a_truncated_cifar10_batch_is_a_data_error(tmp_path):
         with pytest.raises(DataError) as raised:
             load_dataset("cifar10", "test", root=tmp_path)
         assert str(folder / "test_batch") in str(raised.value) and "data.download = true" in str(raised.value)
+
+
+def write_cifar10_test_batch(root, labels, images=None):
+    folder = root / "cifar-10-batches-py"
+    folder.mkdir(exist_ok=True)
+    data = np.zeros((len(labels), 3072), dtype=np.uint8) if images is None else images
+    with (folder / "test_batch").open("wb") as file:
+        pickle.dump({"batch_label": "test", "labels": labels, "data": data}, file, protocol=2)
+    return folder / "test_batch"
+
+
+def test_a_cifar10_batch_with_labels_of_no_class_or_a_label_per_image_missing_is_a_data_error(tmp_path):
+    path = write_cifar10_test_batch(tmp_path, [1, 10, 2])
+    with pytest.raises(DataError, match=f"^{path}: label 10 of item 1 \\(and 0 more\\) is no class of cifar10"):
+        load_dataset("cifar10", "test", root=tmp_path)
+    write_cifar10_test_batch(tmp_path, [1, 2], images=np.zeros((3, 3072), dtype=np.uint8))
+    with pytest.raises(DataError, match="cannot read CIFAR-10 batch .*3 images but labels of shape \\(2,\\)"):
+        load_dataset("cifar10", "test", root=tmp_path)
+
+
+def write_imagenet_folder(folder, classes):
+    for label in classes:
+        (folder / label).mkdir(parents=True)
+        Image.new("RGB", (300, 260), color=(255, 0, 0)).save(folder / label / "a.png")
+
+
+def test_imagenet_validation_classes_keep_the_numbers_training_gave_them(tmp_path):
+    write_imagenet_folder(tmp_path / "imagenet" / "train", ["n01", "n02", "n03"])
+    write_imagenet_folder(tmp_path / "imagenet" / "val", ["n01", "n03"])  # no n02
+    validation = load_dataset("imagenet", "test", root=tmp_path)
+    assert [label for _, label in validation.samples] == [0, 2] and validation.targets == [0, 2]
+    assert validation[1][1] == 2 and validation.classes == ["n01", "n02", "n03"]
+    write_imagenet_folder(tmp_path / "imagenet" / "val", ["n04"])
+    with pytest.raises(DataError, match="has class folders that .*train has not: n04"):
+        load_dataset("imagenet", "test", root=tmp_path)
 
 
 def write_imagenet_with_a_truncated_image(root):

@@ -138,6 +138,8 @@ def read_idx(path: Path) -> np.ndarray:
         raise DataError(f"{path} is not an unsigned-byte IDX file. {REFETCH_FIX}")
     ndim = content[3]
     header_size = 4 + 4 * ndim
+    if len(content) < header_size:
+        raise DataError(f"{path} ends inside its header ({len(content)} bytes): it is truncated. {REFETCH_FIX}")
     shape = tuple(int(size) for size in np.frombuffer(content[4:header_size], dtype=">u4"))
     expected = header_size + int(np.prod(shape))
     if len(content) != expected:
@@ -167,6 +169,12 @@ def load_idx_dataset(name: str, split: Split, root: Path, download: bool) -> Ima
         raise DataError(
             f"{images_path} {images.shape} and {labels_path} {labels.shape} are not matching images and labels"
         )
+    height_width = DATASETS[name].input_shape[1:]
+    if images.shape[1:] != height_width:
+        raise DataError(f"{images_path} holds {images.shape[1]}x{images.shape[2]} images, where {name}'s are "
+                        f"{height_width[0]}x{height_width[1]}. Fix: point data.root (or SMX_DATA) at a folder that "
+                        f"holds {name}.")
+    check_labels(labels, name, labels_path)
     for other, first_labels in FIRST_LABELS.items():
         if other != name and tuple(labels[:10].tolist()) == first_labels[split]:
             raise DataError(f"{labels_path} holds the {split} split of {other}, not of {name} (its first labels are "
@@ -188,12 +196,27 @@ def load_cifar10(split: Split, root: Path, download: bool) -> ImageTensors:
                 batch = pickle.load(file, encoding="latin1")
             images.append(np.asarray(batch["data"], dtype=np.uint8).reshape(-1, 3, 32, 32))
             labels.append(np.asarray(batch["labels"], dtype=np.int64))
+            if labels[-1].shape != (len(images[-1]),):
+                raise ValueError(f"{len(images[-1])} images but labels of shape {labels[-1].shape}")
         # A truncated pickle raises UnpicklingError or EOFError; one that holds no batch KeyError, TypeError or
         # ValueError.
         except (OSError, pickle.UnpicklingError, EOFError, KeyError, TypeError, ValueError) as error:
             raise DataError(f"cannot read CIFAR-10 batch {path} ({type(error).__name__}: {error}), probably an "
                             f"interrupted download. {REFETCH_FIX}") from error
+        check_labels(labels[-1], "cifar10", path)
     return from_uint8(np.concatenate(images), np.concatenate(labels))
+
+
+def check_labels(labels: np.ndarray, name: str, path: Path) -> None:
+    """A DataError naming the file and the first label that is no class of the dataset: a test label out of range
+    would be certified as a wrong prediction, and a training one fail deep inside the loss."""
+    num_classes = DATASETS[name].num_classes
+    outside = np.flatnonzero((labels < 0) | (labels >= num_classes))
+    if outside.size:
+        first = int(outside[0])
+        raise DataError(f"{path}: label {int(labels[first])} of item {first} (and {outside.size - 1} more) is no class "
+                        f"of {name}, whose classes are 0 to {num_classes - 1}. Fix: point data.root (or SMX_DATA) at "
+                        f"a folder that holds {name}, or fetch its files again.")
 
 
 def load_imagenet(split: Split, root: Path, download: bool) -> torchvision.datasets.ImageFolder:
@@ -211,9 +234,36 @@ def load_imagenet(split: Split, root: Path, download: bool) -> torchvision.datas
     else:
         transform = transforms.Compose([transforms.Resize(256), transforms.CenterCrop(224), transforms.ToTensor()])
     try:
-        return torchvision.datasets.ImageFolder(str(existing[0]), transform=transform, loader=read_image)
+        folder = torchvision.datasets.ImageFolder(str(existing[0]), transform=transform, loader=read_image)
     except (FileNotFoundError, OSError) as error:
         raise DataError(f"cannot read ImageNet folder {existing[0]}: {error}") from error
+    num_classes = DATASETS["imagenet"].num_classes
+    if len(folder.classes) > num_classes:
+        raise DataError(f"{existing[0]} has {len(folder.classes)} class folders, more than ImageNet's {num_classes}. "
+                        "Fix: point data.root (or SMX_DATA) at ImageNet.")
+    if split != "train":
+        _number_as_in_training(folder, root)
+    return folder
+
+
+def _number_as_in_training(folder: torchvision.datasets.ImageFolder, root: Path) -> None:
+    """Give a validation folder's classes the numbers training gave them. ImageFolder numbers the class folders it
+    finds in order, so a validation folder without one of the training folder's classes would shift the labels
+    of every class after it."""
+    training = next((candidate for candidate in imagenet_folders("train", root) if candidate.is_dir()), None)
+    if training is None:
+        return  # nothing to agree with: the numbers are the validation folder's own
+    training_classes = sorted(entry.name for entry in training.iterdir() if entry.is_dir())
+    number = {name: index for index, name in enumerate(training_classes)}
+    unknown = [name for name in folder.classes if name not in number]
+    if unknown:
+        raise DataError(f"{folder.root} has class folders that {training} has not: {', '.join(unknown[:5])}"
+                        f"{' ...' if len(unknown) > 5 else ''}. A model trained on {training} has no output for them. "
+                        "Fix: give both folders the same classes.")
+    folder.samples = [(path, number[folder.classes[target]]) for path, target in folder.samples]
+    folder.imgs = folder.samples
+    folder.targets = [target for _, target in folder.samples]
+    folder.classes, folder.class_to_idx = training_classes, number
 
 
 def read_image(path: str) -> PIL.Image.Image:
