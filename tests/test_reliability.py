@@ -583,6 +583,31 @@ def test_a_damaged_final_checkpoint_fails_verification(store: Store, tmp_path: P
         checkpoints.verified_final(store, "train-a")
 
 
+def test_checkpoint_rows_name_files_relative_to_the_store_so_that_a_moved_store_finds_its_own(tmp_path: Path) -> None:
+    store = open_store(str(tmp_path / "store"))
+    path = store.checkpoint_dir("train-a") / "epoch-0001.pt"
+    path.parent.mkdir(parents=True)
+    torch.save({"model": {"weight": torch.arange(10.0)}}, path)
+    with store.session() as session:
+        session.add(Job(key="train-a", kind="train", name="train/a", config={}))
+    checkpoints.record(store, "train-a", path, epoch=1)
+    checkpoints.mark_final(store, "train-a", path, epoch=1)
+    with store.session() as session:
+        assert session.scalars(select(Checkpoint.path)).all() == ["checkpoints/train-a/epoch-0001.pt"]
+    assert checkpoints.is_intact(store, "train-a", path)
+    assert checkpoints.is_intact(store, "train-a", path.with_name("epoch-0002.pt"))  # nothing recorded to doubt
+    store.engine.dispose()
+    (tmp_path / "store").rename(tmp_path / "moved")
+    moved = open_store(str(tmp_path / "moved"))
+    moved_path = tmp_path / "moved" / "checkpoints" / "train-a" / "epoch-0001.pt"
+    assert checkpoints.verified_final(moved, "train-a") == moved_path
+    moved_path.write_bytes(moved_path.read_bytes()[:-1] + b"x")
+    assert not checkpoints.is_intact(moved, "train-a", moved_path)
+    checkpoints.forget(moved, moved_path)
+    with moved.session() as session:
+        assert session.scalars(select(Checkpoint.path)).all() == []
+
+
 # ---- concurrency ----
 
 

@@ -89,6 +89,25 @@ def test_resumed_run_ends_with_identical_weights(data, uninterrupted, tmp_path):
     assert [m.loss for m in metrics] == [m.loss for m in uninterrupted[2][1:]]
 
 
+@pytest.mark.parametrize("damage", ["not-intact", "another-architecture"])
+def test_a_checkpoint_that_is_not_what_was_written_is_set_aside_and_training_resumes_before_it(
+        data, uninterrupted, tmp_path, damage):
+    with pytest.raises(Interrupted):
+        train(fresh_model(), data, settings(), tmp_path, on_epoch=stop_after(2))
+    latest = checkpoint_path(tmp_path, 2)
+    if damage == "another-architecture":  # loadable, with the right keys at the top, but not a LeNet's weights
+        state = torch.load(latest, weights_only=True)
+        state["model"] = build_model("cifar_resnet20", "cifar10").state_dict()
+        torch.save(state, latest)
+    removed, metrics = [], []
+    resumed = fresh_model()
+    train(resumed, data, settings(), tmp_path, on_checkpoint_removed=removed.append, on_epoch=metrics.append,
+          is_intact=lambda path: damage != "not-intact" or path != latest)
+    assert latest.with_name("epoch-0002.pt.corrupt").is_file() and latest in removed
+    assert [m.epoch for m in metrics] == [2, 3]  # from epoch 1's checkpoint on
+    assert_same_weights(resumed, uninterrupted[0])
+
+
 def test_epoch_metrics_follow_the_reference_schedule_by_default(uninterrupted):
     metrics = uninterrupted[2]
     # lr_step 2 decays one epoch late, as "step 50: epochs 0-50 at 0.1" in the jh-jeong repositories.

@@ -22,6 +22,7 @@ non-determinism). The caller seeds torch before building the model.
 
 from __future__ import annotations
 
+import copy
 import math
 import os
 import pickle
@@ -97,6 +98,8 @@ class EpochMetrics:
 CheckpointCallback = Callable[[Path, int], None]
 ResumeCallback = Callable[[Path, int, EpochMetrics | None], None]
 RemovedCallback = Callable[[Path], None]
+IntactCheck = Callable[[Path], bool]  # False for a checkpoint whose bytes are not those written
+SET_ASIDE_SUFFIX = ".corrupt"
 EpochCallback = Callable[[EpochMetrics], None]
 ProgressCallback = Callable[[float, str], None]
 
@@ -240,11 +243,17 @@ def resume(
     shuffle: torch.Generator,
     device: torch.device,
     on_checkpoint_removed: RemovedCallback | None,
+    is_intact: IntactCheck | None = None,
 ) -> tuple[int, Path | None, EpochMetrics | None]:
-    """Restore the newest readable checkpoint; returns (epochs it finished, its path, its last epoch's metrics),
+    """Restore the newest usable checkpoint; returns (epochs it finished, its path, its last epoch's metrics),
     or (0, None, None) without one. Checkpoints written before they held metrics give None. Unreadable
-    checkpoints on the way are deleted: training is about to write them again anyway."""
+    checkpoints on the way are deleted: training is about to write them again anyway. Those that `is_intact`
+    refuses, or whose contents do not fit the model, are set aside (renamed with SET_ASIDE_SUFFIX) for inspection."""
+    untouched = [copy.deepcopy(part.state_dict()) for part in (model, optimizer, scheduler)]
     for _, path in reversed(list_checkpoints(checkpoint_dir)):
+        if is_intact is not None and not is_intact(path):
+            _set_aside(path, on_checkpoint_removed)
+            continue
         try:
             state = load_checkpoint(path)
         except ValueError:
@@ -253,13 +262,26 @@ def resume(
                 on_checkpoint_removed(path)
             continue
         check_same_run(state["settings"], settings, path)
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
+        try:
+            model.load_state_dict(state["model"])
+            optimizer.load_state_dict(state["optimizer"])
+            scheduler.load_state_dict(state["scheduler"])
+        except (RuntimeError, KeyError, ValueError, TypeError):
+            # e.g. another architecture's weights: a partial load leaves nothing behind for an earlier checkpoint.
+            for part, state_dict in zip((model, optimizer, scheduler), untouched):
+                part.load_state_dict(copy.deepcopy(state_dict))
+            _set_aside(path, on_checkpoint_removed)
+            continue
         restore_rng_state(state["rng"], shuffle, device)
         metrics = EpochMetrics(**state["metrics"]) if "metrics" in state else None
         return state["epoch"], path, metrics
     return 0, None, None
+
+
+def _set_aside(path: Path, on_checkpoint_removed: RemovedCallback | None) -> None:
+    path.rename(path.with_name(path.name + SET_ASIDE_SUFFIX))
+    if on_checkpoint_removed:
+        on_checkpoint_removed(path)
 
 
 def train(
@@ -273,6 +295,7 @@ def train(
     on_epoch: EpochCallback | None = None,
     on_progress: ProgressCallback | None = None,
     on_resume: ResumeCallback | None = None,
+    is_intact: IntactCheck | None = None,
 ) -> Path:
     """Train `model` in place, resuming from the newest readable checkpoint in `checkpoint_dir`.
 
@@ -281,7 +304,7 @@ def train(
     when resuming), then on_epoch(metrics). on_progress(fraction of the whole run, text) is called at most
     every PROGRESS_INTERVAL_SECONDS. on_resume(path, epoch, metrics of that epoch) is called once when a checkpoint
     was restored: a process killed after a checkpoint's write but before its callbacks ran would otherwise lose
-    what they record.
+    what they record. is_intact(path) is asked before a checkpoint is resumed from (see `resume`).
     Returns the final checkpoint.
     """
     validate(settings)
@@ -301,7 +324,7 @@ def train(
     shuffle = torch.Generator().manual_seed(settings.seed)
 
     start_epoch, latest, restored_metrics = resume(
-        checkpoint_dir, settings, model, optimizer, scheduler, shuffle, device, on_checkpoint_removed
+        checkpoint_dir, settings, model, optimizer, scheduler, shuffle, device, on_checkpoint_removed, is_intact
     )
     if latest is not None and on_resume:
         on_resume(latest, start_epoch, restored_metrics)
