@@ -803,6 +803,42 @@ def test_a_store_named_by_its_database_file_or_a_wrong_login_gets_the_right_fix(
         assert "the user name and password" in " ".join(err.split()) and "permissions" not in err
 
 
+def test_a_store_database_damaged_inside_is_a_clear_error(tmp_path: Path) -> None:
+    store_dir = tmp_path / "store"
+    store = open_store(str(store_dir))
+    with store.session() as session:  # enough rows for the jobs table to span many pages
+        session.add_all(Job(key=f"{number:064d}", kind="train", name=f"train/{number}", config={"x": "y" * 100})
+                        for number in range(2000))
+    store.engine.dispose()
+    # Pages of the jobs table overwritten, the file's header left as it was: the store opens, its rows do not read.
+    database = store_dir / "smx.db"
+    size = database.stat().st_size
+    with database.open("r+b") as file:
+        for page in range(size // 4096 // 2, size // 4096):
+            file.seek(page * 4096)
+            file.write(bytes([page % 251]) * 4096)
+    assert_user_error(run_cli("status", "--store", str(store_dir), "--jobs"),
+                      f"the store database {database} is damaged", "move it away")
+
+
+def test_an_io_error_on_a_full_disk_says_to_free_space_not_to_check_permissions(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from sqlalchemy.exc import OperationalError
+
+    from smx.db import store as store_module
+
+    store = open_store(str(tmp_path / "store"))
+    # What SQLite answers when it cannot even create its shared-memory file on a full disk.
+    disk_io_error = sqlite3.OperationalError("disk I/O error")
+    disk_io_error.sqlite_errorcode = 10 | (13 << 8)  # SQLITE_IOERR_SHMSIZE
+    error = OperationalError("SELECT 1", {}, disk_io_error)
+    assert "check that this user may read" in store_module._sqlite_open_error(store, error).message
+    monkeypatch.setattr(store_module, "_nearly_full", lambda path: True)
+    message = store_module._sqlite_open_error(store, error).message
+    assert "the disk is full" in message and "free some space on the disk" in message
+
+
 def test_a_full_store_database_is_a_clear_error_and_nothing_is_half_written(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

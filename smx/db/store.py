@@ -40,6 +40,11 @@ SQLITE_CANTOPEN = 14
 SQLITE_STORAGE_CODES = {SQLITE_READONLY, 10, SQLITE_FULL, SQLITE_CANTOPEN}  # 10: IOERR
 # What SQLite answers about a database file that is not one, or no longer a whole one.
 SQLITE_DAMAGED_CODES = {11, 26}  # CORRUPT, NOTADB
+SQLITE_IOERR = 10
+# With less free space than this, an I/O error of SQLite's is most likely the full disk.
+NEARLY_FULL_BYTES = 1 << 20
+DAMAGED_FIX = ("the file is damaged or not an SQLite database: move it away (keep it, it may be recoverable) and "
+               "`smx submit` starts a new store, or point --store / SMX_STORE at another store")
 
 
 def storage_error(path: Path | str, reason: str, *, disk_full: bool, then: str = "run the command again") -> StoreError:
@@ -127,14 +132,20 @@ class Store:
         naming it; the transaction that met it has been rolled back, so the database holds all of it or nothing."""
         try:
             yield
-        except OperationalError as error:
+        except DatabaseError as error:
+            if self.sqlite_path is None:
+                raise
+            if _damaged(error):
+                raise StoreError(f"the store database {self.sqlite_path} is damaged: {error.orig}.\n"
+                                 f"Fix: {DAMAGED_FIX}.") from error
             code = getattr(error.orig, "sqlite_errorcode", None)
-            if self.sqlite_path is None or code is None or code & 0xFF not in SQLITE_STORAGE_CODES:
+            if not isinstance(error, OperationalError) or code is None or code & 0xFF not in SQLITE_STORAGE_CODES:
                 raise
             unwritable = self.unwritable_error()
             if unwritable is not None and code & 0xFF in (SQLITE_READONLY, SQLITE_CANTOPEN):
                 raise unwritable from error
-            raise storage_error(self.sqlite_path, str(error.orig), disk_full=code & 0xFF == SQLITE_FULL) from error
+            disk_full = code & 0xFF == SQLITE_FULL or (code & 0xFF == SQLITE_IOERR and _nearly_full(self.root))
+            raise storage_error(self.sqlite_path, str(error.orig), disk_full=disk_full) from error
 
     def unwritable_error(self, needed_for: str = "") -> StoreError | None:
         """The error to give if this process cannot write the store's directory or its database file."""
@@ -322,14 +333,30 @@ def _sqlite_open_error(store: Store, error: DatabaseError) -> StoreError:
     unwritable = store.unwritable_error()
     if unwritable is not None and code is not None and code & 0xFF in (SQLITE_READONLY, SQLITE_CANTOPEN):
         return unwritable
-    damaged = ("the file is damaged or not an SQLite database: move it away (keep it, it may be recoverable) and "
-               "`smx submit` starts a new store, or point --store / SMX_STORE at another store")
     readable = f"check that this user may read {store.sqlite_path} and its directory"
+    if code is not None and code & 0xFF in (SQLITE_IOERR, SQLITE_FULL) and _nearly_full(store.root):
+        return storage_error(store.sqlite_path, f"{error.orig}, and the disk is full", disk_full=True)
     if code is None:
-        fix = f"{readable}; if it may, {damaged}"
+        fix = f"{readable}; if it may, {DAMAGED_FIX}"
     else:
-        fix = damaged if code & 0xFF in SQLITE_DAMAGED_CODES else readable
+        fix = DAMAGED_FIX if code & 0xFF in SQLITE_DAMAGED_CODES else readable
     return StoreError(f"cannot open the store database {store.sqlite_path}: {error.orig}.\nFix: {fix}.")
+
+
+def _damaged(error: DatabaseError) -> bool:
+    """Whether SQLite found the database file damaged (a page of it overwritten, say), not merely unreachable."""
+    code = getattr(error.orig, "sqlite_errorcode", None)  # Python 3.11 and later
+    if code is None:
+        return "malformed" in str(error.orig)
+    return code & 0xFF in SQLITE_DAMAGED_CODES
+
+
+def _nearly_full(path: Path) -> bool:
+    try:
+        usage = os.statvfs(path)
+    except OSError:
+        return False
+    return usage.f_bavail * usage.f_frsize < NEARLY_FULL_BYTES
 
 
 @contextmanager
