@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
+import numpy as np
 import pytest
 from filelock import FileLock
 
@@ -338,7 +339,7 @@ def test_a_damaged_or_foreign_database_is_a_clear_error(tmp_path: Path) -> None:
 
 
 def test_missing_data_is_refused_before_anything_is_queued(tmp_path: Path) -> None:
-    from tests.test_data import write_idx_split
+    from tests.test_data import write_idx, write_idx_split
 
     root = tmp_path / "fashion"
     spec = tmp_path / "nodata.toml"
@@ -356,6 +357,12 @@ def test_missing_data_is_refused_before_anything_is_queued(tmp_path: Path) -> No
     write_idx_split(root, "train", 8, compress=True, seed=0)
     write_idx_split(root, "t10k", 8, compress=False, seed=1)
     assert "warning" not in run_smx("submit", str(spec), "--dry-run", store=store).stderr
+    # Test labels of no class would surface only after training: submit reads the labels and the images' header.
+    write_idx(root / "t10k-labels-idx1-ubyte", np.array([1, 2, 3, 4, 5, 6, 7, 10]), compress=False)
+    refused = run_smx("submit", str(spec), store=store, check=False)
+    assert refused.returncode == 2 and "nothing was queued" in refused.stderr
+    assert "label 10 of item 7 (and 0 more) is no class of fashion-mnist" in refused.stderr
+    assert not (tmp_path / "store").exists()
 
 
 def test_status_notes_say_why_a_job_died_and_when_a_worker_went_silent(store) -> None:
@@ -563,12 +570,14 @@ def test_help_shows_the_defaults_written_in_option_texts() -> None:
 
 
 def test_a_failing_job_makes_submit_exit_1_a_worker_exit_3_and_leaves_no_results(tmp_path: Path) -> None:
-    # Files that exist under the right names pass submit's check for missing data; the job fails reading them.
+    from tests.test_data import write_idx_split
+
+    # Images cut short past their header pass submit's check of headers and labels; the job fails reading them.
     data = tmp_path / "data"
-    data.mkdir()
-    for name in ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte",
-                 "t10k-labels-idx1-ubyte"):
-        (data / name).write_bytes(b"not an IDX file")
+    write_idx_split(data, "train", 8, compress=False, seed=0)
+    write_idx_split(data, "t10k", 8, compress=False, seed=1)
+    images = data / "train-images-idx3-ubyte"
+    images.write_bytes(images.read_bytes()[:-100])
     spec = tmp_path / "unreadable.toml"
     spec.write_text(tiny_spec("unreadable", epochs=1).replace('dataset = "mnist-mini"',
                                                                f'dataset = "fashion-mnist"\nroot = "{data}"'))
@@ -744,10 +753,11 @@ def test_a_data_root_fixed_in_the_spec_reaches_the_job_that_failed_for_want_of_i
     from tests.test_data import write_idx_split
 
     broken, fixed = tmp_path / "broken", tmp_path / "fixed"
-    broken.mkdir()
-    for name in ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte",
-                 "t10k-labels-idx1-ubyte"):
-        (broken / name).write_bytes(b"not an IDX file")
+    # Cut short past its header: submit's check reads headers and labels, so only the job finds this.
+    write_idx_split(broken, "train", 8, compress=False, seed=0)
+    write_idx_split(broken, "t10k", 8, compress=False, seed=1)
+    images = broken / "train-images-idx3-ubyte"
+    images.write_bytes(images.read_bytes()[:-100])
     write_idx_split(fixed, "train", 8, compress=False, seed=0)
     write_idx_split(fixed, "t10k", 8, compress=False, seed=1)
     spec = tmp_path / "moved.toml"

@@ -51,7 +51,7 @@ def test_mnist_mini_has_a_fixed_stratified_split():
 @pytest.mark.parametrize("asked, held", [("mnist", "fashion-mnist"), ("fashion-mnist", "mnist")])
 @pytest.mark.parametrize("split, prefix", [("train", "train"), ("test", "t10k")])
 def test_a_root_that_holds_the_other_of_mnist_and_fashion_mnist_is_refused(tmp_path, asked, held, split, prefix):
-    from smx.science.data import FIRST_LABELS
+    from smx.science.data_files import FIRST_LABELS
 
     labels = np.array([*FIRST_LABELS[held][split], 3, 3])
     write_idx(tmp_path / f"{prefix}-images-idx3-ubyte", np.zeros((len(labels), 28, 28)), compress=True)

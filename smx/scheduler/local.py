@@ -6,6 +6,7 @@ import os
 import subprocess
 import sys
 from dataclasses import dataclass
+from pathlib import Path
 
 from smx.db.store import Store
 from smx.plan import Plan
@@ -43,13 +44,17 @@ def missing_data(plan: Plan, done: set[str]) -> list[str]:
     """What the plan's jobs still to run would not find on this machine: one line per missing dataset split,
     naming a config that needs it. Empty when every job can load its data here."""
     problems: dict[str, str] = {}
+    checked: dict[tuple[str, str, Path, bool], str | None] = {}  # each split is read once, not once per job
     for job in plan.jobs:
         if job.key in done or job.kind == "aggregate" or not DATASETS[job.inputs["data"]["dataset"]].needs_root:
             continue
         # The split each task loads: training its train split, certification its configured one, analysis test.
         split = "train" if job.kind == "train" else job.inputs["certify"]["split"] if job.kind == "certify" else "test"
-        root = data_root(job.runtime.get("data_root"))
-        message = missing_files_message(job.inputs["data"]["dataset"], split, root, job.runtime.get("download", False))
+        where = (job.inputs["data"]["dataset"], split, data_root(job.runtime.get("data_root")),
+                 job.runtime.get("download", False))
+        if where not in checked:
+            checked[where] = missing_files_message(*where)
+        message = checked[where]
         if message is not None:
             problems.setdefault(message, f"config {job.config_name!r} ({job.kind}): {message}")
     return list(problems.values())

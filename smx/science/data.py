@@ -7,9 +7,7 @@ here: it is the first layer of every model (see smx.science.models).
 
 from __future__ import annotations
 
-import gzip
 import pickle
-import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,13 +20,17 @@ from smx.science.catalog import DATASETS
 from smx.science.data_files import (
     CIFAR_BATCHES,
     CIFAR_FOLDER,
+    REFETCH_FIX,
     TORCHVISION_FOLDERS,
     DataError,
     Split,
+    check_idx_split,
+    check_labels,
     data_root,
     find_idx_files,
     imagenet_folders,
     missing_files_message,
+    read_idx,
 )
 
 # Imported only where a download or ImageNet needs it: torchvision's import (which brings torch._dynamo) adds
@@ -42,10 +44,6 @@ TORCHVISION_DATASETS = {"mnist": "MNIST", "fashion-mnist": "FashionMNIST", "cifa
 
 MNIST_MINI_PATH = Path(__file__).resolve().parent / "data" / "mnist_mini.npz"
 
-# What to do about a damaged file of a dataset torchvision can download. Deleting it matters: smx downloads only
-# files that are missing, and torchvision skips a download whose files are there.
-REFETCH_FIX = ("Fix: delete it and set data.download = true, so that torchvision fetches it again, or put the "
-               "original file in its place")
 
 
 @dataclass
@@ -120,42 +118,6 @@ def from_uint8(images: np.ndarray, labels: np.ndarray) -> ImageTensors:
     )
 
 
-def read_idx(path: Path) -> np.ndarray:
-    """An unsigned-byte IDX array (the MNIST file format), gzip-compressed when the name ends in .gz."""
-    opener = gzip.open if path.suffix == ".gz" else open
-    try:
-        with opener(path, "rb") as file:
-            # A bytearray, unlike bytes, gives a writable array that torch can wrap without copying.
-            content = bytearray(file.read())
-    # gzip reports a truncated file as EOFError and damaged compressed data as zlib.error, neither an OSError;
-    # a bad header or checksum is a BadGzipFile, which is one.
-    except (EOFError, zlib.error, gzip.BadGzipFile) as error:
-        raise DataError(f"{path} is a damaged gzip file ({error}), probably an interrupted download. "
-                        f"{REFETCH_FIX}") from error
-    except OSError as error:
-        raise DataError(f"cannot read {path}: {error}") from error
-    if len(content) < 4 or content[:2] != b"\x00\x00" or content[2] != 0x08:
-        raise DataError(f"{path} is not an unsigned-byte IDX file. {REFETCH_FIX}")
-    ndim = content[3]
-    header_size = 4 + 4 * ndim
-    if len(content) < header_size:
-        raise DataError(f"{path} ends inside its header ({len(content)} bytes): it is truncated. {REFETCH_FIX}")
-    shape = tuple(int(size) for size in np.frombuffer(content[4:header_size], dtype=">u4"))
-    expected = header_size + int(np.prod(shape))
-    if len(content) != expected:
-        raise DataError(f"{path} holds {len(content)} bytes but its header announces {expected}: it is truncated. "
-                        f"{REFETCH_FIX}")
-    return np.frombuffer(content, dtype=np.uint8, offset=header_size).reshape(shape)
-
-
-# The first labels of each official split. MNIST and Fashion-MNIST ship files of the same names, shapes and sizes,
-# so a data root that holds the other one would otherwise be trained and certified on without a word.
-FIRST_LABELS = {
-    "mnist": {"train": (5, 0, 4, 1, 9, 2, 1, 3, 1, 4), "test": (7, 2, 1, 0, 4, 1, 4, 9, 5, 9)},
-    "fashion-mnist": {"train": (9, 0, 0, 3, 0, 2, 7, 2, 5, 5), "test": (9, 2, 1, 1, 6, 1, 4, 6, 5, 7)},
-}
-
-
 def load_idx_dataset(name: str, split: Split, root: Path, download: bool) -> ImageTensors:
     paths = find_idx_files(name, split, root)
     if paths is None and download:
@@ -165,20 +127,7 @@ def load_idx_dataset(name: str, split: Split, root: Path, download: bool) -> Ima
         raise DataError(missing_files_message(name, split, root, download=False))
     images_path, labels_path = paths
     images, labels = read_idx(images_path), read_idx(labels_path)
-    if images.ndim != 3 or labels.ndim != 1 or images.shape[0] != labels.shape[0]:
-        raise DataError(
-            f"{images_path} {images.shape} and {labels_path} {labels.shape} are not matching images and labels"
-        )
-    height_width = DATASETS[name].input_shape[1:]
-    if images.shape[1:] != height_width:
-        raise DataError(f"{images_path} holds {images.shape[1]}x{images.shape[2]} images, where {name}'s are "
-                        f"{height_width[0]}x{height_width[1]}. Fix: point data.root (or SMX_DATA) at a folder that "
-                        f"holds {name}.")
-    check_labels(labels, name, labels_path)
-    for other, first_labels in FIRST_LABELS.items():
-        if other != name and tuple(labels[:10].tolist()) == first_labels[split]:
-            raise DataError(f"{labels_path} holds the {split} split of {other}, not of {name} (its first labels are "
-                            f"{other}'s). Fix: point data.root (or SMX_DATA) at a folder that holds {name}.")
+    check_idx_split(name, split, images_path, images.shape, labels_path, labels)
     return from_uint8(images[:, None], labels)
 
 
@@ -205,18 +154,6 @@ def load_cifar10(split: Split, root: Path, download: bool) -> ImageTensors:
                             f"interrupted download. {REFETCH_FIX}") from error
         check_labels(labels[-1], "cifar10", path)
     return from_uint8(np.concatenate(images), np.concatenate(labels))
-
-
-def check_labels(labels: np.ndarray, name: str, path: Path) -> None:
-    """A DataError naming the file and the first label that is no class of the dataset: a test label out of range
-    would be certified as a wrong prediction, and a training one fail deep inside the loss."""
-    num_classes = DATASETS[name].num_classes
-    outside = np.flatnonzero((labels < 0) | (labels >= num_classes))
-    if outside.size:
-        first = int(outside[0])
-        raise DataError(f"{path}: label {int(labels[first])} of item {first} (and {outside.size - 1} more) is no class "
-                        f"of {name}, whose classes are 0 to {num_classes - 1}. Fix: point data.root (or SMX_DATA) at "
-                        f"a folder that holds {name}, or fetch its files again.")
 
 
 def load_imagenet(split: Split, root: Path, download: bool) -> torchvision.datasets.ImageFolder:
