@@ -686,7 +686,8 @@ def test_bf16_certification_is_accepted_with_a_warning(tmp_path: Path) -> None:
     assert "false certificates" in result.stderr and "tiny" in result.stdout
     # Into a pipe, each message is one line however long (grep finds it), not folded at the width.
     warning = next(line for line in result.stderr.splitlines() if "false certificates" in line)
-    assert len(warning) > 80 and warning.startswith("warning:") and warning.endswith("Use fp32 for results you publish.")
+    assert len(warning) > 80 and warning.startswith("warning:")
+    assert warning.endswith("Use fp32 for results you publish.")
     plain = tmp_path / "fp32.toml"
     plain.write_text(TINY_SPEC)
     result = subprocess.run(smx_command("validate", str(plain)), capture_output=True, text=True, timeout=120)
