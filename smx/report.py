@@ -215,10 +215,13 @@ class Curve:
     aggregate: Aggregate
     radii: list[float]
     correct: list[int]
+    sort_key: tuple[Any, ...] = ()  # the report's order of the config's hyperparameters within its method
 
 
-# Matplotlib's ten default colours, then the same ten dashed, dotted, ...: no two curves of a panel look alike.
+# Matplotlib's ten default colours, then the same ten dashed, dotted, ..., then with markers: no two curves of a
+# panel look alike up to 200 of them.
 LINE_STYLES = ("-", "--", ":", "-.")
+MARKERS = (None, "o", "s", "^", "x")
 LEGEND_ROWS = 30  # legend entries per column
 
 
@@ -228,6 +231,7 @@ def plot_experiment(store: Store, experiment: str, out: Path) -> tuple[Path, str
     path = plot_file(out, experiment)
     with store.read_session() as session:
         summaries = summaries_of(session, experiment)
+        settings = [setting_of(session, aggregate.certify_key) for aggregate in summaries.aggregates]
         certificates: dict[str, tuple[list[float], list[int]]] = {
             aggregate.certify_key: ([], []) for aggregate in summaries.aggregates}
         for key, radius, correct in session.execute(
@@ -235,7 +239,9 @@ def plot_experiment(store: Store, experiment: str, out: Path) -> tuple[Path, str
                 .where(Certificate.job_key.in_(list(certificates)))):
             certificates[key][0].append(radius)
             certificates[key][1].append(correct)
-    curves = [Curve(aggregate, *certificates[aggregate.certify_key]) for aggregate in summaries.aggregates]
+    _, sort_keys = _hyperparameter_summaries(settings)
+    curves = [Curve(aggregate, *certificates[aggregate.certify_key], sort_key=sort_key)
+              for aggregate, sort_key in zip(summaries.aggregates, sort_keys)]
     return save_plot(certified_accuracy_figure(experiment, curves), path), summaries.provisional
 
 
@@ -243,20 +249,26 @@ def certified_accuracy_figure(experiment: str, curves: list[Curve]) -> Any:
     """One panel per sigma, as the paper's tables group their rows, each with its configs in the report's order and
     its legend beside it, where it covers no curve however many configs there are."""
     ordered = sorted(curves, key=lambda curve: (curve.aggregate.sigma, *_method_order(curve.aggregate.method),
-                                                _natural_order(curve.aggregate.config_name)))
+                                                curve.sort_key, _natural_order(curve.aggregate.config_name)))
     panels: dict[float, list[Curve]] = {}
     for curve in ordered:
         panels.setdefault(curve.aggregate.sigma, []).append(curve)
+    labels = {id(curve): f"{curve.aggregate.config_name} (ACR {curve.aggregate.acr:.3f})" for curve in curves}
     heights = [max(3.2, 0.19 * min(len(panel), LEGEND_ROWS) + 1.0) for panel in panels.values()]
-    figure, axes_column = pyplot().subplots(len(panels), 1, figsize=(9, sum(heights) + 0.4), dpi=120, squeeze=False,
-                                            height_ratios=heights, layout="constrained")
+    # Room for the widest panel's legend beside a plot 6 inches wide: about 0.065 inch per character at size 8.
+    legend_width = max(math.ceil(len(panel) / LEGEND_ROWS) * (0.7 + 0.065 * max(len(labels[id(curve)])
+                                                                             for curve in panel))
+                       for panel in panels.values())
+    figure, axes_column = pyplot().subplots(len(panels), 1, figsize=(6 + legend_width, sum(heights) + 0.4), dpi=120,
+                                            squeeze=False, height_ratios=heights, layout="constrained")
     for (sigma, panel), (axes,) in zip(panels.items(), axes_column):
         max_radius = max((max(curve.radii, default=0.0) for curve in panel), default=0.0) or 1.0
         grid = [max_radius * 1.05 * step / 400 for step in range(401)]
         for position, curve in enumerate(panel):
-            axes.plot(grid, certified_accuracy_curve(curve.radii, curve.correct, grid),
-                      color=f"C{position % 10}", linestyle=LINE_STYLES[position // 10 % len(LINE_STYLES)],
-                      label=f"{curve.aggregate.config_name} (ACR {curve.aggregate.acr:.3f})")
+            marker, style = divmod(position // 10, len(LINE_STYLES))
+            axes.plot(grid, certified_accuracy_curve(curve.radii, curve.correct, grid), label=labels[id(curve)],
+                      color=f"C{position % 10}", linestyle=LINE_STYLES[style], marker=MARKERS[marker % len(MARKERS)],
+                      markevery=40, markersize=4)
         axes.set_xlabel("radius (L2)")
         axes.set_ylabel("certified accuracy")
         axes.set_ylim(0, 1)
@@ -269,9 +281,10 @@ def certified_accuracy_figure(experiment: str, curves: list[Curve]) -> Any:
     return figure
 
 
-def _natural_order(name: str) -> tuple[tuple[int, int | str], ...]:
-    """Orders names as a reader does: "eta2" before "eta10"."""
-    return tuple((0, int(part)) if part.isdigit() else (1, part) for part in re.split(r"(\d+)", name) if part)
+def _natural_order(name: str) -> tuple[tuple[int, float | str], ...]:
+    """Orders names as a reader does: "eta2" before "eta10", "lbd0.125" before "lbd0.5"."""
+    return tuple((0, float(part)) if part[0].isdigit() else (1, part)
+                 for part in re.split(r"(\d+(?:\.\d+)?)", name) if part)
 
 
 # ---- `smx report`: an experiment's table in the paper's layout, optionally beside the published numbers ----

@@ -458,7 +458,7 @@ def test_a_plot_has_a_panel_per_sigma_with_its_configs_in_the_reports_order_and_
         assert labels[0][-1] == "gaussian-run11 (ACR 0.250)"
         assert labels[1] == ["gaussian-sigma1 (ACR 1.500)", "smoothmix-eta1-sigma1 (ACR 1.000)",
                              "smoothmix-eta2-sigma1 (ACR 1.000)", "smoothmix-eta10-sigma1 (ACR 1.000)"]
-        looks = [(line.get_color(), line.get_linestyle()) for line in figure.axes[0].get_lines()]
+        looks = [(line.get_color(), line.get_linestyle(), line.get_marker()) for line in figure.axes[0].get_lines()]
         assert len(set(looks)) == 12
         assert [axes.get_xlim()[1] for axes in figure.axes] == pytest.approx([0.525, 3.15])
         # Half of the images are certified up to their radius, none past it.
@@ -467,5 +467,52 @@ def test_a_plot_has_a_panel_per_sigma_with_its_configs_in_the_reports_order_and_
         figure.canvas.draw()
         for axes in figure.axes:
             assert axes.get_legend().get_window_extent().x0 > axes.get_window_extent().x1
+    finally:
+        pyplot().close(figure)
+
+
+def test_the_plot_lists_each_sigmas_configs_in_the_reports_order(store: Store, tmp_path, monkeypatch) -> None:
+    import smx.report as report_module
+
+    monkeypatch.setitem(SAMPLES, "smoothmix-eta1-onestep-sigma0.5", SAMPLES["smoothmix-eta1-sigma0.5"])
+    seeded = seed(store, SPEC + textwrap.dedent("""
+        [[variant]]
+        name = "smoothmix-eta1-onestep-sigma0.5"
+        train.method = "smoothmix"
+        train.smoothmix = { eta = 1.0, mix_step = 1 }
+    """))
+
+    drawn = []
+
+    def keep(figure, path):  # type: ignore[no-untyped-def]
+        drawn.append([[text.get_text().split(" (ACR")[0] for text in axes.get_legend().get_texts()]
+                      for axes in figure.axes])
+        pyplot().close(figure)
+        return path
+
+    monkeypatch.setattr(report_module, "save_plot", keep)
+    # The seeded store holds summaries, not certificates: curves of nothing.
+    monkeypatch.setattr(report_module, "certified_accuracy_curve", lambda radii, correct, levels: [0.0] * len(levels))
+    report_module.plot_experiment(seeded, "paper", tmp_path / "paper.png")
+    rows = experiment_report(seeded, "paper").rows
+    by_sigma = [[row.config for row in rows if row.sigma == sigma] for sigma in sorted({row.sigma for row in rows})]
+    assert drawn == [by_sigma]
+    # The report puts "+ one-step adversary" (mix_step 1) after its mix_step 0 twin, where names sort it first.
+    assert by_sigma[1][-3:] == ["smoothmix-eta1-sigma0.5", "smoothmix-eta1-onestep-sigma0.5",
+                                "smoothmix-eta5-onestep-sigma0.5"]
+
+
+def test_a_panel_of_80_configs_keeps_its_whole_legend_in_the_figure_and_no_two_curves_alike() -> None:
+    curves = [Curve(Aggregate(config_name=f"smoothmix-eta={index % 8}-steps={index // 8}-onestep", method="smoothmix",
+                              sigma=0.5, acr=0.5, certify_key=str(index)), radii=[1.0, 0.0], correct=[1, 0])
+              for index in range(80)]
+    figure = certified_accuracy_figure("many", curves)
+    try:
+        figure.canvas.draw()
+        (axes,) = figure.axes
+        assert len(axes.get_legend().get_texts()) == 80
+        assert axes.get_legend().get_window_extent().x1 <= figure.bbox.x1
+        assert axes.get_window_extent().width > 5 * figure.dpi  # the plot keeps its own 6 inches, less its labels
+        assert len({(line.get_color(), line.get_linestyle(), line.get_marker()) for line in axes.get_lines()}) == 80
     finally:
         pyplot().close(figure)
