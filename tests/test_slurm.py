@@ -204,3 +204,14 @@ def test_a_job_sbatch_refuses_is_a_clear_error_naming_the_setting(cluster: Clust
     assert "sbatch refused train/" in refused.stderr and "executor.slurm.gpus_per_job = 0" in refused.stderr
     jobs = cluster.query("SELECT status, slurm_job_id FROM jobs")
     assert jobs and all(job["status"] == "pending" and job["slurm_job_id"] is None for job in jobs)
+
+
+def test_a_slurm_job_pickled_before_its_class_moved_still_loads() -> None:
+    import pickle
+
+    from smx.scheduler.slurm_job import SlurmJob
+
+    # What submitit wrote for a job sent while the class was smx.scheduler.slurm.SlurmJob (protocol 0: plain names).
+    earlier = pickle.dumps(SlurmJob(), protocol=0).replace(b"smx.scheduler.slurm_job", b"smx.scheduler.slurm")
+    assert b"smx.scheduler.slurm\nSlurmJob" in earlier
+    assert type(pickle.loads(earlier)) is SlurmJob

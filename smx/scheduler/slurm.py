@@ -177,3 +177,12 @@ def cancel_orphans(store: Store, plan: Plan) -> list[str]:
                and any(rows[parent].status in ("failed", "cancelled") for parent in planned.parents)]
     cancel_slurm_jobs(orphans)
     return orphans
+
+
+def __getattr__(name: str) -> Any:
+    # Slurm jobs sent before SlurmJob moved to slurm_job.py were pickled under this module's name: they still load.
+    if name == "SlurmJob":
+        from smx.scheduler.slurm_job import SlurmJob
+
+        return SlurmJob
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
