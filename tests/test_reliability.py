@@ -583,7 +583,7 @@ def test_a_damaged_final_checkpoint_fails_verification(store: Store, tmp_path: P
         checkpoints.verified_final(store, "train-a")
 
 
-def test_checkpoint_rows_name_files_relative_to_the_store_so_that_a_moved_store_finds_its_own(tmp_path: Path) -> None:
+def test_a_moved_or_copied_store_reads_its_own_checkpoints(tmp_path: Path) -> None:
     store = open_store(str(tmp_path / "store"))
     path = store.checkpoint_dir("train-a") / "epoch-0001.pt"
     path.parent.mkdir(parents=True)
@@ -592,18 +592,22 @@ def test_checkpoint_rows_name_files_relative_to_the_store_so_that_a_moved_store_
         session.add(Job(key="train-a", kind="train", name="train/a", config={}))
     checkpoints.record(store, "train-a", path, epoch=1)
     checkpoints.mark_final(store, "train-a", path, epoch=1)
-    with store.session() as session:
-        assert session.scalars(select(Checkpoint.path)).all() == ["checkpoints/train-a/epoch-0001.pt"]
     assert checkpoints.is_intact(store, "train-a", path)
     assert checkpoints.is_intact(store, "train-a", path.with_name("epoch-0002.pt"))  # nothing recorded to doubt
     store.engine.dispose()
+    shutil.copytree(tmp_path / "store", tmp_path / "copy")
     (tmp_path / "store").rename(tmp_path / "moved")
     moved = open_store(str(tmp_path / "moved"))
     moved_path = tmp_path / "moved" / "checkpoints" / "train-a" / "epoch-0001.pt"
     assert checkpoints.verified_final(moved, "train-a") == moved_path
-    moved_path.write_bytes(moved_path.read_bytes()[:-1] + b"x")
-    assert not checkpoints.is_intact(moved, "train-a", moved_path)
-    checkpoints.forget(moved, moved_path)
+    # A copy whose own file is damaged says so, though the original's is intact.
+    copy = open_store(str(tmp_path / "copy"))
+    copied_path = tmp_path / "copy" / "checkpoints" / "train-a" / "epoch-0001.pt"
+    copied_path.write_bytes(copied_path.read_bytes()[:-1] + b"x")
+    assert not checkpoints.is_intact(copy, "train-a", copied_path)
+    with pytest.raises(checkpoints.CheckpointError, match=f"{copied_path} does not match its recorded sha256"):
+        checkpoints.verified_final(copy, "train-a")
+    checkpoints.forget(moved, "train-a", moved_path)
     with moved.session() as session:
         assert session.scalars(select(Checkpoint.path)).all() == []
 

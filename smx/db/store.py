@@ -347,7 +347,7 @@ def _damaged(error: DatabaseError) -> bool:
     """Whether SQLite found the database file damaged (a page of it overwritten, say), not merely unreachable."""
     code = getattr(error.orig, "sqlite_errorcode", None)  # Python 3.11 and later
     if code is None:
-        return "malformed" in str(error.orig)
+        return str(error.orig) in ("database disk image is malformed", "file is not a database")
     return code & 0xFF in SQLITE_DAMAGED_CODES
 
 

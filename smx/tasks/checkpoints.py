@@ -1,17 +1,18 @@
 """Checkpoint records: every checkpoint file the store keeps has a row with its sha256.
 
-A row's path is relative to the store's files (`checkpoints/<key>/epoch-0004.pt`), so that a store moved or copied
-elsewhere finds its own files; stores written before that hold absolute paths, which are read as they are.
+A row records the file's absolute path, and names a checkpoint by its job and file name: a store moved or copied
+elsewhere, or whose files another machine mounts at another path, reads the file from its own files
+(`located`), and falls back on the recorded path only where its own files lack it.
 """
 
 from __future__ import annotations
 
 import hashlib
 from pathlib import Path
-from typing import Any
 
 import torch
-from sqlalchemy import delete, select, update
+from sqlalchemy import select, update
+from sqlalchemy.orm import Session
 
 from smx.db.models import Checkpoint, Job
 from smx.db.store import Store
@@ -32,54 +33,48 @@ def sha256_file(path: Path) -> str:
     return digest.hexdigest()
 
 
-def stored_path(store: Store, path: Path) -> str:
-    """How a row records a checkpoint file: relative to the store's files where it lies under them."""
-    try:
-        return Path(path).relative_to(store.root).as_posix()
-    except ValueError:
-        return str(path)
+def _rows(session: Session, job_key: str, path: Path) -> list[Checkpoint]:
+    """The rows that record the checkpoint file `path` of a job, wherever the store's files were when written."""
+    return [row for row in session.scalars(select(Checkpoint).where(Checkpoint.job_key == job_key))
+            if Path(row.path).name == path.name]
 
 
-def located(store: Store, stored: str) -> Path:
-    """The file a row's path names."""
-    path = Path(stored)
-    return path if path.is_absolute() else store.root / path
-
-
-def _rows_of(store: Store, path: Path) -> Any:
-    """The condition on rows that record `path`, in either form a store may hold."""
-    return Checkpoint.path.in_({stored_path(store, path), str(path)})
+def located(store: Store, row: Checkpoint) -> Path:
+    """The file a row records: in this store's own files where it is there, else where it was written."""
+    own = store.checkpoint_dir(row.job_key) / Path(row.path).name
+    return own if own.exists() else Path(row.path)
 
 
 def record(store: Store, job_key: str, path: Path, epoch: int) -> None:
     with store.session() as session:
-        session.execute(delete(Checkpoint).where(Checkpoint.job_key == job_key, _rows_of(store, path)))
-        session.add(Checkpoint(job_key=job_key, epoch=epoch, path=stored_path(store, path), sha256=sha256_file(path),
+        for row in _rows(session, job_key, path):
+            session.delete(row)
+        session.add(Checkpoint(job_key=job_key, epoch=epoch, path=str(path), sha256=sha256_file(path),
                                size=path.stat().st_size))
 
 
-def forget(store: Store, path: Path) -> None:
+def forget(store: Store, job_key: str, path: Path) -> None:
     with store.session() as session:
-        session.execute(delete(Checkpoint).where(_rows_of(store, path)))
+        for row in _rows(session, job_key, path):
+            session.delete(row)
 
 
 def is_intact(store: Store, job_key: str, path: Path) -> bool:
     """Whether a checkpoint file still has the bytes recorded for it; True when none were recorded (a run killed
     between writing a checkpoint and recording it), since then nothing can say otherwise."""
     with store.session() as session:
-        recorded = session.scalar(select(Checkpoint.sha256).where(Checkpoint.job_key == job_key,
-                                                                  _rows_of(store, path)))
-    return recorded is None or sha256_file(path) == recorded
+        recorded = [row.sha256 for row in _rows(session, job_key, path)]
+    return not recorded or sha256_file(path) in recorded
 
 
 def mark_final(store: Store, job_key: str, path: Path, epoch: int) -> None:
     with store.session() as session:
-        if session.scalar(select(Checkpoint.id).where(_rows_of(store, path))) is None:
-            session.add(Checkpoint(job_key=job_key, epoch=epoch, path=stored_path(store, path),
-                                   sha256=sha256_file(path), size=path.stat().st_size))
+        if not _rows(session, job_key, path):
+            session.add(Checkpoint(job_key=job_key, epoch=epoch, path=str(path), sha256=sha256_file(path),
+                                   size=path.stat().st_size))
             session.flush()
-        session.execute(update(Checkpoint).where(Checkpoint.job_key == job_key)
-                        .values(final=_rows_of(store, path)))
+        for row in session.scalars(select(Checkpoint).where(Checkpoint.job_key == job_key)):
+            row.final = Path(row.path).name == path.name
 
 
 def retrain_after_corruption(store: Store, train_key: str, waiting_key: str, reason: str) -> None:
@@ -90,7 +85,7 @@ def retrain_after_corruption(store: Store, train_key: str, waiting_key: str, rea
     """
     with store.session() as session:
         for row in session.scalars(select(Checkpoint).where(Checkpoint.job_key == train_key, Checkpoint.final)):
-            path = located(store, row.path)
+            path = located(store, row)
             if path.exists():
                 path.rename(path.with_name(path.name + SET_ASIDE_SUFFIX))
             session.delete(row)
@@ -105,7 +100,7 @@ def verified_final(store: Store, train_key: str) -> Path:
         row = session.scalar(select(Checkpoint).where(Checkpoint.job_key == train_key, Checkpoint.final))
     if row is None:
         raise CheckpointError(f"training job {train_key[:12]} has no final checkpoint in the store")
-    path = located(store, row.path)
+    path = located(store, row)
     if not path.is_file() or sha256_file(path) != row.sha256:
         problem = "is missing" if not path.is_file() else "does not match its recorded sha256 (corrupted or truncated)"
         raise CheckpointError(f"checkpoint {path} {problem}")
