@@ -181,6 +181,23 @@ def setting_of(session: Session, certify_key: str) -> Setting | None:
                              if item.name in train_config})
 
 
+def certification_differences(images: int, certification: Mapping[str, Any]) -> list[str]:
+    """How a certification differs from the paper's, from what its job recorded: ["200 images", "n = 1,000"]."""
+    paper = published_protocol()
+    differences = [f"{images:,} images"] if images != paper["test_images"] else []
+    differences += [f"{name} = {certification[name]:,}" for name in ("n0", "n")
+                    if name in certification and certification[name] != paper[name]]
+    if "alpha" in certification and certification["alpha"] != paper["alpha"]:
+        differences.append(f"alpha = {certification['alpha']:g}")
+    return differences
+
+
+@dataclass(frozen=True)
+class PaperAcrValue:
+    acr: float
+    indicative: bool  # trained or certified otherwise than the paper's row: see training_differences
+
+
 class PaperAcr:
     """The published ACR of a `results` row's setting, or None: fills the TUI's "paper ACR" column.
 
@@ -191,10 +208,16 @@ class PaperAcr:
         self.location = location
         self._store: Store | None = None
 
-    def __call__(self, row: Mapping[str, Any]) -> float | None:
+    def __call__(self, row: Mapping[str, Any]) -> PaperAcrValue | None:
         if self._store is None:
             self._store = open_store(self.location, create=False)
         with self._store.read_session() as session:
             setting = setting_of(session, row["certify_key"])
-        published = find_published(setting) if setting is not None else None
-        return published.acr if published is not None else None
+            published = find_published(setting) if setting is not None else None
+            if setting is None or published is None:
+                return None
+            certify = session.get(Job, row["certify_key"])
+            certification = certify.config.get("certify", {}) if certify is not None else {}
+        differences = (training_differences(setting, published)
+                       + certification_differences(row["num_samples"], certification))
+        return PaperAcrValue(published.acr, indicative=bool(differences))

@@ -27,8 +27,8 @@ from smx.db.store import Store
 from smx.db.views import radius_column
 from smx.errors import UserError
 from smx.paths import written_whole
-from smx.reference import (RADIUS_TOLERANCE, PublishedRow, Setting, find_published, published_protocol,
-                           setting_of, training_differences)
+from smx.reference import (RADIUS_TOLERANCE, PublishedRow, Setting, certification_differences, find_published,
+                           published_protocol, setting_of, training_differences)
 from smx.science.metrics import DEFAULT_RADII, RADIUS_DECIMALS, certified_accuracy_curve
 from smx.tasks.aggregate import aggregate_radii, summarise_config
 
@@ -462,7 +462,7 @@ def experiment_report(store: Store, experiment: str, compare_with_paper: bool = 
             config=aggregate.config_name, method=aggregate.method, sigma=aggregate.sigma, hyperparameters=summary,
             acr=aggregate.acr, certified_accuracy=accuracy, published=published,
             protocol_difference=", ".join(training_differences(setting, published)
-                                          + _certification_differences(aggregate.num_samples, certification))
+                                          + certification_differences(aggregate.num_samples, certification))
             if published and setting else ""))
     return ExperimentReport(experiment=experiment, radii=_report_radii(rows), rows=rows, compared=compare_with_paper,
                             provisional=stored.provisional)
@@ -471,17 +471,6 @@ def experiment_report(store: Store, experiment: str, compare_with_paper: bool = 
 def _method_order(method: str) -> tuple[int, str]:
     """Where a method's rows go: the paper's order, then the methods it does not have by name."""
     return (METHOD_ORDER.index(method) if method in METHOD_ORDER else len(METHOD_ORDER)), method
-
-
-def _certification_differences(images: int, certification: dict[str, Any]) -> list[str]:
-    """How a certification differs from the paper's, from what its job recorded: ["200 images", "n = 1,000"]."""
-    paper = published_protocol()
-    differences = [f"{images:,} images"] if images != paper["test_images"] else []
-    differences += [f"{name} = {certification[name]:,}" for name in ("n0", "n")
-                    if name in certification and certification[name] != paper[name]]
-    if "alpha" in certification and certification["alpha"] != paper["alpha"]:
-        differences.append(f"alpha = {certification['alpha']:g}")
-    return differences
 
 
 def _accuracy(row: ReportRow, radius: float) -> float | None:

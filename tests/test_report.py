@@ -12,7 +12,8 @@ from smx.db.readonly import QueryResult
 from smx.db.store import Store
 from smx.errors import UserError
 from smx.plan import build_plan
-from smx.reference import Setting, find_published, max_certifiable_radius, published_rows, training_differences
+from smx.reference import (PaperAcr, PaperAcrValue, Setting, find_published, max_certifiable_radius, published_rows,
+                           training_differences)
 from smx.db.models import Aggregate
 from smx.report import (Curve, certified_accuracy_figure, experiment_report, experiment_results, format_cell, pyplot,
                         render_report, to_csv, to_json, to_markdown)
@@ -516,3 +517,12 @@ def test_a_panel_of_80_configs_keeps_its_whole_legend_in_the_figure_and_no_two_c
         assert len({(line.get_color(), line.get_linestyle(), line.get_marker()) for line in axes.get_lines()}) == 80
     finally:
         pyplot().close(figure)
+
+
+def test_the_tuis_paper_acr_says_when_the_comparison_is_only_indicative(seeded: Store) -> None:
+    result = experiment_results(seeded, "paper")
+    rows = {row[result.columns.index("config")]: dict(zip(result.columns, row)) for row in result.rows}
+    paper = PaperAcr(seeded.location)
+    # Certified on 4 images, not the paper's 10,000.
+    assert paper(rows["gaussian-sigma0.5"]) == PaperAcrValue(1.553, indicative=True)
+    assert paper(rows["gaussian-mini"]) is None  # the paper has no mnist-mini

@@ -28,8 +28,10 @@ from smx.db.models import (
     TrainMetric,
 )
 from smx.db.store import Store, StoreError, open_store
+from smx.reference import PaperAcrValue
 from smx.science.metrics import DEFAULT_RADII
 from smx.tui.app import SmxApp, status_line, welcome_text
+from smx.tui.cells import result_cells, results_caption
 from smx.tui.data import LOG_TAIL_BYTES, RADIUS_STEP, LoadRequest, LogFollower, StoreReader, radius_histograms
 from smx.tui.panes import CurvesPane, ExperimentsPane, JobsPane, ResultsPane
 from smx.tui.screens import ConfirmScreen, HelpScreen, JobScreen
@@ -321,15 +323,24 @@ def test_results_and_job_detail(seeded: Store) -> None:
 
 
 def test_published_numbers_get_a_column_only_when_there_are_some(seeded: Store) -> None:
-    def paper(row) -> float | None:
-        return 0.5 if row["method"] == "smoothmix" else None
+    def paper(row) -> PaperAcrValue | None:
+        return PaperAcrValue(0.5, indicative=False) if row["method"] == "smoothmix" else None
 
     results = StoreReader(str(seeded.root), published_acr=paper).load(LoadRequest(results=True)).results
     position = results.columns.index("published_acr")
     assert results.columns[position - 1] == "acr"
-    assert [row[position] for row in results.rows] == [None, 0.5]
+    assert [row[position] for row in results.rows] == [None, PaperAcrValue(0.5, indicative=False)]
+    assert "otherwise than the paper" not in results_caption(results)
     nothing = StoreReader(str(seeded.root), published_acr=lambda row: None).load(LoadRequest(results=True)).results
     assert "published_acr" not in nothing.columns
+
+
+def test_a_paper_acr_of_a_setting_trained_or_certified_otherwise_is_marked_as_only_indicative(seeded: Store) -> None:
+    results = StoreReader(str(seeded.root), published_acr=lambda row: PaperAcrValue(1.553, indicative=True)).load(
+        LoadRequest(results=True)).results
+    shown = [cell.shown for cell in result_cells(results.columns, results.rows[0])]
+    assert shown[results.columns.index("published_acr")] == "1.553*"
+    assert "*: trained or certified otherwise than the paper's row, so only indicative" in results_caption(results)
 
 
 def test_log_is_followed_from_where_it_was_read(seeded: Store) -> None:

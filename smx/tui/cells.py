@@ -13,6 +13,7 @@ from rich.console import Console, ConsoleOptions, RenderResult
 from rich.measure import Measurement
 from rich.text import Text
 
+from smx.reference import PaperAcrValue
 from smx.tui.model import JobSummary, ResultsTable
 
 if TYPE_CHECKING:
@@ -200,9 +201,19 @@ METRIC_COLUMNS = ("acr", "published_acr", "clean_accuracy", "abstain_rate")
 
 
 def result_cells(columns: list[str], row: tuple[Any, ...]) -> tuple[Cell, ...]:
-    return tuple(number(value) if column in METRIC_COLUMNS or column.startswith("acc_")
+    return tuple(_paper_cell(value) if column == "published_acr"
+                 else number(value) if column in METRIC_COLUMNS or column.startswith("acc_")
                  else cell(value, f"{value:g}" if isinstance(value, float) else None)
                  for column, value in zip(columns, row))
+
+
+def _paper_cell(value: PaperAcrValue | None) -> Cell:
+    if value is None:
+        return number(None)
+    return cell(value.acr, f"{value.acr:.{METRIC_DIGITS}f}{INDICATIVE_MARK if value.indicative else ''}")
+
+
+INDICATIVE_MARK = "*"
 
 
 def results_caption(results: ResultsTable) -> str:
@@ -211,4 +222,10 @@ def results_caption(results: ResultsTable) -> str:
         return f"{results.experiment}: no certified config yet (see the Jobs tab)"
     # A provisional table names the configs still to come, so that a partial row set is not read as the whole.
     shown = results.provisional or f"{results.experiment}: {len(results.rows)} certified config(s);"
-    return f"{shown} @r: certified accuracy at radius r"
+    caption = f"{shown} @r: certified accuracy at radius r"
+    if "published_acr" in results.columns:
+        position = results.columns.index("published_acr")
+        if any(row[position] is not None and row[position].indicative for row in results.rows):
+            caption += (f"; {INDICATIVE_MARK}: trained or certified otherwise than the paper's row, so only "
+                        "indicative (`smx report --compare paper` says how)")
+    return caption

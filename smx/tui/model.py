@@ -13,13 +13,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from smx.errors import failure_summary
+from smx.reference import PaperAcrValue
 
 if TYPE_CHECKING:
     from smx.db.queries import ExperimentOverview
 
 Clock = Callable[[], datetime]
 # Published numbers beside ours: given a `results` row (column -> value), the ACR a paper reports for it.
-PublishedAcr = Callable[[Mapping[str, Any]], float | None]
+PublishedAcr = Callable[[Mapping[str, Any]], PaperAcrValue | None]
 
 
 @dataclass(frozen=True)
