@@ -675,8 +675,7 @@ def _explain(error: ErrorDetails) -> str:
         return _explain_unknown_key(loc, is_table=isinstance(value, dict))
     if kind in EXPECTED_TYPES:
         expected = EXPECTED_TYPES[kind]
-        quoted = isinstance(value, str) and kind in ("int_type", "float_type", "bool_type")
-        fix = "remove the quotes" if quoted else f"write {expected} instead"
+        fix = "remove the quotes" if _valid_unquoted(value, kind) else f"write {expected} instead"
         return f"expected {expected}, got {_show(value)}; {fix}"
     if kind in BOUNDS:
         bound = f"{BOUNDS[kind]} {context[BOUND_NAMES[kind]]}"
@@ -686,6 +685,18 @@ def _explain(error: ErrorDetails) -> str:
     if kind == "value_error":
         return str(context["error"])
     return f"{error['msg'][:1].lower()}{error['msg'][1:]} (got {_show(value)})"
+
+
+def _valid_unquoted(value: Any, kind: str) -> bool:
+    """Whether a string would be the value expected without its quotes ("4" for an integer; not "yes" for true)."""
+    expected = {"int_type": (int,), "float_type": (int, float), "bool_type": (bool,)}.get(kind)
+    if expected is None or not isinstance(value, str):
+        return False
+    try:
+        unquoted = tomllib.loads(f"value = {value}")["value"]
+    except tomllib.TOMLDecodeError:
+        return False
+    return isinstance(unquoted, expected) and (kind == "bool_type" or not isinstance(unquoted, bool))
 
 
 def _explain_missing(loc: KeyPath) -> str:

@@ -440,6 +440,16 @@ def test_spec_hash_ignores_key_order_formatting_and_comments() -> None:
             id="quoted-number",
         ),
         pytest.param(
+            MINIMAL + 'amp = "yes"\n',  # without its quotes, yes is no TOML value at all
+            ['train.amp: expected true or false, got the string "yes"; write true or false instead'],
+            id="quoted-word-for-bool",
+        ),
+        pytest.param(
+            MINIMAL + 'amp = "true"\n',
+            ['train.amp: expected true or false, got the string "true"; remove the quotes'],
+            id="quoted-bool",
+        ),
+        pytest.param(
             MINIMAL + "epochs = 10.5\n",
             ["train.epochs: expected an integer, got 10.5", "write an integer"],
             id="float-for-int",
