@@ -362,6 +362,11 @@ def test_missing_data_is_refused_before_anything_is_queued(tmp_path: Path) -> No
     assert refused.returncode == 2 and "nothing was queued" in refused.stderr
     assert "label 10 of item 7 (and 0 more) is no class of fashion-mnist" in refused.stderr
     assert not (tmp_path / "store").exists()
+    write_idx_split(root, "t10k", 8, compress=False, seed=1)
+    images = root / "t10k-images-idx3-ubyte"
+    images.write_bytes(images.read_bytes()[:-100])  # an uncompressed file's size must be the one its header gives
+    refused = run_smx("submit", str(spec), store=store, check=False)
+    assert refused.returncode == 2 and "but its header announces 6288: it is truncated" in refused.stderr
 
 
 def test_status_notes_say_why_a_job_died_and_when_a_worker_went_silent(store) -> None:
@@ -571,11 +576,12 @@ def test_help_shows_the_defaults_written_in_option_texts() -> None:
 def test_a_failing_job_makes_submit_exit_1_a_worker_exit_3_and_leaves_no_results(tmp_path: Path) -> None:
     from tests.test_data import write_idx_split
 
-    # Images cut short past their header pass submit's check of headers and labels; the job fails reading them.
+    # Compressed images cut short past their header pass submit's check of headers and labels (a compressed
+    # file's size says nothing until it is read whole); the job fails reading them.
     data = tmp_path / "data"
-    write_idx_split(data, "train", 8, compress=False, seed=0)
+    write_idx_split(data, "train", 8, compress=True, seed=0)
     write_idx_split(data, "t10k", 8, compress=False, seed=1)
-    images = data / "train-images-idx3-ubyte"
+    images = data / "train-images-idx3-ubyte.gz"
     images.write_bytes(images.read_bytes()[:-100])
     spec = tmp_path / "unreadable.toml"
     spec.write_text(tiny_spec("unreadable", epochs=1).replace('dataset = "mnist-mini"',
@@ -753,10 +759,10 @@ def test_a_data_root_fixed_in_the_spec_reaches_the_job_that_failed_for_want_of_i
     from tests.test_data import write_idx_split
 
     broken, fixed = tmp_path / "broken", tmp_path / "fixed"
-    # Cut short past its header: submit's check reads headers and labels, so only the job finds this.
-    write_idx_split(broken, "train", 8, compress=False, seed=0)
+    # Compressed and cut short past its header: submit's check reads headers and labels, so only the job finds this.
+    write_idx_split(broken, "train", 8, compress=True, seed=0)
     write_idx_split(broken, "t10k", 8, compress=False, seed=1)
-    images = broken / "train-images-idx3-ubyte"
+    images = broken / "train-images-idx3-ubyte.gz"
     images.write_bytes(images.read_bytes()[:-100])
     write_idx_split(fixed, "train", 8, compress=False, seed=0)
     write_idx_split(fixed, "t10k", 8, compress=False, seed=1)

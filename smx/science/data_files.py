@@ -91,8 +91,14 @@ def read_idx(path: Path) -> np.ndarray:
 
 
 def idx_shape(path: Path) -> tuple[int, ...]:
-    """The shape an IDX file's header announces, reading the header alone."""
-    return _idx_header(_read(path, 4 + 4 * 255), path, whole=False)[0]
+    """The shape an IDX file's header announces, reading the header alone; an uncompressed file's size must be the
+    size it announces (a compressed one's is known only once it is read whole)."""
+    shape, header_size = _idx_header(_read(path, 4 + 4 * 255), path, whole=False)
+    expected = header_size + int(np.prod(shape))
+    if path.suffix != ".gz" and path.stat().st_size != expected:
+        raise DataError(f"{path} holds {path.stat().st_size} bytes but its header announces {expected}: it is "
+                        f"truncated. {REFETCH_FIX}")
+    return shape
 
 
 def check_idx_split(name: str, split: Split, images_path: Path, images_shape: tuple[int, ...], labels_path: Path,
