@@ -34,6 +34,9 @@ from smx.spec import CONFIG_NAME, MAX_CONFIG_NAME_BYTES, SAFE_NAME
 from smx.tasks.aggregate import aggregate_radii, summarise_config
 
 DEFAULT_DATASET = "mnist"
+# No certification reaches a radius past the one these would give: far more draws, and a laxer alpha, than anyone uses.
+IMPLAUSIBLE_DRAWS = 10**12
+IMPLAUSIBLE_ALPHA = 0.05
 
 
 @dataclass(frozen=True)
@@ -68,6 +71,15 @@ class LoadedLog:
         """The method's defaults for the hyperparameters not stated: what matching with the paper assumes."""
         defaults = METHOD_PARAMS[self.method]().model_dump()
         return {key: value for key, value in defaults.items() if key not in self.params}
+
+    def impossible_radius(self) -> float | None:
+        """The log's largest radius where no certification at its --sigma could give it (CERTIFY certifies at
+        most sigma * Phi^-1(alpha ** (1 / n)): under 7 sigma even for n = 10^12 draws at alpha = 0.05), else None.
+        Such a log was certified at a larger sigma than it is said to be."""
+        from smx.reference import max_certifiable_radius
+
+        largest = max(row.radius for row in self.rows)
+        return largest if largest > max_certifiable_radius(self.sigma, IMPLAUSIBLE_DRAWS, IMPLAUSIBLE_ALPHA) else None
 
     def identity(self) -> dict[str, Any]:
         """What the certify job's key hashes: the file's content and what it is said to be."""
