@@ -39,7 +39,7 @@ StoreOption = Annotated[
     typer.Option("--store", help="Store directory or SQLAlchemy URL \\[default: $SMX_STORE or ./store]."),
 ]
 GpusOption = Annotated[str, typer.Option(
-    "--gpus", help="GPUs to use: auto, none, a count (2; 0 is none) or indices (0,1; '0,' for index 0 alone).")]
+    "--gpus", help="GPUs to use: auto, none, a count (2) or indices (0,1; '0,' for index 0 alone).")]
 JobsPerGpuOption = Annotated[int, typer.Option("--jobs-per-gpu", min=1, help="Jobs packed on each GPU.")]
 # Each CPU job is a process of its own, and past the machine's cores they only share them: a fixed ceiling (not one
 # from this machine's core count, since workers on several machines share a store's slot names) that stops a typo

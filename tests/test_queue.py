@@ -185,8 +185,11 @@ def test_gpus_option_counts_indices_and_index_zero_alone(monkeypatch) -> None:
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0,1,2")
     assert parse_gpus("auto") == ["0", "1", "2"]
     assert parse_gpus("2") == ["0", "1"]
-    assert parse_gpus("0") == parse_gpus("none") == []
+    assert parse_gpus("none") == []
     assert parse_gpus("0,") == ["0"]
+    # A bare 0 reads as "no GPU" and as "GPU 0": it is refused rather than quietly run on the CPU.
+    with pytest.raises(UserError, match="(?s)could mean no GPU or GPU 0.*--gpus none.*--gpus 0,"):
+        parse_gpus("0")
     assert parse_gpus("1,2") == ["1", "2"]
     for bad in ("4", "one", ",", "0,x", "2,3"):
         with pytest.raises(UserError, match="--gpus"):

@@ -69,12 +69,15 @@ def _nvidia_smi_failure(error: OSError | subprocess.SubprocessError) -> str:
 
 
 def parse_gpus(option: str | None) -> list[str]:
-    """--gpus: 'auto' (default), 'none', a count ('2'; '0' means none) or a list of indices ('0,3'; '0,'
-    for index 0 alone, as a bare '0' is the count)."""
+    """--gpus: 'auto' (default), 'none', a count ('2') or a list of indices ('0,3'; '0,' for index 0 alone). A bare
+    '0' is refused: read as a count it would run on the CPU where GPU 0 was most likely meant."""
     if option is None or option == "auto":
         return detect_gpus()
     if option == "none":
         return []
+    if option.isdigit() and int(option) == 0:
+        raise UserError(f"--gpus {option} could mean no GPU or GPU 0.\n"
+                        "Fix: use --gpus none to run on the CPU, or --gpus 0, (with the comma) for GPU 0 alone.")
     if option.isdigit() and "," not in option:
         available = detect_gpus()
         if int(option) > len(available):
