@@ -86,7 +86,8 @@ def run(store: Store, job: Job, device: str, progress: ProgressReporter) -> None
               if uses_cuda_graphs(settings, data, torch.device(device))
               else "SMX_CUDA_GRAPHS left unused: CUDA graphs need a GPU and a dataset held in memory", flush=True)
     final = train(model, data, settings, store.checkpoint_dir(job.key),
-                  on_checkpoint=on_checkpoint, on_checkpoint_removed=lambda path: checkpoints.forget(store, job.key, path),
+                  on_checkpoint=on_checkpoint,
+                  on_checkpoint_removed=lambda path: checkpoints.forget(store, job.key, path),
                   on_epoch=on_epoch, on_progress=progress, on_resume=on_resume,
                   is_intact=lambda path: checkpoints.is_intact(store, job.key, path))
     checkpoints.mark_final(store, job.key, final, epoch=config["train"]["epochs"])
