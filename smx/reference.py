@@ -143,6 +143,26 @@ def find_published(setting: Setting) -> PublishedRow | None:
     return None
 
 
+def nearest_published(setting: Setting) -> tuple[PublishedRow, list[str]] | None:
+    """For a setting that no row matches: the row of its dataset, method and training sigma whose named
+    hyperparameters it differs from least (the first in file order among equals), and how it differs, e.g.
+    ["steps = 2 (paper: 4)"]; None where the paper has no row of that dataset, method and sigma."""
+    params = setting.resolved_params()
+
+    def differences(row: PublishedRow) -> list[str]:
+        found = [] if _same(setting.certify_sigma, row.sigma) else [
+            f"certify sigma = {setting.certify_sigma:g} (paper: {row.sigma:g})"]
+        return found + [f"{key} = {params.get(key)} (paper: {value})" for key, value in row.params.items()
+                        if not (key in params and _same(params[key], value))]
+
+    candidates = [row for row in published_rows() if row.dataset == setting.dataset
+                  and row.method == setting.method and _same(setting.sigma, row.sigma)]
+    if not candidates:
+        return None
+    nearest = min(candidates, key=lambda row: len(differences(row)))
+    return nearest, differences(nearest)
+
+
 def training_differences(setting: Setting, row: PublishedRow) -> list[str]:
     """Where a setting that matches `row` was trained otherwise than the paper, as far as the store knows: another
     architecture, a schedule other than the dataset's recipe (the reference code's), or a hyperparameter the row

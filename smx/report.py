@@ -28,7 +28,7 @@ from smx.db.views import radius_column
 from smx.errors import UserError
 from smx.paths import written_whole
 from smx.reference import (RADIUS_TOLERANCE, PublishedRow, Setting, certification_differences, find_published,
-                           published_protocol, setting_of, training_differences)
+                           nearest_published, published_protocol, setting_of, training_differences)
 from smx.science.metrics import DEFAULT_RADII, RADIUS_DECIMALS, certified_accuracy_curve
 from smx.tasks.aggregate import aggregate_radii, summarise_config
 
@@ -311,6 +311,9 @@ class ReportRow:
     # 200 images, n = 1,000"), or "" where it was not, as far as the store knows (an imported log records neither
     # its architecture and schedule nor its n and alpha).
     protocol_difference: str = ""
+    # Where no row is set though the paper has rows of the config's dataset, method and sigma: the nearest of them
+    # and what keeps it from matching ("Table 2 'SmoothMix (eta=5)': steps = 2 (paper: 4)").
+    nearest: str = ""
 
 
 @dataclass
@@ -334,9 +337,18 @@ class ExperimentReport:
                 f"training recipe; {paper['test_images']:,} test images, n = {paper['n']:,}, alpha = "
                 f"{paper['alpha']:g}), so ours - paper is only indicative: {'; '.join(different)}.")
 
+    @property
+    def unmatched_note(self) -> str | None:
+        """Which compared configs match no published row though the paper has their dataset, method and sigma, and
+        the nearest row each would match with other hyperparameters (an import's unstated ones are smx's defaults)."""
+        nearest = [f"{row.config} (nearest: {row.nearest})" for row in self.rows if row.nearest]
+        if not nearest:
+            return None
+        return f"no published row matches these configs' hyperparameters: {'; '.join(nearest)}."
+
     def notes(self) -> list[str]:
-        """What makes the table partial (provisional) or its comparison indicative, if anything."""
-        return [note for note in (self.provisional, self.protocol_note) if note]
+        """What makes the table partial (provisional) or its comparison indicative or partial, if anything."""
+        return [note for note in (self.provisional, self.protocol_note, self.unmatched_note) if note]
 
 
 def _value_text(value: Any) -> str:
@@ -458,12 +470,14 @@ def experiment_report(store: Store, experiment: str, compare_with_paper: bool = 
     rows = []
     for aggregate, setting, accuracy, summary, _, certification in ordered:
         published = find_published(setting) if compare_with_paper and setting else None
+        nearest = nearest_published(setting) if compare_with_paper and setting and published is None else None
         rows.append(ReportRow(
             config=aggregate.config_name, method=aggregate.method, sigma=aggregate.sigma, hyperparameters=summary,
             acr=aggregate.acr, certified_accuracy=accuracy, published=published,
             protocol_difference=", ".join(training_differences(setting, published)
                                           + certification_differences(aggregate.num_samples, certification))
-            if published and setting else ""))
+            if published and setting else "",
+            nearest=f"{nearest[0].table} '{nearest[0].label}': {', '.join(nearest[1])}" if nearest else ""))
     return ExperimentReport(experiment=experiment, radii=_report_radii(rows), rows=rows, compared=compare_with_paper,
                             provisional=stored.provisional)
 

@@ -526,3 +526,23 @@ def test_the_tuis_paper_acr_says_when_the_comparison_is_only_indicative(seeded: 
     # Certified on 4 images, not the paper's 10,000.
     assert paper(rows["gaussian-sigma0.5"]) == PaperAcrValue(1.553, indicative=True)
     assert paper(rows["gaussian-mini"]) is None  # the paper has no mnist-mini
+
+
+def test_a_config_that_matches_no_published_row_is_told_the_nearest_and_what_differs(store: Store, monkeypatch) -> None:
+    monkeypatch.setitem(SAMPLES, "smoothmix-eta5-short-sigma0.5", SAMPLES["smoothmix-eta1-sigma0.5"])
+    seeded = seed(store, SPEC + textwrap.dedent("""
+        [[variant]]
+        name = "smoothmix-eta5-short-sigma0.5"
+        train.method = "smoothmix"
+        train.smoothmix = { eta = 5.0, steps = 2 }
+    """))
+    report = experiment_report(seeded, "paper", compare_with_paper=True)
+    rows = {row.config: row for row in report.rows}
+    assert rows["smoothmix-eta5-short-sigma0.5"].published is None
+    assert rows["smoothmix-eta5-short-sigma0.5"].nearest == "Table 2 'SmoothMix (eta=5)': steps = 2 (paper: 4)"
+    assert rows["gaussian-mini"].nearest == ""  # the paper has no mnist-mini at all
+    assert report.unmatched_note == ("no published row matches these configs' hyperparameters: "
+                                     "smoothmix-eta5-short-sigma0.5 (nearest: Table 2 'SmoothMix (eta=5)': steps = 2 "
+                                     "(paper: 4)).")
+    assert report.unmatched_note in report.notes()
+    assert experiment_report(seeded, "paper").unmatched_note is None  # nothing compared
