@@ -353,6 +353,7 @@ def _follow(store, experiment: str, workers, device: str, start_on_free_slots,  
     bars: dict[str, int] = {}
     workers = list(workers)
     last_start = time.monotonic()
+    said_waiting = False
     # `kill` (SIGTERM) stops a following submit as Ctrl-C does, so that its workers do not run on unsupervised.
     previous_handler = signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
     try:
@@ -374,6 +375,13 @@ def _follow(store, experiment: str, workers, device: str, start_on_free_slots,  
                 if workers_exited:
                     if any(worker.returncode not in worker_finished for worker in workers) or not _can_progress(jobs):
                         break
+                    if not said_waiting:
+                        # Our workers found no free slot, or nothing left for them while jobs remain: another
+                        # scheduler's workers hold the slots (and run these jobs); say so rather than sit silent.
+                        progress.console.print(f"Every slot ({device}) is held by another smx scheduler on this "
+                                               "store; its workers run these jobs, and this one starts its own when "
+                                               "a slot frees up.", highlight=False)
+                        said_waiting = True
                     if time.monotonic() - last_start >= retry_seconds:
                         workers += start_on_free_slots()
                         last_start = time.monotonic()

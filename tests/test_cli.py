@@ -617,10 +617,15 @@ def test_detached_submit_runs_in_the_background_unless_another_scheduler_holds_e
         assert {row["status"] for row in query_json("SELECT status FROM jobs", store)} == {"pending"}
     started = " ".join(run_smx("submit", str(spec), "--detach", "--cpu-jobs", "1", store=store).stdout.split())
     assert "Scheduler running in the background on 1 of 1 CPU slot(s)" in started
-    deadline = time.monotonic() + 300
-    while {row["status"] for row in query_json("SELECT status FROM jobs", store)} != {"done"}:
-        assert time.monotonic() < deadline, "the detached scheduler did not finish"
-        time.sleep(0.5)
+    # A second, foreground submit finds the slot held by the detached scheduler: it says so, and follows the jobs.
+    deadline = time.monotonic() + 120
+    while "running" not in {row["status"] for row in query_json("SELECT status FROM jobs", store)}:
+        assert time.monotonic() < deadline, "the detached scheduler did not start its first job"
+        time.sleep(0.2)
+    following = " ".join(run_smx("submit", str(spec), "--cpu-jobs", "1", store=store).stdout.split())
+    assert "Every slot (1 CPU slot(s)) is held by another smx scheduler on this store; its workers run these jobs" \
+        in following and "all 3 jobs done" in following
+    assert {row["status"] for row in query_json("SELECT status FROM jobs", store)} == {"done"}
     assert "ran 3 job(s), 0 failed" in (tmp_path / "store" / "logs" / "workers.log").read_text()
 
 
