@@ -212,6 +212,13 @@ def certification_differences(images: int, certification: Mapping[str, Any]) -> 
     return differences
 
 
+def protocol_differences(setting: Setting, row: PublishedRow, images: int, certification: Mapping[str, Any]
+                         ) -> list[str]:
+    """How a config compared with `row` was trained or certified otherwise than the paper's run, as far as the store
+    knows (see training_differences and certification_differences); empty where its comparison is like for like."""
+    return training_differences(setting, row) + certification_differences(images, certification)
+
+
 @dataclass(frozen=True)
 class PaperAcrValue:
     acr: float
@@ -238,6 +245,5 @@ class PaperAcr:
                 return None
             certify = session.get(Job, row["certify_key"])
             certification = certify.config.get("certify", {}) if certify is not None else {}
-        differences = (training_differences(setting, published)
-                       + certification_differences(row["num_samples"], certification))
+        differences = protocol_differences(setting, published, row["num_samples"], certification)
         return PaperAcrValue(published.acr, indicative=bool(differences))

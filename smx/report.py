@@ -27,8 +27,8 @@ from smx.db.store import Store
 from smx.db.views import radius_column
 from smx.errors import UserError
 from smx.paths import written_whole
-from smx.reference import (RADIUS_TOLERANCE, PublishedRow, Setting, certification_differences, find_published,
-                           nearest_published, published_protocol, setting_of, training_differences)
+from smx.reference import (RADIUS_TOLERANCE, PublishedRow, Setting, find_published, nearest_published,
+                           protocol_differences, published_protocol, setting_of)
 from smx.science.metrics import DEFAULT_RADII, RADIUS_DECIMALS, certified_accuracy_curve
 from smx.tasks.aggregate import aggregate_radii, summarise_config
 
@@ -474,9 +474,8 @@ def experiment_report(store: Store, experiment: str, compare_with_paper: bool = 
         rows.append(ReportRow(
             config=aggregate.config_name, method=aggregate.method, sigma=aggregate.sigma, hyperparameters=summary,
             acr=aggregate.acr, certified_accuracy=accuracy, published=published,
-            protocol_difference=", ".join(training_differences(setting, published)
-                                          + certification_differences(aggregate.num_samples, certification))
-            if published and setting else "",
+            protocol_difference=", ".join(protocol_differences(setting, published, aggregate.num_samples,
+                                                               certification)) if published and setting else "",
             nearest=f"{nearest[0].table} '{nearest[0].label}': {', '.join(nearest[1])}" if nearest else ""))
     return ExperimentReport(experiment=experiment, radii=_report_radii(rows), rows=rows, compared=compare_with_paper,
                             provisional=stored.provisional)

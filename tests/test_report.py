@@ -73,15 +73,16 @@ SAMPLES = {
 }
 
 
-def seed(store: Store, spec_text: str) -> Store:
-    """The spec's experiment as `smx submit` records it, with summaries of made-up certificates."""
+def seed(store: Store, spec_text: str, certified: dict[str, list[tuple[float, int]]] = SAMPLES) -> Store:
+    """The spec's experiment as `smx submit` records it, with summaries of made-up certificates (`certified`: each
+    config's samples)."""
     plan = build_plan(parse_spec(spec_text))
     enqueue(store, plan, store.root / "paper.toml")
     aggregate = next(job for job in plan.jobs if job.kind == "aggregate")
     with store.session() as session:
         for entry in aggregate.inputs["configs"]:
             samples = [LogRow(index, 0, 0 if correct else -1, radius, correct, 0.1)
-                       for index, (radius, correct) in enumerate(SAMPLES[entry["name"]])]
+                       for index, (radius, correct) in enumerate(certified[entry["name"]])]
             session.add(summarise_config(aggregate.key, "paper", entry, samples,
                                          aggregate_radii(aggregate.inputs["radii"])))
     return store
@@ -90,6 +91,12 @@ def seed(store: Store, spec_text: str) -> Store:
 @pytest.fixture
 def seeded(store: Store) -> Store:
     return seed(store, SPEC)
+
+
+def seed_with(store: Store, variants: str, certified_as: dict[str, str]) -> Store:
+    """SPEC's experiment with more [[variant]] tables, each new config certified as the SPEC config named for it."""
+    samples = {**SAMPLES, **{name: SAMPLES[twin] for name, twin in certified_as.items()}}
+    return seed(store, SPEC + textwrap.dedent(variants), samples)
 
 
 def test_text_report_has_one_row_per_config_grouped_by_sigma_in_the_papers_order(seeded: Store) -> None:
@@ -176,22 +183,18 @@ def test_training_differences_name_the_architecture_and_schedule_and_only_what_i
 
 def test_compare_says_where_a_config_was_trained_otherwise_than_the_paper(store: Store) -> None:
     # The paper's SmoothAdv warms its radius up over 10 epochs, and trains for the MNIST recipe's 90.
-    SAMPLES["smoothadv-short"] = SAMPLES["smoothadv-recipe"] = SAMPLES["gaussian-sigma0.5"]
-    try:
-        seed(store, SPEC + textwrap.dedent("""
-            [[variant]]
-            name = "smoothadv-short"
-            train.method = "smoothadv"
-            train.epochs = 10
-            train.smoothadv = { epsilon = 0.99609375, steps = 10, noise_samples = 4 }
+    seed_with(store, """
+        [[variant]]
+        name = "smoothadv-short"
+        train.method = "smoothadv"
+        train.epochs = 10
+        train.smoothadv = { epsilon = 0.99609375, steps = 10, noise_samples = 4 }
 
-            [[variant]]
-            name = "smoothadv-recipe"
-            train.method = "smoothadv"
-            train.smoothadv = { epsilon = 0.99609375, steps = 10, noise_samples = 4, warmup = 10 }
-        """))
-    finally:
-        del SAMPLES["smoothadv-short"], SAMPLES["smoothadv-recipe"]
+        [[variant]]
+        name = "smoothadv-recipe"
+        train.method = "smoothadv"
+        train.smoothadv = { epsilon = 0.99609375, steps = 10, noise_samples = 4, warmup = 10 }
+    """, {"smoothadv-short": "gaussian-sigma0.5", "smoothadv-recipe": "gaussian-sigma0.5"})
     report = experiment_report(store, "paper", compare_with_paper=True)
     rows = {row.config: row for row in report.rows}
     assert rows["smoothadv-short"].published.label == rows["smoothadv-recipe"].published.label == "SmoothAdv"
@@ -475,13 +478,12 @@ def test_a_plot_has_a_panel_per_sigma_with_its_configs_in_the_reports_order_and_
 def test_the_plot_lists_each_sigmas_configs_in_the_reports_order(store: Store, tmp_path, monkeypatch) -> None:
     import smx.report as report_module
 
-    monkeypatch.setitem(SAMPLES, "smoothmix-eta1-onestep-sigma0.5", SAMPLES["smoothmix-eta1-sigma0.5"])
-    seeded = seed(store, SPEC + textwrap.dedent("""
+    seeded = seed_with(store, """
         [[variant]]
         name = "smoothmix-eta1-onestep-sigma0.5"
         train.method = "smoothmix"
         train.smoothmix = { eta = 1.0, mix_step = 1 }
-    """))
+    """, {"smoothmix-eta1-onestep-sigma0.5": "smoothmix-eta1-sigma0.5"})
 
     drawn = []
 
@@ -528,14 +530,13 @@ def test_the_tuis_paper_acr_says_when_the_comparison_is_only_indicative(seeded: 
     assert paper(rows["gaussian-mini"]) is None  # the paper has no mnist-mini
 
 
-def test_a_config_that_matches_no_published_row_is_told_the_nearest_and_what_differs(store: Store, monkeypatch) -> None:
-    monkeypatch.setitem(SAMPLES, "smoothmix-eta5-short-sigma0.5", SAMPLES["smoothmix-eta1-sigma0.5"])
-    seeded = seed(store, SPEC + textwrap.dedent("""
+def test_a_config_that_matches_no_published_row_is_told_the_nearest_and_what_differs(store: Store) -> None:
+    seeded = seed_with(store, """
         [[variant]]
         name = "smoothmix-eta5-short-sigma0.5"
         train.method = "smoothmix"
         train.smoothmix = { eta = 5.0, steps = 2 }
-    """))
+    """, {"smoothmix-eta5-short-sigma0.5": "smoothmix-eta1-sigma0.5"})
     report = experiment_report(seeded, "paper", compare_with_paper=True)
     rows = {row.config: row for row in report.rows}
     assert rows["smoothmix-eta5-short-sigma0.5"].published is None

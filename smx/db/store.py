@@ -37,10 +37,10 @@ STORAGE_ERRNOS = DISK_FULL_ERRNOS | {errno.EROFS, errno.EACCES, errno.EPERM}
 SQLITE_READONLY = 8
 SQLITE_FULL = 13
 SQLITE_CANTOPEN = 14
-SQLITE_STORAGE_CODES = {SQLITE_READONLY, 10, SQLITE_FULL, SQLITE_CANTOPEN}  # 10: IOERR
+SQLITE_IOERR = 10
+SQLITE_STORAGE_CODES = {SQLITE_READONLY, SQLITE_IOERR, SQLITE_FULL, SQLITE_CANTOPEN}
 # What SQLite answers about a database file that is not one, or no longer a whole one.
 SQLITE_DAMAGED_CODES = {11, 26}  # CORRUPT, NOTADB
-SQLITE_IOERR = 10
 # With less free space than this, an I/O error of SQLite's is most likely the full disk.
 NEARLY_FULL_BYTES = 1 << 20
 DAMAGED_FIX = ("the file is damaged or not an SQLite database: move it away (keep it, it may be recoverable) and "

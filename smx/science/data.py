@@ -45,7 +45,6 @@ TORCHVISION_DATASETS = {"mnist": "MNIST", "fashion-mnist": "FashionMNIST", "cifa
 MNIST_MINI_PATH = Path(__file__).resolve().parent / "data" / "mnist_mini.npz"
 
 
-
 @dataclass
 class ImageTensors:
     """A whole dataset in memory: images (N, C, H, W) float32 in [0, 1] and labels (N,) int64."""

@@ -14,8 +14,8 @@ from typing import Literal
 import numpy as np
 
 from smx.errors import UserError
-from smx.science.catalog import DATASETS
 from smx.paths import expand_home
+from smx.science.catalog import DATASETS
 
 Split = Literal["train", "test"]
 
@@ -67,8 +67,9 @@ def _read(path: Path, size: int = -1) -> bytearray:
         raise DataError(f"cannot read {path}: {error}") from error
 
 
-def _idx_header(content: bytearray, path: Path, *, whole: bool) -> tuple[tuple[int, ...], int]:
-    """The shape and header size of IDX content; with `whole`, the content must be the whole file."""
+def _idx_header(content: bytearray, path: Path, file_size: int | None) -> tuple[tuple[int, ...], int]:
+    """The shape and header size of IDX content that begins a file of `file_size` bytes (None: not known), which
+    must be the size the header announces."""
     if len(content) < 4 or content[:2] != b"\x00\x00" or content[2] != 0x08:
         raise DataError(f"{path} is not an unsigned-byte IDX file. {REFETCH_FIX}")
     ndim = content[3]
@@ -77,8 +78,8 @@ def _idx_header(content: bytearray, path: Path, *, whole: bool) -> tuple[tuple[i
         raise DataError(f"{path} ends inside its header ({len(content)} bytes): it is truncated. {REFETCH_FIX}")
     shape = tuple(int(size) for size in np.frombuffer(bytes(content[4:header_size]), dtype=">u4"))
     expected = header_size + int(np.prod(shape))
-    if whole and len(content) != expected:
-        raise DataError(f"{path} holds {len(content)} bytes but its header announces {expected}: it is truncated. "
+    if file_size is not None and file_size != expected:
+        raise DataError(f"{path} holds {file_size} bytes but its header announces {expected}: it is truncated. "
                         f"{REFETCH_FIX}")
     return shape, header_size
 
@@ -86,19 +87,14 @@ def _idx_header(content: bytearray, path: Path, *, whole: bool) -> tuple[tuple[i
 def read_idx(path: Path) -> np.ndarray:
     """An unsigned-byte IDX array (the MNIST file format), gzip-compressed when the name ends in .gz."""
     content = _read(path)
-    shape, header_size = _idx_header(content, path, whole=True)
+    shape, header_size = _idx_header(content, path, len(content))
     return np.frombuffer(content, dtype=np.uint8, offset=header_size).reshape(shape)
 
 
 def idx_shape(path: Path) -> tuple[int, ...]:
     """The shape an IDX file's header announces, reading the header alone; an uncompressed file's size must be the
     size it announces (a compressed one's is known only once it is read whole)."""
-    shape, header_size = _idx_header(_read(path, 4 + 4 * 255), path, whole=False)
-    expected = header_size + int(np.prod(shape))
-    if path.suffix != ".gz" and path.stat().st_size != expected:
-        raise DataError(f"{path} holds {path.stat().st_size} bytes but its header announces {expected}: it is "
-                        f"truncated. {REFETCH_FIX}")
-    return shape
+    return _idx_header(_read(path, 4 + 4 * 255), path, None if path.suffix == ".gz" else path.stat().st_size)[0]
 
 
 def check_idx_split(name: str, split: Split, images_path: Path, images_shape: tuple[int, ...], labels_path: Path,

@@ -249,7 +249,7 @@ def resume(
     or (0, None, None) without one. Checkpoints written before they held metrics give None. Unreadable
     checkpoints on the way are deleted: training is about to write them again anyway. Those that `is_intact`
     refuses, or whose contents do not fit the model, are set aside (renamed with SET_ASIDE_SUFFIX) for inspection."""
-    untouched = [copy.deepcopy(part.state_dict()) for part in (model, optimizer, scheduler)]
+    untouched: list[dict[str, Any]] = []  # the state before the first load, taken only if one is tried
     for _, path in reversed(list_checkpoints(checkpoint_dir)):
         if is_intact is not None and not is_intact(path):
             _set_aside(path, on_checkpoint_removed)
@@ -262,6 +262,7 @@ def resume(
                 on_checkpoint_removed(path)
             continue
         check_same_run(state["settings"], settings, path)
+        untouched = untouched or [copy.deepcopy(part.state_dict()) for part in (model, optimizer, scheduler)]
         try:
             model.load_state_dict(state["model"])
             optimizer.load_state_dict(state["optimizer"])

@@ -45,18 +45,24 @@ def located(store: Store, row: Checkpoint) -> Path:
     return own if own.exists() else Path(row.path)
 
 
+def _new_row(job_key: str, path: Path, epoch: int) -> Checkpoint:
+    return Checkpoint(job_key=job_key, epoch=epoch, path=str(path), sha256=sha256_file(path), size=path.stat().st_size)
+
+
+def _delete_rows(session: Session, job_key: str, path: Path) -> None:
+    for row in _rows(session, job_key, path):
+        session.delete(row)
+
+
 def record(store: Store, job_key: str, path: Path, epoch: int) -> None:
     with store.session() as session:
-        for row in _rows(session, job_key, path):
-            session.delete(row)
-        session.add(Checkpoint(job_key=job_key, epoch=epoch, path=str(path), sha256=sha256_file(path),
-                               size=path.stat().st_size))
+        _delete_rows(session, job_key, path)
+        session.add(_new_row(job_key, path, epoch))
 
 
 def forget(store: Store, job_key: str, path: Path) -> None:
     with store.session() as session:
-        for row in _rows(session, job_key, path):
-            session.delete(row)
+        _delete_rows(session, job_key, path)
 
 
 def is_intact(store: Store, job_key: str, path: Path) -> bool:
@@ -70,8 +76,7 @@ def is_intact(store: Store, job_key: str, path: Path) -> bool:
 def mark_final(store: Store, job_key: str, path: Path, epoch: int) -> None:
     with store.session() as session:
         if not _rows(session, job_key, path):
-            session.add(Checkpoint(job_key=job_key, epoch=epoch, path=str(path), sha256=sha256_file(path),
-                                   size=path.stat().st_size))
+            session.add(_new_row(job_key, path, epoch))
             session.flush()
         for row in session.scalars(select(Checkpoint).where(Checkpoint.job_key == job_key)):
             row.final = Path(row.path).name == path.name
