@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import signal
 import sys
 import time
@@ -662,9 +663,9 @@ def query(
 @app.command()
 def plot(
     experiment: Annotated[str, typer.Argument(help="Experiment name.")],
-    out: Annotated[Optional[Path], typer.Option(
-        "--out", "-o", help="Image file (.png, .pdf or .svg), or an existing directory to write NAME.png in "
-                            "\\[default: STORE/plots/NAME.png].")] = None,
+    out: Annotated[Optional[str], typer.Option(
+        "--out", "-o", help="Image file (.png, .pdf or .svg), or a directory (existing, or ending in /) to write "
+                            "NAME.png in \\[default: STORE/plots/NAME.png].")] = None,
     store: StoreOption = None,
 ) -> None:
     """Plot certified accuracy against radius for each config of an experiment (PNG, PDF or SVG), and its analyses
@@ -674,7 +675,13 @@ def plot(
     from smx.report import plot_experiment
 
     opened = open_store(store, create=False)
-    path, provisional = plot_experiment(opened, experiment, out or opened.root / "plots" / f"{experiment}.png")
+    if out is None:
+        out_path = opened.root / "plots" / f"{experiment}.png"
+    elif out.endswith(("/", os.sep)):  # Path drops the slash that says a directory is meant, so read it here
+        out_path = Path(out) / f"{experiment}.png"
+    else:
+        out_path = Path(out)
+    path, provisional = plot_experiment(opened, experiment, out_path)
     if provisional:
         errors.print(provisional, markup=False, highlight=False)
     for written in [path, *plot_analysis(opened, experiment, path.parent)]:

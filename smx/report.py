@@ -175,8 +175,8 @@ def plot_file(out: Path, experiment: str) -> Path:
     if extension not in PLOT_FORMATS:
         given = f"the extension .{extension}" if extension else "a name without an extension"
         raise UserError(f"--out {out}: {given} is no image format that smx plot writes ({formats}).\n"
-                        f"Fix: end the file name with {formats}, or give an existing directory to write "
-                        f"{experiment}.png in.")
+                        f"Fix: end the file name with {formats}, or give a directory (existing, or ending in /) "
+                        f"to write {experiment}.png in.")
     if blocking is not None:
         raise UserError(f"--out {out}: {blocking} is a file, not a directory.\nFix: choose another path with --out.")
     return out

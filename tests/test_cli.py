@@ -213,7 +213,8 @@ def test_plot_refuses_an_out_path_it_cannot_write_and_writes_nothing(imported: S
     (tmp_path / "afile").write_text("")
     expected = {
         "x.xyz": "the extension .xyz is no image format that smx plot writes (.png, .pdf or .svg). Fix: end the file "
-                 "name with .png, .pdf or .svg, or give an existing directory to write published.png in.",
+                 "name with .png, .pdf or .svg, or give a directory (existing, or ending in /) to write "
+                 "published.png in.",
         "noext": "a name without an extension is no image format that smx plot writes (.png, .pdf or .svg).",
         "afile/x.png": f"{tmp_path / 'afile'} is a file, not a directory. Fix: choose another path with --out.",
         "afile/sub/x.png": f"{tmp_path / 'afile'} is a file, not a directory.",
@@ -239,12 +240,15 @@ def test_plot_writes_the_format_of_its_out_path_or_experiment_png_in_a_directory
                tmp_path / "curves.svg": tmp_path / "curves.svg"}
     for out, path in written.items():
         assert run_smx("plot", "published", "--out", str(out), store=imported).stdout == f"wrote {path}\n"
+    # A trailing slash asks for a directory, made when it does not exist yet.
+    assert run_smx("plot", "published", "--out", f"{tmp_path / 'made'}/", store=imported).stdout == \
+        f"wrote {tmp_path / 'made' / 'published.png'}\n"
     assert (folder / "published.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert (tmp_path / "new" / "curves.PDF").read_bytes()[:5] == b"%PDF-"
     assert b"<svg" in (tmp_path / "curves.svg").read_bytes()[:1000]
     # Nothing else: no file beside the directory, no temporary file left behind.
     assert files_under(tmp_path) == {Path("plots"), Path("plots/published.png"), Path("new"), Path("new/curves.PDF"),
-                                     Path("curves.svg")}
+                                     Path("curves.svg"), Path("made"), Path("made/published.png")}
 
 
 def test_query_refuses_what_it_cannot_answer_faithfully(imported: StoreTarget) -> None:
