@@ -118,29 +118,47 @@ class ExperimentResults(QueryResult):
 
 
 def experiment_results(store: Store, experiment: str, *, required: bool = False) -> ExperimentResults:
-    """The experiment's `results` rows, with each swept hyperparameter in a column of its own. Until its
-    aggregate job is done, the same rows for the configs certified so far. With nothing certified yet: no rows,
-    or, when `required`, the error that says why and what to do (as `smx report` gives)."""
+    """The experiment's `results` rows, with each swept hyperparameter in a column of its own and a column for each
+    radius its spec's [report] radii add to the view's. Until its aggregate job is done, the same rows for the
+    configs certified so far. With nothing certified yet: no rows, or, when `required`, the error that says why and
+    what to do (as `smx report` gives)."""
     result = run_query(store, "SELECT * FROM results WHERE experiment = :experiment ORDER BY config",
                        {"experiment": experiment})
     stored_rows, provisional = result.rows, None
-    if not stored_rows:
-        with store.read_session() as session:
+    with store.read_session() as session:
+        aggregates = aggregates_of(session, experiment)
+        if not stored_rows:
             require_experiment(session, experiment)
             with contextlib.nullcontext() if required else contextlib.suppress(UserError):
                 summaries = summaries_of(session, experiment)
-                stored_rows = [_results_row(aggregate, result.columns) for aggregate in summaries.aggregates]
+                aggregates = summaries.aggregates
+                stored_rows = [_results_row(aggregate, result.columns) for aggregate in aggregates]
                 provisional = summaries.provisional
+        requested = _requested_accuracies(aggregates)
     position = result.columns.index("hyperparams")
     swept_rows = [json.loads(row[position]) if isinstance(row[position], str) else (row[position] or {})
                   for row in stored_rows]
     swept_columns = sorted({key for swept in swept_rows for key in swept})
-    columns = result.columns[:position] + swept_columns + result.columns[position + 1:]
-    rows = [
-        tuple(row[:position]) + tuple(swept.get(key) for key in swept_columns) + tuple(row[position + 1:])
-        for row, swept in zip(stored_rows, swept_rows)
-    ]
+    radius_columns = [radius_column(radius) for radius in sorted({*DEFAULT_RADII, *(
+        radius for accuracies in requested.values() for radius in accuracies)})]
+    columns = [*result.columns[:position], *swept_columns, *result.columns[position + 1:]]
+    first_radius = columns.index(radius_column(DEFAULT_RADII[0]))
+    columns = [*columns[:first_radius], *radius_columns, *columns[first_radius + len(DEFAULT_RADII):]]
+    rows = []
+    for row, swept in zip(stored_rows, swept_rows):
+        values = dict(zip(result.columns, row), **{key: swept.get(key) for key in swept_columns})
+        values.update({radius_column(radius): accuracy
+                       for radius, accuracy in requested.get(values["config"], {}).items()})
+        rows.append(tuple(values.get(column) for column in columns))
     return ExperimentResults(columns, rows, provisional)
+
+
+def _requested_accuracies(aggregates: list[Aggregate]) -> dict[str, dict[float, float]]:
+    """Each config's certified accuracy at the radii off the results view's grid (its spec's [report] radii)."""
+    grid = {round(radius, RADIUS_DECIMALS) for radius in DEFAULT_RADII}
+    return {aggregate.config_name: {radius: item.accuracy for item in aggregate.certified
+                                    if (radius := round(item.radius, RADIUS_DECIMALS)) not in grid}
+            for aggregate in aggregates}
 
 
 def _results_row(aggregate: Aggregate, columns: list[str]) -> tuple[Any, ...]:

@@ -129,6 +129,13 @@ def test_the_specs_own_report_radii_get_columns_too(store: Store) -> None:
     gaussian = next(line for line in lines if "gaussian-sigma0.25" in line).split()
     # Radii 0.9, 0.6, 0.4 and 0.1: all four certified at r = 0.1, three at 0.25 and 0.33.
     assert gaussian[3:8] == ["0.500", "100.0", "100.0", "75.0", "75.0"]
+    # `smx query -e` and the TUI's results tab: the results view's columns, and these in their place by radius.
+    results = experiment_results(store, "paper")
+    radius_columns = [column for column in results.columns if column.startswith("acc_")]
+    assert radius_columns[:5] == ["acc_0_00", "acc_0_10", "acc_0_25", "acc_0_33", "acc_0_50"]
+    assert len(radius_columns) == 19 and results.columns[-1] == "certify_key"
+    row = next(dict(zip(results.columns, row)) for row in results.rows if row[1] == "gaussian-sigma0.25")
+    assert [row[column] for column in radius_columns[:5]] == [1.0, 1.0, 0.75, 0.75, 0.5]
 
 
 def test_a_config_certified_at_another_sigma_than_it_trained_at_says_so(store: Store) -> None:

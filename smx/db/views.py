@@ -8,8 +8,10 @@ from smx.science.metrics import DEFAULT_RADII
 
 
 def radius_column(radius: float) -> str:
-    """Column name of certified accuracy at a radius: 0.25 -> acc_0_25."""
-    return "acc_" + f"{radius:.2f}".replace(".", "_")
+    """Column name of certified accuracy at a radius: 0.25 -> acc_0_25, 0.125 -> acc_0_125 (two decimals at
+    least, more where the radius has them)."""
+    decimals = f"{radius:.6f}".rstrip("0")
+    return "acc_" + (decimals + "0" * (2 - len(decimals.partition(".")[2]))).replace(".", "_")
 
 
 def results_view_sql() -> str:
