@@ -482,7 +482,7 @@ def experiment_report(store: Store, experiment: str, compare_with_paper: bool = 
 
     def paper_order(item: tuple[Aggregate, Setting | None, dict[float, float], str, tuple[Any, ...], dict]) -> tuple:
         aggregate, _, _, _, parameters_key, _ = item
-        return aggregate.sigma, *_method_order(aggregate.method), parameters_key, aggregate.config_name
+        return aggregate.sigma, *_method_order(aggregate.method), parameters_key, _natural_order(aggregate.config_name)
 
     ordered = sorted(zip(aggregates, settings, accuracies, summaries, sort_keys, certifications), key=paper_order)
     rows = []

@@ -490,7 +490,18 @@ def test_the_plot_lists_each_sigmas_configs_in_the_reports_order(store: Store, t
         name = "smoothmix-eta1-onestep-sigma0.5"
         train.method = "smoothmix"
         train.smoothmix = { eta = 1.0, mix_step = 1 }
-    """, {"smoothmix-eta1-onestep-sigma0.5": "smoothmix-eta1-sigma0.5"})
+
+        [[variant]]
+        name = "gaussian-run10"
+        train.method = "gaussian"
+        train.epochs = 7
+
+        [[variant]]
+        name = "gaussian-run2"
+        train.method = "gaussian"
+        train.epochs = 8
+    """, {"smoothmix-eta1-onestep-sigma0.5": "smoothmix-eta1-sigma0.5", "gaussian-run10": "gaussian-sigma0.5",
+          "gaussian-run2": "gaussian-sigma0.5"})
 
     drawn = []
 
@@ -510,6 +521,8 @@ def test_the_plot_lists_each_sigmas_configs_in_the_reports_order(store: Store, t
     # The report puts "+ one-step adversary" (mix_step 1) after its mix_step 0 twin, where names sort it first.
     assert by_sigma[1][-3:] == ["smoothmix-eta1-sigma0.5", "smoothmix-eta1-onestep-sigma0.5",
                                 "smoothmix-eta5-onestep-sigma0.5"]
+    # Configs alike in what the report shows: in the order a reader counts their names, in both.
+    assert by_sigma[1].index("gaussian-run2") + 1 == by_sigma[1].index("gaussian-run10")
 
 
 def test_a_panel_of_80_configs_keeps_its_whole_legend_in_the_figure_and_no_two_curves_alike() -> None:
