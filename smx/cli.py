@@ -595,6 +595,36 @@ def cancel(
                   markup=False, highlight=False)
 
 
+@app.command()
+def remove(
+    experiments: Annotated[list[str], typer.Argument(help="Experiment names.")],
+    yes: Annotated[bool, typer.Option("--yes", "-y", help="Remove without asking.")] = False,
+    store: StoreOption = None,
+) -> None:
+    """Remove experiments from the store: their jobs, certificates, summaries, checkpoints, logs and plots, except
+    the jobs another experiment also needs. Their jobs must be finished or cancelled first."""
+    from smx.db.store import open_store
+    from smx.scheduler.removal import plan_removal, remove_experiments
+
+    opened = open_store(store, create=False)
+    if not yes:
+        with opened.read_session() as session:
+            planned = plan_removal(session, opened, experiments)
+        if not sys.stdin.isatty():
+            raise UserError(f"smx remove deletes {planned.summary()}; it asks first, and there is no terminal to "
+                            "ask on.\nFix: add --yes to remove them.")
+        console.print(f"This deletes {planned.summary()}.", markup=False, highlight=False)
+        if not typer.confirm("Remove?", default=False):
+            console.print("Nothing removed.")
+            raise typer.Exit(1)
+    removal = remove_experiments(opened, experiments)
+    console.print(f"removed {removal.summary()}.", markup=False, highlight=False)
+    for name, needing in removal.kept.items():
+        console.print(f"  kept {name}: {', '.join(needing)} needs it", markup=False, highlight=False)
+    for problem in removal.not_removed:
+        errors.print(f"warning: could not remove {problem}; delete it by hand.", markup=False, highlight=False)
+
+
 def _states_of(store, targets: list[str]) -> str:  # type: ignore[no-untyped-def]
     """'2 done, 1 failed': the states of the jobs that `targets` name, for a command that found nothing to do."""
     from collections import Counter

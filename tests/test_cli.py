@@ -787,3 +787,24 @@ def test_a_data_root_fixed_in_the_spec_reaches_the_job_that_failed_for_want_of_i
     run_smx("retry", "moved", store=store)
     worker = run_smx("worker", "--gpus", "none", store=store)
     assert "ran 3 job(s), 0 failed" in worker.stdout
+
+
+def test_remove_asks_or_needs_yes_and_then_takes_the_experiment_out(tmp_path: Path) -> None:
+    store = StoreTarget.directory(tmp_path / "store")
+    for name, radius in (("first", 0.5), ("second", 0.75)):  # the same log would be one job for both
+        log = tmp_path / f"{name}.tsv"
+        log.write_text(f"idx\tlabel\tpredict\tradius\tcorrect\ttime\n0\t7\t7\t{radius}\t1\t0:00:01.000000\n")
+        run_smx("import", str(log), "--name", name, "--method", "gaussian", "--sigma", "0.5", store=store)
+    # Without a terminal to ask on, nothing is removed until --yes says so.
+    refused = run_smx("remove", "first", store=store, check=False)
+    assert refused.returncode == 2 and refused.stdout == "" and "Traceback" not in refused.stderr
+    assert one_line(refused.stderr) == ("error: smx remove deletes first: 2 job(s), 1 certificate(s), 0 checkpoint(s); "
+                                        "it asks first, and there is no terminal to ask on. Fix: add --yes to remove "
+                                        "them.")
+    unknown = run_smx("remove", "third", "--yes", store=store, check=False)
+    assert unknown.returncode == 2 and "no experiment named 'third' in the store (known: first, second)" in \
+        one_line(unknown.stderr)
+    removed = run_smx("remove", "first", "--yes", store=store)
+    assert removed.stdout == "removed first: 2 job(s), 1 certificate(s), 0 checkpoint(s).\n"
+    assert query_json("SELECT name FROM experiments", store) == [{"name": "second"}]
+    assert query_json("SELECT count(*) AS certified FROM certificates", store) == [{"certified": 1}]

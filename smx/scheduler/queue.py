@@ -91,7 +91,7 @@ def enqueue(store: Store, plan: Plan, spec_path: Path) -> EnqueueSummary:
     summary = EnqueueSummary(plan.experiment)
     planned_keys = [planned.key for planned in plan.jobs]
     with store.session() as session:
-        _lock_experiment_membership(session)
+        lock_experiment_membership(session)
         problem = experiment_name_problem(session, plan.experiment, spec_path)
         if problem:
             raise UserError(problem)
@@ -164,9 +164,9 @@ def leaving_jobs(session: Session, experiment: str, planned_keys: list[str]) -> 
     return {row.key: row for row in rows}
 
 
-def _lock_experiment_membership(session: Session) -> None:
+def lock_experiment_membership(session: Session) -> None:
     """Take turns with other transactions that change which experiments include which jobs, or decide by it
-    (enqueue, cancel): otherwise a job that one submission drops while another adds it could end up cancelled
+    (enqueue, cancel, remove): otherwise a job that one submission drops while another adds it could end up cancelled
     though an experiment needs it. On PostgreSQL this locks the schema-version row till the transaction ends;
     SQLite's BEGIN IMMEDIATE (db/store.py) already lets one writer in at a time and renders no FOR UPDATE."""
     session.execute(select(Meta.key).where(Meta.key == "schema_version").with_for_update())
@@ -385,7 +385,7 @@ def cancel(store: Store, targets: list[str]) -> Cancellation:
     also includes is left alone: cancelling one experiment must not stop another's work. Named by its key, it
     is cancelled."""
     with store.session() as session:
-        _lock_experiment_membership(session)
+        lock_experiment_membership(session)
         selected = select_jobs(session, targets)
         unfinished = {job.key: job for job in selected.jobs if job.status in ("pending", "running")}
         shared: dict[str, list[str]] = {}
