@@ -11,7 +11,7 @@ import math
 import re
 from collections import Counter
 from dataclasses import dataclass
-from decimal import ROUND_HALF_UP, Decimal
+from decimal import ROUND_HALF_UP, Context, Decimal
 from pathlib import Path
 from typing import Any
 
@@ -104,8 +104,13 @@ def to_json(result: QueryResult) -> str:
 
 def to_markdown(result: QueryResult) -> str:
     lines = ["| " + " | ".join(result.columns) + " |", "|" + "---|" * len(result.columns)]
-    lines += ["| " + " | ".join(format_cell(value).replace("|", "\\|") for value in row) + " |" for row in result.rows]
+    lines += ["| " + " | ".join(_markdown_cell(format_cell(value)) for value in row) + " |" for row in result.rows]
     return "\n".join(lines) + "\n"
+
+
+def _markdown_cell(text: str) -> str:
+    """A table cell: a | would end it and a line break the row, so both are written as Markdown keeps them."""
+    return "<br>".join(text.replace("|", "\\|").splitlines())
 
 
 def render(result: QueryResult, format: str) -> str:
@@ -511,7 +516,10 @@ def _accuracy(row: ReportRow, radius: float) -> float | None:
 def _fixed(value: float, places: int) -> str:
     """`value` with `places` decimals, a tie rounded away from zero. It is rounded from the value at 9 decimals, so
     that binary error does not decide a tie: 6,395 of 10,000 is 63.95%, but 100 * 0.6395 is 63.9499... ."""
-    return str(Decimal(f"{value:.9f}").quantize(Decimal(1).scaleb(-places), rounding=ROUND_HALF_UP))
+    text = f"{value:.9f}"
+    # Precision for every digit: the default 28 cannot hold a radius of 1e25 (a log imported with nonsense radii).
+    return str(Decimal(text).quantize(Decimal(1).scaleb(-places), rounding=ROUND_HALF_UP,
+                                      context=Context(prec=len(text) + places)))
 
 
 def _difference(ours: str, paper: str) -> str:
@@ -603,7 +611,7 @@ def _markdown_report(report: ExperimentReport) -> str:
     out = ["| " + " | ".join(header) + " |",
            "|" + "---|" * _FIRST_NUMBER_COLUMN + "---:|" * (len(header) - _FIRST_NUMBER_COLUMN)]
     for line in _report_lines(report, MISSING):
-        cells = [cell.replace("|", "\\|") for cell in line.cells]
+        cells = [_markdown_cell(cell) for cell in line.cells]
         if line.best:
             cells[_FIRST_NUMBER_COLUMN] = f"**{cells[_FIRST_NUMBER_COLUMN]}**"
         out.append("| " + " | ".join(cells) + " |")

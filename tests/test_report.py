@@ -416,6 +416,21 @@ def test_json_refuses_columns_that_share_a_name_while_csv_and_markdown_keep_ever
     assert to_markdown(joined).splitlines()[2] == "| a1 | done | a1 | failed |"
 
 
+def test_a_markdown_cell_keeps_its_row_on_one_line() -> None:
+    failed = QueryResult(["key", "error"], [("a1", "exit code 1; log a1.log\r\nTraceback | last line\nValueError")])
+    assert to_markdown(failed).splitlines()[2:] == [
+        "| a1 | exit code 1; log a1.log<br>Traceback \\| last line<br>ValueError |"]
+
+
+def test_a_report_of_absurd_radii_prints_them(store: Store) -> None:
+    # A log imported with radii of 1e30 (it warns): every number still prints, to three decimals.
+    seed(store, SPEC, {**SAMPLES, "gaussian-sigma0.25": [(1e30, 1), (0.6, 1), (0.4, 1), (0.1, 1)]})
+    row = next(line for line in render_report(experiment_report(store, "paper"), "text").splitlines()
+               if "gaussian-sigma0.25" in line)
+    acr = row.split()[3]
+    assert acr.endswith(".000") and float(acr) == pytest.approx(2.5e29)
+
+
 def _refuse_constant(name: str) -> None:
     raise AssertionError(f"{name} is not JSON")
 
