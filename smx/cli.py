@@ -690,6 +690,13 @@ def query(
     console.print(f"{len(result.rows)} row(s)")
 
 
+def _refuse_empty_out(out: str | None) -> None:
+    """`--out "$DIR"` with DIR unset would write into the current directory: a mistake to name, not to follow."""
+    if out is not None and not out.strip():
+        raise UserError("--out is empty (an unset shell variable?).\nFix: give a path, or leave --out out to write to "
+                        "the default place in the store.")
+
+
 @app.command()
 def plot(
     experiment: Annotated[str, typer.Argument(help="Experiment name.")],
@@ -704,6 +711,7 @@ def plot(
     from smx.db.store import open_store
     from smx.report import plot_experiment
 
+    _refuse_empty_out(out)
     opened = open_store(store, create=False)
     if out is None:
         out_path = opened.root / "plots" / f"{experiment}.png"
@@ -802,7 +810,7 @@ def import_log(
 @app.command()
 def export(
     experiment: Annotated[str, typer.Argument(help="Experiment name.")],
-    out: Annotated[Optional[Path], typer.Option(
+    out: Annotated[Optional[str], typer.Option(
         "--out", "-o", help="Directory \\[default: STORE/exports/NAME/].")] = None,
     store: StoreOption = None,
 ) -> None:
@@ -810,8 +818,10 @@ def export(
     from smx.db.store import open_store
     from smx.imports import export_certification_logs
 
+    _refuse_empty_out(out)
     opened = open_store(store, create=False)
-    exported = export_certification_logs(opened, experiment, out or opened.root / "exports" / experiment)
+    exported = export_certification_logs(opened, experiment,
+                                         Path(out) if out else opened.root / "exports" / experiment)
     for path in exported.paths:
         console.print(str(path), markup=False, highlight=False, soft_wrap=True)
     if exported.unfinished:

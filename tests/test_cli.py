@@ -224,6 +224,12 @@ def test_plot_refuses_an_out_path_it_cannot_write_and_writes_nothing(imported: S
         result = run_smx("plot", "published", "--out", str(tmp_path / out), store=imported, check=False)
         assert result.returncode == 2 and result.stdout == "" and "Traceback" not in result.stderr, result.stderr
         assert one_line(result.stderr).startswith(f"error: --out {tmp_path / out}: {message}"), result.stderr
+    # `--out "$DIR"` with DIR unset: named, not written into the current directory.
+    for command in ("plot", "export"):
+        empty = run_smx(command, "published", "--out", "", store=imported, check=False)
+        assert empty.returncode == 2 and one_line(empty.stderr) == (
+            "error: --out is empty (an unset shell variable?). Fix: give a path, or leave --out out to write to the "
+            "default place in the store."), empty.stderr
     assert files_under(tmp_path) == before
     # Where no one may create a file, root included.
     unwritable = run_smx("plot", "published", "--out", "/proc/smx-plot.png", store=imported, check=False)
