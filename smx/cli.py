@@ -797,7 +797,8 @@ def import_log(
     if impossible is not None:
         errors.print(f"warning: {escape(str(file))} certifies a radius of {impossible:g}, which no certification at "
                      f"sigma {sigma:g} can give: was it certified at a larger sigma? Fix: import it again with the "
-                     "right --sigma (and another --name or --config).", highlight=False, soft_wrap=True)
+                     f"right --sigma under another --name or --config, or `smx remove {name}` (the whole experiment) "
+                     "and import it again.", highlight=False, soft_wrap=True)
     assumed = log.assumed_params()
     if assumed and not outcome.already_imported:
         # Comparisons with the paper match on these; a wrong assumption (e.g. m=1 for an m=4 run) matches the

@@ -151,6 +151,9 @@ def load_log(path: Path, options: ImportOptions) -> LoadedLog:
     if not math.isfinite(options.sigma) or options.sigma <= 0:
         raise UserError(f"--sigma must be a positive number, not {options.sigma}.\n"
                         "Fix: give the noise level the model was certified with, e.g. --sigma 0.5.")
+    if str(path) == "-":
+        raise UserError("smx import reads a log from a file, not from standard input.\n"
+                        "Fix: save the log to a file and give its path.")
     experiment = _check_name(options.experiment, "--name")
     config_name = _check_config_name(options.config_name or path.stem,
                                      "--config" if options.config_name else "the file's stem")

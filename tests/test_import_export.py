@@ -132,6 +132,12 @@ def test_an_import_warns_of_radii_no_certification_at_its_sigma_can_give(importe
     result = run_smx("import", str(SMOOTHMIX), "--name", "mistyped", "--method", "smoothmix", "--sigma", "0.5",
                      store=store)
     assert "certifies a radius of 3.81, which no certification at sigma 0.5 can give" in result.stderr
+    # Its fix: remove the experiment, then import the log again with the right sigma.
+    assert "`smx remove mistyped` (the whole experiment) and import it again" in " ".join(result.stderr.split())
+    run_smx("remove", "mistyped", "--yes", store=store)
+    again = run_smx("import", str(SMOOTHMIX), "--name", "mistyped", "--method", "smoothmix", "--sigma", "1.0",
+                    store=store)
+    assert "warning" not in again.stderr and again.stdout.startswith("imported ")
     right = run_smx("import", str(SMOOTHMIX), "--name", "right", "--method", "smoothmix", "--sigma", "1.0", store=store)
     assert "warning" not in right.stderr
 
@@ -240,6 +246,11 @@ def test_import_errors_for_missing_files_clashing_configs_and_spec_experiments(i
     missing = run_smx("import", str(tmp_path / "missing.tsv"), "--name", "cohen", "--method", "gaussian",
                       "--sigma", "0.5", store=imported, check=False)
     assert missing.returncode == 2 and "no such file" in missing.stderr
+    stdin = run_smx("import", "-", "--name", "cohen", "--method", "gaussian", "--sigma", "0.5", store=imported,
+                    check=False)
+    assert stdin.returncode == 2 and " ".join(stdin.stderr.split()) == (
+        "error: smx import reads a log from a file, not from standard input. Fix: save the log to a file and give its "
+        "path.")
     folder = run_smx("import", str(tmp_path), "--name", "cohen", "--method", "gaussian", "--sigma", "0.5",
                      store=imported, check=False)
     assert folder.returncode == 2 and f"{tmp_path} is a directory" in folder.stderr
