@@ -37,7 +37,7 @@ errors.soft_wrap = not errors.is_terminal
 
 StoreOption = Annotated[
     Optional[str],
-    typer.Option("--store", help="Store directory or SQLAlchemy URL \\[default: $SMX_STORE or ./store]."),
+    typer.Option("--store", help="Store directory or PostgreSQL URL \\[default: $SMX_STORE or ./store]."),
 ]
 GpusOption = Annotated[str, typer.Option(
     "--gpus", help="GPUs to use: auto, none, a count (2) or indices (0,1; '0,' for index 0 alone).")]

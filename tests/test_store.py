@@ -61,6 +61,18 @@ def test_store_urls_smx_cannot_use_are_a_clear_error(tmp_path: Path, monkeypatch
     with pytest.raises(StoreError, match="postgresql\\+psycopg://user:password@host/database"):
         open_store("mysql://user@host/db")
     assert not (tmp_path / "files").exists()  # refused before any directory was made for it
+    # An SQLite URL would keep the database away from the store's files: the directory it names is the fix.
+    for url, directory in ((f"sqlite:///{tmp_path}/store/smx.db", tmp_path / "store"),
+                           (f"sqlite:///{tmp_path}/store", tmp_path / "store")):
+        with pytest.raises(StoreError) as refused:
+            open_store(url)
+        assert refused.value.message == (
+            f"--store / SMX_STORE {url!r} is an SQLite URL, but smx keeps an SQLite store as a directory: smx.db with "
+            f"its checkpoints and logs beside it.\nFix: pass that directory, as in --store {directory}.")
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(StoreError, match=f"as in --store {tmp_path / 'runs'}\\.$"):
+        open_store("sqlite:///runs/smx.db")  # three slashes: a path from the current directory, as SQLite reads it
+    assert sorted(tmp_path.iterdir()) == []
     assert resolve_location("postgres://u:p@db.example/smx")[0] == "postgresql+psycopg://u:p@db.example/smx"
     assert resolve_location("postgresql://u:p@db.example/smx") == ("postgresql+psycopg://u:p@db.example/smx",
                                                                    tmp_path / "files")

@@ -28,6 +28,8 @@ class NoStoreYet(StoreError):
 def resolve_location(location: str | None) -> tuple[str, Path]:
     """Turn --store / SMX_STORE into (database URL, files root)."""
     location = location or os.environ.get("SMX_STORE") or DEFAULT_STORE
+    if location.lower().startswith("sqlite"):
+        raise StoreError(_sqlite_url_error(location))
     if "://" in location:
         _check_url(location)
         # PostgreSQL's own URL forms mean psycopg (version 3) to smx, the driver it installs.
@@ -37,6 +39,22 @@ def resolve_location(location: str | None) -> tuple[str, Path]:
         return location, Path(os.environ.get("SMX_STORE_FILES", DEFAULT_STORE)).resolve()
     root = expand_home(location, "--store / SMX_STORE").resolve()
     return f"sqlite:///{root / 'smx.db'}", root
+
+
+def _sqlite_url_error(url: str) -> str:
+    """smx keeps an SQLite store as a directory, with smx.db beside the checkpoints and logs: a URL would part them."""
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
+
+    try:
+        database = make_url(url).database
+    except (ArgumentError, ValueError):
+        database = None
+    # Resolved as SQLite would: a relative path (sqlite:///path, three slashes) from the current directory.
+    directory = "DIR" if not database else Path(database).resolve().parent if database.endswith(".db") \
+        else Path(database).resolve()
+    return (f"--store / SMX_STORE {url!r} is an SQLite URL, but smx keeps an SQLite store as a directory: smx.db with "
+            f"its checkpoints and logs beside it.\nFix: pass that directory, as in --store {directory}.")
 
 
 def check_location(location: str | None) -> tuple[str, Path]:
