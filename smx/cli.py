@@ -6,6 +6,7 @@ import os
 import signal
 import sys
 import time
+from collections import Counter
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, NoReturn, Optional
 
@@ -419,11 +420,16 @@ def _follow(store, experiment: str, workers, device: str, start_on_free_slots,  
     _print_jobs(store, experiment, only_unfinished=True)
     with store.read_session() as session:
         jobs = jobs_view(session, experiment)
-    if stopped_workers or any(job.status == "failed" for job in jobs):
+    unfinished = Counter(job.status for job in jobs if job.status != "done")
+    if unfinished and not stopped_workers:
+        # Cancelled jobs, and those waiting on them or on a failed one, end a run as surely as a failure does.
+        errors.print(f"{experiment} did not finish: {', '.join(f'{n} {s}' for s, n in sorted(unfinished.items()))} "
+                     f"(see above; `smx retry {experiment}` queues failed and cancelled jobs again).",
+                     markup=False, highlight=False)
+    if stopped_workers or unfinished:
         raise typer.Exit(1)
-    if all(job.status == "done" for job in jobs):
-        console.print(f"[green]all {len(jobs)} jobs done.[/] Results: `smx query --experiment {experiment}`, "
-                      f"plots: `smx plot {experiment}`")
+    console.print(f"[green]all {len(jobs)} jobs done.[/] Results: `smx query --experiment {experiment}`, "
+                  f"plots: `smx plot {experiment}`")
 
 
 @app.command()
@@ -627,8 +633,6 @@ def remove(
 
 def _states_of(store, targets: list[str]) -> str:  # type: ignore[no-untyped-def]
     """'2 done, 1 failed': the states of the jobs that `targets` name, for a command that found nothing to do."""
-    from collections import Counter
-
     from smx.scheduler.queue import select_jobs
 
     with store.read_session() as session:

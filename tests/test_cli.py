@@ -613,6 +613,29 @@ def test_a_failing_job_makes_submit_exit_1_a_worker_exit_3_and_leaves_no_results
     assert "ran 1 job(s), 1 failed" in worker.stdout
 
 
+def test_submit_exits_1_when_a_cancelled_job_leaves_the_experiment_unfinished(tmp_path: Path) -> None:
+    from smx.db.store import open_store
+    from smx.plan import build_plan
+    from smx.scheduler import queue
+    from smx.spec import load_spec
+
+    spec = tmp_path / "x.toml"
+    spec.write_text(tiny_spec("x", epochs=1))
+    store = StoreTarget.directory(tmp_path / "store")
+    opened = open_store(store.location)
+    plan = build_plan(load_spec(spec))
+    queue.enqueue(opened, plan, spec)
+    opened.engine.dispose()
+    (train,) = [job.key for job in plan.jobs if job.kind == "train"]
+    run_smx("cancel", train, store=store)
+    # Nothing can run: the certify and aggregate jobs wait on the cancelled training, so `submit && report` stops.
+    submitted = run_smx("submit", str(spec), "--cpu-jobs", "1", store=store, check=False)
+    assert submitted.returncode == 1, submitted.stdout + submitted.stderr
+    assert "waiting on a cancelled parent" in submitted.stdout
+    assert one_line(submitted.stderr) == ("x did not finish: 1 cancelled, 2 pending (see above; `smx retry x` queues "
+                                          "failed and cancelled jobs again).")
+
+
 def test_detached_submit_runs_in_the_background_unless_another_scheduler_holds_every_slot(tmp_path: Path) -> None:
     spec = tmp_path / "detached.toml"
     spec.write_text(tiny_spec("detached", epochs=1, n=50, max_samples=2))
