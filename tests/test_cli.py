@@ -343,6 +343,15 @@ def test_a_damaged_or_foreign_database_is_a_clear_error(tmp_path: Path) -> None:
     # A dry run shows a store it cannot read as an error, not as one where everything is still to run.
     dry_run = run_smx("submit", str(spec), "--dry-run", store=StoreTarget.directory(damaged), check=False)
     assert dry_run.returncode == 2 and "file is not a database" in dry_run.stderr
+    # Nor does a submit fill another program's database with smx's tables.
+    refused = run_smx("submit", str(spec), store=StoreTarget.directory(foreign), check=False)
+    assert refused.returncode == 2 and "Traceback" not in refused.stderr
+    assert one_line(refused.stderr) == (f"error: the database {foreign / 'smx.db'} is not an smx store: it holds other "
+                                        "tables (notes), and smx writes nothing into another program's database. Fix: "
+                                        "point --store / SMX_STORE at a new directory, or at an smx store.")
+    connection = sqlite3.connect(foreign / "smx.db")
+    assert connection.execute("SELECT name FROM sqlite_master").fetchall() == [("notes",)]
+    connection.close()
     assert "to run" in run_smx("submit", str(spec), "--dry-run", store=StoreTarget.directory(tmp_path / "new")).stdout
     assert not (tmp_path / "new").exists()
 

@@ -310,6 +310,7 @@ def open_store(location: str | None = None, *, create: bool = True) -> Store:
             raise unwritable
         if create or upgrade:
             with _schema_lock(store):
+                _refuse_foreign_database(store)
                 initialise(store)
         else:
             check_version(store)
@@ -399,6 +400,19 @@ def stored_version(store: Store) -> int | None:
             "table was edited by hand, or is damaged.\nFix: put back the version number it held, or restore the store "
             "from a backup."
         ) from None
+
+
+def _refuse_foreign_database(store: Store) -> None:
+    """A directory store's smx.db that holds another program's tables is not to be filled with smx's. Tables of
+    smx's own alone are a store that another smx process is creating (under the same schema lock) or left half-made."""
+    if not store.is_sqlite or stored_version(store) is not None:
+        return
+    foreign = sorted(set(inspect(store.engine).get_table_names()) - set(Base.metadata.tables))
+    if foreign:
+        raise StoreError(f"the database {store.sqlite_path} is not an smx store: it holds other tables "
+                         f"({', '.join(foreign[:5])}{', ...' if len(foreign) > 5 else ''}), and smx writes nothing "
+                         "into another program's database.\nFix: point --store / SMX_STORE at a new directory, or at "
+                         "an smx store.")
 
 
 def check_version(store: Store) -> None:
