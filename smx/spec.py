@@ -759,6 +759,7 @@ def _read_variants(tables: Any) -> tuple[list[_Variant], list[Problem]]:
     problems: list[Problem] = []
     variants = []
     first_index_of: dict[str, int] = {}
+    first_index_ignoring_case: dict[str, int] = {}
     for index, table in enumerate(tables):
         where: KeyPath = ("variant", index)
         name = table.get("name")
@@ -777,7 +778,16 @@ def _read_variants(tables: Any) -> tuple[list[_Variant], list[Problem]]:
                     _key_path(where + ("name",)),
                     f'"{name}" already names variant[{first_index_of[name] + 1}]; give each variant its own name',
                 ))
+            elif name.casefold() in first_index_ignoring_case:
+                first = first_index_ignoring_case[name.casefold()]
+                problems.append((
+                    _key_path(where + ("name",)),
+                    f'"{name}" differs from variant[{first + 1}]\'s "{tables[first]["name"]}" only in case: their '
+                    "results files would be one file where names ignore case (macOS, Windows); give each variant a "
+                    "name of its own",
+                ))
             first_index_of.setdefault(name, index)
+            first_index_ignoring_case.setdefault(name.casefold(), index)
         overrides = {key: value for key, value in table.items() if key != "name"}
         problems.extend(_variant_key_problems(overrides, where))
         variants.append(_Variant(name, overrides, where))

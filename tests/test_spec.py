@@ -568,6 +568,11 @@ def test_spec_hash_ignores_key_order_formatting_and_comments() -> None:
             id="duplicate-variant",
         ),
         pytest.param(
+            MINIMAL + '[[variant]]\nname = "Base"\n[[variant]]\nname = "bASE"\n',
+            ['variant[2].name: "bASE" differs from variant[1]\'s "Base" only in case', "(macOS, Windows)"],
+            id="variants-named-alike-but-for-case",
+        ),
+        pytest.param(
             MINIMAL + '[[variant]]\nname = "a b"\n',
             ["variant[1].name: 'a b' is not a safe name"],
             id="unsafe-variant-name",
