@@ -623,10 +623,12 @@ def remove(
         if not typer.confirm("Remove?", default=False):
             console.print("Nothing removed.")
             raise typer.Exit(1)
-    removal = remove_experiments(opened, experiments)
+    removal = remove_experiments(opened, experiments, confirmed=None if yes else planned.job_keys)
     console.print(f"removed {removal.summary()}.", markup=False, highlight=False)
-    for name, needing in removal.kept.items():
-        console.print(f"  kept {name}: {', '.join(needing)} needs it", markup=False, highlight=False)
+    for kept in removal.kept:
+        why = (f"in the plan of {', '.join(kept.experiments)}" if kept.experiments
+               else "summaries of an earlier version of another experiment use it")
+        console.print(f"  kept {kept.name} ({kept.key[:12]}): {why}", markup=False, highlight=False)
     for problem in removal.not_removed:
         errors.print(f"warning: could not remove {problem}; delete it by hand.", markup=False, highlight=False)
 

@@ -27,6 +27,7 @@ from smx.db.store import Store
 from smx.errors import UserError
 from smx.plan import content_key
 from smx.report import cannot_write, plan_configs, summaries_of
+from smx.scheduler.queue import lock_experiment_membership
 from smx.science.catalog import DATASETS
 from smx.science.methods.params import METHOD_PARAMS
 from smx.science.metrics import LogRow, read_certification_log, write_certification_log
@@ -201,6 +202,7 @@ def store_log(store: Store, log: LoadedLog) -> ImportOutcome:
     aggregate_key = content_key("aggregate", aggregate_inputs, [certify_key])
     now = utcnow()
     with store.session() as session:
+        lock_experiment_membership(session)
         experiment = session.scalar(select(Experiment).where(Experiment.name == log.experiment))
         if experiment is not None and experiment.spec_text:
             raise UserError(f"experiment {log.experiment!r} was made by `smx submit` from {experiment.spec_path}; "

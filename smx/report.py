@@ -516,6 +516,8 @@ def _accuracy(row: ReportRow, radius: float) -> float | None:
 def _fixed(value: float, places: int) -> str:
     """`value` with `places` decimals, a tie rounded away from zero. It is rounded from the value at 9 decimals, so
     that binary error does not decide a tie: 6,395 of 10,000 is 63.95%, but 100 * 0.6395 is 63.9499... ."""
+    if not math.isfinite(value):  # an ACR of inf: a log of radii near the largest float, imported with a warning
+        return str(value)
     text = f"{value:.9f}"
     # Precision for every digit: the default 28 cannot hold a radius of 1e25 (a log imported with nonsense radii).
     return str(Decimal(text).quantize(Decimal(1).scaleb(-places), rounding=ROUND_HALF_UP,

@@ -10,7 +10,7 @@ from sqlalchemy import func, select
 from smx.db.models import Aggregate, Certificate, CertifiedAccuracy, Checkpoint, Experiment, Job, JobParent
 from smx.errors import UserError
 from smx.scheduler import queue
-from smx.scheduler.removal import plan_removal, remove_experiments
+from smx.scheduler.removal import KeptJob, plan_removal, remove_experiments
 from tests.test_queue import keys_named, run_every_ready_job, sigma_variants, submit_plan
 
 
@@ -58,10 +58,10 @@ def test_removing_an_experiment_keeps_the_jobs_another_needs_and_deletes_the_res
 
     removal = remove_experiments(store, ["x"])
     assert removal.job_keys == [aggregate_x]
-    assert removal.kept == {"certify/p": ["y"], "train/p": ["y"]}
+    train_p, certify_p = keys_named(x, "train/p")[0], keys_named(x, "certify/p")[0]
+    assert removal.kept == [KeptJob(certify_p, "certify/p", ("y",)), KeptJob(train_p, "train/p", ("y",))]
     assert (removal.certificates, removal.checkpoints, removal.not_removed) == (0, 0, [])
-    assert removal.summary() == "x: 1 job(s), 0 certificate(s), 0 checkpoint(s); 2 job(s) kept, as other " \
-                                "experiments need them"
+    assert removal.summary() == "x: 1 job(s), 0 certificate(s), 0 checkpoint(s); 2 job(s) kept for other experiments"
     assert counts(store) == {"experiments": 1, "jobs": 5, "job_parents": 4, "certificates": 6, "checkpoints": 2,
                              "aggregates": 2, "certified_accuracy": 2}
     assert not store.log_path(aggregate_x).exists() and not (store.root / "results" / "x").exists()
@@ -69,7 +69,7 @@ def test_removing_an_experiment_keeps_the_jobs_another_needs_and_deletes_the_res
     assert all(store.log_path(key).exists() for key in keys_named(y, "train/p", "certify/p"))
 
     removal = remove_experiments(store, ["y"])
-    assert (len(removal.job_keys), removal.kept, removal.certificates, removal.checkpoints) == (5, {}, 6, 2)
+    assert (len(removal.job_keys), removal.kept, removal.certificates, removal.checkpoints) == (5, [], 6, 2)
     assert set(counts(store).values()) == {0}
     # The store's folders stay, holding nothing of the experiments.
     assert [path for path in store.root.glob("*/*") if path.parent.name != "locks"] == []
@@ -90,7 +90,7 @@ def test_the_jobs_of_an_earlier_version_go_too_unless_a_job_left_depends_on_them
     # z's plan includes q: q's jobs stay, and with them the old aggregate job's parents.
     submit_plan(store, tmp_path, "z", sigma_variants("q"))
     removal = remove_experiments(store, ["x"])
-    assert removal.kept == {"certify/q": ["z"], "train/q": ["z"]}
+    assert [(job.name, job.experiments) for job in removal.kept] == [("certify/q", ("z",)), ("train/q", ("z",))]
     with store.read_session() as session:
         assert set(session.scalars(select(Job.name))) == {"train/q", "certify/q", "aggregate/z"}
         assert session.scalar(select(func.count()).select_from(Certificate)) == 3
@@ -104,7 +104,7 @@ def _names(store, keys: list[str]) -> list[str]:
 def test_jobs_still_to_run_or_stopping_are_refused_with_the_fix_and_nothing_is_removed(store, tmp_path: Path) -> None:
     plan, _ = submit_plan(store, tmp_path, "x", sigma_variants("p"))
     before = counts(store)
-    with pytest.raises(UserError, match=r"cannot remove x yet: 3 of its jobs are not finished \(aggregate/x "
+    with pytest.raises(UserError, match=r"cannot remove x yet: 3 of its jobs are pending or running \(aggregate/x "
                                         r"\(pending\), certify/p \(pending\), train/p \(pending\)\)\.\n"
                                         r"Fix: `smx cancel x` first"):
         remove_experiments(store, ["x"])
@@ -112,7 +112,8 @@ def test_jobs_still_to_run_or_stopping_are_refused_with_the_fix_and_nothing_is_r
     # A cancelled job whose process has not ended yet is still writing.
     job = queue.claim_next(store, device="cpu", slot=tmp_path / "slot", pid=4321)
     queue.cancel(store, ["x"])
-    with pytest.raises(UserError, match=r"train/p \(stopping\)"):
+    with pytest.raises(UserError, match=r"train/p \(cancelled\) cancelled while running, and the process may still "
+                                        r"be stopping\.\nFix: run smx remove again in 30 seconds\."):
         remove_experiments(store, ["x"])
     queue.release(store, job.key, 4321)
     assert len(remove_experiments(store, ["x"]).job_keys) == 3
@@ -135,7 +136,112 @@ def test_jobs_behind_another_experiments_earlier_summaries_stay(store, tmp_path:
     submit_plan(store, tmp_path, "y", sigma_variants("q"))  # y's summaries of p stay, in the store's history
     removal = remove_experiments(store, ["x"])
     assert removal.job_keys == keys_named(x, "aggregate/x")
-    assert (removal.kept, removal.kept_as_dependency) == ({}, 2)
-    assert removal.summary().endswith("; 2 job(s) kept, as other experiments need them")
+    assert [(job.name, job.experiments) for job in removal.kept] == [("certify/p", ()), ("train/p", ())]
+    assert removal.summary().endswith("; 2 job(s) kept for other experiments")
     with store.read_session() as session:
         assert {job.name for job in session.scalars(select(Job))} >= {"train/p", "certify/p", "aggregate/y"}
+
+
+def test_an_earlier_versions_analyses_go_with_their_training(store, tmp_path: Path) -> None:
+    analysed = "\n[analyze]\nepsilons = [1.0]\nmc_samples = 8\n"
+    first, _ = submit_plan(store, tmp_path, "x", sigma_variants("p") + analysed)
+    run_every_ready_job(store, tmp_path)
+    give_results(store, first, "x")
+    submit_plan(store, tmp_path, "x", sigma_variants("q"))  # no analyses, another sigma: p's jobs are history
+    run_every_ready_job(store, tmp_path)
+    removal = remove_experiments(store, ["x"])
+    assert removal.kept == []
+    assert counts(store)["jobs"] == 0
+
+
+def test_jobs_of_the_same_name_kept_for_different_experiments_are_each_named(store, tmp_path: Path) -> None:
+    # x's first version certified p at sigma 0.25 (shared with y), its second at 0.5 (shared with z).
+    first, _ = submit_plan(store, tmp_path, "x", sigma_variants("p"))
+    submit_plan(store, tmp_path, "y", sigma_variants("p"))
+    run_every_ready_job(store, tmp_path)
+    give_results(store, first, "x")
+    second_body = '\n[[variant]]\nname = "p"\ntrain.method = "gaussian"\ntrain.sigma = 0.5\n'
+    second, _ = submit_plan(store, tmp_path, "x", second_body)
+    submit_plan(store, tmp_path, "z", second_body)
+    run_every_ready_job(store, tmp_path)
+    removal = remove_experiments(store, ["x"])
+    assert sorted((job.name, job.experiments) for job in removal.kept) == [
+        ("certify/p", ("y",)), ("certify/p", ("z",)), ("train/p", ("y",)), ("train/p", ("z",))]
+    assert removal.summary().endswith("; 4 job(s) kept for other experiments")
+
+
+def test_a_plot_another_experiments_name_could_have_written_stays(store, tmp_path: Path) -> None:
+    a, _ = submit_plan(store, tmp_path, "a", sigma_variants("p"))
+    submit_plan(store, tmp_path, "a-confidence", sigma_variants("q"))
+    run_every_ready_job(store, tmp_path)
+    plots = store.root / "plots"
+    plots.mkdir()
+    for stem in ("a", "a-confidence", "a-mixing-ratio", "a-confidence-confidence"):
+        (plots / f"{stem}.png").write_bytes(b"png")
+    remove_experiments(store, ["a"])
+    # a-confidence.png is also the plot of the experiment a-confidence.
+    assert sorted(path.name for path in plots.iterdir()) == ["a-confidence-confidence.png", "a-confidence.png"]
+
+
+def test_a_store_changed_since_the_user_confirmed_removes_nothing(store, tmp_path: Path) -> None:
+    x, _ = submit_plan(store, tmp_path, "x", sigma_variants("p"))
+    run_every_ready_job(store, tmp_path)
+    with store.read_session() as session:
+        confirmed = plan_removal(session, store, ["x"]).job_keys
+    submit_plan(store, tmp_path, "x", sigma_variants("p", "q"))  # meanwhile a submit adds q, whose jobs are pending
+    run_every_ready_job(store, tmp_path)
+    with pytest.raises(UserError, match=r"the store changed while smx remove asked: x now has 6 job\(s\) to delete, "
+                                        r"not 3; nothing was removed\.\nFix: run smx remove again\."):
+        remove_experiments(store, ["x"], confirmed=confirmed)
+    assert counts(store)["experiments"] == 1
+
+
+def test_files_go_back_when_the_transaction_fails(store, tmp_path: Path, monkeypatch) -> None:
+    x, _ = submit_plan(store, tmp_path, "x", sigma_variants("p"))
+    run_every_ready_job(store, tmp_path)
+    give_results(store, x, "x")
+    before = sorted(path.relative_to(store.root) for path in store.root.rglob("*"))
+    import smx.scheduler.removal as removal_module
+
+    moving = removal_module._move_aside
+
+    def fail_after_moving(removal, trash, moved):  # type: ignore[no-untyped-def]
+        moving(removal, trash, moved)
+        assert len(moved) == 6  # a checkpoint folder, 3 logs, the certification logs, the plot
+        raise OSError("disk gone")
+
+    monkeypatch.setattr(removal_module, "_move_aside", fail_after_moving)
+    with pytest.raises(OSError, match="disk gone"):
+        remove_experiments(store, ["x"])
+    assert sorted(path.relative_to(store.root) for path in store.root.rglob("*")
+                  if "trash" not in path.parts) == before
+    assert counts(store)["experiments"] == 1
+
+
+def test_a_retry_that_commits_while_remove_waits_for_its_rows_stops_the_removal(store, tmp_path: Path) -> None:
+    if store.is_sqlite:
+        pytest.skip("SQLite lets one writer in at a time: a retry cannot run beside a removal")
+    import threading
+
+    from sqlalchemy import update
+
+    submit_plan(store, tmp_path, "x", sigma_variants("p"))
+    queue.cancel(store, ["x"])
+    outcome: list[object] = []
+    with store.session() as retrying:
+        # A retry, not yet committed, holds the rows it queues again.
+        retrying.execute(update(Job).where(Job.name == "train/p").values(status="pending"))
+        remover = threading.Thread(target=lambda: outcome.append(_attempt_removal(store)))
+        remover.start()
+        remover.join(timeout=2)
+        assert remover.is_alive()  # waiting for the retry's rows
+    remover.join(timeout=30)
+    assert isinstance(outcome[0], UserError) and "train/p (pending)" in outcome[0].message
+    assert counts(store)["jobs"] == 3
+
+
+def _attempt_removal(store) -> object:  # type: ignore[no-untyped-def]
+    try:
+        return remove_experiments(store, ["x"])
+    except UserError as error:
+        return error

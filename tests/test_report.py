@@ -431,6 +431,14 @@ def test_a_report_of_absurd_radii_prints_them(store: Store) -> None:
     assert acr.endswith(".000") and float(acr) == pytest.approx(2.5e29)
 
 
+@pytest.mark.filterwarnings("ignore:overflow encountered")
+def test_a_report_of_radii_that_sum_to_infinity_prints_inf(store: Store) -> None:
+    seed(store, SPEC, {**SAMPLES, "gaussian-sigma0.25": [(1.7e308, 1), (1.7e308, 1), (0.4, 1), (0.1, 1)]})
+    row = next(line for line in render_report(experiment_report(store, "paper"), "text").splitlines()
+               if "gaussian-sigma0.25" in line)
+    assert row.split()[3] == "inf"
+
+
 def _refuse_constant(name: str) -> None:
     raise AssertionError(f"{name} is not JSON")
 

@@ -28,7 +28,7 @@ class NoStoreYet(StoreError):
 def resolve_location(location: str | None) -> tuple[str, Path]:
     """Turn --store / SMX_STORE into (database URL, files root)."""
     location = location or os.environ.get("SMX_STORE") or DEFAULT_STORE
-    if location.lower().startswith("sqlite"):
+    if re.match(r"sqlite(\+\w+)?:", location, re.IGNORECASE):
         raise StoreError(_sqlite_url_error(location))
     if "://" in location:
         _check_url(location)

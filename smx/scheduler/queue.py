@@ -166,7 +166,7 @@ def leaving_jobs(session: Session, experiment: str, planned_keys: list[str]) -> 
 
 def lock_experiment_membership(session: Session) -> None:
     """Take turns with other transactions that change which experiments include which jobs, or decide by it
-    (enqueue, cancel, remove): otherwise a job that one submission drops while another adds it could end up cancelled
+    (enqueue, import, cancel, remove): otherwise a job that one submission drops while another adds it could end up cancelled
     though an experiment needs it. On PostgreSQL this locks the schema-version row till the transaction ends;
     SQLite's BEGIN IMMEDIATE (db/store.py) already lets one writer in at a time and renders no FOR UPDATE."""
     session.execute(select(Meta.key).where(Meta.key == "schema_version").with_for_update())
