@@ -22,7 +22,7 @@ from sqlalchemy import insert, select
 from sqlalchemy.orm import Session
 
 from smx.db.models import Aggregate, Certificate, Experiment, ExperimentJob, Job, JobParent, utcnow
-from smx.db.queries import certification_log_rows
+from smx.db.queries import certification_log_rows, experiment_names, name_alike_but_for_case
 from smx.db.store import Store
 from smx.errors import UserError
 from smx.plan import content_key
@@ -222,6 +222,16 @@ def store_log(store: Store, log: LoadedLog) -> ImportOutcome:
         if log.config_name in members.values():
             raise UserError(f"experiment {log.experiment!r} already has a config named {log.config_name!r}.\n"
                             "Fix: name this one with --config NAME.")
+        # A new experiment's name, or a config's name in its experiment (their results folder and files).
+        if experiment is not None:
+            what, name, option, others = "config", log.config_name, "--config", [n for n in members.values() if n]
+        else:
+            what, name, option, others = "experiment", log.experiment, "--name", experiment_names(session)
+        alike = name_alike_but_for_case(name, others)
+        if alike is not None:
+            raise UserError(f"{what} {name!r} differs from the {what} {alike!r} only in case, and their results would "
+                            f"be one file where file names ignore case (macOS, Windows).\nFix: name this one with "
+                            f"{option} NAME.")
         if session.get(Job, certify_key) is None:
             session.add(Job(
                 key=certify_key, kind="certify", name=f"import/{log.config_name}", status="done",

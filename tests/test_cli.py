@@ -145,6 +145,24 @@ def test_a_spec_from_elsewhere_cannot_take_over_an_experiment_by_its_name(submit
     result = run_smx("submit", str(named_like_it), store=store, check=False)
     assert result.returncode == 2
     assert "experiment 'published' holds imported certification logs" in " ".join(result.stderr.split())
+    # Names alike but for case would share a results folder on macOS and Windows.
+    named_like_it.write_text(TINY_SPEC.replace('name = "tiny"', 'name = "Tiny"'))
+    result = run_smx("submit", str(named_like_it), store=store, check=False)
+    assert result.returncode == 2 and one_line(result.stderr) == (
+        f"error: {named_like_it.resolve()}: experiment.name: 'Tiny' differs from the store's experiment 'tiny' only in "
+        "case, and their results folders would be one where file names ignore case (macOS, Windows). Fix: name the "
+        "experiment 'tiny' if it is that one, or give it a name of its own."), result.stderr
+    other_log = tmp_path / "other.tsv"
+    other_log.write_text("idx\tlabel\tpredict\tradius\tcorrect\ttime\n0\t7\t7\t0.75\t1\t0:00:01.000000\n")
+    for options, message in ((("--name", "PUBLISHED"), "experiment 'PUBLISHED' differs from the experiment "
+                              "'published' only in case"),
+                             (("--name", "published", "--config", "Published"), "config 'Published' differs from "
+                              "the config 'published' only in case")):
+        result = run_smx("import", str(other_log), *options, "--method", "gaussian", "--sigma", "0.5", store=store,
+                         check=False)
+        assert result.returncode == 2 and message in one_line(result.stderr), result.stderr
+    assert query_json("SELECT name FROM experiments ORDER BY name", store) == [{"name": "published"},
+                                                                               {"name": "tiny"}]
 
 
 def test_dry_run_shows_cached_jobs_and_changes_nothing(submitted, tmp_path: Path) -> None:

@@ -160,6 +160,12 @@ def experiment_names(session: Session) -> list[str]:
     return list(session.scalars(select(Experiment.name).order_by(Experiment.name)))
 
 
+def name_alike_but_for_case(name: str, names: list[str]) -> str | None:
+    """The name among `names` that differs from `name` only in case: their results folders and files would be one
+    where file names ignore case (macOS, Windows)."""
+    return next((other for other in names if other != name and other.casefold() == name.casefold()), None)
+
+
 def aggregates_of(session: Session, experiment: str) -> list[Aggregate]:
     """The experiment's current summaries (those of its current plan's aggregate job)."""
     current = (

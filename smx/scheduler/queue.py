@@ -13,7 +13,7 @@ from sqlalchemy import ColumnElement, Select, case, delete, exists, func, select
 from sqlalchemy.orm import Session, aliased
 
 from smx.db.models import Experiment, ExperimentJob, Job, JobParent, Meta, utcnow
-from smx.db.queries import experiment_names
+from smx.db.queries import experiment_names, name_alike_but_for_case
 from smx.db.store import Store
 from smx.errors import UserError
 
@@ -70,7 +70,12 @@ def experiment_name_problem(session: Session, name: str, spec_path: Path) -> str
     of imported logs, or one submitted from another spec file that still exists (a moved spec is fine)."""
     experiment = session.scalar(select(Experiment).where(Experiment.name == name))
     if experiment is None:
-        return None
+        alike = name_alike_but_for_case(name, experiment_names(session))
+        if alike is None:
+            return None
+        return (f"{spec_path}: experiment.name: {name!r} differs from the store's experiment {alike!r} only in case, "
+                "and their results folders would be one where file names ignore case (macOS, Windows).\n"
+                f"Fix: name the experiment {alike!r} if it is that one, or give it a name of its own.")
     if not experiment.spec_text:
         problem = "holds imported certification logs, which this submission would drop from it"
     elif experiment.spec_path != str(spec_path) and Path(experiment.spec_path).exists():
@@ -166,8 +171,8 @@ def leaving_jobs(session: Session, experiment: str, planned_keys: list[str]) -> 
 
 def lock_experiment_membership(session: Session) -> None:
     """Take turns with other transactions that change which experiments include which jobs, or decide by it
-    (enqueue, import, cancel, remove): otherwise a job that one submission drops while another adds it could end up cancelled
-    though an experiment needs it. On PostgreSQL this locks the schema-version row till the transaction ends;
+    (enqueue, import, cancel, remove): otherwise a job that one submission drops while another adds it could end up
+    cancelled though an experiment needs it. On PostgreSQL this locks the schema-version row till the transaction ends;
     SQLite's BEGIN IMMEDIATE (db/store.py) already lets one writer in at a time and renders no FOR UPDATE."""
     session.execute(select(Meta.key).where(Meta.key == "schema_version").with_for_update())
 
