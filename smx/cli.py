@@ -607,8 +607,10 @@ def remove(
     yes: Annotated[bool, typer.Option("--yes", "-y", help="Remove without asking.")] = False,
     store: StoreOption = None,
 ) -> None:
-    """Remove experiments from the store: their jobs, certificates, summaries, checkpoints, logs and plots, except
-    the jobs another experiment also needs. Their jobs must be finished or cancelled first."""
+    """Remove experiments from the store, with their results and the jobs no other experiment needs.
+
+    Deletes their jobs, certificates, summaries, checkpoints, logs and plots, except the jobs another experiment
+    also needs. Their jobs must be finished or cancelled first."""
     from smx.db.store import open_store
     from smx.scheduler.removal import plan_removal, remove_experiments
 
@@ -711,8 +713,9 @@ def plot(
                             "NAME.png in \\[default: STORE/plots/NAME.png].")] = None,
     store: StoreOption = None,
 ) -> None:
-    """Plot certified accuracy against radius for each config of an experiment (PNG, PDF or SVG), and its analyses
-    (PNG, beside it)."""
+    """Plot certified accuracy against radius for each config of an experiment, and its analyses.
+
+    The certified-accuracy plot is PNG, PDF or SVG; the analyses' plots are PNG files beside it."""
     from smx.analysis_report import plot_analysis
     from smx.db.store import open_store
     from smx.report import plot_experiment
