@@ -622,17 +622,20 @@ def remove(
             raise UserError(f"smx remove deletes {planned.summary()}; it asks first, and there is no terminal to "
                             "ask on.\nFix: add --yes to remove them.")
         console.print(f"This deletes {planned.summary()}.", markup=False, highlight=False)
+        _print_kept(planned.kept)
         if not typer.confirm("Remove?", default=False):
             console.print("Nothing removed.")
             raise typer.Exit(1)
     removal = remove_experiments(opened, experiments, confirmed=None if yes else planned.job_keys)
     console.print(f"removed {removal.summary()}.", markup=False, highlight=False)
-    for kept in removal.kept:
-        why = (f"in the plan of {', '.join(kept.experiments)}" if kept.experiments
-               else "summaries of an earlier version of another experiment use it")
-        console.print(f"  kept {kept.name} ({kept.key[:12]}): {why}", markup=False, highlight=False)
+    _print_kept(removal.kept)
     for problem in removal.not_removed:
         errors.print(f"warning: could not remove {problem}; delete it by hand.", markup=False, highlight=False)
+
+
+def _print_kept(kept_jobs) -> None:  # type: ignore[no-untyped-def]
+    for kept in kept_jobs:
+        console.print(f"  kept {kept.name} ({kept.key[:12]}): {kept.reason()}", markup=False, highlight=False)
 
 
 def _states_of(store, targets: list[str]) -> str:  # type: ignore[no-untyped-def]

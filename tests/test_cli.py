@@ -864,3 +864,10 @@ def test_remove_asks_or_needs_yes_and_then_takes_the_experiment_out(tmp_path: Pa
     assert removed.stdout == "removed first: 2 job(s), 1 certificate(s), 0 checkpoint(s).\n"
     assert query_json("SELECT name FROM experiments", store) == [{"name": "second"}]
     assert query_json("SELECT count(*) AS certified FROM certificates", store) == [{"certified": 1}]
+    # The same log imported into another experiment is one job: removing one names it as kept for the other.
+    run_smx("import", str(tmp_path / "second.tsv"), "--name", "third", "--method", "gaussian", "--sigma", "0.5",
+            store=store)
+    (certify_key,) = [row["key"] for row in query_json("SELECT key FROM jobs WHERE kind = 'certify'", store)]
+    assert run_smx("remove", "second", "--yes", store=store).stdout == (
+        "removed second: 1 job(s), 0 certificate(s), 0 checkpoint(s); 1 job(s) kept for other experiments.\n"
+        f"  kept import/second ({certify_key[:12]}): in the plan of third\n")

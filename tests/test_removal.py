@@ -59,7 +59,8 @@ def test_removing_an_experiment_keeps_the_jobs_another_needs_and_deletes_the_res
     removal = remove_experiments(store, ["x"])
     assert removal.job_keys == [aggregate_x]
     train_p, certify_p = keys_named(x, "train/p")[0], keys_named(x, "certify/p")[0]
-    assert removal.kept == [KeptJob(certify_p, "certify/p", ("y",)), KeptJob(train_p, "train/p", ("y",))]
+    assert removal.kept == [KeptJob(certify_p, "certify/p", ("y",), True), KeptJob(train_p, "train/p", ("y",), True)]
+    assert removal.kept[0].reason() == "in the plan of y"
     assert (removal.certificates, removal.checkpoints, removal.not_removed) == (0, 0, [])
     assert removal.summary() == "x: 1 job(s), 0 certificate(s), 0 checkpoint(s); 2 job(s) kept for other experiments"
     assert counts(store) == {"experiments": 1, "jobs": 5, "job_parents": 4, "certificates": 6, "checkpoints": 2,
@@ -112,8 +113,9 @@ def test_jobs_still_to_run_or_stopping_are_refused_with_the_fix_and_nothing_is_r
     # A cancelled job whose process has not ended yet is still writing.
     job = queue.claim_next(store, device="cpu", slot=tmp_path / "slot", pid=4321)
     queue.cancel(store, ["x"])
-    with pytest.raises(UserError, match=r"train/p \(cancelled\) cancelled while running, and the process may still "
-                                        r"be stopping\.\nFix: run smx remove again in 30 seconds\."):
+    with pytest.raises(UserError, match=r"cannot remove x yet: train/p stopped while running, and the process may "
+                                        r"not have ended yet\.\nFix: run smx remove again in a few seconds \(at most "
+                                        r"30\)\.$"):
         remove_experiments(store, ["x"])
     queue.release(store, job.key, 4321)
     assert len(remove_experiments(store, ["x"]).job_keys) == 3
@@ -136,7 +138,8 @@ def test_jobs_behind_another_experiments_earlier_summaries_stay(store, tmp_path:
     submit_plan(store, tmp_path, "y", sigma_variants("q"))  # y's summaries of p stay, in the store's history
     removal = remove_experiments(store, ["x"])
     assert removal.job_keys == keys_named(x, "aggregate/x")
-    assert [(job.name, job.experiments) for job in removal.kept] == [("certify/p", ()), ("train/p", ())]
+    assert [(job.name, job.reason()) for job in removal.kept] == [("certify/p", "earlier summaries of y use it"),
+                                                                   ("train/p", "earlier summaries of y use it")]
     assert removal.summary().endswith("; 2 job(s) kept for other experiments")
     with store.read_session() as session:
         assert {job.name for job in session.scalars(select(Job))} >= {"train/p", "certify/p", "aggregate/y"}
@@ -178,9 +181,21 @@ def test_a_plot_another_experiments_name_could_have_written_stays(store, tmp_pat
     plots.mkdir()
     for stem in ("a", "a-confidence", "a-mixing-ratio", "a-confidence-confidence"):
         (plots / f"{stem}.png").write_bytes(b"png")
+    exports = store.root / "exports"
+    (exports / "a").mkdir(parents=True)
+    for name in ("a.csv", "a-confidence.csv"):
+        (exports / name).write_text("config\n")
     remove_experiments(store, ["a"])
     # a-confidence.png is also the plot of the experiment a-confidence.
     assert sorted(path.name for path in plots.iterdir()) == ["a-confidence-confidence.png", "a-confidence.png"]
+    assert sorted(path.name for path in exports.iterdir()) == ["a-confidence.csv"]
+    # exports/a-confidence.csv could be `smx export`'s folder of an experiment "a-confidence.csv", and is a's
+    # TUI export: neither removal of the other takes it.
+    submit_plan(store, tmp_path, "b", sigma_variants("r"))
+    (exports / "b.csv").write_text("config\n")
+    _import_as(store, "b.csv")
+    remove_experiments(store, ["b.csv"])
+    assert (exports / "b.csv").exists()
 
 
 def test_a_store_changed_since_the_user_confirmed_removes_nothing(store, tmp_path: Path) -> None:
@@ -245,3 +260,12 @@ def _attempt_removal(store) -> object:  # type: ignore[no-untyped-def]
         return remove_experiments(store, ["x"])
     except UserError as error:
         return error
+
+
+def _import_as(store, experiment: str) -> None:
+    from smx.imports import ImportOptions, load_log, store_log
+
+    log = store.root / "imported.tsv"
+    log.write_text("idx\tlabel\tpredict\tradius\tcorrect\ttime\n0\t7\t7\t0.5\t1\t0:00:01.000000\n")
+    store_log(store, load_log(log, ImportOptions(experiment=experiment, method="gaussian", sigma=0.5,
+                                                 dataset="mnist", config_name=None, params=[], note="")))

@@ -39,7 +39,12 @@ ANALYSIS_PLOT_SUFFIXES = ("-confidence", "-mixing-ratio")
 class KeptJob:
     key: str
     name: str
-    experiments: tuple[str, ...]  # whose current plans include it; empty: earlier summaries left in the store need it
+    experiments: tuple[str, ...]  # whose current plans include it, or whose earlier summaries use it
+    in_plans: bool  # which of the two
+
+    def reason(self) -> str:
+        experiments = ", ".join(self.experiments)
+        return f"in the plan of {experiments}" if self.in_plans else f"earlier summaries of {experiments} use it"
 
 
 @dataclass
@@ -92,8 +97,11 @@ def plan_removal(session: Session, store: Store, experiments: list[str], *, lock
     _refuse_unfinished(jobs, removal.experiments)
     names = dict(session.execute(select(Job.key, Job.name).where(Job.key.in_([*planned_elsewhere,
                                                                                *kept_for_summaries]))).all())
-    removal.kept = sorted((KeptJob(key, names[key], tuple(planned_elsewhere.get(key, ())))
-                           for key in [*planned_elsewhere, *kept_for_summaries]), key=lambda job: (job.name, job.key))
+    summarised_by = _summarised_by(session, kept_for_summaries, deleted)
+    removal.kept = sorted([*(KeptJob(key, names[key], tuple(experiments), True)
+                             for key, experiments in planned_elsewhere.items()),
+                           *(KeptJob(key, names[key], summarised_by.get(key, ()), False)
+                             for key in kept_for_summaries)], key=lambda job: (job.name, job.key))
     removal.job_keys = [job.key for job in jobs]
     removal.certificates = session.scalar(select(func.count()).select_from(Certificate)
                                           .where(Certificate.job_key.in_(list(deleted)))) or 0
@@ -183,6 +191,21 @@ def _jobs_of(session: Session, experiments: list[str]) -> set[str]:
     return keys
 
 
+def _summarised_by(session: Session, keys: set[str], deleted: set[str]) -> dict[str, tuple[str, ...]]:
+    """The experiments whose summaries left in the store use each job: a certify job they name, or its training."""
+    parents: dict[str, set[str]] = {}
+    for child, parent in session.execute(select(JobParent.child_key, JobParent.parent_key)
+                                         .where(JobParent.parent_key.in_(list(keys)))):
+        parents.setdefault(child, set()).add(parent)
+    summarised: dict[str, set[str]] = {}
+    for certify_key, experiment in session.execute(
+            select(Aggregate.certify_key, Aggregate.experiment)
+            .where(Aggregate.certify_key.in_([*keys, *parents]), Aggregate.job_key.not_in(list(deleted)))):
+        for key in ({certify_key} & keys) | parents.get(certify_key, set()):
+            summarised.setdefault(key, set()).add(experiment)
+    return {key: tuple(sorted(experiments)) for key, experiments in summarised.items()}
+
+
 def _refuse_unfinished(jobs: list[Job], experiments: list[str]) -> None:
     """Deleting a job that a worker may yet claim or still runs would leave its process writing into nothing."""
     unfinished = [job for job in jobs if job.status in ("pending", "running")]
@@ -192,13 +215,13 @@ def _refuse_unfinished(jobs: list[Job], experiments: list[str]) -> None:
                         f"running ({_listed(unfinished)}).\nFix: `smx cancel {' '.join(experiments)}` first, or "
                         "wait for them to finish.")
     if stopping:
-        raise UserError(f"cannot remove {', '.join(experiments)} yet: {_listed(stopping)} cancelled while running, "
-                        f"and the process may still be stopping.\nFix: run smx remove again in "
-                        f"{int(STOP_GRACE.total_seconds())} seconds.")
+        raise UserError(f"cannot remove {', '.join(experiments)} yet: {_listed(stopping, status=False)} stopped while "
+                        f"running, and the process may not have ended yet.\nFix: run smx remove again in a few seconds "
+                        f"(at most {int(STOP_GRACE.total_seconds())}).")
 
 
-def _listed(jobs: list[Job]) -> str:
-    shown = ", ".join(f"{job.name} ({job.status})" for job in jobs[:5])
+def _listed(jobs: list[Job], status: bool = True) -> str:
+    shown = ", ".join(f"{job.name} ({job.status})" if status else job.name for job in jobs[:5])
     return shown + (f" and {len(jobs) - 5} more" if len(jobs) > 5 else "")
 
 
@@ -217,5 +240,7 @@ def _files(store: Store, removal: Removal, jobs: list[Job], remaining: set[str])
             *(store.root / "slurm" / slurm_id for slurm_id in slurm_ids),
             *(store.root / "results" / experiment for experiment in removal.experiments),
             *(store.root / "exports" / name for experiment in removal.experiments
-              for name in (experiment, f"{experiment}.csv") if name not in remaining),
+              for name in (experiment, f"{experiment}.csv")
+              # exports/a.csv: the TUI's CSV of a, or `smx export`'s folder of a.csv
+              if not {name, name.removesuffix(".csv")} & remaining),
             *plots]
