@@ -74,7 +74,8 @@ def test_store_urls_smx_cannot_use_are_a_clear_error(tmp_path: Path, monkeypatch
         open_store("sqlite:///runs/smx.db")  # three slashes: a path from the current directory, as SQLite reads it
     assert sorted(tmp_path.iterdir()) == []
     # A directory whose name merely starts with "sqlite" is a directory.
-    assert resolve_location("sqlite-runs") == (f"sqlite:///{tmp_path / 'sqlite-runs' / 'smx.db'}", tmp_path / "sqlite-runs")
+    runs = tmp_path / "sqlite-runs"
+    assert resolve_location("sqlite-runs") == (f"sqlite:///{runs / 'smx.db'}", runs)
     assert resolve_location("postgres://u:p@db.example/smx")[0] == "postgresql+psycopg://u:p@db.example/smx"
     assert resolve_location("postgresql://u:p@db.example/smx") == ("postgresql+psycopg://u:p@db.example/smx",
                                                                    tmp_path / "files")
