@@ -322,6 +322,23 @@ def test_results_and_job_detail(seeded: Store) -> None:
     assert [metric.epoch for metric in job.metrics] == [0, 1, 2, 3]
 
 
+def test_a_moved_store_shows_its_own_log_and_checkpoint(seeded: Store, tmp_path: Path) -> None:
+    import shutil
+
+    own = seeded.checkpoint_dir(key("train-gaussian-0.25")) / "final.pt"
+    own.parent.mkdir(parents=True)
+    own.write_bytes(b"weights")
+    moved = tmp_path / "moved"
+    shutil.copytree(seeded.root, moved)
+    shutil.rmtree(seeded.root)  # the recorded paths lead nowhere now
+    reader = StoreReader(str(moved), clock=frozen_clock)
+    snapshot = reader.load(LoadRequest(experiment="quickstart", job_key=key("train-smoothmix-0.50")))
+    assert snapshot.job.log_path == str(moved / "logs" / f"{key('train-smoothmix-0.50')}.log")
+    assert snapshot.log.lines == ["epoch 0 loss 2.2", "epoch 1 running"]
+    snapshot = reader.load(LoadRequest(experiment="quickstart", job_key=key("certify-gaussian-0.25")))
+    assert snapshot.job.final_checkpoint.path == str(moved / "checkpoints" / key("train-gaussian-0.25") / "final.pt")
+
+
 def test_published_numbers_get_a_column_only_when_there_are_some(seeded: Store) -> None:
     def paper(row) -> PaperAcrValue | None:
         return PaperAcrValue(0.5, indicative=False) if row["method"] == "smoothmix" else None

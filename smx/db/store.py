@@ -174,6 +174,17 @@ class Store:
     def log_path(self, job_key: str) -> Path:
         return self.root / "logs" / f"{job_key}.log"
 
+    def located_checkpoint(self, job_key: str, recorded: str) -> Path:
+        """The checkpoint file a row records: in this store's own files where it is there (a moved or copied
+        store), else where it was written."""
+        own = self.checkpoint_dir(job_key) / Path(recorded).name
+        return own if own.exists() else Path(recorded)
+
+    def located_log(self, job_key: str, recorded: str | None) -> Path | None:
+        """A job's log: this store's own where it is there, else where it was written (None: never started)."""
+        own = self.log_path(job_key)
+        return own if own.exists() or recorded is None else Path(recorded)
+
     @property
     def locks_dir(self) -> Path:
         return self.root / "locks"

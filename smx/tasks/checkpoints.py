@@ -2,7 +2,7 @@
 
 A row records the file's absolute path, and names a checkpoint by its job and file name: a store moved or copied
 elsewhere, or whose files another machine mounts at another path, reads the file from its own files
-(`located`), and falls back on the recorded path only where its own files lack it.
+(`Store.located_checkpoint`), and falls back on the recorded path only where its own files lack it.
 """
 
 from __future__ import annotations
@@ -37,12 +37,6 @@ def _rows(session: Session, job_key: str, path: Path) -> list[Checkpoint]:
     """The rows that record the checkpoint file `path` of a job, wherever the store's files were when written."""
     return [row for row in session.scalars(select(Checkpoint).where(Checkpoint.job_key == job_key))
             if Path(row.path).name == path.name]
-
-
-def located(store: Store, row: Checkpoint) -> Path:
-    """The file a row records: in this store's own files where it is there, else where it was written."""
-    own = store.checkpoint_dir(row.job_key) / Path(row.path).name
-    return own if own.exists() else Path(row.path)
 
 
 def _new_row(job_key: str, path: Path, epoch: int) -> Checkpoint:
@@ -90,7 +84,7 @@ def retrain_after_corruption(store: Store, train_key: str, waiting_key: str, rea
     """
     with store.session() as session:
         for row in session.scalars(select(Checkpoint).where(Checkpoint.job_key == train_key, Checkpoint.final)):
-            path = located(store, row)
+            path = store.located_checkpoint(row.job_key, row.path)
             if path.exists():
                 path.rename(path.with_name(path.name + SET_ASIDE_SUFFIX))
             session.delete(row)
@@ -105,7 +99,7 @@ def verified_final(store: Store, train_key: str) -> Path:
         row = session.scalar(select(Checkpoint).where(Checkpoint.job_key == train_key, Checkpoint.final))
     if row is None:
         raise CheckpointError(f"training job {train_key[:12]} has no final checkpoint in the store")
-    path = located(store, row)
+    path = store.located_checkpoint(row.job_key, row.path)
     if not path.is_file() or sha256_file(path) != row.sha256:
         problem = "is missing" if not path.is_file() else "does not match its recorded sha256 (corrupted or truncated)"
         raise CheckpointError(f"checkpoint {path} {problem}")

@@ -131,7 +131,8 @@ def load_jobs(session: Session, now: datetime) -> list[JobSummary]:
     return [_summary(row, memberships.get(row[0], ()), blockers.get(row[0]), now) for row in rows]
 
 
-def load_job(session: Session, key: str, now: datetime) -> JobDetail | None:
+def load_job(session: Session, store: Store, key: str, now: datetime) -> JobDetail | None:
+    """The job screen's facts; its log and checkpoint as this store holds them (a moved or copied store's own)."""
     row = session.execute(select(*_JOB_COLUMNS, Job.config, Job.error, Job.log_path).where(Job.key == key)).first()
     if row is None:
         return None
@@ -149,8 +150,10 @@ def load_job(session: Session, key: str, now: datetime) -> JobDetail | None:
     return JobDetail(
         summary=_summary(row, _memberships(session, key).get(key, ()), _blockers(session, key).get(key), now),
         config=row.config if isinstance(row.config, dict) else json.loads(row.config or "{}"),
-        error=row.error, log_path=row.log_path,
-        final_checkpoint=CheckpointInfo(*checkpoint) if checkpoint else None,
+        error=row.error, log_path=str(log) if (log := store.located_log(key, row.log_path)) else None,
+        final_checkpoint=CheckpointInfo(checkpoint.job_key, str(store.located_checkpoint(checkpoint.job_key,
+                                                                                         checkpoint.path)),
+                                        checkpoint.sha256, checkpoint.epoch) if checkpoint else None,
         metrics=[EpochMetric(*metric) for metric in metrics],
     )
 
@@ -256,7 +259,7 @@ class StoreReader:
                 if request.curves and snapshot.experiment:
                     snapshot.curves = self._curves(session, snapshot.experiment)
                 if request.job_key:
-                    snapshot.job = load_job(session, request.job_key, now)
+                    snapshot.job = load_job(session, store, request.job_key, now)
             if request.results and snapshot.experiment:
                 snapshot.results = load_results(store, snapshot.experiment, self.published_acr)
         except (SQLAlchemyError, UserError) as error:
