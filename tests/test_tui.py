@@ -776,6 +776,21 @@ async def test_cancelling_a_job_sent_to_slurm_cancels_its_slurm_job_too(
 
 
 @pytest.mark.asyncio
+async def test_an_experiment_removed_while_in_focus_gives_the_focus_back_and_says_so(seeded: Store) -> None:
+    app = make_app(seeded)
+    notes: list[str] = []
+    app.notify = lambda message, **options: notes.append(message)
+    async with app.run_test(size=(100, 30)) as pilot:
+        await settle(pilot)
+        app.experiment = "gone"  # as if `smx remove gone` ran while it was in focus
+        app.reload()
+        await settle(pilot)
+        assert app.experiment is None
+        assert "focus" not in str(app.main.query_one("#status-bar").content)
+    assert notes == ["experiment gone is no longer in the store; showing all experiments."]
+
+
+@pytest.mark.asyncio
 async def test_read_only_refuses_every_action(seeded: Store) -> None:
     app = make_app(seeded, read_only=True)
     notes: list[str] = []

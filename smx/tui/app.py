@@ -11,6 +11,7 @@ GPU servers).
 
 from __future__ import annotations
 
+import dataclasses
 from typing import TYPE_CHECKING
 
 from rich.text import Text
@@ -225,6 +226,14 @@ class SmxApp(App[None]):
         if not self.is_running:  # the read ended while the app closes its screens
             return
         self.snapshot = snapshot
+        if (request.experiment is not None and request.experiment == self.experiment and snapshot.found
+                and snapshot.problem is None
+                and request.experiment not in {experiment.name for experiment in snapshot.experiments}):
+            # Removed (`smx remove`) while in focus: every tab goes back to all experiments, and says why.
+            self.experiment = None
+            self.tell(f"experiment {request.experiment} is no longer in the store; showing all experiments.",
+                      "warning")
+            request = dataclasses.replace(request, experiment=None)
         self.main.show(snapshot, request, self.read_only)
         job_screen = self._job_screen()
         if job_screen is not None and job_screen.job_key == request.job_key:

@@ -192,7 +192,7 @@ def result_label(column: str) -> str:
     """Short column titles: acc_0_25 -> @0.25 (certified accuracy at radius 0.25)."""
     if column.startswith("acc_"):
         return "@" + column.removeprefix("acc_").replace("_", ".")
-    return {"clean_accuracy": "clean", "abstain_rate": "abstain", "num_samples": "n", "acr": "ACR",
+    return {"clean_accuracy": "clean", "abstain_rate": "abstain", "num_samples": "images", "acr": "ACR",
             "published_acr": "paper ACR"}.get(column, column)
 
 

@@ -89,6 +89,8 @@ class JobScreen(Screen[None]):
 
     def show(self, detail: JobDetail | None, log: LogUpdate | None) -> None:
         if detail is None:
+            # Removed (`smx remove`) while on show: cancel and retry have nothing left to act on.
+            self.detail = None
             self.query_one("#job-summary", Static).update(f"job {self.job_key} is not in the store.")
             return
         previous, self.detail = self.detail, detail
