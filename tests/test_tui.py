@@ -747,6 +747,13 @@ async def test_cancelling_an_experiment_cancels_its_unfinished_jobs(seeded: Stor
         assert status_of(seeded, "certify-smoothmix-0.50") == "cancelled"
         assert status_of(seeded, "train-gaussian-0.25") == "done"
         assert status_of(seeded, "train-mnist-big") == "cancelled" and status_of(seeded, "certify-mnist") == "pending"
+        # Now nothing of quickstart is pending or running: no question, and a note that says so.
+        notes: list[str] = []
+        app.notify = lambda message, **options: notes.append(message)
+        await pilot.press("c")
+        await pilot.pause()
+        assert not isinstance(app.screen, ConfirmScreen)
+        assert notes == ["nothing to cancel in quickstart: none of its jobs is pending or running."]
 
 
 @pytest.mark.asyncio

@@ -67,17 +67,17 @@ class ExperimentsPane(Vertical):
 
     def __init__(self, *, id: str | None = None) -> None:
         super().__init__(id=id)
-        self._shown = 0
+        self._experiments: dict[str, ExperimentOverview] = {}
         self._focus: str | None = None
 
     def show(self, experiments: list[ExperimentOverview], focus: str | None) -> None:
         self.table.show_rows({experiment.name: experiment_cells(experiment) for experiment in experiments})
-        self._shown, self._focus = len(experiments), focus
+        self._experiments, self._focus = {experiment.name: experiment for experiment in experiments}, focus
         self._caption()
 
     def _caption(self) -> None:
         focused = f"focus: {self._focus}" if self._focus else "Enter shows one's jobs, results and curves"
-        self.query_one(Caption).update(f"{self._shown} experiment(s) · {focused}{_sorted(self.table)}")
+        self.query_one(Caption).update(f"{len(self._experiments)} experiment(s) · {focused}{_sorted(self.table)}")
 
     def on_live_table_sort_changed(self) -> None:
         self._caption()
@@ -88,9 +88,17 @@ class ExperimentsPane(Vertical):
 
     def _act(self, verb: str) -> None:
         experiment = self.table.selected_key
-        if experiment is not None:
-            jobs = "pending and running" if verb == "cancel" else "failed and cancelled"
-            self.post_message(ActOnJobs(verb, [experiment], f"the {jobs} jobs of experiment {experiment}"))
+        if experiment is None:
+            return
+        statuses = ("pending", "running") if verb == "cancel" else ("failed", "cancelled")
+        overview = self._experiments.get(experiment)
+        if overview is not None and not any(overview.counts.get(status) for status in statuses):
+            # As the jobs tab refuses a job it cannot act on: no question whose answer does nothing.
+            self.app.notify(f"nothing to {verb} in {experiment}: none of its jobs is {' or '.join(statuses)}.",
+                            severity="warning", markup=False)
+            return
+        description = f"the {' and '.join(statuses)} jobs of experiment {experiment}"
+        self.post_message(ActOnJobs(verb, [experiment], description))
 
     def action_cancel(self) -> None:
         self._act("cancel")
