@@ -10,7 +10,7 @@ import json
 import math
 import re
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from decimal import ROUND_HALF_UP, Context, Decimal
 from pathlib import Path
 from typing import Any
@@ -120,6 +120,7 @@ def render(result: QueryResult, format: str) -> str:
 @dataclass
 class ExperimentResults(QueryResult):
     provisional: str | None = None  # see Summaries: the rows are those of the configs certified so far
+    swept_columns: list[str] = field(default_factory=list)  # the columns of swept hyperparameters
 
 
 def experiment_results(store: Store, experiment: str, *, required: bool = False) -> ExperimentResults:
@@ -155,7 +156,7 @@ def experiment_results(store: Store, experiment: str, *, required: bool = False)
         values.update({radius_column(radius): accuracy
                        for radius, accuracy in requested.get(values["config"], {}).items()})
         rows.append(tuple(values.get(column) for column in columns))
-    return ExperimentResults(columns, rows, provisional)
+    return ExperimentResults(columns, rows, provisional, swept_columns)
 
 
 def _requested_accuracies(aggregates: list[Aggregate]) -> dict[str, dict[float, float]]:

@@ -313,7 +313,8 @@ def test_a_job_that_experiments_share_shows_the_config_name_of_the_experiment_in
 def test_results_and_job_detail(seeded: Store) -> None:
     reader = StoreReader(str(seeded.root), clock=frozen_clock)
     snapshot = reader.load(LoadRequest(experiment="quickstart", results=True, job_key=key("train-gaussian-0.25")))
-    assert snapshot.results.columns[:5] == ["config", "method", "sigma", "train.sigma", "acr"]
+    assert snapshot.results.columns[:5] == ["config", "method", "sigma", "acr", "clean_accuracy"]
+    assert snapshot.results.columns[-1] == "train.sigma"  # swept hyperparameters last
     assert "experiment" not in snapshot.results.columns and "published_acr" not in snapshot.results.columns
     assert [row[0] for row in snapshot.results.rows] == ["gaussian-0.25", "smoothmix-0.25"]
     job = snapshot.job

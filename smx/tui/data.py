@@ -161,7 +161,10 @@ def load_job(session: Session, store: Store, key: str, now: datetime) -> JobDeta
 def load_results(store: Store, experiment: str, published_acr: PublishedAcr | None = None) -> ResultsTable:
     """The experiment's `results` rows; a "published ACR" column only when the provider knows some of them."""
     result = experiment_results(store, experiment)
-    shown = [index for index, column in enumerate(result.columns) if column not in HIDDEN_RESULT_COLUMNS]
+    # The swept hyperparameters last: their long dotted names would push ACR off an 80-column terminal, and the
+    # config names already carry their values.
+    shown = sorted((index for index, column in enumerate(result.columns) if column not in HIDDEN_RESULT_COLUMNS),
+                   key=lambda index: result.columns[index] in result.swept_columns)
     columns = [result.columns[index] for index in shown]
     rows = [tuple(row[index] for index in shown) for row in result.rows]
     if published_acr is not None:
