@@ -569,13 +569,17 @@ async def test_long_config_names_stay_apart_and_keep_the_legend_in_a_small_termi
         assert len(set(labels.values())) == 2 and all(f"{label} ACR" in legend for label in labels.values())
 
 
-def test_short_config_names_drop_what_all_share_and_then_cut_the_middle() -> None:
+def test_short_config_names_drop_what_all_share_and_then_cut_the_middle_or_the_labels() -> None:
     from smx.tui.cells import short_config_names
 
     names = [f"smoothmix-eta={eta}-noise_samples={m}-sigma=0.25" for eta in (2, 4) for m in (1, 4)]
     assert list(short_config_names(names, 42).values()) == names  # they fit
     assert list(short_config_names(names, 14).values()) == ["…eta=2-…les=1…", "…eta=2-…les=4…", "…eta=4-…les=1…",
                                                             "…eta=4-…les=4…"]
+    # Where cutting the middle would take what differs, labels give way to an initial and values stay whole.
+    sweep = [f"sigma={sigma}-eta={eta}-noise_samples={m}" for sigma in (0.25, 1.0) for eta in (1, 4) for m in (1, 2)]
+    assert list(short_config_names(sweep, 26).values())[:3] == ["s=0.25-e=1-n=1", "s=0.25-e=1-n=2", "s=0.25-e=4-n=1"]
+    assert len(set(short_config_names(sweep, 26).values())) == 8
     mixed = short_config_names(["gaussian", "smoothmix-eta=2-onestep-sigma=0.25"], 20)
     assert mixed == {"gaussian": "gaussian", "smoothmix-eta=2-onestep-sigma=0.25": "smoothmix-…igma=0.25"}
 

@@ -99,9 +99,24 @@ def short_config_names(names: Sequence[str], room: int) -> dict[str, str]:
 
     lead = next((count for count in range(shortest - 1) if not shared(count)), shortest - 1)
     trail = next((count for count in range(shortest - 1 - lead) if not shared(-1 - count)), shortest - 1 - lead)
-    return {name: middle_cut(("…" if lead else "") + "-".join(name_parts[lead:len(name_parts) - trail])
-                             + ("…" if trail else ""), room)
-            for name, name_parts in zip(names, parts)}
+    kept = [name_parts[lead:len(name_parts) - trail] for name_parts in parts]
+
+    def shortened(abbreviate: bool) -> list[str]:
+        # Abbreviated, `noise_samples=4` is `n=4`: the values, which tell configs apart, stay whole.
+        return [middle_cut(("…" if lead else "") + "-".join(_initial_label(part) if abbreviate else part
+                                                            for part in name_parts) + ("…" if trail else ""), room)
+                for name_parts in kept]
+
+    cut = shortened(abbreviate=False)
+    if len(set(cut)) < len(set(names)):  # the cut took what differs: keep the values instead of the labels
+        abbreviated = shortened(abbreviate=True)
+        cut = abbreviated if len(set(abbreviated)) > len(set(cut)) else cut
+    return dict(zip(names, cut))
+
+
+def _initial_label(part: str) -> str:
+    label, equals, value = part.partition("=")
+    return f"{label[:1]}={value}" if equals and label else part
 
 
 def duration(seconds: float | None) -> str:
