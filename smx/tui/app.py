@@ -25,7 +25,7 @@ from textual.widgets import Footer, SelectionList, Static, TabbedContent, TabPan
 from smx.db.location import check_location
 from smx.errors import UserError
 from smx.tui.cells import shown_path
-from smx.tui.messages import ActOnJobs, ExportResults, FocusExperiment, OpenJob
+from smx.tui.messages import ACTIONABLE, ActOnJobs, ExportResults, FocusExperiment, OpenJob
 from smx.tui.model import Clock, LoadRequest, Snapshot
 from smx.tui.panes import CurvesPane, ExperimentsPane, ExperimentsTable, JobsPane, JobsTable, ResultsPane
 from smx.tui.screens import ConfirmScreen, HelpScreen, JobScreen
@@ -36,8 +36,6 @@ if TYPE_CHECKING:
 
 REFRESH_SECONDS = 1.0
 START_COMMAND = "smx submit experiments/quickstart.toml"
-# The jobs smx.scheduler.queue cancels or retries; asking about any other is pointless.
-ACTIONABLE = {"cancel": ("pending", "running"), "retry": ("failed", "cancelled")}
 
 
 def welcome_text(snapshot: Snapshot) -> str:

@@ -6,6 +6,9 @@ from typing import Literal
 
 from textual.message import Message
 
+# The jobs smx.scheduler.queue cancels or retries; asking about any other is pointless.
+ACTIONABLE = {"cancel": ("pending", "running"), "retry": ("failed", "cancelled")}
+
 
 class FocusExperiment(Message):
     """Show this experiment (None: all of them) in every tab, and with `show_jobs`, go to its jobs."""

@@ -13,7 +13,7 @@ from textual.widgets.selection_list import Selection
 
 from smx.tui.cells import (EXPERIMENT_COLUMNS, JOB_COLUMNS, describe, experiment_cells, job_cells,
                            result_cells, result_label, results_caption, short_config_names)
-from smx.tui.messages import ActOnJobs, ExportResults, FocusExperiment, OpenJob
+from smx.tui.messages import ACTIONABLE, ActOnJobs, ExportResults, FocusExperiment, OpenJob
 from smx.tui.model import CurveSet, JobSummary, ResultsTable
 from smx.tui.widgets import CurvesPlot, LiveTable
 
@@ -90,7 +90,7 @@ class ExperimentsPane(Vertical):
         experiment = self.table.selected_key
         if experiment is None:
             return
-        statuses = ("pending", "running") if verb == "cancel" else ("failed", "cancelled")
+        statuses = ACTIONABLE[verb]
         overview = self._experiments.get(experiment)
         if overview is not None and not any(overview.counts.get(status) for status in statuses):
             # As the jobs tab refuses a job it cannot act on: no question whose answer does nothing.
