@@ -132,9 +132,11 @@ def experiment_results(store: Store, experiment: str, *, required: bool = False)
                        {"experiment": experiment})
     stored_rows, provisional = result.rows, None
     with store.read_session() as session:
-        aggregates = aggregates_of(session, experiment)
-        if not stored_rows:
+        if stored_rows:
+            aggregates = aggregates_of(session, experiment)
+        else:
             require_experiment(session, experiment)
+            aggregates = []
             with contextlib.nullcontext() if required else contextlib.suppress(UserError):
                 summaries = summaries_of(session, experiment)
                 aggregates = summaries.aggregates
