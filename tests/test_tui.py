@@ -33,6 +33,7 @@ from smx.science.metrics import DEFAULT_RADII
 from smx.tui.app import SmxApp, status_line, welcome_text
 from smx.tui.cells import result_cells, results_caption
 from smx.tui.data import LOG_TAIL_BYTES, RADIUS_STEP, LoadRequest, LogFollower, StoreReader, radius_histograms
+from smx.tui.messages import ActOnJobs, ExportResults
 from smx.tui.panes import CurvesPane, ExperimentsPane, JobsPane, ResultsPane
 from smx.tui.screens import ConfirmScreen, HelpScreen, JobScreen
 from tests.conftest import smx_command
@@ -802,21 +803,34 @@ async def test_an_experiment_removed_while_in_focus_gives_the_focus_back_and_say
     assert notes == ["experiment gone is no longer in the store; showing all experiments."]
 
 
+def enabled_keys(app: SmxApp) -> dict[str, bool]:
+    return {key: active.enabled for key, active in app.screen.active_bindings.items()}
+
+
 @pytest.mark.asyncio
-async def test_read_only_refuses_every_action(seeded: Store) -> None:
+async def test_read_only_greys_out_every_action_and_refuses_what_reaches_the_app(seeded: Store) -> None:
     app = make_app(seeded, read_only=True)
     notes: list[str] = []
     app.notify = lambda message, **options: notes.append(message)
     async with app.run_test(size=(100, 30)) as pilot:
         await settle(pilot)
+        assert not enabled_keys(app)["x"] and not enabled_keys(app)["c"] and not enabled_keys(app)["r"]
+        assert enabled_keys(app)["s"]  # sorting reads only
         await pilot.press("x")  # export the highlighted experiment
         await select_job(pilot, "train-smoothmix-0.50")
         await pilot.press("c")
         await select_job(pilot, "train-mnist")
         await pilot.press("r")
+        await pilot.press("enter")
+        await settle(pilot)
+        assert isinstance(app.screen, JobScreen) and not enabled_keys(app)["r"]
+        assert notes == []
+        # The app refuses a request that reaches it anyway.
+        app.post_message(ActOnJobs("retry", [key("train-mnist")], "the job", "failed"))
+        app.post_message(ExportResults("mnist"))
         await settle(pilot)
         assert not isinstance(app.screen, ConfirmScreen)
-        assert len(notes) == 3 and all(note.startswith("read-only") for note in notes)
+        assert len(notes) == 2 and all(note.startswith("read-only") for note in notes)
     assert status_of(seeded, "train-smoothmix-0.50") == "running" and status_of(seeded, "train-mnist") == "failed"
     assert not (seeded.root / "exports").exists()
 
@@ -889,6 +903,10 @@ async def test_help_lists_the_key_bindings(seeded: Store) -> None:
         assert ("c", "Cancel") in sections["jobs"] and ("esc", "Back") in sections["job"]
         await pilot.press("escape")
         assert not isinstance(app.screen, HelpScreen)
+    read_only = make_app(seeded, read_only=True)
+    async with read_only.run_test(size=(100, 30)):
+        sections = dict(read_only.help_sections())
+        assert ("c", "Cancel (off: read-only)") in sections["jobs"] and ("s", "Sort") in sections["tables"]
 
 
 def test_smx_tui_is_a_command() -> None:

@@ -25,7 +25,7 @@ from textual.widgets import Footer, SelectionList, Static, TabbedContent, TabPan
 from smx.db.location import check_location
 from smx.errors import UserError
 from smx.tui.cells import shown_path
-from smx.tui.messages import ACTIONABLE, ActOnJobs, ExportResults, FocusExperiment, OpenJob
+from smx.tui.messages import ACTIONABLE, STORE_ACTIONS, ActOnJobs, ExportResults, FocusExperiment, OpenJob
 from smx.tui.model import Clock, LoadRequest, Snapshot
 from smx.tui.panes import CurvesPane, ExperimentsPane, ExperimentsTable, JobsPane, JobsTable, ResultsPane
 from smx.tui.screens import ConfirmScreen, HelpScreen, JobScreen
@@ -339,8 +339,12 @@ class SmxApp(App[None]):
         """The key bindings of each place, read from the bindings themselves so the help never goes stale."""
 
         def keys(*owners: type) -> list[tuple[str, str]]:
-            return [(self.get_key_display(binding), binding.description)
+            return [(self.get_key_display(binding), described(binding))
                     for owner in owners for binding in owner.BINDINGS if isinstance(binding, Binding)]
+
+        def described(binding: Binding) -> str:
+            off = self.read_only and binding.action in STORE_ACTIONS
+            return binding.description + (" (off: read-only)" if off else "")
 
         return [
             ("everywhere", keys(SmxApp, MainScreen)),

@@ -8,6 +8,17 @@ from textual.message import Message
 
 # The jobs smx.scheduler.queue cancels or retries; asking about any other is pointless.
 ACTIONABLE = {"cancel": ("pending", "running"), "retry": ("failed", "cancelled")}
+# Actions that write to the store or its files, which `smx tui --read-only` forbids.
+STORE_ACTIONS = frozenset({"cancel", "retry", "export"})
+
+
+class StoreActionsOffWhenReadOnly:
+    """For the panes and screens that bind STORE_ACTIONS: in a read-only session their keys show greyed out in the
+    footer, and pressing one does nothing."""
+
+    def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
+        read_only = getattr(self.app, "read_only", False)  # type: ignore[attr-defined]
+        return None if action in STORE_ACTIONS and read_only else True
 
 
 class FocusExperiment(Message):

@@ -13,7 +13,8 @@ from textual.widgets.selection_list import Selection
 
 from smx.tui.cells import (EXPERIMENT_COLUMNS, JOB_COLUMNS, describe, experiment_cells, job_cells,
                            result_cells, result_label, results_caption, short_config_names)
-from smx.tui.messages import ACTIONABLE, ActOnJobs, ExportResults, FocusExperiment, OpenJob
+from smx.tui.messages import (ACTIONABLE, ActOnJobs, ExportResults, FocusExperiment, OpenJob,
+                              StoreActionsOffWhenReadOnly)
 from smx.tui.model import CurveSet, JobSummary, ResultsTable
 from smx.tui.widgets import CurvesPlot, LiveTable
 
@@ -48,7 +49,7 @@ class ExperimentsTable(LiveTable):
     BINDINGS = [Binding("enter", "select_cursor", "Focus")]
 
 
-class ExperimentsPane(Vertical):
+class ExperimentsPane(StoreActionsOffWhenReadOnly, Vertical):
     """Every experiment with its jobs by status and its best ACR; acting on one acts on all of its jobs."""
 
     BINDINGS = [
@@ -115,7 +116,7 @@ class JobsTable(LiveTable):
     BINDINGS = [Binding("enter", "select_cursor", "Open")]
 
 
-class JobsPane(Vertical):
+class JobsPane(StoreActionsOffWhenReadOnly, Vertical):
     """Every job, or the focused experiment's, filtered by status, kind and text."""
 
     BINDINGS = [
@@ -240,7 +241,7 @@ class JobsPane(Vertical):
         self._act("retry")
 
 
-class ResultsPane(Vertical):
+class ResultsPane(StoreActionsOffWhenReadOnly, Vertical):
     """The focused experiment's `results` rows: one per certified config."""
 
     BINDINGS = [Binding("x", "export", "Export CSV")]

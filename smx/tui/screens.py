@@ -15,14 +15,14 @@ from textual.widgets import Button, Footer, Log, Static
 
 from smx.tui.cells import STATUS_STYLES, describe, duration, job_progress, shown_path
 from smx.tui.model import JobDetail, LogUpdate
-from smx.tui.messages import ActOnJobs
+from smx.tui.messages import ActOnJobs, StoreActionsOffWhenReadOnly
 from smx.tui.widgets import MetricsPlot
 
 # The log pane keeps this many lines; older ones scroll away.
 LOG_MAX_LINES = 5_000
 
 
-class JobScreen(Screen[None]):
+class JobScreen(StoreActionsOffWhenReadOnly, Screen[None]):
     """One job: what it is and where it stands, its resolved config, its error, its log (followed live) and, for
     a training job, loss and accuracy under noise per epoch."""
 
