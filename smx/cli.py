@@ -120,6 +120,7 @@ def validate(spec_file: Annotated[Path, typer.Argument(help="Experiment spec (TO
     plan = build_plan(spec)
     executor_settings(spec)  # the spec's [executor] merged over the user config's, both checked
     _warn_reduced_precision(plan)
+    _warn_large_sigma(spec_file, plan)
     _warn_missing_data(spec_file, missing_data(plan, done=set()))
     console.print(f"[green]ok[/] {spec_file}: experiment [bold]{plan.experiment}[/], "
                   f"{len(plan.configs)} config(s), {len(plan.jobs)} job(s)")
@@ -135,6 +136,28 @@ def _warn_reduced_precision(plan) -> None:  # type: ignore[no-untyped-def]
         errors.print(f"[yellow]warning: certify.precision = \"bf16\" in {escape(', '.join(names))}: reduced "
                      "precision can produce false certificates (Voráček & Hein, 2023). Use fp32 for results you "
                      "publish.[/]")
+
+
+# Inputs lie in [0, 1] and the paper's largest sigma is 1.0: noise several times the whole pixel range is most
+# likely a typo (50 for 0.50), and past float32's range it turns every image into infinities.
+LARGE_SIGMA = 4.0
+
+
+def _warn_large_sigma(spec_file: Path, plan) -> None:  # type: ignore[no-untyped-def]
+    keys: dict[float, list[str]] = {}
+    configs: dict[float, list[str]] = {}
+    for config in plan.configs:
+        for section in ("train", "certify", "analyze"):
+            sigma = config.config.get(section, {}).get("sigma")
+            if sigma is not None and sigma > LARGE_SIGMA:
+                keys.setdefault(sigma, []).append(f"{section}.sigma")
+                configs.setdefault(sigma, []).append(config.name)
+    for sigma in keys:
+        where = " and ".join(dict.fromkeys(keys[sigma]))
+        errors.print(f"warning: {spec_file}: {where} = {sigma:g} in {', '.join(dict.fromkeys(configs[sigma]))}: "
+                     f"inputs lie in [0, 1], so this noise is {sigma:g} times the whole pixel range (the paper's "
+                     "largest sigma is 1.0). Did you mean a smaller value?", style="yellow", markup=False,
+                     highlight=False, soft_wrap=True)
 
 
 def _warn_missing_data(spec_file: Path, problems: list[str]) -> None:
@@ -209,6 +232,7 @@ def submit(
     spec = load_spec(spec_file)
     plan = build_plan(spec)
     _warn_reduced_precision(plan)
+    _warn_large_sigma(spec_file, plan)
     where = executor_settings(spec, executor)
     if where.kind == "slurm":
         _refuse_local_executor_options(context, "--executor slurm" if executor else "[executor] kind = \"slurm\" "

@@ -21,6 +21,7 @@ from filelock import FileLock
 from tests.conftest import smx_command
 from tests.servers import fresh_postgres_database
 from tests.specs import tiny_spec, variants
+from tests.test_fuzz_cli import run_cli
 
 TINY_SPEC = tiny_spec("tiny", epochs=1, max_samples=6, description="smallest end-to-end run") + variants(
     "gaussian") + """
@@ -762,6 +763,20 @@ def test_bf16_certification_is_accepted_with_a_warning(tmp_path: Path) -> None:
     plain.write_text(TINY_SPEC)
     result = subprocess.run(smx_command("validate", str(plain)), capture_output=True, text=True, timeout=120)
     assert result.returncode == 0 and "false certificates" not in result.stderr
+
+
+def test_a_sigma_many_times_the_pixel_range_gets_a_warning_naming_its_keys_and_configs(tmp_path: Path) -> None:
+    spec = tmp_path / "typo.toml"
+    spec.write_text(TINY_SPEC.replace("sigma = 0.5", "sigma = 50"))
+    code, out, err = run_cli("validate", str(spec))
+    assert code == 0 and "tiny" in out
+    assert err.count("warning:") == 1
+    assert "train.sigma and certify.sigma = 50 in gaussian, smoothmix" in err and "Did you mean" in err
+    spec.write_text(TINY_SPEC.replace("[certify]\n", "[certify]\nsigma = 1e300\n"))
+    code, out, err = run_cli("submit", "--dry-run", "--store", str(tmp_path / "store"), str(spec))
+    assert code == 0 and err.count("warning:") == 1 and "certify.sigma = 1e+300 in gaussian, smoothmix" in err
+    spec.write_text(TINY_SPEC.replace("sigma = 0.5", "sigma = 4.0"))
+    assert "warning" not in run_cli("validate", str(spec))[2]
 
 
 def test_amp_training_and_bf16_certification_run_end_to_end_and_are_recorded(tmp_path: Path, monkeypatch) -> None:
