@@ -375,6 +375,24 @@ def test_a_damaged_or_foreign_database_is_a_clear_error(tmp_path: Path) -> None:
     assert not (tmp_path / "new").exists()
 
 
+def test_a_postgresql_database_with_another_programs_tables_is_refused(tmp_path: Path) -> None:
+    from sqlalchemy import create_engine, inspect, text
+
+    spec = tmp_path / "tiny.toml"
+    spec.write_text(TINY_SPEC)
+    with fresh_postgres_database() as url:
+        engine = create_engine(url.replace("postgresql://", "postgresql+psycopg://", 1))
+        with engine.begin() as connection:
+            connection.execute(text("CREATE TABLE invoices (id integer)"))
+        store = StoreTarget(url, tmp_path / "files")
+        refused = run_smx("submit", str(spec), store=store, check=False)
+        assert refused.returncode == 2 and "Traceback" not in refused.stderr
+        assert "is not an smx store: it holds other tables (invoices)" in one_line(refused.stderr)
+        assert "Fix: give smx a database of its own (`createdb -O USER smx`)" in one_line(refused.stderr)
+        assert ":***@" in refused.stderr and inspect(engine).get_table_names() == ["invoices"]
+        engine.dispose()
+
+
 def test_missing_data_is_refused_before_anything_is_queued(tmp_path: Path) -> None:
     from tests.test_data import write_idx, write_idx_split
 

@@ -414,16 +414,22 @@ def stored_version(store: Store) -> int | None:
 
 
 def _refuse_foreign_database(store: Store) -> None:
-    """A directory store's smx.db that holds another program's tables is not to be filled with smx's. Tables of
-    smx's own alone are a store that another smx process is creating (under the same schema lock) or left half-made."""
-    if not store.is_sqlite or stored_version(store) is not None:
+    """A database that holds another program's tables is not to be filled with smx's (a directory store's smx.db,
+    or a server database shared with another application). Tables of smx's own alone are a store that another smx
+    process is creating (under the same schema lock) or left half-made."""
+    if stored_version(store) is not None:
         return
     foreign = sorted(set(inspect(store.engine).get_table_names()) - set(Base.metadata.tables))
-    if foreign:
-        raise StoreError(f"the database {store.sqlite_path} is not an smx store: it holds other tables "
-                         f"({', '.join(foreign[:5])}{', ...' if len(foreign) > 5 else ''}), and smx writes nothing "
-                         "into another program's database.\nFix: point --store / SMX_STORE at a new directory, or at "
-                         "an smx store.")
+    if not foreign:
+        return
+    if store.is_sqlite:
+        where, fix = store.sqlite_path, "point --store / SMX_STORE at a new directory, or at an smx store"
+    else:
+        where, fix = store.display_location, ("give smx a database of its own (`createdb -O USER smx`) and point "
+                                               "--store / SMX_STORE at it, or at an smx store")
+    raise StoreError(f"the database {where} is not an smx store: it holds other tables "
+                     f"({', '.join(foreign[:5])}{', ...' if len(foreign) > 5 else ''}), and smx writes nothing into "
+                     f"another program's database.\nFix: {fix}.")
 
 
 def check_version(store: Store) -> None:
