@@ -88,7 +88,21 @@ def to_csv(result: QueryResult) -> str:
 
 def _json_value(value: Any) -> Any:
     # JSON has no NaN or infinity (jq refuses Python's NaN and Infinity): null, as JavaScript's JSON.stringify writes.
-    return None if isinstance(value, float) and not math.isfinite(value) else value
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    # The store keeps configs and swept values as JSON text (SQL gives no column types to tell them by): nested, so
+    # that `jq '.[].config.train.sigma'` reads them.
+    if isinstance(value, str) and value[:1] in ("{", "["):
+        try:
+            nested = json.loads(value, parse_constant=_not_json)
+        except ValueError:
+            return value
+        return nested if isinstance(nested, (dict, list)) else value
+    return value
+
+
+def _not_json(name: str) -> None:
+    raise ValueError(f"{name} is Python's, not JSON")
 
 
 def to_json(result: QueryResult) -> str:

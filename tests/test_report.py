@@ -449,6 +449,15 @@ def test_json_writes_nan_and_infinities_as_null() -> None:
     assert rows == [{"big": None, "small": None, "undefined": None, "half": 0.5, "count": 3}]
 
 
+def test_json_nests_the_json_text_the_store_keeps_and_leaves_other_text_alone() -> None:
+    result = QueryResult(["config", "hyperparams", "swept", "error", "odd", "scalar"],
+                         [('{"train": {"sigma": 0.5}}', "{}", '["eta", 2]', "{not json}", "[NaN]", "[1] and more")])
+    rows = json.loads(to_json(result), parse_constant=_refuse_constant)
+    assert rows == [{"config": {"train": {"sigma": 0.5}}, "hyperparams": {}, "swept": ["eta", 2],
+                     "error": "{not json}", "odd": "[NaN]", "scalar": "[1] and more"}]
+    assert to_csv(result).splitlines()[1].startswith('"{""train"": {""sigma"": 0.5}}",{}')
+
+
 @pytest.mark.parametrize(("columns", "rows"), [
     (["config", "acr"], [["gaussian", "0.5"], ["smoothmix-eta=2", "1.0"]]),
     (["job_key", "radius"], []),
