@@ -18,7 +18,7 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields
 from functools import lru_cache
 from importlib import resources
 from typing import Any
@@ -30,6 +30,7 @@ from smx.db.models import Job, JobParent
 from smx.db.store import Store, open_store
 from smx.science.catalog import DATASETS, TrainRecipe
 from smx.science.methods.params import METHOD_PARAMS
+from smx.spec import TrainSettings, config_value
 
 REFERENCE_FILE = "reference_data/paper_tables.json"
 # Radii of the grid are multiples of the table's step; this much floating-point slack still counts as one.
@@ -46,8 +47,11 @@ class PublishedRow:
     method: str
     label: str  # as the paper writes the row: "SmoothMix (eta=1) + one-step adversary"
     params: Mapping[str, Any]  # the hyperparameters that identify the setting
-    # Other hyperparameters of the paper's run where they are not smx's defaults (SmoothAdv's warmup = 10).
+    # Other settings of the paper's run where they are not smx's defaults: method hyperparameters (SmoothAdv's
+    # warmup = 10), schedule values that are not its dataset's recipe (MACER*'s 440 epochs) and lr_decay.
     recipe: Mapping[str, Any]
+    # What no smx config reproduces of the paper's run ("" when nothing): its comparisons are always indicative.
+    caveat: str
     acr: float
     certified_accuracy: tuple[float, ...]  # fractions at radius 0, radius_step, 2 * radius_step, ...
     radius_step: float
@@ -79,6 +83,7 @@ class Setting:
     arch: str | None = None  # None where the store does not know it (an imported log)
     # The training schedule (epochs, lr, lr_step, lr_gamma, batch_size, momentum, weight_decay), as far as known.
     schedule: Mapping[str, Any] = field(default_factory=dict)
+    lr_decay: str | None = None  # None where the store does not know it (an imported log)
 
     def resolved_params(self) -> dict[str, Any]:
         """The hyperparameters with the method's defaults for those not stated."""
@@ -116,7 +121,7 @@ def published_rows() -> tuple[PublishedRow, ...]:
             table=table["title"], source=table["source"], dataset=table["dataset"], arch=table["arch"],
             sigma=row["sigma"],
             method=row["method"], label=row["label"], params=row["params"], recipe=row.get("recipe", {}),
-            acr=row["acr"],
+            caveat=row.get("caveat", ""), acr=row["acr"],
             certified_accuracy=tuple(percent / 100 for percent in row["certified_accuracy_percent"]),
             radius_step=step,
             max_certifiable_radius=max_certifiable_radius(row["sigma"], certify["n"], certify["alpha"]),
@@ -165,19 +170,25 @@ def nearest_published(setting: Setting) -> tuple[PublishedRow, list[str]] | None
 
 def training_differences(setting: Setting, row: PublishedRow) -> list[str]:
     """Where a setting that matches `row` was trained otherwise than the paper, as far as the store knows: another
-    architecture, a schedule other than the dataset's recipe (the reference code's), or a hyperparameter the row
-    does not name set to other than the paper's run (its recipe, else smx's default; e.g. no warm-up), e.g.
+    architecture, a schedule other than the paper's run (its recipe, else the dataset's, the reference code's), or a
+    hyperparameter the row does not name set to other than the paper's run (its recipe, else smx's default; e.g. no
+    warm-up), and what no smx run reproduces (the row's caveat), e.g.
     ["cifar_resnet20 (paper: cifar_resnet110)", "epochs = 10", "warmup = 1"]."""
     differences = [f"{setting.arch} (paper: {row.arch})"] if setting.arch not in (None, row.arch) else []
-    recipe = DATASETS[row.dataset].recipe
-    differences += [f"{name} = {setting.schedule[name]:g}" for name in (item.name for item in fields(TrainRecipe))
-                    if name in setting.schedule and not _same(setting.schedule[name], getattr(recipe, name))]
+    schedule_names = [item.name for item in fields(TrainRecipe)]
+    paper_schedule = {**asdict(DATASETS[row.dataset].recipe),
+                      **{name: value for name, value in row.recipe.items() if name in schedule_names}}
+    differences += [f"{name} = {setting.schedule[name]:g}" for name in schedule_names
+                    if name in setting.schedule and not _same(setting.schedule[name], paper_schedule[name])]
+    paper_lr_decay = row.recipe.get("lr_decay", TrainSettings.model_fields["lr_decay"].default)
+    if setting.lr_decay not in (None, paper_lr_decay):
+        differences.append(f"lr_decay = {setting.lr_decay}")
     defaults = METHOD_PARAMS[setting.method]().model_dump() if setting.method in METHOD_PARAMS else {}
     paper_run = {**defaults, **row.recipe}
     # Stated values only: an imported log's unstated hyperparameters are unknown, not smx's defaults.
     differences += [f"{name} = {value}" for name, value in setting.params.items()
                     if name not in row.params and name in paper_run and not _same(value, paper_run[name])]
-    return differences
+    return differences + ([row.caveat] if row.caveat else [])
 
 
 def setting_of(session: Session, certify_key: str) -> Setting | None:
@@ -198,7 +209,8 @@ def setting_of(session: Session, certify_key: str) -> Setting | None:
                    sigma=train_config["sigma"], certify_sigma=certify.config["certify"]["sigma"],
                    params=train_config.get("params", {}), arch=trained.get("model", {}).get("arch"),
                    schedule={item.name: train_config[item.name] for item in fields(TrainRecipe)
-                             if item.name in train_config})
+                             if item.name in train_config},
+                   lr_decay=config_value("train.lr_decay", train.config) if train is not None else None)
 
 
 def certification_differences(images: int, certification: Mapping[str, Any]) -> list[str]:

@@ -373,8 +373,8 @@ class ExperimentReport:
         if not different:
             return None
         paper = published_protocol()
-        return (f"trained or certified otherwise than the paper (the architecture of its table, its dataset's "
-                f"training recipe; {paper['test_images']:,} test images, n = {paper['n']:,}, alpha = "
+        return (f"trained or certified otherwise than the paper (the architecture of its table, the training "
+                f"recipe of its run; {paper['test_images']:,} test images, n = {paper['n']:,}, alpha = "
                 f"{paper['alpha']:g}), so ours - paper is only indicative: {'; '.join(different)}.")
 
     @property
