@@ -122,7 +122,7 @@ def validate(spec_file: Annotated[Path, typer.Argument(help="Experiment spec (TO
     _warn_reduced_precision(plan)
     _warn_large_sigma(spec_file, plan)
     _warn_missing_data(spec_file, missing_data(plan, done=set()))
-    console.print(f"[green]ok[/] {spec_file}: experiment [bold]{plan.experiment}[/], "
+    console.print(f"[green]ok[/] {escape(str(spec_file))}: experiment [bold]{plan.experiment}[/], "
                   f"{len(plan.configs)} config(s), {len(plan.jobs)} job(s)")
     for config in plan.configs:
         console.print(f"  {config.name}")
@@ -174,7 +174,7 @@ def _cancel_dropped_slurm_jobs(store: Store, dropped: list[str]) -> None:
         slurm_job_ids = queue.cancel_slurm_jobs_of(store, dropped)
     except SlurmError as error:
         # The jobs are cancelled in the store already: their Slurm jobs, when they start, end without running them.
-        console.print(f"  [yellow]Their Slurm jobs stay queued until they start and end at once: {error}[/]")
+        console.print(f"  [yellow]Their Slurm jobs stay queued until they start and end at once: {escape(str(error))}[/]")
         return
     if slurm_job_ids:
         console.print(f"  Their Slurm jobs were cancelled: {', '.join(slurm_job_ids)}.")
@@ -274,7 +274,7 @@ def submit(
     summary = queue.enqueue(opened, plan, spec_file.resolve())
     console.print(f"[bold]{plan.experiment}[/]: {summary.total} jobs — {len(summary.new)} new, "
                   f"{len(summary.done)} cached, {len(summary.waiting)} already queued, {len(summary.failed)} failed "
-                  f"or cancelled. Store: {opened.display_location}")
+                  f"or cancelled. Store: {escape(opened.display_location)}")
     if summary.failed:
         console.print(f"  [yellow]{len(summary.failed)} job(s) failed or were cancelled earlier; "
                       f"`smx retry {plan.experiment}` runs them again.[/]")
@@ -295,7 +295,7 @@ def submit(
             start_workers(opened, options, free_slots, detach=True)
             console.print(f"Scheduler running in the background on {free_slots} of {device}; follow it with "
                           f"`smx status {plan.experiment}` or `smx tui`. Worker output: "
-                          f"{opened.root / 'logs' / 'workers.log'}")
+                          f"{escape(str(opened.root / 'logs' / 'workers.log'))}")
         else:
             console.print(f"Every slot ({device}) is held by another smx scheduler on this store; it runs these "
                           f"jobs. Follow them with `smx status {plan.experiment}` or `smx tui`.")
@@ -326,7 +326,7 @@ def _submit_to_slurm(store, plan, settings, *, detach: bool) -> None:  # type: i
                   + (f" (Slurm job ids {', '.join(submission.sent.values())})" if submission.sent else "") + ".")
     if detach:
         console.print(f"Follow them with `smx status {plan.experiment}`, `smx tui` or `squeue`; "
-                      f"Slurm's own output: {store.root / 'slurm'}")
+                      f"Slurm's own output: {escape(str(store.root / 'slurm'))}")
         return
 
     def resend() -> list:  # type: ignore[type-arg]
@@ -485,7 +485,7 @@ def worker(
     if report.slot is None:
         console.print("every slot is taken by another worker; nothing to do here.")
         return
-    console.print(f"worker on {report.slot}: {ran}")
+    console.print(f"worker on {report.slot}: {ran}", markup=False, highlight=False)
     if report.failed:
         raise typer.Exit(EXIT_JOBS_FAILED)
 
@@ -570,7 +570,7 @@ def status(
     if not overview:
         console.print("no experiments yet. Start one with `smx submit experiments/quickstart.toml`.")
         return
-    table = Table(title=f"experiments in {opened.display_location}", title_justify="left")
+    table = Table(title=f"experiments in {escape(opened.display_location)}", title_justify="left")
     # Few columns, so that an 80-column terminal shows whole names and dates; the state wraps instead.
     table.add_column("experiment", no_wrap=True)
     table.add_column("configs", justify="right")
@@ -823,7 +823,7 @@ def import_log(
     log = load_log(file, options)
     outcome = store_log(open_store(store), log)
     what = "already imported" if outcome.already_imported else "imported"
-    console.print(f"{what} {escape(str(file))} as [bold]{outcome.experiment}[/] / {outcome.config_name}: "
+    console.print(f"{what} {escape(str(file))} as [bold]{outcome.experiment}[/] / {escape(outcome.config_name)}: "
                   f"{outcome.samples} certificates, ACR {outcome.acr:.4f} (job {outcome.certify_key[:12]})",
                   highlight=False, soft_wrap=True)
     if outcome.already_imported and note != outcome.note:
@@ -841,7 +841,7 @@ def import_log(
         # wrong published row without any other sign.
         console.print(f"{method} defaults assumed for what --param did not state: "
                       f"{', '.join(f'{key}={value}' for key, value in assumed.items())}",
-                      highlight=False, soft_wrap=True)
+                      markup=False, highlight=False, soft_wrap=True)
 
 
 @app.command()

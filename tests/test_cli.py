@@ -783,6 +783,21 @@ def test_bf16_certification_is_accepted_with_a_warning(tmp_path: Path) -> None:
     assert result.returncode == 0 and "false certificates" not in result.stderr
 
 
+def test_paths_with_brackets_are_printed_as_given_not_read_as_markup(tmp_path: Path) -> None:
+    folder = tmp_path / "runs[v2]" / "a["
+    folder.mkdir(parents=True)
+    spec = folder / "b].toml"
+    spec.write_text(tiny_spec("brackets", epochs=1, max_samples=2, method="gaussian"))
+    code, out, err = run_cli("validate", str(spec))
+    assert code == 0 and f"ok {tmp_path}/runs[v2]/a[/b].toml: experiment brackets" in " ".join(out.split()), err
+    store = tmp_path / "st[" / "]"
+    code, out, err = run_cli("submit", str(spec), "--store", str(store))
+    assert code == 0, err
+    assert f"Store: {tmp_path}/st[/]" in " ".join(out.split())
+    code, out, err = run_cli("status", "--store", str(store))
+    assert code == 0 and f"{tmp_path}/st[/]" in "".join(out.split()), err
+
+
 def test_a_sigma_many_times_the_pixel_range_gets_a_warning_naming_its_keys_and_configs(tmp_path: Path) -> None:
     spec = tmp_path / "typo.toml"
     spec.write_text(TINY_SPEC.replace("sigma = 0.5", "sigma = 50"))
