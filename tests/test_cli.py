@@ -354,7 +354,7 @@ def test_a_damaged_or_foreign_database_is_a_clear_error(tmp_path: Path) -> None:
     connection = sqlite3.connect(foreign / "smx.db")
     connection.execute("CREATE TABLE notes (text)")
     connection.close()
-    for location, message in ((damaged, "file is not a database"), (foreign, "has no smx tables")):
+    for location, message in ((damaged, "file is not a database"), (foreign, "is not an smx store")):
         for arguments in (("status",), ("query", "SELECT 1"), ("report", "tiny")):
             result = run_smx(*arguments, store=StoreTarget.directory(location), check=False)
             assert result.returncode == 2 and message in result.stderr, (arguments, result.stderr)
@@ -362,6 +362,8 @@ def test_a_damaged_or_foreign_database_is_a_clear_error(tmp_path: Path) -> None:
     # A dry run shows a store it cannot read as an error, not as one where everything is still to run.
     dry_run = run_smx("submit", str(spec), "--dry-run", store=StoreTarget.directory(damaged), check=False)
     assert dry_run.returncode == 2 and "file is not a database" in dry_run.stderr
+    dry_run = run_smx("submit", str(spec), "--dry-run", store=StoreTarget.directory(foreign), check=False)
+    assert dry_run.returncode == 2 and "is not an smx store" in dry_run.stderr
     # Nor does a submit fill another program's database with smx's tables.
     refused = run_smx("submit", str(spec), store=StoreTarget.directory(foreign), check=False)
     assert refused.returncode == 2 and "Traceback" not in refused.stderr
@@ -370,7 +372,9 @@ def test_a_damaged_or_foreign_database_is_a_clear_error(tmp_path: Path) -> None:
                                         "point --store / SMX_STORE at a new directory, or at an smx store.")
     connection = sqlite3.connect(foreign / "smx.db")
     assert connection.execute("SELECT name FROM sqlite_master").fetchall() == [("notes",)]
+    assert connection.execute("PRAGMA journal_mode").fetchone() == ("delete",)  # not switched to WAL either
     connection.close()
+    assert sorted(path.name for path in foreign.iterdir()) == ["smx.db"]
     assert "to run" in run_smx("submit", str(spec), "--dry-run", store=StoreTarget.directory(tmp_path / "new")).stdout
     assert not (tmp_path / "new").exists()
 

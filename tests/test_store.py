@@ -156,3 +156,32 @@ def test_an_experiments_best_acr_is_the_results_views_over_its_current_plan(stor
         in_view = dict(session.execute(text("SELECT experiment, MAX(acr) FROM results GROUP BY experiment")).all())
     assert best == {"edited": 0.7, "empty": None}
     assert in_view == {"edited": 0.7}
+
+
+def test_reading_commands_do_not_wait_for_a_transaction_another_program_holds_open(tmp_path: Path) -> None:
+    import time
+
+    open_store(str(tmp_path / "store")).engine.dispose()
+    holder = sqlite3.connect(tmp_path / "store" / "smx.db", isolation_level=None)
+    holder.execute("BEGIN IMMEDIATE")  # as the sqlite3 shell or a database browser in the middle of an edit
+    holder.execute("UPDATE meta SET value = value")
+    try:
+        started = time.monotonic()
+        for arguments in (("status",), ("query", "SELECT count(*) FROM jobs")):
+            code, out, err = run_cli(*arguments, "--store", str(tmp_path / "store"))
+            assert code == 0, err
+        assert time.monotonic() - started < 10  # the busy timeout is 60 s
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()
+
+
+def test_a_copy_out_of_wal_mode_is_switched_back_when_a_command_opens_it(tmp_path: Path) -> None:
+    open_store(str(tmp_path / "store")).engine.dispose()
+    connection = sqlite3.connect(tmp_path / "store" / "smx.db")
+    assert connection.execute("PRAGMA journal_mode=DELETE").fetchone() == ("delete",)
+    connection.close()
+    assert run_cli("status", "--store", str(tmp_path / "store"))[0] == 0
+    connection = sqlite3.connect(tmp_path / "store" / "smx.db")
+    assert connection.execute("PRAGMA journal_mode").fetchone() == ("wal",)
+    connection.close()

@@ -208,9 +208,6 @@ def _sqlite_engine(url: str) -> Engine:
         # We issue BEGIN ourselves (below): pysqlite's deferred BEGIN lets two writers deadlock on upgrade.
         dbapi_connection.isolation_level = None
         cursor = dbapi_connection.cursor()
-        # Switching to WAL needs an exclusive lock, and WAL persists in the file: switch only a new database.
-        if cursor.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
-            cursor.execute("PRAGMA journal_mode=WAL")
         cursor.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
         cursor.execute("PRAGMA foreign_keys=ON")
         cursor.execute("PRAGMA synchronous=NORMAL")
@@ -304,13 +301,18 @@ def open_store(location: str | None = None, *, create: bool = True) -> Store:
         read_only = not create and not (os.access(root, os.W_OK) and os.access(database, os.W_OK))
         engine = _read_only_sqlite_engine(database) if read_only else _sqlite_engine(url)
     else:
-        engine = _server_engine(url)
+        read_only, engine = False, _server_engine(url)
     store = Store(url=url, root=root, engine=engine)
-    if create:
-        store.prepare_for_writing()
     try:
+        if create:
+            if (unwritable := store.unwritable_error()) is not None:
+                raise unwritable
+            if not store.is_sqlite or store.sqlite_path.exists():
+                _refuse_foreign_database(store)  # before the store's directories are made beside it
+            store.prepare_for_writing()
         version = stored_version(store) if not create else None
         if not create and version is None:
+            _refuse_foreign_database(store)
             where = f"the database {store.sqlite_path}" if store.is_sqlite else store.display_location
             raise NoStoreYet(f"{where} has no smx tables: it is not an smx store, or one still being created.\n"
                              "Fix: point --store / SMX_STORE at an smx store, or wait for `smx submit` to create it.")
@@ -322,9 +324,13 @@ def open_store(location: str | None = None, *, create: bool = True) -> Store:
         if create or upgrade:
             with _schema_lock(store):
                 _refuse_foreign_database(store)
+                if not read_only:
+                    _use_wal(store)
                 initialise(store)
         else:
             check_version(store)
+            if not read_only:
+                _use_wal(store)
     except DatabaseError as error:  # OperationalError, or a file that is not an SQLite database at all
         store.engine.dispose()
         if store.is_sqlite:
@@ -395,8 +401,29 @@ def _schema_lock(store: Store) -> Iterator[None]:
         yield
 
 
+def _use_wal(store: Store) -> None:
+    """Put an SQLite store in WAL mode, where readers never wait for a writer. The mode persists in the file, so
+    this switches a new store, or one copied out of WAL mode, once; only a store known to be smx's is switched."""
+    if not store.is_sqlite:
+        return
+    connection = store.engine.raw_connection()
+    try:
+        cursor = connection.cursor()
+        if cursor.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
+            cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.close()
+    finally:
+        connection.close()
+
+
+def _table_names(store: Store) -> set[str]:
+    # Through a read-only transaction: opening a store must not wait behind a process that is writing.
+    with store.engine.connect().execution_options(smx_read_only=True) as connection:
+        return set(inspect(connection).get_table_names())
+
+
 def stored_version(store: Store) -> int | None:
-    if not inspect(store.engine).has_table("meta"):
+    if "meta" not in _table_names(store):
         return None
     # A read session: opening a store must not wait behind a scheduler that is writing.
     with store.read_session() as session:
@@ -419,7 +446,7 @@ def _refuse_foreign_database(store: Store) -> None:
     process is creating (under the same schema lock) or left half-made."""
     if stored_version(store) is not None:
         return
-    foreign = sorted(set(inspect(store.engine).get_table_names()) - set(Base.metadata.tables))
+    foreign = sorted(_table_names(store) - set(Base.metadata.tables))
     if not foreign:
         return
     if store.is_sqlite:
