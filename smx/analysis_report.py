@@ -44,10 +44,17 @@ def analysis_tables(store: Store, experiment: str) -> dict[str, QueryResult]:
     return {name: table for name, table in tables.items() if table.rows}
 
 
-def plot_analysis(store: Store, experiment: str, out_dir: Path) -> list[Path]:
-    """One PNG per analysis with results, every config of the experiment overlaid: `<experiment>-confidence.png`
-    (both mean confidences against the attack radius) and `<experiment>-mixing-ratio.png` (histograms of the
-    mixing ratios on the analysis grid). Returns the paths written; [] for an experiment without [analyze]."""
+def analysis_plot_paths(beside: Path) -> dict[str, Path]:
+    """Where `smx plot` writes each analysis's plot: beside the certified-accuracy plot `beside`, named after it and
+    in its format (quickstart.png: quickstart-confidence.png, quickstart-mixing-ratio.png)."""
+    return {kind: beside.with_name(f"{beside.stem}-{kind.replace('_', '-')}{beside.suffix}")
+            for kind in ("confidence", "mixing_ratio")}
+
+
+def plot_analysis(store: Store, experiment: str, beside: Path) -> list[Path]:
+    """One image per analysis with results, every config of the experiment overlaid (see analysis_plot_paths): both
+    mean confidences against the attack radius, and histograms of the mixing ratios on the analysis grid. Returns
+    the paths written; [] for an experiment without [analyze]."""
     with store.read_session() as session:
         analyses = _analyses(session, experiment)
         confidence = {analysis.config_name: _confidence_means(analysis) for analysis in analyses}
@@ -57,11 +64,12 @@ def plot_analysis(store: Store, experiment: str, out_dir: Path) -> list[Path]:
             if (rows := _rows_of(analysis, "mixing_ratio"))
         }
     confidence = {name: means for name, means in confidence.items() if means}
+    paths = analysis_plot_paths(beside)
     written = []
     if confidence:
-        written.append(_plot_confidence(experiment, confidence, out_dir / f"{experiment}-confidence.png"))
+        written.append(_plot_confidence(experiment, confidence, paths["confidence"]))
     if mixing:
-        written.append(_plot_mixing_ratios(experiment, mixing, out_dir / f"{experiment}-mixing-ratio.png"))
+        written.append(_plot_mixing_ratios(experiment, mixing, paths["mixing_ratio"]))
     return written
 
 

@@ -742,10 +742,11 @@ def plot(
 ) -> None:
     """Plot certified accuracy against radius for each config of an experiment, and its analyses.
 
-    The certified-accuracy plot is PNG, PDF or SVG; the analyses' plots are PNG files beside it."""
-    from smx.analysis_report import plot_analysis
+    The certified-accuracy plot is PNG, PDF or SVG; the analyses' plots go beside it, named after it and in its
+    format (NAME-confidence.png, NAME-mixing-ratio.png)."""
+    from smx.analysis_report import analysis_plot_paths, plot_analysis
     from smx.db.store import open_store
-    from smx.report import plot_experiment
+    from smx.report import plot_experiment, plot_file, refuse_directories
 
     _refuse_empty_out(out)
     opened = open_store(store, create=False)
@@ -755,10 +756,12 @@ def plot(
         out_path = Path(out) / f"{experiment}.png"
     else:
         out_path = Path(out)
-    path, provisional = plot_experiment(opened, experiment, out_path)
+    path = plot_file(out_path, experiment)
+    refuse_directories([path, *analysis_plot_paths(path).values()])  # before one is written: all or none
+    path, provisional = plot_experiment(opened, experiment, path)
     if provisional:
         errors.print(provisional, markup=False, highlight=False)
-    for written in [path, *plot_analysis(opened, experiment, path.parent)]:
+    for written in [path, *plot_analysis(opened, experiment, path)]:
         console.print(f"wrote {written}", markup=False, highlight=False, soft_wrap=True)
 
 

@@ -222,6 +222,15 @@ def plot_file(out: Path, experiment: str) -> Path:
     return out
 
 
+def refuse_directories(paths: list[Path]) -> None:
+    """Refuse, before anything is written, image paths that are directories: a plot is written whole or not at all,
+    and so is the set of plots one command writes, as far as can be known beforehand."""
+    for path in paths:
+        if path.is_dir():
+            raise UserError(f"cannot write {path}: it is a directory.\nFix: move it away, or choose another path "
+                            "with --out.")
+
+
 def pyplot() -> Any:
     """matplotlib.pyplot, drawing without a display; imported when a plot is made, as it is slow to import."""
     import matplotlib

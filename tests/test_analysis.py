@@ -26,6 +26,7 @@ from smx.science.analysis import confidence_under_attack, equal_confidence_mixin
 from smx.spec import SpecError, parse_spec
 from smx.tasks import analyze
 from tests.conftest import REPO, smx_command
+from tests.test_fuzz_cli import run_cli
 
 SIGMA = 0.25
 DIRECTION = (0.6, 0.8)  # unit normal of the decision boundary
@@ -270,11 +271,23 @@ def test_analysis_tables_and_plots(analysed_store: Path, tmp_path: Path) -> None
     assert text[2].split()[:3] == CONFIDENCE_COLUMNS[:3] and set(text[3]) == {"-"}
     assert [line.split()[:3] for line in text[4:7]] == [["base", f"{eps:.1f}", "4"] for eps in (0.0, 0.5, 1.0)]
     assert "|" not in "".join(text) and render_analysis("confidence", confidence, "md").count("|") > 10
-    paths = plot_analysis(store, "tiny_analysis", tmp_path / "plots")
+    paths = plot_analysis(store, "tiny_analysis", tmp_path / "plots" / "tiny_analysis.png")
     plots = tmp_path / "plots"
     assert paths == [plots / "tiny_analysis-confidence.png", plots / "tiny_analysis-mixing-ratio.png"]
     for path in paths:
         assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_smx_plot_names_the_analysis_plots_after_out_and_writes_none_when_one_cannot_be(analysed_store: Path,
+                                                                                         tmp_path: Path) -> None:
+    code, out, err = run_cli("plot", "tiny_analysis", "--store", str(analysed_store), "--out", str(tmp_path / "x.svg"))
+    assert code == 0, err
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["x-confidence.svg", "x-mixing-ratio.svg", "x.svg"]
+    assert all(path.read_text().lstrip().startswith("<?xml") for path in tmp_path.iterdir())
+    (tmp_path / "y-mixing-ratio.png").mkdir()
+    code, out, err = run_cli("plot", "tiny_analysis", "--store", str(analysed_store), "--out", str(tmp_path / "y.png"))
+    assert code == 2 and f"cannot write {tmp_path / 'y-mixing-ratio.png'}: it is a directory" in err
+    assert not (tmp_path / "y.png").exists() and not (tmp_path / "y-confidence.png").exists()
 
 
 def test_analysis_report_is_torch_free_and_a_rerun_replaces_the_rows(analysed_store: Path) -> None:
