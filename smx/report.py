@@ -272,6 +272,7 @@ class Curve:
 LINE_STYLES = ("-", "--", ":", "-.")
 MARKERS = (None, "o", "s", "^", "x")
 LEGEND_ROWS = 30  # legend entries per column
+LARGEST_AXIS_LIMIT = 1e307
 
 
 def plot_experiment(store: Store, experiment: str, out: Path) -> tuple[Path, str | None]:
@@ -312,7 +313,10 @@ def certified_accuracy_figure(experiment: str, curves: list[Curve]) -> Any:
                                             squeeze=False, height_ratios=heights, layout="constrained")
     for (sigma, panel), (axes,) in zip(panels.items(), axes_column):
         max_radius = max((max(curve.radii, default=0.0) for curve in panel), default=0.0) or 1.0
-        grid = [max_radius * 1.05 * step / 400 for step in range(401)]
+        # A margin past the largest radius; an imported log's nonsense radius near the largest float is cut where
+        # matplotlib's ticks would overflow.
+        upper = min(max_radius * 1.05, LARGEST_AXIS_LIMIT)
+        grid = [upper * (step / 400) for step in range(401)]
         for position, curve in enumerate(panel):
             marker, style = divmod(position // 10, len(LINE_STYLES))
             axes.plot(grid, certified_accuracy_curve(curve.radii, curve.correct, grid), label=labels[id(curve)],

@@ -543,6 +543,16 @@ def test_a_plot_has_a_panel_per_sigma_with_its_configs_in_the_reports_order_and_
         pyplot().close(figure)
 
 
+def test_a_plot_of_a_radius_near_the_largest_float_is_drawn() -> None:
+    aggregate = Aggregate(config_name="nonsense", method="gaussian", sigma=0.5, acr=math.inf, certify_key="nonsense")
+    figure = certified_accuracy_figure("imported", [Curve(aggregate, radii=[1.7e308, 0.5], correct=[1, 1])])
+    try:
+        assert figure.axes[0].get_xlim()[1] == 1e307
+        figure.canvas.draw()
+    finally:
+        pyplot().close(figure)
+
+
 def test_the_plot_lists_each_sigmas_configs_in_the_reports_order(store: Store, tmp_path, monkeypatch) -> None:
     import smx.report as report_module
 

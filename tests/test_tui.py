@@ -234,6 +234,17 @@ def test_radius_bins_are_floors_on_every_backend(store: Store) -> None:
     assert histogram.correct_radius_sum == pytest.approx(sum(radii))
 
 
+def test_nonsense_radii_share_the_last_bin_on_every_backend(store: Store) -> None:
+    radii = [1e308, 1e30, 150.0, 99.99, 0.5]
+    with store.session() as session:
+        job_key = add_job(session, "certify-huge", "certify", "done")
+        session.add_all(Certificate(job_key=job_key, sample_index=index, label=1, prediction=1, radius=radius,
+                                    correct=1, seconds=0.0) for index, radius in enumerate(radii))
+    with store.read_session() as session:
+        histogram = radius_histograms(session, [job_key])[job_key]
+    assert histogram.correct_per_bin == {10_000: 3, 9_999: 1, 50: 1}
+
+
 def test_a_running_job_whose_worker_went_silent_says_so(seeded: Store) -> None:
     from smx.tui.cells import job_cells
 

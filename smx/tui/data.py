@@ -42,6 +42,9 @@ from smx.tui.model import (
 # Certified accuracy is counted in SQL in radius bins of this width; curves are drawn on the bin edges.
 RADIUS_STEP = 0.01
 BIN_NUDGE = 1e-9
+# Radii past this (nonsense in an imported log: CERTIFY reaches about 3.8 sigma) share the last bin, so that a curve
+# has at most this many bins and a radius near the largest float does not overflow a bin number.
+LAST_BIN_RADIUS = 100.0
 # The jobs list needs only the ends of an error: its first line (the worker's reason, such as a signal) and its last
 # lines (the exception, or the job's error message); the job screen loads all of it.
 ERROR_HEAD_CHARS = 200
@@ -184,7 +187,9 @@ def radius_histograms(session: Session, job_keys: list[str]) -> dict[str, Radius
     scaled = Certificate.radius / RADIUS_STEP + BIN_NUDGE
     # SQLite's CAST truncates, which is the floor of these non-negative values; PostgreSQL's CAST rounds.
     step_index = cast(scaled if session.get_bind().dialect.name == "sqlite" else func.floor(scaled), Integer)
-    radius_bin = case((Certificate.correct == 1, step_index), else_=-1)
+    last_bin = round(LAST_BIN_RADIUS / RADIUS_STEP)
+    radius_bin = case((Certificate.correct != 1, -1), (Certificate.radius >= LAST_BIN_RADIUS, last_bin),
+                      else_=step_index)
     counts: dict[str, dict[int, int]] = {key: {} for key in job_keys}
     radius_sums = dict.fromkeys(job_keys, 0.0)
     rows = session.execute(
