@@ -10,6 +10,9 @@ from sqlalchemy import inspect, text
 
 from smx.db.models import SCHEMA_VERSION
 from smx.db.store import StoreError, open_store, resolve_location, stored_version
+from smx.plan import build_plan
+from smx.scheduler import queue
+from smx.spec import load_spec
 from tests.specs import tiny_spec
 from tests.test_fuzz_cli import run_cli
 
@@ -185,3 +188,17 @@ def test_a_copy_out_of_wal_mode_is_switched_back_when_a_command_opens_it(tmp_pat
     connection = sqlite3.connect(tmp_path / "store" / "smx.db")
     assert connection.execute("PRAGMA journal_mode").fetchone() == ("wal",)
     connection.close()
+
+
+def test_a_json_value_damaged_by_hand_is_a_clear_error(tmp_path: Path) -> None:
+    spec = tmp_path / "tiny.toml"
+    spec.write_text(tiny_spec("tiny", method="gaussian"))
+    store = tmp_path / "store"
+    queue.enqueue(open_store(str(store)), build_plan(load_spec(spec)), spec)
+    connection = sqlite3.connect(store / "smx.db")
+    connection.execute("UPDATE jobs SET config = '{bad'")
+    connection.commit()
+    connection.close()
+    for arguments in (("status", "tiny"), ("report", "tiny"), ("retry", "tiny")):
+        assert_refused(run_cli(*arguments, "--store", str(store)), "holds a JSON value (a job's config, say) that is "
+                       "not valid JSON", "Fix: put back the value it held")

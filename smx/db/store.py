@@ -9,6 +9,7 @@ directory every node sees at the same path.
 from __future__ import annotations
 
 import errno
+import json
 import os
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -132,6 +133,13 @@ class Store:
         naming it; the transaction that met it has been rolled back, so the database holds all of it or nothing."""
         try:
             yield
+        except json.JSONDecodeError as error:
+            # SQLite keeps JSON columns as text that nothing checks: only a hand edit or damage makes it invalid.
+            raise StoreError(f"the store database {self.display_location} holds a JSON value (a job's config, say) "
+                             f"that is not valid JSON: {error}. It was edited by hand, or is damaged.\nFix: put back "
+                             "the value it held (`smx query` shows such columns as text: jobs.config, jobs.runtime, "
+                             "experiment_jobs.swept, aggregates.hyperparams), or restore the store from a backup."
+                             ) from error
         except DatabaseError as error:
             if self.sqlite_path is None:
                 raise
