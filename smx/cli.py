@@ -824,11 +824,12 @@ def import_log(
                             params=param or [], note=note)
     # Read and check everything first: a bad log leaves the store as it was (and does not create one).
     log = load_log(file, options)
-    outcome = store_log(open_store(store), log)
+    opened = open_store(store)
+    outcome = store_log(opened, log)
     what = "already imported" if outcome.already_imported else "imported"
     console.print(f"{what} {escape(str(file))} as [bold]{outcome.experiment}[/] / {escape(outcome.config_name)}: "
-                  f"{outcome.samples} certificates, ACR {outcome.acr:.4f} (job {outcome.certify_key[:12]})",
-                  highlight=False, soft_wrap=True)
+                  f"{outcome.samples} certificates, ACR {outcome.acr:.4f} (job {outcome.certify_key[:12]}). "
+                  f"Store: {escape(opened.display_location)}", highlight=False, soft_wrap=True)
     if outcome.already_imported and note != outcome.note:
         console.print(f"--note was not stored: the import already there keeps its note {outcome.note!r}.",
                       markup=False, highlight=False, soft_wrap=True)

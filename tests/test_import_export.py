@@ -138,6 +138,7 @@ def test_an_import_warns_of_radii_no_certification_at_its_sigma_can_give(importe
     again = run_smx("import", str(SMOOTHMIX), "--name", "mistyped", "--method", "smoothmix", "--sigma", "1.0",
                     store=store)
     assert "warning" not in again.stderr and again.stdout.startswith("imported ")
+    assert f"Store: {store}" in " ".join(again.stdout.split())
     right = run_smx("import", str(SMOOTHMIX), "--name", "right", "--method", "smoothmix", "--sigma", "1.0", store=store)
     assert "warning" not in right.stderr
 

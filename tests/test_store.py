@@ -202,3 +202,13 @@ def test_a_json_value_damaged_by_hand_is_a_clear_error(tmp_path: Path) -> None:
     for arguments in (("status", "tiny"), ("report", "tiny"), ("retry", "tiny")):
         assert_refused(run_cli(*arguments, "--store", str(store)), "holds a JSON value (a job's config, say) that is "
                        "not valid JSON", "Fix: put back the value it held")
+
+
+def test_an_empty_store_option_is_refused_rather_than_read_as_the_default(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    spec = tmp_path / "tiny.toml"
+    spec.write_text(tiny_spec("tiny", method="gaussian"))
+    for arguments in (("status",), ("submit", str(spec), "--dry-run"), ("query", "SELECT 1")):
+        assert_refused(run_cli(*arguments, "--store", ""), "--store is empty (an unset shell variable?)",
+                       "Fix: give a store directory or PostgreSQL URL, or leave --store out")
+    assert list(tmp_path.iterdir()) == [spec]

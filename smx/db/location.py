@@ -27,6 +27,10 @@ class NoStoreYet(StoreError):
 
 def resolve_location(location: str | None) -> tuple[str, Path]:
     """Turn --store / SMX_STORE into (database URL, files root)."""
+    if location is not None and not location.strip():
+        # `--store "$STORE"` with STORE unset would quietly use (or create) ./store.
+        raise StoreError("--store is empty (an unset shell variable?).\nFix: give a store directory or PostgreSQL "
+                         "URL, or leave --store out to use $SMX_STORE or ./store.")
     location = location or os.environ.get("SMX_STORE") or DEFAULT_STORE
     if re.match(r"sqlite(\+\w+)?:", location, re.IGNORECASE):
         raise StoreError(_sqlite_url_error(location))
