@@ -54,7 +54,7 @@ from smx.errors import UserError
 from smx.paths import expand_home
 from smx.science.catalog import ARCHS, DATASETS
 from smx.science.methods.params import METHOD_PARAMS, MethodParams
-from smx.science.metrics import DEFAULT_RADII
+from smx.science.metrics import DEFAULT_RADII, RADIUS_DECIMALS
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -196,6 +196,9 @@ class CertifySection(_Section):
     precision: Literal["fp32", "bf16"] = "fp32"
 
 
+MAX_REPORT_RADIUS = 1000.0
+
+
 class ReportSection(_Section):
     radii: list[float] = Field(default_factory=lambda: list(DEFAULT_RADII))
 
@@ -206,7 +209,23 @@ class ReportSection(_Section):
             raise ValueError("needs at least one radius, e.g. radii = [0.0, 0.5, 1.0]")
         if min(radii) < 0:
             raise ValueError(f"radii must be >= 0 (got {min(radii)}); remove the negative ones")
-        return sorted(set(radii))
+        if max(radii) > MAX_REPORT_RADIUS:
+            raise ValueError(f"{max(radii):g} is past any radius CERTIFY certifies (about 3.8 sigma); give radii up to "
+                             f"{MAX_REPORT_RADIUS:g}")
+        # Results keep a radius to RADIUS_DECIMALS (acc_0_125 columns): two radii alike there would be one.
+        seen: dict[float, float] = {}
+        for radius in radii:
+            kept = round(radius, RADIUS_DECIMALS)
+            if kept in seen:
+                if radius == seen[kept]:
+                    raise ValueError(f"{radius!r} is given twice; give each radius once")
+                raise ValueError(f"{radius!r} and {seen[kept]!r} are the same to the {RADIUS_DECIMALS} decimals that "
+                                 f"results keep ({kept!r}); give each radius once")
+            if kept == 0 < radius:
+                raise ValueError(f"{radius!r} is 0 to the {RADIUS_DECIMALS} decimals that results keep; give 0.0 or a "
+                                 f"radius of at least {10.0 ** -RADIUS_DECIMALS:g}")
+            seen[kept] = radius
+        return sorted(radii)
 
 
 ANALYSES = ("confidence", "mixing_ratio")

@@ -162,9 +162,20 @@ def test_certify_sigma_may_differ_from_the_training_sigma() -> None:
     assert config.config["train"]["sigma"] == 0.5
 
 
-def test_report_radii_are_sorted_and_unique() -> None:
-    spec = parse_spec(MINIMAL + "[report]\nradii = [1.0, 0, 0.5, 1]\n")
-    assert spec.report.radii == [0.0, 0.5, 1.0]
+def test_report_radii_are_sorted_and_each_is_kept_apart_in_the_results() -> None:
+    spec = parse_spec(MINIMAL + "[report]\nradii = [1.0, 0, 0.5, 0.000001]\n")
+    assert spec.report.radii == [0.0, 0.000001, 0.5, 1.0]
+    for radii, message in (
+            ("[1.0, 0, 1]", "report.radii: 1.0 is given twice; give each radius once"),
+            ("[0.1234561, 0.1234564]", "report.radii: 0.1234564 and 0.1234561 are the same to the 6 decimals that "
+                                       "results keep (0.123456); give each radius once"),
+            ("[1e-9]", "report.radii: 1e-09 is 0 to the 6 decimals that results keep; give 0.0 or a radius of at "
+                       "least 1e-06"),
+            ("[1e300]", "report.radii: 1e+300 is past any radius CERTIFY certifies (about 3.8 sigma); give radii up "
+                        "to 1000")):
+        with pytest.raises(SpecError) as error:
+            parse_spec(MINIMAL + f"[report]\nradii = {radii}\n")
+        assert message in str(error.value)
 
 
 def test_runtime_settings_stay_out_of_the_config_and_root_is_relative_to_the_spec(tmp_path: Path) -> None:
