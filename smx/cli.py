@@ -745,11 +745,14 @@ def plot(
     The certified-accuracy plot is PNG, PDF or SVG; the analyses' plots go beside it, named after it and in its
     format (NAME-confidence.png, NAME-mixing-ratio.png)."""
     from smx.analysis_report import analysis_plot_paths, plot_analysis
+    from smx.db.queries import require_experiment
     from smx.db.store import open_store
     from smx.report import plot_experiment, plot_file, refuse_directories
 
     _refuse_empty_out(out)
     opened = open_store(store, create=False)
+    with opened.read_session() as session:
+        require_experiment(session, experiment)  # before its name makes the file names
     if out is None:
         out_path = opened.root / "plots" / f"{experiment}.png"
     elif out.endswith(("/", os.sep)):  # Path drops the slash that says a directory is meant, so read it here

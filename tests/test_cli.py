@@ -339,6 +339,8 @@ def test_user_errors_exit_2_without_traceback(submitted, tmp_path: Path) -> None
         assert "Traceback" not in result.stderr and "error:" in result.stderr
         if "nope" in arguments:
             assert "no experiment named 'nope'" in result.stderr or "no such table: nope" in result.stderr
+    unnamed = run_smx("plot", "", "--out", str(tmp_path / "x.png"), store=store, check=False)
+    assert unnamed.returncode == 2 and "no experiment named ''" in unnamed.stderr
     empty = run_smx("status", store=StoreTarget.directory(tmp_path / "nowhere"), check=False)
     assert empty.returncode == 2 and "smx submit" in empty.stderr
     assert not (tmp_path / "nowhere").exists()
