@@ -494,7 +494,8 @@ def train_epoch(
     loss = float(totals.loss) / steps
     if not math.isfinite(loss):
         raise UserError(
-            f"training diverged: the mean loss of epoch {context.epoch + 1} is {loss}; lower train.lr or check the data"
+            f"training diverged: the mean loss of epoch {context.epoch + 1} is {loss}; lower train.lr, check that "
+            "train.sigma suits inputs in [0, 1], or check the data"
         )
     return EpochMetrics(
         epoch=context.epoch + 1,
