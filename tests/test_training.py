@@ -204,6 +204,13 @@ def test_too_small_a_batch_for_the_chunks_is_a_user_error(data, tmp_path):
         train(fresh_model(), data, settings(batch_size=1), tmp_path)
 
 
+def test_a_diverging_run_is_a_user_error_that_names_what_to_check(data, tmp_path):
+    gaussian = settings(method="gaussian", params=GaussianParams(), epochs=1, sigma=1e300)  # noise of infinities
+    with pytest.raises(UserError, match=r"training diverged: the mean loss of epoch 1 is nan; lower train.lr, check "
+                                        r"that train.sigma suits inputs in \[0, 1\], or check the data"):
+        train(fresh_model(), data, gaussian, tmp_path)
+
+
 def test_training_lowers_the_loss_on_mnist_mini(tmp_path):
     subset = load_dataset("mnist-mini", "train").subset(range(256))
     gaussian = settings(method="gaussian", params=GaussianParams(), epochs=3, batch_size=16, lr=0.05, sigma=0.25)
