@@ -216,7 +216,7 @@ def submit(
         "--executor", help="local or slurm \\[default: the spec's or user config's \\[executor], else local].")] = None,
 ) -> None:
     """Enqueue an experiment's jobs and run them on this machine's GPUs (or CPU), or send them to Slurm."""
-    from smx.db.store import NoStoreYet, open_store
+    from smx.db.store import NoStoreYet, open_store, uncreatable_error
     from smx.plan import build_plan
     from smx.scheduler import queue
     from smx.scheduler.local import LocalOptions, missing_data, start_workers
@@ -251,7 +251,11 @@ def submit(
         if name_problem:
             errors.print(f"[yellow]warning:[/] {escape(name_problem)}")
     except NoStoreYet:
+        if (uncreatable := uncreatable_error(store)) is not None:
+            raise uncreatable from None
         states, leaving = {}, {}
+    # Checked here, before a dry run returns, so that it refuses what the submission would.
+    gpu_indices = parse_gpus(gpus) if where.kind == "local" else []
     if where.kind == "local" and not dry_run:
         check_job_environment()  # its jobs would otherwise fail one by one on a setting only this machine has
     problems = missing_data(plan, {key for key, status in states.items() if status == "done"})
@@ -268,7 +272,6 @@ def submit(
         from smx.scheduler.slurm import check_available
 
         check_available()
-    gpu_indices = parse_gpus(gpus) if where.kind == "local" else []
     opened = open_store(store)
     slots = make_slots(opened.locks_dir, gpu_indices, jobs_per_gpu, cpu_jobs) if where.kind == "local" else []
     summary = queue.enqueue(opened, plan, spec_file.resolve())

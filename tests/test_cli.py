@@ -804,6 +804,17 @@ def test_paths_with_brackets_are_printed_as_given_not_read_as_markup(tmp_path: P
     assert code == 0 and f"{tmp_path}/st[/]" in "".join(out.split()), err
 
 
+def test_a_dry_run_refuses_what_the_submission_would(tmp_path: Path) -> None:
+    spec = tmp_path / "tiny.toml"
+    spec.write_text(TINY_SPEC)
+    (tmp_path / "afile").write_text("")
+    code, out, err = run_cli("submit", str(spec), "--dry-run", "--store", str(tmp_path / "afile" / "store"))
+    assert code == 2 and f"cannot create the store directory {tmp_path}/afile/store: {tmp_path}/afile is a file" in err
+    code, out, err = run_cli("submit", str(spec), "--dry-run", "--gpus", "foo", "--store", str(tmp_path / "store"))
+    assert code == 2 and "--gpus 'foo' is not a GPU count" in err
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["afile", "tiny.toml"]
+
+
 def test_a_sigma_many_times_the_pixel_range_gets_a_warning_naming_its_keys_and_configs(tmp_path: Path) -> None:
     spec = tmp_path / "typo.toml"
     spec.write_text(TINY_SPEC.replace("sigma = 0.5", "sigma = 50"))

@@ -45,6 +45,22 @@ def resolve_location(location: str | None) -> tuple[str, Path]:
     return f"sqlite:///{root / 'smx.db'}", root
 
 
+def uncreatable_error(location: str | None) -> StoreError | None:
+    """Why a store could not be created at `location`, as far as can be seen without creating it (what `smx submit
+    --dry-run` says beforehand); None where nothing stands in the way."""
+    url, root = resolve_location(location)
+    existing = next(path for path in (root, *root.parents) if path.exists())
+    if not existing.is_dir():
+        reason = f"{existing} is a file, not a directory"
+    elif not os.access(existing, os.W_OK | os.X_OK):
+        reason = f"this user may not write in {existing}"
+    else:
+        return None
+    where = "--store or SMX_STORE" if url.startswith("sqlite") else "SMX_STORE_FILES"
+    return StoreError(f"cannot create the store directory {root}: {reason}.\nFix: choose a writable location with "
+                      f"{where}.")
+
+
 def _sqlite_url_error(url: str) -> str:
     """smx keeps an SQLite store as a directory, with smx.db beside the checkpoints and logs: a URL would part them."""
     from sqlalchemy.engine import make_url
