@@ -303,6 +303,10 @@ class SlurmSection(_Section):
         if partition is not None and not partition.strip():
             raise ValueError("empty; name a partition (`sinfo -s` lists them), or remove the key for the "
                              "cluster's default partition")
+        if partition is not None and any(character.isspace() for character in partition):
+            raise ValueError(f"{partition!r} holds a space, which no partition name does; name one partition, or "
+                             "several separated by commas (gpu,gpu-long), and give other sbatch options in "
+                             "[executor.slurm] sbatch (e.g. sbatch = { exclusive = true })")
         return partition
 
     @field_validator("sbatch")

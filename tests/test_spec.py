@@ -834,6 +834,9 @@ def executor_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, table: str) 
         pytest.param('partition = ""', ["executor.slurm.partition: empty; name a partition (`sinfo -s` lists them), "
                                         "or remove the key for the cluster's default partition"], id="empty-partition"),
         pytest.param('partition = "  "', ["executor.slurm.partition: empty; name a partition"], id="blank-partition"),
+        pytest.param('partition = "gpu --exclusive"', [
+            "executor.slurm.partition: 'gpu --exclusive' holds a space, which no partition name does",
+            "sbatch = { exclusive = true }"], id="partition-with-options"),
         pytest.param("sbatch = { account = true }", [
             "executor.slurm.sbatch.account: expected a string or an integer, got true; write --account's value "
             "(true is only for options that take no value: contiguous, exclusive,"], id="bool-sbatch-value"),
