@@ -210,6 +210,8 @@ def plot_file(out: Path, experiment: str) -> Path:
         blocking = next((parent for parent in out.parents if parent.exists() and not parent.is_dir()), None)
     except OSError as error:
         raise cannot_write(out, error) from None
+    if blocking is not None:
+        raise UserError(f"--out {out}: {blocking} is a file, not a directory.\nFix: choose another path with --out.")
     formats = ", ".join(f".{extension}" for extension in PLOT_FORMATS[:-1]) + f" or .{PLOT_FORMATS[-1]}"
     extension = out.suffix.lower().removeprefix(".")
     if extension not in PLOT_FORMATS:
@@ -217,8 +219,6 @@ def plot_file(out: Path, experiment: str) -> Path:
         raise UserError(f"--out {out}: {given} is no image format that smx plot writes ({formats}).\n"
                         f"Fix: end the file name with {formats}, or give a directory (existing, or ending in /) "
                         f"to write {experiment}.png in.")
-    if blocking is not None:
-        raise UserError(f"--out {out}: {blocking} is a file, not a directory.\nFix: choose another path with --out.")
     return out
 
 

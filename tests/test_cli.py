@@ -237,6 +237,7 @@ def test_plot_refuses_an_out_path_it_cannot_write_and_writes_nothing(imported: S
         "noext": "a name without an extension is no image format that smx plot writes (.png, .pdf or .svg).",
         "afile/x.png": f"{tmp_path / 'afile'} is a file, not a directory. Fix: choose another path with --out.",
         "afile/sub/x.png": f"{tmp_path / 'afile'} is a file, not a directory.",
+        "afile/sub": f"{tmp_path / 'afile'} is a file, not a directory.",  # not "a name without an extension"
     }
     before = files_under(tmp_path)
     for out, message in expected.items():
