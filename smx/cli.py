@@ -174,7 +174,8 @@ def _cancel_dropped_slurm_jobs(store: Store, dropped: list[str]) -> None:
         slurm_job_ids = queue.cancel_slurm_jobs_of(store, dropped)
     except SlurmError as error:
         # The jobs are cancelled in the store already: their Slurm jobs, when they start, end without running them.
-        console.print(f"  [yellow]Their Slurm jobs stay queued until they start and end at once: {escape(str(error))}[/]")
+        console.print(f"  [yellow]Their Slurm jobs stay queued until they start and end at once: "
+                      f"{escape(str(error))}[/]")
         return
     if slurm_job_ids:
         console.print(f"  Their Slurm jobs were cancelled: {', '.join(slurm_job_ids)}.")
@@ -216,7 +217,8 @@ def submit(
         "--executor", help="local or slurm \\[default: the spec's or user config's \\[executor], else local].")] = None,
 ) -> None:
     """Enqueue an experiment's jobs and run them on this machine's GPUs (or CPU), or send them to Slurm."""
-    from smx.db.store import NoStoreYet, open_store, uncreatable_error
+    from smx.db.location import uncreatable_error
+    from smx.db.store import NoStoreYet, open_store
     from smx.plan import build_plan
     from smx.scheduler import queue
     from smx.scheduler.local import LocalOptions, missing_data, start_workers
@@ -790,7 +792,9 @@ def report(
                                                    "difference beside each config of a published setting.")] = None,
     store: StoreOption = None,
 ) -> None:
-    """Print an experiment's table in the paper's layout: ACR and certified accuracy (%) per radius, by sigma."""
+    """Print an experiment's table in the paper's layout: ACR and certified accuracy (%) per radius, by sigma.
+
+    Its [analyze] results, where it has some, follow as tables of their own."""
     from smx.analysis_report import analysis_tables
     from smx.db.store import open_store
     from smx.report import COMPARE_CHOICES, REPORT_FORMATS, experiment_report, render_analysis, render_report
@@ -812,7 +816,7 @@ def report(
 @app.command("import")
 def import_log(
     file: Annotated[Path, typer.Argument(help="Certification log (TSV: idx label predict radius correct time).")],
-    name: Annotated[str, typer.Option("--name", help="Experiment to add it to (created if new).")],
+    name: Annotated[str, typer.Option("--name", help="Experiment of imports to add it to (created if new; not one that `smx submit` made).")],
     method: Annotated[str, typer.Option("--method", help="Training method of the certified model.")],
     sigma: Annotated[float, typer.Option("--sigma", help="Noise level it was trained and certified with.")],
     dataset: Annotated[str, typer.Option("--dataset", help="Dataset it was certified on.")] = "mnist",

@@ -345,7 +345,7 @@ _ONE_TASK = "each smx job runs as one task on one node"
 _SUBMISSION = "smx sends each job's own batch script and reads its Slurm job id from sbatch's answer"
 SBATCH_SET_BY_SMX: dict[str, str] = {
     "dependency": "each job waits for its parents' Slurm jobs with afterok",
-    "job_name": "each Slurm job is named smx-<kind>-<config>",
+    "job_name": "each Slurm job is named smx-<kind>-<config> (the aggregate: smx-aggregate-<experiment>)",
     "output": _OUTPUT,
     "error": _OUTPUT,
     "open_mode": _OUTPUT,
@@ -533,7 +533,8 @@ def parse_spec(text: str, path: str | Path = "<spec>") -> Spec:
 
 
 def user_config_path() -> Path:
-    """The user's own settings (an [executor] table, say): $SMX_CONFIG, or ~/.config/smx/config.toml."""
+    """The user's own settings (an [executor] table, say): $SMX_CONFIG, else $XDG_CONFIG_HOME/smx/config.toml, else
+    ~/.config/smx/config.toml."""
     configured = os.environ.get("SMX_CONFIG")
     if configured:
         return expand_home(configured, "SMX_CONFIG")

@@ -23,8 +23,7 @@ from sqlalchemy.exc import ArgumentError, DatabaseError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
 # resolve_location and the errors are smx.db.location's, importable from here with the rest of opening a store.
-from smx.db.location import (NoStoreYet, StoreError, check_location, resolve_location,  # noqa: F401
-                             uncreatable_error)
+from smx.db.location import NoStoreYet, StoreError, check_location, resolve_location  # noqa: F401
 from smx.db.models import SCHEMA_VERSION, Base, Meta
 from smx.db.views import create_views
 from smx.errors import exception_chain
