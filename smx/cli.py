@@ -181,13 +181,15 @@ def _cancel_dropped_slurm_jobs(store: Store, dropped: list[str]) -> None:
         console.print(f"  Their Slurm jobs were cancelled: {', '.join(slurm_job_ids)}.")
 
 
-def _print_plan(plan, states: dict[str, str]) -> None:  # type: ignore[no-untyped-def]
+def _print_plan(plan, states: dict[str, str], retraining: set[str]) -> None:  # type: ignore[no-untyped-def]
     table = Table(title=f"{plan.experiment}: {len(plan.jobs)} jobs", title_justify="left")
     for column in ("kind", "name", "key", "state"):
         table.add_column(column)
     for job in plan.jobs:
         state = states.get(job.key)
         label = {"done": "[green]cached[/]", None: "to run"}.get(state, f"in store ({state})")
+        if job.key in retraining:
+            label = "[yellow]to retrain[/] (checkpoint file gone)"
         table.add_row(job.kind, job.name, job.key[:12], label)
     _print_table(table)
 
@@ -247,6 +249,7 @@ def submit(
             # A submission finds these itself (enqueue); a dry run says what it would do to them.
             leaving = queue.leaving_jobs(session, plan.experiment, [job.key for job in plan.jobs]) if dry_run else {}
         states = queue.job_states(existing, [job.key for job in plan.jobs])
+        retraining = queue.to_retrain(existing, plan, states)
         existing.engine.dispose()
         if name_problem and not dry_run:
             raise UserError(name_problem)
@@ -255,7 +258,7 @@ def submit(
     except NoStoreYet:
         if (uncreatable := uncreatable_error(store)) is not None:
             raise uncreatable from None
-        states, leaving = {}, {}
+        states, leaving, retraining = {}, {}, set()
     # Checked here, before a dry run returns, so that it refuses what the submission would.
     gpu_indices = parse_gpus(gpus) if where.kind == "local" else []
     if where.kind == "local" and not dry_run:
@@ -267,7 +270,7 @@ def submit(
     # Slurm jobs may see other file systems than this machine does.
     _warn_missing_data(spec_file, problems)
     if dry_run:
-        _print_plan(plan, states)
+        _print_plan(plan, states, retraining)
         _print_leaving(leaving)
         return
     if where.kind == "slurm":
@@ -277,9 +280,12 @@ def submit(
     opened = open_store(store)
     slots = make_slots(opened.locks_dir, gpu_indices, jobs_per_gpu, cpu_jobs) if where.kind == "local" else []
     summary = queue.enqueue(opened, plan, spec_file.resolve())
+    retrained = retraining & set(summary.done)
     console.print(f"[bold]{plan.experiment}[/]: {summary.total} jobs — {len(summary.new)} new, "
-                  f"{len(summary.done)} cached, {len(summary.waiting)} already queued, {len(summary.failed)} failed "
-                  f"or cancelled. Store: {escape(opened.display_location)}")
+                  f"{len(summary.done) - len(retrained)} cached, "
+                  + (f"{len(retrained)} to retrain (checkpoint file gone), " if retrained else "")
+                  + f"{len(summary.waiting)} already queued, {len(summary.failed)} failed or cancelled. "
+                  f"Store: {escape(opened.display_location)}")
     if summary.failed:
         console.print(f"  [yellow]{len(summary.failed)} job(s) failed or were cancelled earlier; "
                       f"`smx retry {plan.experiment}` runs them again.[/]")

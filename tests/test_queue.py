@@ -396,3 +396,21 @@ def test_the_slurm_jobs_of_dropped_configs_are_scancelled_or_a_warning_says_why_
     _cancel_dropped_slurm_jobs(store, dropped)
     shown = " ".join(capsys.readouterr().out.split())
     assert "Their Slurm jobs stay queued until they start and end at once: no `scancel` on this machine" in shown
+
+
+def test_a_done_training_whose_checkpoint_file_is_gone_is_to_retrain_only_while_a_job_needs_it(store, tmp_path) -> None:
+    from smx.db.models import Checkpoint
+
+    plan, _ = submit_plan(store, tmp_path, "gone", sigma_variants("p", "q"))
+    train = {job.config_name: job.key for job in plan.jobs if job.kind == "train"}
+    with store.session() as session:
+        session.execute(update(Job).where(Job.key.in_(train.values())).values(status="done"))
+        for name, key in train.items():
+            path = store.checkpoint_dir(key) / "epoch-0002.pt"
+            session.add(Checkpoint(job_key=key, epoch=2, path=str(path), sha256="0" * 64, size=1, final=True))
+    (store.checkpoint_dir(train["q"])).mkdir(parents=True)
+    (store.checkpoint_dir(train["q"]) / "epoch-0002.pt").write_bytes(b"x")
+    states = queue.job_states(store, [job.key for job in plan.jobs])
+    assert queue.to_retrain(store, plan, states) == {train["p"]}  # q's file is there
+    certified = {job.key: "done" for job in plan.jobs if job.kind != "train"}
+    assert queue.to_retrain(store, plan, {**states, **certified}) == set()  # nothing needs p's model any more

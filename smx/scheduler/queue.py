@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy import ColumnElement, Select, case, delete, exists, func, select, update
 from sqlalchemy.orm import Session, aliased
 
-from smx.db.models import Experiment, ExperimentJob, Job, JobParent, Meta, utcnow
+from smx.db.models import Checkpoint, Experiment, ExperimentJob, Job, JobParent, Meta, utcnow
 from smx.db.queries import experiment_names, name_alike_but_for_case
 from smx.db.store import Store
 from smx.errors import UserError
@@ -63,6 +63,20 @@ def job_states(store: Store, keys: list[str]) -> dict[str, str]:
     with store.session() as session:
         rows = session.execute(select(Job.key, Job.status).where(Job.key.in_(keys))).all()
     return dict(rows)
+
+
+def to_retrain(store: Store, plan: Plan, states: dict[str, str]) -> set[str]:
+    """The plan's done training jobs that will run again: their final checkpoint file is gone (deleted to save
+    space, say) and a job of the plan that reads the model is not done, so it queues the training again."""
+    done_training = {job.key for job in plan.jobs if job.kind == "train" and states.get(job.key) == "done"}
+    needed = {parent for job in plan.jobs if states.get(job.key) != "done" for parent in job.parents} & done_training
+    if not needed:
+        return set()
+    with store.read_session() as session:
+        finals = session.execute(select(Checkpoint.job_key, Checkpoint.path)
+                                 .where(Checkpoint.job_key.in_(needed), Checkpoint.final)).all()
+    kept = {key for key, path in finals if store.located_checkpoint(key, path).is_file()}
+    return needed - kept
 
 
 def experiment_name_problem(session: Session, name: str, spec_path: Path) -> str | None:
