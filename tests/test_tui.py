@@ -220,28 +220,27 @@ def test_curves_are_counted_in_sql_and_match_the_definition(seeded: Store) -> No
     assert curves.curves[1].accuracy[-1] == 0
 
 
-def test_radius_bins_are_floors_on_every_backend(store: Store) -> None:
-    """A radius just under a bin edge stays in the bin below it (PostgreSQL's CAST would round it up)."""
-    radii = [0.249, 0.25, 0.2999, 0.3, 0.004, 1.0]
+def histogram_of_correct(store: Store, name: str, radii: list[float]):
+    """The radius histogram of a done certify job whose images were all certified correct at these radii."""
     with store.session() as session:
-        job_key = add_job(session, "certify-edges", "certify", "done")
+        job_key = add_job(session, name, "certify", "done")
         session.add_all(Certificate(job_key=job_key, sample_index=index, label=1, prediction=1, radius=radius,
                                     correct=1, seconds=0.0) for index, radius in enumerate(radii))
     with store.read_session() as session:
-        histogram = radius_histograms(session, [job_key])[job_key]
+        return radius_histograms(session, [job_key])[job_key]
+
+
+def test_radius_bins_are_floors_on_every_backend(store: Store) -> None:
+    """A radius just under a bin edge stays in the bin below it (PostgreSQL's CAST would round it up)."""
+    radii = [0.249, 0.25, 0.2999, 0.3, 0.004, 1.0]
+    histogram = histogram_of_correct(store, "certify-edges", radii)
     assert histogram.samples == len(radii)
     assert histogram.correct_per_bin == {24: 1, 25: 1, 29: 1, 30: 1, 0: 1, 100: 1}
     assert histogram.correct_radius_sum == pytest.approx(sum(radii))
 
 
 def test_nonsense_radii_share_the_last_bin_on_every_backend(store: Store) -> None:
-    radii = [1e308, 1e30, 150.0, 99.99, 0.5]
-    with store.session() as session:
-        job_key = add_job(session, "certify-huge", "certify", "done")
-        session.add_all(Certificate(job_key=job_key, sample_index=index, label=1, prediction=1, radius=radius,
-                                    correct=1, seconds=0.0) for index, radius in enumerate(radii))
-    with store.read_session() as session:
-        histogram = radius_histograms(session, [job_key])[job_key]
+    histogram = histogram_of_correct(store, "certify-huge", [1e308, 1e30, 150.0, 99.99, 0.5])
     assert histogram.correct_per_bin == {10_000: 3, 9_999: 1, 50: 1}
 
 
