@@ -121,6 +121,7 @@ def validate(spec_file: Annotated[Path, typer.Argument(help="Experiment spec (TO
     executor_settings(spec)  # the spec's [executor] merged over the user config's, both checked
     _warn_reduced_precision(plan)
     _warn_large_sigma(spec_file, plan)
+    _warn_wasted_settings(spec_file, plan)
     _warn_missing_data(spec_file, missing_data(plan, done=set()))
     console.print(f"[green]ok[/] {escape(str(spec_file))}: experiment [bold]{plan.experiment}[/], "
                   f"{len(plan.configs)} config(s), {len(plan.jobs)} job(s)")
@@ -157,6 +158,31 @@ def _warn_large_sigma(spec_file: Path, plan) -> None:  # type: ignore[no-untyped
         errors.print(f"warning: {spec_file}: {where} = {sigma:g} in {', '.join(dict.fromkeys(configs[sigma]))}: "
                      f"inputs lie in [0, 1], so this noise is {sigma:g} times the whole pixel range (the paper's "
                      "largest sigma is 1.0). Did you mean a smaller value?", style="yellow", markup=False,
+                     highlight=False, soft_wrap=True)
+
+
+def _warn_wasted_settings(spec_file: Path, plan) -> None:  # type: ignore[no-untyped-def]
+    """Settings that make a run say nothing of what it was set up to test, though each is valid on its own."""
+    problems: dict[str, list[str]] = {}
+    for config in plan.configs:
+        train, certify = config.config["train"], config.config["certify"]
+        params = train.get("params", {})
+        # With every one of n draws for the top class, the Clopper-Pearson lower bound on pA is alpha ** (1 / n).
+        if certify["alpha"] ** (1 / certify["n"]) < 0.5:
+            problems.setdefault(f"certify.n = {certify['n']} with alpha = {certify['alpha']:g} can certify no image "
+                                "(even n votes of n give a lower bound on pA under 0.5): every image abstains", []
+                                ).append(config.name)
+        ramped = train["method"] != "consistency" or params.get("adversarial")  # plain consistency has no attack
+        if ramped and params.get("warmup", 1) > train["epochs"]:
+            problems.setdefault(f"train.{train['method']}.warmup = {params['warmup']} is longer than the "
+                                f"{train['epochs']} epoch(s) of training, so what it ramps up never reaches its "
+                                "full value", []).append(config.name)
+        if params.get("deferred_epochs", 0) >= train["epochs"]:
+            problems.setdefault(f"train.macer.deferred_epochs = {params['deferred_epochs']} covers all "
+                                f"{train['epochs']} epoch(s), so MACER's robustness term is never trained", []
+                                ).append(config.name)
+    for problem, names in problems.items():
+        errors.print(f"warning: {spec_file}: {problem} (in {', '.join(names)}).", style="yellow", markup=False,
                      highlight=False, soft_wrap=True)
 
 
@@ -237,6 +263,7 @@ def submit(
     plan = build_plan(spec)
     _warn_reduced_precision(plan)
     _warn_large_sigma(spec_file, plan)
+    _warn_wasted_settings(spec_file, plan)
     where = executor_settings(spec, executor)
     if where.kind == "slurm":
         _refuse_local_executor_options(context, "--executor slurm" if executor else "[executor] kind = \"slurm\" "
@@ -822,7 +849,8 @@ def report(
 @app.command("import")
 def import_log(
     file: Annotated[Path, typer.Argument(help="Certification log (TSV: idx label predict radius correct time).")],
-    name: Annotated[str, typer.Option("--name", help="Experiment of imports to add it to (created if new; not one that `smx submit` made).")],
+    name: Annotated[str, typer.Option("--name", help="Experiment of imports to add it to (created if new; not one "
+                                                     "that `smx submit` made).")],
     method: Annotated[str, typer.Option("--method", help="Training method of the certified model.")],
     sigma: Annotated[float, typer.Option("--sigma", help="Noise level it was trained and certified with.")],
     dataset: Annotated[str, typer.Option("--dataset", help="Dataset it was certified on.")] = "mnist",

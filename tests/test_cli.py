@@ -821,12 +821,30 @@ def test_a_sigma_many_times_the_pixel_range_gets_a_warning_naming_its_keys_and_c
     spec.write_text(TINY_SPEC.replace("sigma = 0.5", "sigma = 50"))
     code, out, err = run_cli("validate", str(spec))
     assert code == 0 and "tiny" in out
-    assert err.count("warning:") == 1
+    assert err.count("sigma = ") == 1
     assert "train.sigma and certify.sigma = 50 in gaussian, smoothmix" in err and "Did you mean" in err
     spec.write_text(TINY_SPEC.replace("[certify]\n", "[certify]\nsigma = 1e300\n"))
     code, out, err = run_cli("submit", "--dry-run", "--store", str(tmp_path / "store"), str(spec))
-    assert code == 0 and err.count("warning:") == 1 and "certify.sigma = 1e+300 in gaussian, smoothmix" in err
+    assert code == 0 and err.count("sigma = ") == 1 and "certify.sigma = 1e+300 in gaussian, smoothmix" in err
     spec.write_text(TINY_SPEC.replace("sigma = 0.5", "sigma = 4.0"))
+    assert "sigma = " not in run_cli("validate", str(spec))[2]
+
+
+def test_settings_that_waste_a_run_get_a_warning_naming_the_configs(tmp_path: Path) -> None:
+    spec = tmp_path / "wasted.toml"
+    spec.write_text(tiny_spec("wasted", epochs=2, n=6) + variants("gaussian", "smoothmix", "macer")
+                    + "\n[train.macer]\ndeferred_epochs = 2\n")
+    code, out, err = run_cli("validate", str(spec))
+    assert code == 0, err
+    warnings = " ".join(err.split()).split("warning: ")[1:]
+    assert warnings == [
+        f"{spec}: certify.n = 6 with alpha = 0.01 can certify no image (even n votes of n give a lower bound on pA "
+        "under 0.5): every image abstains (in gaussian, smoothmix, macer). ",
+        f"{spec}: train.smoothmix.warmup = 10 is longer than the 2 epoch(s) of training, so what it ramps up never "
+        "reaches its full value (in smoothmix). ",
+        f"{spec}: train.macer.deferred_epochs = 2 covers all 2 epoch(s), so MACER's robustness term is never trained "
+        "(in macer)."]
+    spec.write_text(tiny_spec("fine", epochs=2, n=7) + variants("gaussian"))  # 0.01 ** (1 / 7) > 0.5
     assert "warning" not in run_cli("validate", str(spec))[2]
 
 
