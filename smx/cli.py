@@ -899,16 +899,22 @@ def export(
         "--out", "-o", help="Directory \\[default: STORE/exports/NAME/].")] = None,
     store: StoreOption = None,
 ) -> None:
-    """Write an experiment's certifications in the field's TSV format, one file per certified config."""
+    """Write an experiment's certifications in the field's TSV format, one file per certified config.
+
+    In the store's own folder, logs of configs the experiment no longer has are removed."""
     from smx.db.store import open_store
     from smx.imports import export_certification_logs
 
     _refuse_empty_out(out)
     opened = open_store(store, create=False)
+    # The store's own folder follows the experiment's current plan; a folder the user chose is left as it is.
     exported = export_certification_logs(opened, experiment,
-                                         Path(out) if out else opened.root / "exports" / experiment)
+                                         Path(out) if out else opened.root / "exports" / experiment, prune=not out)
     for path in exported.paths:
         console.print(str(path), markup=False, highlight=False, soft_wrap=True)
+    for path in exported.removed:
+        errors.print(f"removed {path}: no config of {experiment} has that log now", markup=False, highlight=False,
+                     soft_wrap=True)
     if exported.unfinished:
         # On stderr: stdout stays one written path per line.
         skipped = ", ".join(f"{name} ({status})" for name, status in exported.unfinished.items())

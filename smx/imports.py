@@ -283,13 +283,17 @@ class ExportOutcome:
 
     paths: list[Path]  # one log per certified config
     unfinished: dict[str, str]  # config name -> the status of its certify job, for configs not certified yet
+    removed: list[Path] = field(default_factory=list)  # logs of configs the experiment no longer has (see prune)
 
 
-def export_certification_logs(store: Store, experiment: str, out_dir: Path) -> ExportOutcome:
+def export_certification_logs(store: Store, experiment: str, out_dir: Path, *, prune: bool = False
+                              ) -> ExportOutcome:
     """Write each of the experiment's configs whose certify job is done as `<config>.tsv` in the field's format.
 
     The configs are those its aggregate jobs name, so a partly finished experiment exports what it has; one with
-    no certified config at all is an error that says why.
+    no certified config at all is an error that says why. With `prune` (the store's own export folder), the `.tsv`
+    files there that this export did not write go: logs of configs the spec dropped, or of an earlier version of
+    a config that is not certified again yet.
     """
     with store.read_session() as session:
         configs = sorted(plan_configs(session, experiment), key=lambda config: config.entry["name"])
@@ -316,4 +320,7 @@ def export_certification_logs(store: Store, experiment: str, out_dir: Path) -> E
             write_certification_log(path, rows)
         except OSError as error:  # named by the log it was writing, not by its hidden partial file
             raise cannot_write(path, error) from None
-    return ExportOutcome(paths, unfinished)
+    removed = sorted(set(out_dir.glob("*.tsv")) - set(paths)) if prune else []
+    for path in removed:
+        path.unlink(missing_ok=True)
+    return ExportOutcome(paths, unfinished, removed)

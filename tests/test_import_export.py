@@ -160,6 +160,18 @@ def test_export_writes_the_logs_back_byte_for_byte(imported: Path, tmp_path: Pat
     default = run_smx("export", "cohen", store=imported).stdout.splitlines()
     assert Path(default[0]).parent == imported / "exports" / "cohen"
     assert not list((tmp_path / "out").glob(".*"))  # no partial files left beside the logs
+    # A log of a config the experiment no longer has goes from the store's own folder, not from one the user chose.
+    for folder in (imported / "exports" / "cohen", tmp_path / "out"):
+        (folder / "dropped.tsv").write_text("idx\tlabel\tpredict\tradius\tcorrect\ttime\n")
+        (folder / "notes.txt").write_text("mine")
+    again = run_smx("export", "cohen", store=imported)
+    assert f"removed {imported / 'exports' / 'cohen' / 'dropped.tsv'}: no config of cohen has that log now" in \
+        " ".join(again.stderr.split())
+    assert sorted(path.name for path in (imported / "exports" / "cohen").iterdir()) == sorted(
+        [GAUSSIAN.name, SMOOTHMIX.name, "notes.txt"])
+    kept = run_smx("export", "cohen", "--out", str(tmp_path / "out"), store=imported)
+    assert "removed" not in kept.stderr and (tmp_path / "out" / "dropped.tsv").exists()
+    (imported / "exports" / "cohen" / "notes.txt").unlink()  # the store is the module's
 
 
 def test_an_export_that_could_not_finish_writes_nothing(imported: Path, tmp_path: Path) -> None:
