@@ -28,7 +28,7 @@ TINY_SPEC = tiny_spec("tiny", epochs=1, max_samples=6, description="smallest end
 [[variant]]
 name = "smoothmix"
 train.method = "smoothmix"
-train.smoothmix = { eta = 5.0, alpha = 1.0, steps = 1, noise_samples = 2 }
+train.smoothmix = { eta = 5.0, alpha = 1.0, steps = 1, noise_samples = 2, warmup = 1 }
 """
 
 
