@@ -173,6 +173,14 @@ def make_app(store: Store, **options) -> SmxApp:
     return SmxApp(str(store.root), clock=frozen_clock, **options)
 
 
+def make_app_taking_notes(store: Store, **options) -> tuple[SmxApp, list[str]]:
+    """An app whose notifications are kept in the list returned with it, in order."""
+    app = make_app(store, **options)
+    notes: list[str] = []
+    app.notify = lambda message, **_: notes.append(message)
+    return app, notes
+
+
 async def settle(pilot) -> None:
     """Let the app read the store and show what it read (reads run in worker threads). On a loaded machine a
     read that a message starts may begin after a round: wait until a round ends with no worker left."""
@@ -784,9 +792,7 @@ async def test_cancelling_a_job_sent_to_slurm_cancels_its_slurm_job_too(
     monkeypatch.setenv("PATH", f"{commands}{os.pathsep}{os.environ['PATH']}")
     with seeded.session() as session:
         session.execute(update(Job).where(Job.key == key("train-smoothmix-0.50")).values(slurm_job_id="4242"))
-    app = make_app(seeded)
-    notes: list[str] = []
-    app.notify = lambda message, **options: notes.append(message)
+    app, notes = make_app_taking_notes(seeded)
     async with app.run_test(size=(100, 30)) as pilot:
         await select_job(pilot, "train-smoothmix-0.50")
         await pilot.press("c")
@@ -800,9 +806,7 @@ async def test_cancelling_a_job_sent_to_slurm_cancels_its_slurm_job_too(
 
 @pytest.mark.asyncio
 async def test_an_experiment_removed_while_in_focus_gives_the_focus_back_and_says_so(seeded: Store) -> None:
-    app = make_app(seeded)
-    notes: list[str] = []
-    app.notify = lambda message, **options: notes.append(message)
+    app, notes = make_app_taking_notes(seeded)
     async with app.run_test(size=(100, 30)) as pilot:
         await settle(pilot)
         app.experiment = "gone"  # as if `smx remove gone` ran while it was in focus
@@ -819,9 +823,7 @@ def enabled_keys(app: SmxApp) -> dict[str, bool]:
 
 @pytest.mark.asyncio
 async def test_read_only_greys_out_every_action_and_refuses_what_reaches_the_app(seeded: Store) -> None:
-    app = make_app(seeded, read_only=True)
-    notes: list[str] = []
-    app.notify = lambda message, **options: notes.append(message)
+    app, notes = make_app_taking_notes(seeded, read_only=True)
     async with app.run_test(size=(100, 30)) as pilot:
         await settle(pilot)
         assert not enabled_keys(app)["x"] and not enabled_keys(app)["c"] and not enabled_keys(app)["r"]
@@ -847,9 +849,7 @@ async def test_read_only_greys_out_every_action_and_refuses_what_reaches_the_app
 
 @pytest.mark.asyncio
 async def test_export_writes_the_experiments_results_as_csv(seeded: Store) -> None:
-    app = make_app(seeded)
-    notes: list[str] = []
-    app.notify = lambda message, **options: notes.append(message)
+    app, notes = make_app_taking_notes(seeded)
     async with app.run_test(size=(100, 30)) as pilot:
         await settle(pilot)
         await pilot.press("3")
