@@ -331,7 +331,6 @@ def open_store(location: str | None = None, *, create: bool = True) -> Store:
             raise unwritable
         if create or upgrade:
             with _schema_lock(store):
-                _refuse_foreign_database(store)
                 if not read_only:
                     _use_wal(store)
                 initialise(store)
@@ -451,11 +450,9 @@ def stored_version(store: Store) -> int | None:
 def _refuse_foreign_database(store: Store) -> None:
     """A database that holds another program's tables is not to be filled with smx's (a directory store's smx.db,
     or a server database shared with another application). Tables of smx's own alone are a store that another smx
-    process is creating (under the same schema lock) or left half-made."""
-    if stored_version(store) is not None:
-        return
+    process is creating (under the same schema lock) or left half-made; so are other tables beside a store's own."""
     foreign = sorted(_table_names(store) - set(Base.metadata.tables))
-    if not foreign:
+    if not foreign or stored_version(store) is not None:
         return
     if store.is_sqlite:
         where, fix = store.sqlite_path, "point --store / SMX_STORE at a new directory, or at an smx store"
