@@ -12,7 +12,7 @@ from sqlalchemy.orm import Session
 from smx.db.models import AnalysisResult
 from smx.db.queries import ConfigAnalysis, analyses_of, require_experiment
 from smx.db.readonly import QueryResult
-from smx.db.store import Store
+from smx.db.store import ANALYSIS_PLOT_SUFFIXES, Store
 from smx.report import pyplot, save_plot
 
 CONFIDENCE_COLUMNS = ["config", "epsilon", "samples", "true_class_confidence", "max_off_class_confidence", "accuracy"]
@@ -47,8 +47,8 @@ def analysis_tables(store: Store, experiment: str) -> dict[str, QueryResult]:
 def analysis_plot_paths(beside: Path) -> dict[str, Path]:
     """Where `smx plot` writes each analysis's plot: beside the certified-accuracy plot `beside`, named after it and
     in its format (quickstart.png: quickstart-confidence.png, quickstart-mixing-ratio.png)."""
-    return {kind: beside.with_name(f"{beside.stem}-{kind.replace('_', '-')}{beside.suffix}")
-            for kind in ("confidence", "mixing_ratio")}
+    return {kind: beside.with_name(f"{beside.stem}{suffix}{beside.suffix}")
+            for kind, suffix in ANALYSIS_PLOT_SUFFIXES.items()}
 
 
 def plot_analysis(store: Store, experiment: str, beside: Path) -> list[Path]:

@@ -44,6 +44,9 @@ SQLITE_STORAGE_CODES = {SQLITE_READONLY, SQLITE_IOERR, SQLITE_FULL, SQLITE_CANTO
 SQLITE_DAMAGED_CODES = {11, 26}  # CORRUPT, NOTADB
 # With less free space than this, an I/O error of SQLite's is most likely the full disk.
 NEARLY_FULL_BYTES = 1 << 20
+# What `smx plot` writes beside an experiment's certified-accuracy plot, one per analysis, by the analysis's kind:
+# quickstart.png, quickstart-confidence.png, quickstart-mixing-ratio.png.
+ANALYSIS_PLOT_SUFFIXES = {"confidence": "-confidence", "mixing_ratio": "-mixing-ratio"}
 DAMAGED_FIX = ("the file is damaged or not an SQLite database: move it away (keep it, it may be recoverable) and "
                "`smx submit` starts a new store, or point --store / SMX_STORE at another store")
 

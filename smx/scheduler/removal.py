@@ -26,14 +26,10 @@ from smx.db.models import (
     TrainMetric,
 )
 from smx.db.queries import experiment_names, require_experiment
-from smx.db.store import Store
+from smx.db.store import ANALYSIS_PLOT_SUFFIXES, Store
 from smx.errors import UserError
 from smx.scheduler.queue import STOP_GRACE, lock_experiment_membership, may_still_run
 from smx.scheduler.slurm import SlurmError, cancel_slurm_jobs
-
-# What `smx plot` writes beside an experiment's plot, one per analysis (analysis_report.plot_analysis).
-ANALYSIS_PLOT_SUFFIXES = ("-confidence", "-mixing-ratio")
-
 
 @dataclass(frozen=True)
 class KeptJob:
@@ -231,8 +227,8 @@ def _files(store: Store, removal: Removal, jobs: list[Job], remaining: set[str])
     of "a-confidence" is also the confidence plot of "a")."""
     plots = []
     for experiment in removal.experiments:
-        for stem in (experiment, *(experiment + suffix for suffix in ANALYSIS_PLOT_SUFFIXES)):
-            writers = {stem, *(stem.removesuffix(suffix) for suffix in ANALYSIS_PLOT_SUFFIXES)}
+        for stem in (experiment, *(experiment + suffix for suffix in ANALYSIS_PLOT_SUFFIXES.values())):
+            writers = {stem, *(stem.removesuffix(suffix) for suffix in ANALYSIS_PLOT_SUFFIXES.values())}
             if not writers & remaining:
                 plots.append(store.root / "plots" / f"{stem}.png")
     slurm_ids = sorted({job.slurm_job_id for job in jobs if job.slurm_job_id})
