@@ -629,6 +629,42 @@ def test_an_interrupted_worker_says_its_job_went_back_to_the_queue_and_exits_130
         assert (job.status, job.error) == ("pending", "interrupted; resumes from its last checkpoint")
 
 
+def test_a_stop_request_stops_the_worker_at_its_next_look_wherever_the_signal_landed(tmp_path: Path,
+                                                                                      monkeypatch) -> None:
+    """The handler only records the request: raised from it, the exception was lost when the signal landed in an
+    at-fork hook while the job's process started, and the worker ran every job to its end."""
+    import signal
+    import threading
+
+    from smx.db.models import Job
+    from smx.db.store import open_store
+    from smx.scheduler import worker
+    from smx.scheduler.slots import make_slots
+
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
+    store = open_store(str(tmp_path / "store"))
+    train_key = planned_key(enqueue_spec(store, tmp_path / "long.toml", tiny_spec("long", epochs=50,
+                                                                                   method="gaussian")), "train/base")
+
+    def stop_once_the_job_runs() -> None:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            with store.read_session() as session:
+                if session.get(Job, train_key).pid is not None:
+                    break
+            time.sleep(0.2)
+        worker.request_stop(signal.SIGINT, None)  # as the handler does, in whatever the worker was running then
+
+    stopper = threading.Thread(target=stop_once_the_job_runs)
+    stopper.start()
+    report = worker.run_worker(store, make_slots(store.locks_dir, [], 1, 1))
+    stopper.join()
+    assert (report.interrupted_by, report.ran) == ("SIGINT", 0)
+    assert report.requeued == f"train/base ({train_key[:12]})"
+    with store.read_session() as session:
+        assert session.get(Job, train_key).status == "pending"
+
+
 def test_help_shows_the_defaults_written_in_option_texts() -> None:
     environment = {**os.environ, "COLUMNS": "200"}
     shown = subprocess.run(smx_command("submit", "--help"), capture_output=True, text=True, env=environment).stdout

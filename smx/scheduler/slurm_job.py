@@ -6,13 +6,12 @@ from __future__ import annotations
 import os
 import signal
 from pathlib import Path
-from types import FrameType
 
 from smx.db.store import open_store
 from smx.scheduler import queue
 from smx.scheduler.slots import Slot, try_lock
 from smx.scheduler.slurm import require_submitit
-from smx.scheduler.worker import Interrupted, run_job
+from smx.scheduler.worker import Interrupted, request_stop, run_job
 
 
 class SlurmJob(require_submitit().helpers.Checkpointable):  # type: ignore[misc]
@@ -40,7 +39,8 @@ class SlurmJob(require_submitit().helpers.Checkpointable):  # type: ignore[misc]
                 if status in ("done", "cancelled", "running"):
                     return f"not run: the job is {status}"
                 raise RuntimeError(f"job {key} is {status} and not ready: a parent is not done")
-            signal.signal(signal.SIGTERM, _interrupt)
+            # Slurm preempts, requeues or cancels with SIGTERM (then SIGKILL): stop the job, put it back in the queue.
+            signal.signal(signal.SIGTERM, request_stop)
             try:
                 succeeded = run_job(store, job, slot, requeue_if_terminated=True)
             except Interrupted:
@@ -51,8 +51,3 @@ class SlurmJob(require_submitit().helpers.Checkpointable):  # type: ignore[misc]
         finally:
             if lock is not None:
                 lock.release()
-
-
-def _interrupt(signum: int, _frame: FrameType | None) -> None:
-    # Slurm preempts, requeues or cancels with SIGTERM (then SIGKILL): stop the job and put it back in the queue.
-    raise Interrupted(signal.Signals(signum).name)

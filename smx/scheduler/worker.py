@@ -43,6 +43,24 @@ class Interrupted(Exception):
     """The worker was told to stop (SIGTERM, SIGINT): its running job goes back to the queue."""
 
 
+# The signal that asked this worker to stop, if one did. Its handler only records it, and the loops that wait check
+# it at least every POLL_SECONDS: an exception raised from the handler was lost (printed as "Exception ignored")
+# when the signal landed in an at-fork hook while a job's process started, and the worker ran on.
+_stop_requested: str | None = None
+
+
+def request_stop(signum: int, _frame: FrameType | None) -> None:
+    """The handler of the signals that stop a worker or a Slurm job. The first request names the stop: a second (a
+    terminal's Ctrl-C reaches both `smx submit`, which passes it on, and this worker) changes nothing."""
+    global _stop_requested
+    _stop_requested = _stop_requested or signal.Signals(signum).name
+
+
+def _stop_if_requested() -> None:
+    if _stop_requested is not None:
+        raise Interrupted(_stop_requested)
+
+
 def _die_with_parent(worker_pid: int) -> None:
     # If the worker is killed (even by SIGKILL), its job process must not run on unsupervised.
     if sys.platform.startswith("linux"):
@@ -133,6 +151,7 @@ def run_job(store: Store, job: Job, slot: Slot, *, requeue_if_terminated: bool =
                 process.wait(timeout=POLL_SECONDS)
             except subprocess.TimeoutExpired:
                 pass
+            _stop_if_requested()
     except Interrupted:
         if process is not None:
             _stop(process)
@@ -167,6 +186,7 @@ def _run_on_slot(store: Store, slot: Slot, report: WorkerReport, *, stay: bool) 
     _requeue_orphans_of(store, slot)
     queue.recover_abandoned(store, slot_is_free=is_free)
     while True:
+        _stop_if_requested()
         job = queue.claim_next(store, device=slot.name, slot=slot.lock_path, pid=os.getpid())
         if job is not None:
             try:
@@ -189,16 +209,11 @@ def _run_on_slot(store: Store, slot: Slot, report: WorkerReport, *, stay: bool) 
 def run_worker(store: Store, slots: list[Slot], *, stay: bool = False) -> WorkerReport:
     """Claim jobs until none can become ready (or forever with `stay`), or until SIGINT or SIGTERM, which the report
     names."""
+    global _stop_requested
     report = WorkerReport(slot=None)
+    _stop_requested = None
 
-    def interrupt(signum: int, _frame: FrameType | None) -> None:
-        # One stop request is enough: a second (a terminal's Ctrl-C reaches both `smx submit`, which passes it
-        # on, and this worker) must not break off putting the running job back in the queue.
-        for sig in previous:
-            signal.signal(sig, signal.SIG_IGN)
-        raise Interrupted(signal.Signals(signum).name)
-
-    previous = {sig: signal.signal(sig, interrupt) for sig in (signal.SIGTERM, signal.SIGINT)}
+    previous = {sig: signal.signal(sig, request_stop) for sig in (signal.SIGTERM, signal.SIGINT)}
     try:
         while True:
             with lock_file_errors_reported(store.root):
@@ -220,4 +235,6 @@ def run_worker(store: Store, slots: list[Slot], *, stay: bool = False) -> Worker
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+    # A stop asked while the worker was finishing anyway still counts as one.
+    report.interrupted_by = report.interrupted_by or _stop_requested
     return report
