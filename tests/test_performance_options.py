@@ -112,14 +112,14 @@ class Interrupted(Exception):
     pass
 
 
-def interrupt(metrics):
+def interrupt(path, epoch):
     raise Interrupted
 
 
 def test_a_checkpoint_from_before_amp_existed_resumes_as_fp32(tmp_path):
     data = load_dataset("mnist-mini", "train").subset(range(32))
     with pytest.raises(Interrupted):
-        train(build_model("lenet", "mnist-mini"), data, amp_settings(epochs=2), tmp_path, on_epoch=interrupt)
+        train(build_model("lenet", "mnist-mini"), data, amp_settings(epochs=2), tmp_path, on_checkpoint=interrupt)
     [first] = tmp_path.glob("epoch-*.pt")
     state = load_checkpoint(first)
     del state["settings"]["amp"]

@@ -56,16 +56,17 @@ def assert_same_weights(model, state):
 
 
 def stop_after(epoch):
-    def on_epoch(metrics):
-        if metrics.epoch == epoch:
+    """An on_checkpoint callback: a run killed once that epoch's checkpoint is written."""
+    def on_checkpoint(path, written_epoch):
+        if written_epoch == epoch:
             raise Interrupted
 
-    return on_epoch
+    return on_checkpoint
 
 
 def test_resumed_run_ends_with_identical_weights(data, uninterrupted, tmp_path):
     with pytest.raises(Interrupted):
-        train(fresh_model(), data, settings(), tmp_path, on_epoch=stop_after(1))
+        train(fresh_model(), data, settings(), tmp_path, on_checkpoint=stop_after(1))
     assert [epoch for epoch, _ in list_checkpoints(tmp_path)] == [1]
 
     resumed = fresh_model()
@@ -93,7 +94,7 @@ def test_resumed_run_ends_with_identical_weights(data, uninterrupted, tmp_path):
 def test_a_checkpoint_that_is_not_what_was_written_is_set_aside_and_training_resumes_before_it(
         data, uninterrupted, tmp_path, damage):
     with pytest.raises(Interrupted):
-        train(fresh_model(), data, settings(), tmp_path, on_epoch=stop_after(2))
+        train(fresh_model(), data, settings(), tmp_path, on_checkpoint=stop_after(2))
     latest = checkpoint_path(tmp_path, 2)
     if damage == "another-architecture":  # loadable, with the right keys at the top, but not a LeNet's weights
         state = torch.load(latest, weights_only=True)
@@ -128,7 +129,7 @@ def test_lr_decays_follow_their_schedule_and_resume_exactly(data, tmp_path, lr_d
     train(whole, data, schedule, tmp_path / "whole", on_epoch=metrics.append)
     assert [m.lr for m in metrics] == pytest.approx(rates)
     with pytest.raises(Interrupted):
-        train(fresh_model(), data, schedule, tmp_path / "split", on_epoch=stop_after(3))
+        train(fresh_model(), data, schedule, tmp_path / "split", on_checkpoint=stop_after(3))
     resumed, resumed_metrics = fresh_model(), []
     train(resumed, data, schedule, tmp_path / "split", on_epoch=resumed_metrics.append)
     assert_same_weights(resumed, whole.state_dict())
@@ -141,7 +142,7 @@ def test_lr_decays_follow_their_schedule_and_resume_exactly(data, tmp_path, lr_d
 def test_checkpoints_from_before_amp_and_lr_decay_were_recorded_count_as_their_values_then(data, tmp_path):
     old = settings(method="gaussian", params=GaussianParams(), epochs=2, lr_decay="on_time")
     with pytest.raises(Interrupted):
-        train(fresh_model(), data, old, tmp_path, on_epoch=stop_after(1))
+        train(fresh_model(), data, old, tmp_path, on_checkpoint=stop_after(1))
     path = checkpoint_path(tmp_path, 1)
     state = torch.load(path, weights_only=True)
     del state["settings"]["amp"], state["settings"]["lr_decay"]
@@ -165,7 +166,7 @@ def test_checkpoint_loads_with_weights_only(uninterrupted):
 
 def test_corrupt_newest_checkpoint_falls_back_to_the_previous(data, uninterrupted, tmp_path):
     with pytest.raises(Interrupted):
-        train(fresh_model(), data, settings(), tmp_path, on_epoch=stop_after(2))
+        train(fresh_model(), data, settings(), tmp_path, on_checkpoint=stop_after(2))
     newest = tmp_path / "epoch-0002.pt"
     newest.write_bytes(newest.read_bytes()[: newest.stat().st_size // 2])
 
@@ -181,6 +182,13 @@ def test_finished_run_returns_its_final_checkpoint(data, uninterrupted, tmp_path
     again, epochs = fresh_model(), []
     assert train(again, data, settings(epochs=1), tmp_path, on_epoch=epochs.append) == final
     assert epochs == []
+
+
+def test_two_runs_of_the_same_settings_write_the_same_bytes(data, tmp_path):
+    """Nothing in a checkpoint depends on the clock: its sha256 tells whether a run was reproduced."""
+    first = train(fresh_model(), data, settings(epochs=1), tmp_path / "first")
+    second = train(fresh_model(), data, settings(epochs=1), tmp_path / "second")
+    assert first.read_bytes() == second.read_bytes()
 
 
 def test_resuming_with_other_settings_is_refused(data, tmp_path):

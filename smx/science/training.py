@@ -29,7 +29,7 @@ import pickle
 import time
 import zipfile
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -96,7 +96,7 @@ class EpochMetrics:
 
 
 CheckpointCallback = Callable[[Path, int], None]
-ResumeCallback = Callable[[Path, int, EpochMetrics | None], None]
+ResumeCallback = Callable[[Path, int], None]
 RemovedCallback = Callable[[Path], None]
 IntactCheck = Callable[[Path], bool]  # False for a checkpoint whose bytes are not those written
 SET_ASIDE_SUFFIX = ".corrupt"
@@ -244,9 +244,9 @@ def resume(
     device: torch.device,
     on_checkpoint_removed: RemovedCallback | None,
     is_intact: IntactCheck | None = None,
-) -> tuple[int, Path | None, EpochMetrics | None]:
-    """Restore the newest usable checkpoint; returns (epochs it finished, its path, its last epoch's metrics),
-    or (0, None, None) without one. Checkpoints written before they held metrics give None. Unreadable
+) -> tuple[int, Path | None]:
+    """Restore the newest usable checkpoint; returns (epochs it finished, its path), or (0, None) without one.
+    Unreadable
     checkpoints on the way are deleted: training is about to write them again anyway. Those that `is_intact`
     refuses, or whose contents do not fit the model, are set aside (renamed with SET_ASIDE_SUFFIX) for inspection."""
     untouched: list[dict[str, Any]] = []  # the state before the first load, taken only if one is tried
@@ -274,9 +274,8 @@ def resume(
             _set_aside(path, on_checkpoint_removed)
             continue
         restore_rng_state(state["rng"], shuffle, device)
-        metrics = EpochMetrics(**state["metrics"]) if "metrics" in state else None
-        return state["epoch"], path, metrics
-    return 0, None, None
+        return state["epoch"], path
+    return 0, None
 
 
 def _set_aside(path: Path, on_checkpoint_removed: RemovedCallback | None) -> None:
@@ -300,12 +299,14 @@ def train(
 ) -> Path:
     """Train `model` in place, resuming from the newest readable checkpoint in `checkpoint_dir`.
 
-    After each epoch: the checkpoint is written and made durable, then on_checkpoint(path, epoch), then
-    on_checkpoint_removed(path) for each checkpoint pruned (all but the newest two, and unreadable ones found
-    when resuming), then on_epoch(metrics). on_progress(fraction of the whole run, text) is called at most
-    every PROGRESS_INTERVAL_SECONDS. on_resume(path, epoch, metrics of that epoch) is called once when a checkpoint
-    was restored: a process killed after a checkpoint's write but before its callbacks ran would otherwise lose
-    what they record. is_intact(path) is asked before a checkpoint is resumed from (see `resume`).
+    After each epoch: on_epoch(metrics), then the checkpoint is written and made durable, then
+    on_checkpoint(path, epoch), then on_checkpoint_removed(path) for each checkpoint pruned (all but the newest
+    two, and unreadable ones found when resuming). Metrics go out before the checkpoint so that it holds nothing
+    but the run's state: two runs of the same settings on the same machine write the same bytes. A process killed
+    between the two trains that epoch again and reports it again. on_progress(fraction of the whole run, text) is
+    called at most every PROGRESS_INTERVAL_SECONDS. on_resume(path, epoch) is called once when a checkpoint was
+    restored: a process killed after a checkpoint's write but before on_checkpoint ran would otherwise lose what it
+    records. is_intact(path) is asked before a checkpoint is resumed from (see `resume`).
     Returns the final checkpoint.
     """
     validate(settings)
@@ -324,11 +325,11 @@ def train(
     torch.manual_seed(settings.seed)
     shuffle = torch.Generator().manual_seed(settings.seed)
 
-    start_epoch, latest, restored_metrics = resume(
+    start_epoch, latest = resume(
         checkpoint_dir, settings, model, optimizer, scheduler, shuffle, device, on_checkpoint_removed, is_intact
     )
     if latest is not None and on_resume:
-        on_resume(latest, start_epoch, restored_metrics)
+        on_resume(latest, start_epoch)
     if latest is not None and start_epoch >= settings.epochs:
         return latest
 
@@ -340,6 +341,8 @@ def train(
         context = StepContext(params=settings.params, epoch=epoch, epochs=settings.epochs, num_classes=num_classes)
         metrics = train_epoch(model, method.loss, optimizer, data, settings, context, shuffle, device, report)
         scheduler.step()
+        if on_epoch:
+            on_epoch(metrics)
         latest = checkpoint_path(checkpoint_dir, epoch + 1)
         save_checkpoint(
             {
@@ -349,7 +352,6 @@ def train(
                 "scheduler": scheduler.state_dict(),
                 "rng": rng_state(shuffle, device),
                 "settings": settings.record(),
-                "metrics": asdict(metrics),
             },
             latest,
         )
@@ -359,8 +361,6 @@ def train(
             old.unlink()
             if on_checkpoint_removed:
                 on_checkpoint_removed(old)
-        if on_epoch:
-            on_epoch(metrics)
     return latest
 
 
