@@ -161,6 +161,33 @@ def test_an_experiments_best_acr_is_the_results_views_over_its_current_plan(stor
     assert in_view == {"edited": 0.7}
 
 
+def test_until_its_aggregate_is_done_an_experiments_best_acr_is_its_certified_configs_starred(store) -> None:
+    from smx.db.models import Certificate, Experiment, ExperimentJob, Job
+    from smx.db.queries import experiments_overview
+
+    certified = {"done-a": ("done", [(0.5, 1), (1.0, 0)]), "done-b": ("done", [(0.4, 1), (0.4, 1)]),
+                 "running": ("running", [(2.0, 1)])}  # a running job's certificates so far do not count
+    with store.session() as session:
+        experiment = Experiment(name="halfway", spec_path="", spec_text="", spec_hash="")
+        session.add(experiment)
+        session.add_all(Job(key=key, kind="certify", name=key, config={}, status=status)
+                        for key, (status, _) in certified.items())
+        session.add(Job(key="aggregate", kind="aggregate", name="aggregate", config={}))
+        session.flush()
+        session.add_all(ExperimentJob(experiment_id=experiment.id, job_key=key, config_name=key)
+                        for key in [*certified, "aggregate"])
+        session.add_all(Certificate(job_key=key, sample_index=index, label=0, prediction=0, radius=radius,
+                                    correct=correct, seconds=0.1)
+                        for key, (_, rows) in certified.items() for index, (radius, correct) in enumerate(rows))
+    with store.read_session() as session:
+        [overview] = experiments_overview(session)
+    assert overview.best_acr == pytest.approx(0.4) and overview.best_acr_provisional
+    code, out, err = run_cli("status", "--store", store.location)
+    assert code == 0, err
+    assert "0.400*" in out
+    assert "* provisional: the best of the configs certified so far" in " ".join(out.split())
+
+
 def test_reading_commands_do_not_wait_for_a_transaction_another_program_holds_open(tmp_path: Path) -> None:
     import time
 

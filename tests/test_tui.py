@@ -31,7 +31,7 @@ from smx.db.store import Store, StoreError, open_store
 from smx.reference import PaperAcrValue
 from smx.science.metrics import DEFAULT_RADII
 from smx.tui.app import SmxApp, status_line, welcome_text
-from smx.tui.cells import result_cells, results_caption
+from smx.tui.cells import EXPERIMENT_COLUMNS, experiment_cells, result_cells, results_caption
 from smx.tui.data import LOG_TAIL_BYTES, RADIUS_STEP, LoadRequest, LogFollower, StoreReader, radius_histograms
 from smx.tui.messages import ActOnJobs, ExportResults
 from smx.tui.panes import CurvesPane, ExperimentsPane, JobsPane, ResultsPane
@@ -536,6 +536,19 @@ async def test_tabs_show_experiments_jobs_results_and_curves(seeded: Store) -> N
         assert app.experiment is None and jobs_pane(app).table.row_count == 10
         await pilot.press("1", "s")  # the caption says so at once, not at the next read of the store
         assert "sorted by" in str(app.main.query_one("#experiments-caption").content)
+
+
+def test_a_provisional_best_acr_is_starred_and_sorts_as_a_number() -> None:
+    from smx.db.queries import ExperimentOverview
+
+    def best_acr_cell(acr: float, provisional: bool):
+        overview = ExperimentOverview(name="e", description="", configs=2, counts={"done": 2}, best_acr=acr,
+                                      updated_at=datetime(2026, 1, 1), best_acr_provisional=provisional)
+        return experiment_cells(overview)[[name for name, _ in EXPERIMENT_COLUMNS].index("best_acr")]
+
+    starred, final = best_acr_cell(0.4, True), best_acr_cell(0.5, False)
+    assert (starred.shown, final.shown) == ("0.400*", "0.500")
+    assert starred.sort_value < final.sort_value
 
 
 @pytest.mark.asyncio

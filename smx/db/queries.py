@@ -46,6 +46,10 @@ def silent_seconds(status: str, heartbeat_at: datetime | None, now: datetime) ->
     return silent if silent > SILENT_WORKER_SECONDS else None
 
 
+PROVISIONAL_BEST_ACR = ("provisional: the best of the configs certified so far, as the experiment's aggregate job is "
+                        "not done")
+
+
 @dataclass
 class ExperimentOverview:
     name: str
@@ -54,6 +58,8 @@ class ExperimentOverview:
     counts: dict[str, int]
     best_acr: float | None
     updated_at: datetime
+    # The best ACR is that of the configs certified so far: the aggregate job is not done (see report.Summaries).
+    best_acr_provisional: bool = False
 
     @property
     def total(self) -> int:
@@ -118,12 +124,31 @@ def experiments_overview(session: Session) -> list[ExperimentOverview]:
               (ExperimentJob.experiment_id == Experiment.id) & (ExperimentJob.job_key == Aggregate.job_key))
         .group_by(Aggregate.experiment)
     ).all())
+    provisional = _provisional_best_acr(session, exclude=set(best))
     return [
         ExperimentOverview(name=e.name, description=e.description, configs=configs.get(e.name, 0),
-                           counts=counts.get(e.name, dict.fromkeys(JOB_STATUSES, 0)), best_acr=best.get(e.name),
-                           updated_at=e.updated_at)
+                           counts=counts.get(e.name, dict.fromkeys(JOB_STATUSES, 0)),
+                           best_acr=best.get(e.name, provisional.get(e.name)), updated_at=e.updated_at,
+                           best_acr_provisional=e.name not in best and e.name in provisional)
         for e in session.scalars(select(Experiment).order_by(Experiment.updated_at.desc()))
     ]
+
+
+def _provisional_best_acr(session: Session, exclude: set[str]) -> dict[str, float]:
+    """Each experiment's best ACR over its done certify jobs, for those without stored summaries yet: the ACR that
+    its aggregate job will store for each (science.metrics.average_certified_radius, the mean of radius x
+    correct), averaged in the database so that an overview refreshed every few seconds loads no certificates."""
+    best: dict[str, float] = {}
+    for name, acr in session.execute(
+        select(Experiment.name, func.avg(Certificate.radius * Certificate.correct))
+        .join(ExperimentJob, ExperimentJob.experiment_id == Experiment.id)
+        .join(Job, Job.key == ExperimentJob.job_key)
+        .join(Certificate, Certificate.job_key == Job.key)
+        .where(Job.kind == "certify", Job.status == "done", Experiment.name.not_in(exclude))
+        .group_by(Experiment.name, Job.key)
+    ):
+        best[name] = max(best.get(name, acr), acr)
+    return best
 
 
 def jobs_view(session: Session, experiment: str | None = None, statuses: list[str] | None = None) -> list[JobView]:

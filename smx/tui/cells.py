@@ -130,6 +130,11 @@ def number(value: float | None) -> Cell:
     return cell(value, "" if value is None else f"{value:.{METRIC_DIGITS}f}")
 
 
+def provisional_number(value: float) -> Cell:
+    """A number that may still change (see db.queries.PROVISIONAL_BEST_ACR), starred as `smx status` stars it."""
+    return cell(value, f"{value:.{METRIC_DIGITS}f}*", "italic")
+
+
 def status_cell(status: str) -> Cell:
     return Cell(status, (0, STATUS_ORDER.get(status, len(STATUS_ORDER))), STATUS_STYLES.get(status, ""))
 
@@ -153,7 +158,7 @@ def experiment_cells(experiment: ExperimentOverview) -> tuple[Cell, ...]:
         count("running"), count("pending"), count("failed"), count("cancelled"),
         cell(experiment.total),
         cell(experiment.configs),
-        number(experiment.best_acr),
+        provisional_number(experiment.best_acr) if experiment.best_acr_provisional else number(experiment.best_acr),
         cell(experiment.updated_at, f"{experiment.updated_at:%m-%d %H:%M}"),
     )
 

@@ -78,7 +78,10 @@ class ExperimentsPane(StoreActionsOffWhenReadOnly, Vertical):
 
     def _caption(self) -> None:
         focused = f"focus: {self._focus}" if self._focus else "Enter shows one's jobs, results and curves"
-        self.query_one(Caption).update(f"{len(self._experiments)} experiment(s) · {focused}{_sorted(self.table)}")
+        starred = any(experiment.best_acr_provisional for experiment in self._experiments.values())
+        # One line: the caption's whole height.
+        self.query_one(Caption).update(f"{len(self._experiments)} experiment(s) · {focused}{_sorted(self.table)}"
+                                       + (" · *: ACR of the configs certified so far" if starred else ""))
 
     def on_live_table_sort_changed(self) -> None:
         self._caption()
