@@ -173,12 +173,16 @@ def load_log(path: Path, options: ImportOptions) -> LoadedLog:
         raise UserError(f"cannot read {path}: {error.strerror}.\nFix: check the path and its permissions.") from None
     if not rows:
         raise UserError(f"{path} has a header but no rows.\nFix: give a log with at least one certified sample.")
-    num_classes = DATASETS[options.dataset].num_classes
+    dataset = DATASETS[options.dataset]
     first_line: dict[int, int] = {}
     for line_number, row in enumerate(rows, start=2):
-        if row.label >= num_classes or row.prediction >= num_classes:
+        if row.label >= dataset.num_classes or row.prediction >= dataset.num_classes:
             raise UserError(f"{path}, line {line_number}: label {row.label}, predict {row.prediction}: "
-                            f"{options.dataset} has classes 0 to {num_classes - 1}.\n"
+                            f"{options.dataset} has classes 0 to {dataset.num_classes - 1}.\n"
+                            "Fix: give the --dataset the log was certified on.")
+        if row.index >= dataset.test_images:
+            raise UserError(f"{path}, line {line_number}: sample {row.index}: {options.dataset}'s test set has "
+                            f"{dataset.test_images:,} images (idx 0 to {dataset.test_images - 1}).\n"
                             "Fix: give the --dataset the log was certified on.")
         if row.index in first_line:
             raise UserError(f"{path}, line {line_number}: sample {row.index} was already certified on line "

@@ -273,6 +273,13 @@ def test_import_errors_for_missing_files_clashing_configs_and_spec_experiments(i
                             store=imported, check=False)
     assert wrong_dataset.returncode == 2
     assert "line 2: label 12, predict 12: mnist has classes 0 to 9" in wrong_dataset.stderr
+    imagenet_log = tmp_path / "imagenet.tsv"
+    imagenet_log.write_text("idx\tlabel\tpredict\tradius\tcorrect\ttime\n"
+                            "0\t3\t3\t0.5\t1\t0:00:01.000000\n12500\t7\t7\t0.5\t1\t0:00:01.000000\n")
+    past_the_test_set = run_smx("import", str(imagenet_log), "--name", "cohen", "--method", "gaussian", "--sigma",
+                                "0.5", store=imported, check=False)
+    assert past_the_test_set.returncode == 2
+    assert "line 3: sample 12500: mnist's test set has 10,000 images (idx 0 to 9999)" in past_the_test_set.stderr
     clash = run_smx("import", str(GAUSSIAN), "--name", "cohen", "--method", "gaussian", "--sigma", "0.25",
                     store=imported, check=False)
     assert clash.returncode == 2 and "already has a config named 'mnist_gaussian_sigma0.50'" in clash.stderr

@@ -29,6 +29,7 @@ class DatasetInfo:
     recipe: TrainRecipe
     default_arch: str
     needs_root: bool
+    test_images: int  # in the published test split (ImageNet's: its validation set), which certification logs index
 
 
 MNIST_RECIPE = TrainRecipe(lr=0.01, epochs=90, lr_step=30)
@@ -41,14 +42,19 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 DATASETS: dict[str, DatasetInfo] = {
-    "mnist-mini": DatasetInfo("mnist-mini", 10, (1, 28, 28), None, None, MNIST_RECIPE, "lenet", needs_root=False),
-    "mnist": DatasetInfo("mnist", 10, (1, 28, 28), None, None, MNIST_RECIPE, "lenet", needs_root=True),
-    "fashion-mnist": DatasetInfo("fashion-mnist", 10, (1, 28, 28), None, None, MNIST_RECIPE, "lenet", needs_root=True),
+    "mnist-mini": DatasetInfo("mnist-mini", 10, (1, 28, 28), None, None, MNIST_RECIPE, "lenet", needs_root=False,
+                              test_images=1000),
+    "mnist": DatasetInfo("mnist", 10, (1, 28, 28), None, None, MNIST_RECIPE, "lenet", needs_root=True,
+                         test_images=10_000),
+    "fashion-mnist": DatasetInfo("fashion-mnist", 10, (1, 28, 28), None, None, MNIST_RECIPE, "lenet", needs_root=True,
+                                 test_images=10_000),
     "cifar10": DatasetInfo(
-        "cifar10", 10, (3, 32, 32), CIFAR_MEAN, CIFAR_STD, CIFAR_RECIPE, "cifar_resnet110", needs_root=True
+        "cifar10", 10, (3, 32, 32), CIFAR_MEAN, CIFAR_STD, CIFAR_RECIPE, "cifar_resnet110", needs_root=True,
+        test_images=10_000,
     ),
     "imagenet": DatasetInfo(
-        "imagenet", 1000, (3, 224, 224), IMAGENET_MEAN, IMAGENET_STD, IMAGENET_RECIPE, "resnet50", needs_root=True
+        "imagenet", 1000, (3, 224, 224), IMAGENET_MEAN, IMAGENET_STD, IMAGENET_RECIPE, "resnet50", needs_root=True,
+        test_images=50_000,
     ),
 }
 
