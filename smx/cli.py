@@ -163,24 +163,18 @@ def _warn_large_sigma(spec_file: Path, plan) -> None:  # type: ignore[no-untyped
 
 def _warn_wasted_settings(spec_file: Path, plan) -> None:  # type: ignore[no-untyped-def]
     """Settings that make a run say nothing of what it was set up to test, though each is valid on its own."""
+    from smx.science.methods.params import METHOD_PARAMS
+
     problems: dict[str, list[str]] = {}
     for config in plan.configs:
         train, certify = config.config["train"], config.config["certify"]
-        params = train.get("params", {})
         # With every one of n draws for the top class, the Clopper-Pearson lower bound on pA is alpha ** (1 / n).
         if certify["alpha"] ** (1 / certify["n"]) < 0.5:
             problems.setdefault(f"certify.n = {certify['n']} with alpha = {certify['alpha']:g} can certify no image "
                                 "(even n votes of n give a lower bound on pA under 0.5): every image abstains", []
                                 ).append(config.name)
-        ramped = train["method"] != "consistency" or params.get("adversarial")  # plain consistency has no attack
-        if ramped and params.get("warmup", 1) > train["epochs"]:
-            problems.setdefault(f"train.{train['method']}.warmup = {params['warmup']} is longer than the "
-                                f"{train['epochs']} epoch(s) of training, so what it ramps up never reaches its "
-                                "full value", []).append(config.name)
-        if params.get("deferred_epochs", 0) >= train["epochs"]:
-            problems.setdefault(f"train.macer.deferred_epochs = {params['deferred_epochs']} covers all "
-                                f"{train['epochs']} epoch(s), so MACER's robustness term is never trained", []
-                                ).append(config.name)
+        for wasted in METHOD_PARAMS[train["method"]](**train["params"]).wasted_settings(train["epochs"]):
+            problems.setdefault(f"train.{train['method']}.{wasted}", []).append(config.name)
     for problem, names in problems.items():
         errors.print(f"warning: {spec_file}: {problem} (in {', '.join(names)}).", style="yellow", markup=False,
                      highlight=False, soft_wrap=True)

@@ -417,3 +417,15 @@ def test_each_method_trains_through_the_loop(method, params, tmp_path):
     final = train(model, data, settings, tmp_path, on_epoch=epochs.append)
     assert final.exists() and len(epochs) == 1 and np.isfinite(epochs[0].loss)
     assert any(not torch.equal(a, b) for a, b in zip(before, model.parameters()))
+
+
+def test_each_method_names_the_settings_a_run_of_so_many_epochs_leaves_untrained():
+    assert SmoothAdvParams(warmup=5).wasted_settings(5) == []
+    assert SmoothAdvParams(warmup=6).wasted_settings(5) == [
+        "warmup = 6 is longer than the 5 epoch(s) of training, so the ramp-up of the attack radius never finishes"]
+    assert ConsistencyParams(warmup=6).wasted_settings(5) == []  # no attack to ramp up
+    assert len(ConsistencyParams(warmup=6, adversarial=True).wasted_settings(5)) == 1
+    assert MacerParams(deferred_epochs=4).wasted_settings(5) == []
+    assert MacerParams(deferred_epochs=5).wasted_settings(5) == [
+        "deferred_epochs = 5 covers all 5 epoch(s), so MACER's robustness term is never trained"]
+    assert StabilityParams().wasted_settings(1) == []

@@ -876,8 +876,8 @@ def test_settings_that_waste_a_run_get_a_warning_naming_the_configs(tmp_path: Pa
     assert warnings == [
         f"{spec}: certify.n = 6 with alpha = 0.01 can certify no image (even n votes of n give a lower bound on pA "
         "under 0.5): every image abstains (in gaussian, smoothmix, macer). ",
-        f"{spec}: train.smoothmix.warmup = 10 is longer than the 2 epoch(s) of training, so what it ramps up never "
-        "reaches its full value (in smoothmix). ",
+        f"{spec}: train.smoothmix.warmup = 10 is longer than the 2 epoch(s) of training, so the ramp-up of eta and "
+        "the one-step radius never finishes (in smoothmix). ",
         f"{spec}: train.macer.deferred_epochs = 2 covers all 2 epoch(s), so MACER's robustness term is never trained "
         "(in macer)."]
     spec.write_text(tiny_spec("fine", epochs=2, n=7) + variants("gaussian"))  # 0.01 ** (1 / 7) > 0.5

@@ -17,6 +17,18 @@ class MethodParams(BaseModel):
         """How many chunks a loader batch is split into, with one optimizer step per chunk."""
         return 1
 
+    def wasted_settings(self, epochs: int) -> list[str]:
+        """Valid values that leave part of the method untrained in a run of `epochs` epochs, each as
+        "<key> = <value> <what it wastes>" (`smx validate` and `smx submit` warn of them)."""
+        return []
+
+
+def _unfinished_warmup(warmup: int, epochs: int, ramped: str) -> list[str]:
+    if warmup <= epochs:
+        return []
+    return [f"warmup = {warmup} is longer than the {epochs} epoch(s) of training, so the ramp-up of {ramped} never "
+            "finishes"]
+
 
 class GaussianParams(MethodParams):
     """Gaussian augmentation (Cohen et al. 2019): cross-entropy on noisy copies of each input."""
@@ -42,6 +54,9 @@ class SmoothMixParams(MethodParams):
 
     def optimizer_steps_per_batch(self) -> int:
         return self.noise_samples
+
+    def wasted_settings(self, epochs: int) -> list[str]:
+        return _unfinished_warmup(self.warmup, epochs, "eta and the one-step radius")
 
 
 class StabilityParams(MethodParams):
@@ -74,6 +89,9 @@ class SmoothAdvParams(MethodParams):
     def optimizer_steps_per_batch(self) -> int:
         return self.noise_samples
 
+    def wasted_settings(self, epochs: int) -> list[str]:
+        return _unfinished_warmup(self.warmup, epochs, "the attack radius")
+
 
 class MacerParams(MethodParams):
     """MACER (Zhai et al. 2020), as in the jh-jeong port: the smoothed classifier's cross-entropy over k noise draws
@@ -92,6 +110,12 @@ class MacerParams(MethodParams):
     lbd: float = Field(16.0, ge=0.0, description="weight of the robustness term")
     gamma: float = Field(8.0, gt=0.0, description="hinge margin on icdf(p1) - icdf(p2)")
     deferred_epochs: int = Field(0, ge=0, description="first epochs trained with lbd = 0 (port: lr_step + 1)")
+
+    def wasted_settings(self, epochs: int) -> list[str]:
+        if self.deferred_epochs < epochs:
+            return []
+        return [f"deferred_epochs = {self.deferred_epochs} covers all {epochs} epoch(s), so MACER's robustness term "
+                "is never trained"]
 
 
 class ConsistencyParams(MethodParams):
@@ -119,6 +143,10 @@ class ConsistencyParams(MethodParams):
 
     def optimizer_steps_per_batch(self) -> int:
         return self.noise_samples
+
+    def wasted_settings(self, epochs: int) -> list[str]:
+        # Without the adversary there is nothing to ramp up.
+        return _unfinished_warmup(self.warmup, epochs, "the attack radius") if self.adversarial else []
 
 
 METHOD_PARAMS: dict[str, type[MethodParams]] = {
