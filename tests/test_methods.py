@@ -2,7 +2,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from smx.science.methods import gaussian, load_method, method_names, smoothmix
+from smx.science.methods import attacks, gaussian, load_method, method_names, smoothmix
 from smx.science.methods.base import StepContext, add_noise, draw_noise
 from smx.science.methods.params import GaussianParams, SmoothMixParams
 from smx.science.models import build_model
@@ -60,7 +60,7 @@ def test_attack_step_is_a_per_image_normalised_ascent_of_length_alpha(model, bat
     inputs, targets = batch
     torch.manual_seed(2)
     noise = draw_noise(inputs, 2, SIGMA)
-    start, adversary = smoothmix.smoothed_adversary(model, inputs, targets, noise, steps=1, step_size=0.3)
+    start, adversary = attacks.smoothed_adversary(model, inputs, targets, noise, steps=1, step_size=0.3)
     assert torch.equal(start, inputs)
     assert torch.allclose((adversary - inputs).flatten(1).norm(dim=1), torch.full((6,), 0.3), atol=1e-5)
 
@@ -77,7 +77,7 @@ def test_attack_leaves_the_model_as_it_found_it(model, batch):
     model.train()
     model[1][0].weight.requires_grad_(False)
     flags = [parameter.requires_grad for parameter in model.parameters()]
-    smoothmix.smoothed_adversary(model, inputs, targets, draw_noise(inputs, 1, SIGMA), steps=2, step_size=1.0)
+    attacks.smoothed_adversary(model, inputs, targets, draw_noise(inputs, 1, SIGMA), steps=2, step_size=1.0)
     assert model.training
     assert [parameter.requires_grad for parameter in model.parameters()] == flags
     assert all(parameter.grad is None for parameter in model.parameters())
@@ -86,9 +86,9 @@ def test_attack_leaves_the_model_as_it_found_it(model, batch):
 def test_attack_respects_max_norm_and_the_pixel_range(model, batch):
     inputs, targets = batch
     noise = draw_noise(inputs, 1, SIGMA)
-    _, bounded = smoothmix.smoothed_adversary(model, inputs, targets, noise, steps=4, step_size=1.0, max_norm=1.5)
+    _, bounded = attacks.smoothed_adversary(model, inputs, targets, noise, steps=4, step_size=1.0, max_norm=1.5)
     assert ((bounded - inputs).flatten(1).norm(dim=1) <= 1.5 + 1e-5).all()
-    _, free = smoothmix.smoothed_adversary(model, inputs, targets, noise, steps=40, step_size=1.0)
+    _, free = attacks.smoothed_adversary(model, inputs, targets, noise, steps=40, step_size=1.0)
     assert free.min() >= 0.0 and free.max() <= 1.0
     assert ((free - inputs).flatten(1).norm(dim=1) > 5.0).all()
 
@@ -101,7 +101,7 @@ def test_mix_step_one_starts_from_the_one_step_adversary(model, batch):
 
     torch.manual_seed(3)
     noise = draw_noise(inputs, 2, SIGMA)
-    _, one_step = smoothmix.smoothed_adversary(model, inputs, targets, noise, steps=1, step_size=0.4)
+    _, one_step = attacks.smoothed_adversary(model, inputs, targets, noise, steps=1, step_size=0.4)
     expected = model(add_noise(one_step, noise))
     assert not torch.allclose(one_step, inputs)
     assert torch.allclose(output.noisy_logits, expected, atol=1e-5)
@@ -115,7 +115,7 @@ def test_one_step_radius_warms_up(model, batch):
 
     torch.manual_seed(3)
     noise = draw_noise(inputs, 1, SIGMA)
-    _, one_step = smoothmix.smoothed_adversary(model, inputs, targets, noise, steps=1, step_size=0.4)
+    _, one_step = attacks.smoothed_adversary(model, inputs, targets, noise, steps=1, step_size=0.4)
     # In epoch 0 of a 4-epoch warm-up the start may move a quarter of alpha from the clean input.
     shrunk = inputs + (one_step - inputs) * (0.1 / (one_step - inputs).flatten(1).norm(dim=1)).view(-1, 1, 1, 1)
     assert torch.allclose(output.noisy_logits, model(add_noise(shrunk, noise)), atol=1e-5)

@@ -9,7 +9,7 @@ descriptive statistics, not certificates.
   that SmoothAdv's PGD (attacks.smoothadv_pgd) finds within the L2 ball of radius epsilon around each test
   image x; the paper averages both over the test set.
 - Figure 3, `equal_confidence_mixing_ratios`: for each x the smoothed classifier gets right, its adversary x~
-  from SmoothMix's normalised-gradient ascent (smoothmix.smoothed_adversary), then the smallest lambda among
+  from SmoothMix's normalised-gradient ascent (attacks.smoothed_adversary), then the smallest lambda among
   1/grid, 2/grid, ..., 1 at which the smoothed prediction at x + lambda (x~ - x) is no longer y.
 
 Each attack draws its own m noise samples and keeps them for all its steps, as in training; every estimate of
@@ -25,7 +25,7 @@ import torch
 
 from smx.science.methods.attacks import per_image_norm, smoothadv_pgd
 from smx.science.methods.base import draw_noise
-from smx.science.methods.smoothmix import smoothed_adversary
+from smx.science.methods.attacks import smoothed_adversary
 # CERTIFY's own counting (batched draws, counted on the device), so the estimates here are made the same way.
 from smx.science.smoothing import count_predictions, evaluating, model_device
 

@@ -8,48 +8,9 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from smx.science.methods.attacks import (
-    NORM_EPSILON,
-    frozen_eval,
-    per_image_norm,
-    project_l2,
-    smoothed_loss_gradient,
-)
+from smx.science.methods.attacks import project_l2, smoothed_adversary
 from smx.science.methods.base import StepContext, StepOutput, add_noise, draw_noise
 from smx.science.methods.params import SmoothMixParams
-
-
-def smoothed_adversary(
-    model: torch.nn.Module,
-    inputs: torch.Tensor,
-    targets: torch.Tensor,
-    noise: torch.Tensor,
-    steps: int,
-    step_size: float,
-    mix_step: int = 0,
-    max_norm: float | None = None,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Normalised gradient ascent on the soft smoothed classifier's loss -log(mean_j softmax(f(x + n_j))_y).
-
-    `noise` (m, *inputs.shape) holds the fixed draws n_j; every step moves each image by exactly `step_size`
-    in L2 before the optional projection onto the `max_norm` ball around `inputs` and the clamp to [0, 1].
-    Returns (the iterate at step `mix_step`, the input itself if the search is shorter, and the final iterate);
-    the model's mode and gradient flags are restored on return.
-    """
-    adversary = inputs.detach()
-    kept = adversary
-    # Gradients with respect to the input are needed even when the caller runs under torch.no_grad().
-    with frozen_eval(model), torch.enable_grad():
-        for step in range(steps):
-            if step == mix_step:
-                kept = adversary
-            # Summed as in the reference: each image's gradient is its own, whatever the chunk size.
-            gradient = smoothed_loss_gradient(model, adversary, targets, noise, reduction="sum")
-            adversary = adversary + step_size * gradient / (per_image_norm(gradient) + NORM_EPSILON)
-            if max_norm is not None:
-                adversary = project_l2(adversary, inputs, max_norm)
-            adversary = adversary.clamp(0.0, 1.0).detach()
-    return kept, adversary
 
 
 def loss(
