@@ -30,7 +30,7 @@ from smx.db.models import Job, JobParent
 from smx.db.store import Store, open_store
 from smx.science.catalog import DATASETS, TrainRecipe
 from smx.science.methods.params import METHOD_PARAMS
-from smx.spec import TrainSettings, config_value
+from smx.spec import TrainSection, config_value
 
 REFERENCE_FILE = "reference_data/paper_tables.json"
 # Radii of the grid are multiples of the table's step; this much floating-point slack still counts as one.
@@ -40,7 +40,7 @@ RADIUS_TOLERANCE = 1e-6
 @dataclass(frozen=True)
 class PublishedRow:
     table: str  # "Table 2", "Ablation: eta", ...
-    source: str  # "paper", or how the numbers were obtained
+    source: str  # "paper", or how the numbers were obtained ("recomputed from the authors' published ... logs")
     dataset: str
     arch: str  # the architecture the paper trained, by smx's name
     sigma: float
@@ -57,6 +57,12 @@ class PublishedRow:
     radius_step: float
     # CERTIFY with the table's n and alpha cannot certify a larger radius: past it the paper prints 0.0.
     max_certifiable_radius: float
+
+    @property
+    def origin(self) -> str:
+        """What a report calls the row's numbers: the paper's own, or the authors' logs where the paper only plots
+        them (its ablations)."""
+        return "paper" if self.source == "paper" else "authors' logs"
 
     def accuracy_at(self, radius: float) -> float | None:
         """Published certified accuracy at a radius, as a fraction; None where the paper gives none."""
@@ -180,7 +186,7 @@ def training_differences(setting: Setting, row: PublishedRow) -> list[str]:
                       **{name: value for name, value in row.recipe.items() if name in schedule_names}}
     differences += [f"{name} = {setting.schedule[name]:g}" for name in schedule_names
                     if name in setting.schedule and not _same(setting.schedule[name], paper_schedule[name])]
-    paper_lr_decay = row.recipe.get("lr_decay", TrainSettings.model_fields["lr_decay"].default)
+    paper_lr_decay = row.recipe.get("lr_decay", TrainSection.model_fields["lr_decay"].default)
     if setting.lr_decay not in (None, paper_lr_decay):
         differences.append(f"lr_decay = {setting.lr_decay}")
     defaults = METHOD_PARAMS[setting.method]().model_dump() if setting.method in METHOD_PARAMS else {}

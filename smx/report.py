@@ -595,7 +595,7 @@ def _report_lines(report: ExperimentReport, missing: str) -> list[_Line]:
         theirs = [None if value is None else _fixed(100 * value, 1)
                   for value in (published.accuracy_at(radius) for radius in report.radii)]
         lines.append(_Line("paper", [
-            "", f"paper ({published.table})", published.label, "", _fixed(published.acr, 3),
+            "", f"{published.origin} ({published.table})", published.label, "", _fixed(published.acr, 3),
             *(missing if value is None else value for value in theirs),
         ], False))
         lines.append(_Line("difference", [

@@ -142,7 +142,7 @@ class ModelSection(_Section):
         return arch if arch is None else _check_choice(arch, ARCHS, "architecture")
 
 
-class TrainSettings(_Section):
+class _TrainSectionBase(_Section):
     """[train] without the per-method tables; unset optimizer settings come from the dataset's recipe."""
 
     method: str = "gaussian"
@@ -174,7 +174,7 @@ class TrainSettings(_Section):
 # METHOD_PARAMS is all it takes for specs to accept its parameters.
 TrainSection = create_model(
     "TrainSection",
-    __base__=TrainSettings,
+    __base__=_TrainSectionBase,
     **{method: (params | None, None) for method, params in METHOD_PARAMS.items()},
 )
 
@@ -196,6 +196,8 @@ class CertifySection(_Section):
     precision: Literal["fp32", "bf16"] = "fp32"
 
 
+# A sanity bound, not CERTIFY's: at n = 100,000 it certifies at most about 3.8 sigma, so a radius this large is a
+# typo at any sigma anyone smooths with.
 MAX_REPORT_RADIUS = 1000.0
 
 
@@ -210,8 +212,8 @@ class ReportSection(_Section):
         if min(radii) < 0:
             raise ValueError(f"radii must be >= 0 (got {min(radii)}); remove the negative ones")
         if max(radii) > MAX_REPORT_RADIUS:
-            raise ValueError(f"{max(radii):g} is past any radius CERTIFY certifies (about 3.8 sigma); give radii up to "
-                             f"{MAX_REPORT_RADIUS:g}")
+            raise ValueError(f"{max(radii):g} is over {MAX_REPORT_RADIUS:g}, far past any radius CERTIFY certifies "
+                             f"(about 3.8 sigma at n = 100,000); give radii up to {MAX_REPORT_RADIUS:g}")
         # Results keep a radius to RADIUS_DECIMALS (acc_0_125 columns): two radii alike there would be one.
         seen: dict[float, float] = {}
         for radius in radii:
@@ -448,8 +450,6 @@ class Spec:
     experiment: ExperimentSection
     report: ReportSection
     executor: dict[str, Any]  # the spec's [executor] table as written (validated); see executor_settings
-    variant_names: tuple[str, ...]  # the [[variant]] names in file order; empty without variants
-    swept_keys: tuple[str, ...]  # full dotted keys, in schema order
     configs: tuple[ResolvedConfig, ...]
 
 
@@ -526,8 +526,6 @@ def parse_spec(text: str, path: str | Path = "<spec>") -> Spec:
         experiment=first_document.experiment,
         report=first_document.report,
         executor=document.get("executor", {}),
-        variant_names=tuple(variant.name for variant in variants if variant.name is not None),
-        swept_keys=tuple(sweep.ordered_keys()),
         configs=tuple(configs),
     )
 

@@ -80,7 +80,8 @@ def test_idx_datasets_load_from_every_layout(tmp_path, name, folder, layout):
     assert train.images.shape == (6, 1, 28, 28) and test.images.shape == (4, 1, 28, 28)
     assert torch.equal(train.labels, torch.from_numpy(train_labels))
     assert torch.equal(test.labels, torch.from_numpy(test_labels))
-    assert torch.allclose(test.images[:, 0] * 255, torch.from_numpy(test_images).float())
+    for split, images in ((train, train_images), (test, test_images)):
+        assert torch.allclose(split.images[:, 0] * 255, torch.from_numpy(images).float())
 
 
 def test_a_truncated_idx_file_is_a_data_error(tmp_path):

@@ -84,7 +84,7 @@ def seed(store: Store, spec_text: str, certified: dict[str, list[tuple[float, in
         for entry in aggregate.inputs["configs"]:
             samples = [LogRow(index, 0, 0 if correct else -1, radius, correct, 0.1)
                        for index, (radius, correct) in enumerate(certified[entry["name"]])]
-            session.add(summarise_config(aggregate.key, "paper", entry, samples,
+            session.add(summarise_config(aggregate.key, plan.experiment, entry, samples,
                                          aggregate_radii(aggregate.inputs["radii"])))
     return store
 
@@ -379,6 +379,8 @@ def test_a_setting_matches_only_the_published_row_of_the_same_dataset_method_sig
     assert find_published(smoothmix(mix_step=1)).label == "SmoothMix (eta=1) + one-step adversary"
     assert find_published(smoothmix(eta=2.0)).table == "Ablation: eta"
     assert find_published(smoothmix(eta=2.0)).acr == 1.810
+    assert (find_published(smoothmix()).origin, find_published(smoothmix(eta=2.0)).origin) == ("paper",
+                                                                                              "authors' logs")
     assert find_published(smoothmix(alpha=2.0, steps=4)).label == "SmoothMix (alpha=2, T=4)"
     assert find_published(smoothmix(noise_samples=1)).acr == 1.744
     assert find_published(smoothmix(max_norm=6.0)).acr == 1.778

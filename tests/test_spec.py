@@ -171,8 +171,8 @@ def test_report_radii_are_sorted_and_each_is_kept_apart_in_the_results() -> None
                                        "results keep (0.123456); give each radius once"),
             ("[1e-9]", "report.radii: 1e-09 is 0 to the 6 decimals that results keep; give 0.0 or a radius of at "
                        "least 1e-06"),
-            ("[1e300]", "report.radii: 1e+300 is past any radius CERTIFY certifies (about 3.8 sigma); give radii up "
-                        "to 1000")):
+            ("[1e300]", "report.radii: 1e+300 is over 1000, far past any radius CERTIFY certifies (about 3.8 sigma at "
+                        "n = 100,000); give radii up to 1000")):
         with pytest.raises(SpecError) as error:
             parse_spec(MINIMAL + f"[report]\nradii = {radii}\n")
         assert message in str(error.value)

@@ -10,8 +10,8 @@ from smx.db.store import Store
 
 def set_progress(store: Store, key: str, fraction: float, text: str, *, resumed: bool = False) -> None:
     """`resumed`: the attempt starts from `fraction`, the work earlier attempts did (claiming a job sets 0)."""
-    # Cut to the column's String(200): PostgreSQL refuses a longer value where SQLite would store it.
     started = {"attempt_start_progress": fraction} if resumed else {}
     with store.session() as session:
+        # Cut to the column's String(200): PostgreSQL refuses a longer value where SQLite would store it.
         session.execute(update(Job).where(Job.key == key).values(progress=fraction, progress_text=text[:200],
                                                                  **started))

@@ -126,11 +126,13 @@ def experiments_overview(session: Session) -> list[ExperimentOverview]:
     ).all())
     provisional = _provisional_best_acr(session, exclude=set(best))
     return [
-        ExperimentOverview(name=e.name, description=e.description, configs=configs.get(e.name, 0),
-                           counts=counts.get(e.name, dict.fromkeys(JOB_STATUSES, 0)),
-                           best_acr=best.get(e.name, provisional.get(e.name)), updated_at=e.updated_at,
-                           best_acr_provisional=e.name not in best and e.name in provisional)
-        for e in session.scalars(select(Experiment).order_by(Experiment.updated_at.desc()))
+        ExperimentOverview(name=experiment.name, description=experiment.description,
+                           configs=configs.get(experiment.name, 0),
+                           counts=counts.get(experiment.name, dict.fromkeys(JOB_STATUSES, 0)),
+                           best_acr=best.get(experiment.name, provisional.get(experiment.name)),
+                           updated_at=experiment.updated_at,
+                           best_acr_provisional=experiment.name not in best and experiment.name in provisional)
+        for experiment in session.scalars(select(Experiment).order_by(Experiment.updated_at.desc()))
     ]
 
 

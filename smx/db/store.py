@@ -39,9 +39,11 @@ SQLITE_READONLY = 8
 SQLITE_FULL = 13
 SQLITE_CANTOPEN = 14
 SQLITE_IOERR = 10
+SQLITE_CORRUPT = 11
+SQLITE_NOTADB = 26
 SQLITE_STORAGE_CODES = {SQLITE_READONLY, SQLITE_IOERR, SQLITE_FULL, SQLITE_CANTOPEN}
 # What SQLite answers about a database file that is not one, or no longer a whole one.
-SQLITE_DAMAGED_CODES = {11, 26}  # CORRUPT, NOTADB
+SQLITE_DAMAGED_CODES = {SQLITE_CORRUPT, SQLITE_NOTADB}
 # With less free space than this, an I/O error of SQLite's is most likely the full disk.
 NEARLY_FULL_BYTES = 1 << 20
 # What `smx plot` writes beside an experiment's certified-accuracy plot, one per analysis, by the analysis's kind:

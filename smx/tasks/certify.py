@@ -86,10 +86,11 @@ def run(store: Store, job: Job, device: str, progress: ProgressReporter) -> None
         nonlocal last_flush
         with store.session() as session:
             session.add_all(
-                CertificateRow(job_key=job.key, sample_index=c.index, label=c.label, prediction=c.prediction,
-                               radius=c.radius, correct=c.correct, pa_lower=c.pa_lower, count=c.count,
-                               seconds=c.seconds)
-                for c in pending
+                CertificateRow(job_key=job.key, sample_index=certificate.index, label=certificate.label,
+                               prediction=certificate.prediction, radius=certificate.radius,
+                               correct=certificate.correct, pa_lower=certificate.pa_lower, count=certificate.count,
+                               seconds=certificate.seconds)
+                for certificate in pending
             )
         pending.clear()
         last_flush = time.monotonic()
