@@ -20,7 +20,14 @@ from rich.table import Table
 from smx.errors import UserError, failure_summary
 
 if TYPE_CHECKING:
+    import subprocess
+    from collections.abc import Callable, Iterable
+
+    from smx.db.queries import JobView
     from smx.db.store import Store
+    from smx.plan import Plan
+    from smx.scheduler.removal import KeptJob
+    from smx.spec import SlurmSection
 
 app = typer.Typer(
     name="smx",
@@ -90,7 +97,7 @@ def _exit_interrupted(note: str) -> NoReturn:
     raise typer.Exit(EXIT_INTERRUPTED)
 
 
-def _job_label(job, experiment: str | None) -> str:  # type: ignore[no-untyped-def]
+def _job_label(job: JobView, experiment: str | None) -> str:
     """How a listing names a job (a JobView). In one experiment's listing: its kind and the config name this
     experiment gives it, since jobs.name is the name it got in whichever experiment created it. Otherwise that
     stored name."""
@@ -129,7 +136,7 @@ def validate(spec_file: Annotated[Path, typer.Argument(help="Experiment spec (TO
         console.print(f"  {config.name}")
 
 
-def _warn_reduced_precision(plan) -> None:  # type: ignore[no-untyped-def]
+def _warn_reduced_precision(plan: Plan) -> None:
     from smx.spec import config_value
 
     names = [config.name for config in plan.configs if config_value("certify.precision", config.config) != "fp32"]
@@ -144,7 +151,7 @@ def _warn_reduced_precision(plan) -> None:  # type: ignore[no-untyped-def]
 LARGE_SIGMA = 4.0
 
 
-def _warn_large_sigma(spec_file: Path, plan) -> None:  # type: ignore[no-untyped-def]
+def _warn_large_sigma(spec_file: Path, plan: Plan) -> None:
     keys: dict[float, list[str]] = {}
     configs: dict[float, list[str]] = {}
     for config in plan.configs:
@@ -161,7 +168,7 @@ def _warn_large_sigma(spec_file: Path, plan) -> None:  # type: ignore[no-untyped
                      highlight=False, soft_wrap=True)
 
 
-def _warn_wasted_settings(spec_file: Path, plan) -> None:  # type: ignore[no-untyped-def]
+def _warn_wasted_settings(spec_file: Path, plan: Plan) -> None:
     """Settings that make a run say nothing of what it was set up to test, though each is valid on its own."""
     from smx.science.methods.params import METHOD_PARAMS
 
@@ -201,7 +208,7 @@ def _cancel_dropped_slurm_jobs(store: Store, dropped: list[str]) -> None:
         console.print(f"  Their Slurm jobs were cancelled: {', '.join(slurm_job_ids)}.")
 
 
-def _print_plan(plan, states: dict[str, str], retraining: set[str]) -> None:  # type: ignore[no-untyped-def]
+def _print_plan(plan: Plan, states: dict[str, str], retraining: set[str]) -> None:
     table = Table(title=f"{plan.experiment}: {len(plan.jobs)} jobs", title_justify="left")
     for column in ("kind", "name", "key", "state"):
         table.add_column(column)
@@ -349,7 +356,7 @@ def _refuse_local_executor_options(context: typer.Context, slurm_source: str) ->
                         "[executor.slurm] gpus_per_job and cpus_per_job), or use --executor local.")
 
 
-def _submit_to_slurm(store, plan, settings, *, detach: bool) -> None:  # type: ignore[no-untyped-def]
+def _submit_to_slurm(store: Store, plan: Plan, settings: SlurmSection, *, detach: bool) -> None:
     """Send the plan's jobs to Slurm, then follow them; while following, send again what Slurm lost."""
     from smx.scheduler import slurm
 
@@ -361,7 +368,7 @@ def _submit_to_slurm(store, plan, settings, *, detach: bool) -> None:  # type: i
                       f"Slurm's own output: {escape(str(store.root / 'slurm'))}")
         return
 
-    def resend() -> list:  # type: ignore[type-arg]
+    def resend() -> list[subprocess.Popen]:
         slurm.cancel_orphans(store, plan)
         slurm.send_plan(store, plan, settings)
         return []
@@ -383,13 +390,13 @@ def _end_live_line() -> None:
         console.line()
 
 
-def _can_progress(jobs) -> bool:  # type: ignore[no-untyped-def]
+def _can_progress(jobs: Iterable[JobView]) -> bool:
     """Whether some job is running or ready to run; otherwise the rest wait on failed or cancelled jobs."""
     return any(job.status == "running" or (job.status == "pending" and job.blocked_by is None) for job in jobs)
 
 
-def _follow(store, experiment: str, workers, device: str, start_on_free_slots,  # type: ignore[no-untyped-def]
-            retry_seconds: float = SLOT_RETRY_SECONDS,
+def _follow(store: Store, experiment: str, workers: list[subprocess.Popen], device: str,
+            start_on_free_slots: Callable[[], list[subprocess.Popen]], retry_seconds: float = SLOT_RETRY_SECONDS,
             interrupt_note: str = f"interrupted: running jobs were {REQUEUED}") -> None:
     """Show live progress until the experiment's jobs can go no further; exit 1 if any of them failed.
 
@@ -522,7 +529,7 @@ def worker(
         raise typer.Exit(EXIT_JOBS_FAILED)
 
 
-def _print_jobs(store, experiment: str | None, only_unfinished: bool = False) -> None:  # type: ignore[no-untyped-def]
+def _print_jobs(store: Store, experiment: str | None, only_unfinished: bool = False) -> None:
     from smx.db.queries import jobs_view
     from smx.tui.cells import STATUS_STYLES, duration
 
@@ -692,12 +699,12 @@ def remove(
         errors.print(f"warning: could not remove {problem}; delete it by hand.", markup=False, highlight=False)
 
 
-def _print_kept(kept_jobs) -> None:  # type: ignore[no-untyped-def]
+def _print_kept(kept_jobs: list[KeptJob]) -> None:
     for kept in kept_jobs:
         console.print(f"  kept {kept.name} ({kept.key[:12]}): {kept.reason()}", markup=False, highlight=False)
 
 
-def _states_of(store, targets: list[str]) -> str:  # type: ignore[no-untyped-def]
+def _states_of(store: Store, targets: list[str]) -> str:
     """'2 done, 1 failed': the states of the jobs that `targets` name, for a command that found nothing to do."""
     from smx.scheduler.queue import select_jobs
 
