@@ -4,19 +4,23 @@ experiment, as tables (QueryResult, for smx.report.render) and PNG plots. Torch-
 
 from __future__ import annotations
 
+import math
 import statistics
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from sqlalchemy.orm import Session
 
 from smx.db.models import AnalysisResult
-from smx.db.queries import ConfigAnalysis, analyses_of, require_experiment
+from smx.db.queries import ConfigAnalysis, analyses_of, experiment_names, require_experiment
 from smx.db.readonly import QueryResult
 from smx.db.store import ANALYSIS_PLOT_SUFFIXES, Store
-from smx.report import pyplot, save_plot
+from smx.report import LEGEND_ROWS, natural_order, pyplot, save_plot
 
 CONFIDENCE_COLUMNS = ["config", "epsilon", "samples", "true_class_confidence", "max_off_class_confidence", "accuracy"]
 MIXING_RATIO_COLUMNS = ["config", "samples", "changed", "mean_ratio", "median_ratio", "mean_boundary_distance"]
+ANALYSIS_MARKERS = ("o", "s", "^", "v", "D", "x")
 
 
 def analysis_tables(store: Store, experiment: str) -> dict[str, QueryResult]:
@@ -51,31 +55,151 @@ def analysis_plot_paths(beside: Path) -> dict[str, Path]:
             for kind, suffix in ANALYSIS_PLOT_SUFFIXES.items()}
 
 
-def plot_analysis(store: Store, experiment: str, beside: Path) -> list[Path]:
-    """One image per analysis with results, every config of the experiment overlaid (see analysis_plot_paths): both
-    mean confidences against the attack radius, and histograms of the mixing ratios on the analysis grid. Returns
-    the paths written; [] for an experiment without [analyze]."""
+@dataclass
+class AnalysedConfig:
+    """One config's analysis results as the plots draw them."""
+
+    name: str
+    sigma: float  # the noise level of its analyses: [analyze] sigma, or the config's training sigma
+    confidence: list[tuple[float, int, float, float, float]]  # see _confidence_means; [] without that analysis
+    mixing_ratios: list[float | None]  # one per correctly classified image; None: it never changed prediction
+    grid: int  # the mixing ratios are multiples of 1/grid
+
+
+@dataclass
+class AnalysisPlots:
+    """What `smx plot` did at the analysis plots' paths beside a certified-accuracy plot (see analysis_plot_paths)."""
+
+    written: list[Path]
+    # By analysis: a plot an earlier `smx plot` left there, of an analysis the experiment has no results of now.
+    removed: dict[str, Path] = field(default_factory=dict)
+    not_removed: list[str] = field(default_factory=list)  # "PATH: why" of such plots that could not be removed
+
+
+def plot_analysis(store: Store, experiment: str, beside: Path) -> AnalysisPlots:
+    """One image per analysis with results (see analysis_plot_paths), one panel per sigma with the configs analysed
+    at it: both mean confidences against the attack radius, and histograms of the mixing ratios on the analysis
+    grid. A file at the path of an analysis without results is removed: left by an earlier plot, it would pass for
+    this one's. Not where its name is another experiment's, whose certified-accuracy plot it may be (as `smx remove`
+    leaves it)."""
     with store.read_session() as session:
-        analyses = _analyses(session, experiment)
-        confidence = {analysis.config_name: _confidence_means(analysis) for analysis in analyses}
-        mixing = {
-            analysis.config_name: (analysis.settings["grid"], [row.mixing_ratio for row in rows])
-            for analysis in analyses
-            if (rows := _rows_of(analysis, "mixing_ratio"))
-        }
-    confidence = {name: means for name, means in confidence.items() if means}
-    paths = analysis_plot_paths(beside)
-    written = []
-    if confidence:
-        written.append(_plot_confidence(experiment, confidence, paths["confidence"]))
-    if mixing:
-        written.append(_plot_mixing_ratios(experiment, mixing, paths["mixing_ratio"]))
-    return written
+        configs = [_analysed_config(analysis) for analysis in _analyses(session, experiment)]
+        others = set(experiment_names(session)) - {experiment}
+    figures = {"confidence": confidence_figure, "mixing_ratio": mixing_ratio_figure}
+    has_results = {"confidence": any(config.confidence for config in configs),
+                   "mixing_ratio": any(config.mixing_ratios for config in configs)}
+    plots = AnalysisPlots(written=[])
+    for kind, path in analysis_plot_paths(beside).items():
+        if has_results[kind]:
+            plots.written.append(save_plot(figures[kind](experiment, configs), path))
+        elif path.stem not in others and path.is_file():
+            try:
+                path.unlink()
+            except OSError as error:
+                plots.not_removed.append(f"{path}: {error.strerror or error}")
+            else:
+                plots.removed[kind] = path
+    return plots
+
+
+def confidence_figure(experiment: str, configs: list[AnalysedConfig]) -> Any:
+    """The confidence analysis (Table 1) of the configs that have it, one panel per sigma: each config's mean
+    true-class (solid) and max off-class (dashed) confidence against the attack radius."""
+    from matplotlib.lines import Line2D
+
+    panels = _panels([config for config in configs if config.confidence])
+    key = [Line2D([], [], color="0.3", label="true class"),
+           Line2D([], [], color="0.3", linestyle="--", label="max off-class")]
+    figure, axes_column = _panel_column(panels, [config.name for config in configs],
+                                        [line.get_label() for line in key])
+    for (sigma, panel), axes in zip(panels.items(), axes_column):
+        for position, config in enumerate(panel):
+            color, marker = _look(position)
+            epsilons = [epsilon for epsilon, *_ in config.confidence]
+            axes.plot(epsilons, [true for _, _, true, _, _ in config.confidence], color=color, marker=marker,
+                      label=config.name)
+            axes.plot(epsilons, [off for _, _, _, off, _ in config.confidence], color=color, marker=marker,
+                      linestyle="--")
+        axes.set_xlabel("PGD radius ε (L2; 0 = clean)")
+        axes.set_ylabel("mean confidence of the smoothed classifier")
+        axes.set_ylim(0, 1)
+        _finish_panel(axes, sigma, len(panel) + len(key), key)
+    figure.suptitle(f"{experiment}: confidence under attack (Table 1)")
+    return figure
+
+
+def mixing_ratio_figure(experiment: str, configs: list[AnalysedConfig]) -> Any:
+    """The mixing-ratio analysis (Figure 3) of the configs that have it, one panel per sigma: the histogram of each
+    config's ratios, as shares of its correctly classified images."""
+    mixing = [config for config in configs if config.mixing_ratios]
+    panels = _panels(mixing)
+    labels = {config.name: f"{config.name} ({len(config.mixing_ratios)} correct, "
+                           f"{config.mixing_ratios.count(None)} never changed)" for config in mixing}
+    grid = max(config.grid for config in mixing)
+    # Ratios are multiples of 1/grid: one bin centred on each.
+    edges = [(step - 0.5) / grid for step in range(1, grid + 2)]
+    figure, axes_column = _panel_column(panels, list(labels.values()), [])
+    for (sigma, panel), axes in zip(panels.items(), axes_column):
+        for position, config in enumerate(panel):
+            color, _ = _look(position)
+            changed = [ratio for ratio in config.mixing_ratios if ratio is not None]
+            axes.hist(changed, bins=edges, weights=[1 / len(config.mixing_ratios)] * len(changed),
+                      histtype="stepfilled", alpha=0.4, color=color, edgecolor=color, label=labels[config.name])
+        axes.set_xlabel("equal-confidence mixing ratio λ")
+        axes.set_ylabel("share of correctly classified images")
+        axes.set_xlim(0, 1 + 0.5 / grid)
+        _finish_panel(axes, sigma, len(panel), [])
+    figure.suptitle(f"{experiment}: equal-confidence mixing ratios (Figure 3)")
+    return figure
 
 
 def _analyses(session: Session, experiment: str) -> list[ConfigAnalysis]:
     require_experiment(session, experiment)
     return analyses_of(session, experiment)
+
+
+def _analysed_config(analysis: ConfigAnalysis) -> AnalysedConfig:
+    return AnalysedConfig(name=analysis.config_name, sigma=analysis.settings["sigma"],
+                          confidence=_confidence_means(analysis),
+                          mixing_ratios=[row.mixing_ratio for row in _rows_of(analysis, "mixing_ratio")],
+                          grid=analysis.settings["grid"])
+
+
+def _panels(configs: list[AnalysedConfig]) -> dict[float, list[AnalysedConfig]]:
+    """The configs by sigma, the smallest first, each sigma's in the order of their names (as a reader orders
+    them): results at different noise levels are not comparable, and a sweep's configs, named alike in every
+    panel, then take the same place and colour in each."""
+    panels: dict[float, list[AnalysedConfig]] = {}
+    for config in sorted(configs, key=lambda config: (config.sigma, natural_order(config.name))):
+        panels.setdefault(config.sigma, []).append(config)
+    return panels
+
+
+def _look(position: int) -> tuple[str, str]:
+    """The colour and marker of a panel's config at `position`: after matplotlib's ten colours, the next marker."""
+    return f"C{position % 10}", ANALYSIS_MARKERS[position // 10 % len(ANALYSIS_MARKERS)]
+
+
+def _panel_column(panels: dict[float, list[AnalysedConfig]], labels: list[str],
+                  key_labels: list[str]) -> tuple[Any, list[Any]]:
+    """A figure of one panel per sigma, one above the other as in the certified-accuracy plot, with room on their
+    right for each panel's legend: its configs' entries (among `labels`) and the `key_labels`."""
+    entries = [len(panel) + len(key_labels) for panel in panels.values()]
+    heights = [max(3.2, 0.19 * min(count, LEGEND_ROWS) + 1.0) for count in entries]
+    widest = max(len(label) for label in labels + key_labels)
+    # About 0.065 inch per character at size 8, as in the certified-accuracy plot.
+    legend_width = max(math.ceil(count / LEGEND_ROWS) for count in entries) * (0.7 + 0.065 * widest)
+    figure, axes_grid = pyplot().subplots(len(panels), 1, squeeze=False, dpi=120, height_ratios=heights,
+                                          figsize=(6 + legend_width, sum(heights) + 0.4), layout="constrained")
+    return figure, [axes for (axes,) in axes_grid]
+
+
+def _finish_panel(axes: Any, sigma: float, entries: int, key: list[Any]) -> None:
+    """Title, grid and legend of one sigma's panel; `key`: entries that explain a look shared by its configs."""
+    axes.set_title(f"σ = {sigma:g}", fontsize=10)
+    axes.grid(alpha=0.3)
+    axes.legend(handles=axes.get_legend_handles_labels()[0] + key, loc="upper left", bbox_to_anchor=(1.01, 1),
+                fontsize=8, frameon=False, ncols=math.ceil(entries / LEGEND_ROWS))
 
 
 def _rows_of(analysis: ConfigAnalysis, kind: str) -> list[AnalysisResult]:
@@ -106,41 +230,3 @@ def _mixing_summary(rows: list[AnalysisResult]) -> tuple[int, int, float | None,
     ratios = [row.mixing_ratio for row in changed]
     return (len(rows), len(changed), statistics.fmean(ratios), statistics.median(ratios),
             statistics.fmean(row.mixing_ratio * row.distance for row in changed))
-
-
-def _plot_confidence(
-    experiment: str, confidence: dict[str, list[tuple[float, int, float, float, float]]], path: Path
-) -> Path:
-    figure, axes = pyplot().subplots(figsize=(7, 4.5), dpi=120)
-    for color, (name, means) in enumerate(confidence.items()):
-        epsilons = [epsilon for epsilon, *_ in means]
-        axes.plot(epsilons, [true for _, _, true, _, _ in means], marker="o", color=f"C{color}",
-                  label=f"{name}: true class")
-        axes.plot(epsilons, [off for _, _, _, off, _ in means], marker="s", linestyle="--", color=f"C{color}",
-                  label=f"{name}: max off-class")
-    axes.set_xlabel("PGD radius ε (L2; 0 = clean)")
-    axes.set_ylabel("mean confidence of the smoothed classifier")
-    axes.set_ylim(0, 1)
-    axes.grid(alpha=0.3)
-    axes.set_title(f"{experiment}: confidence under attack (Table 1)")
-    axes.legend(fontsize=8)
-    return save_plot(figure, path)
-
-
-def _plot_mixing_ratios(experiment: str, mixing: dict[str, tuple[int, list[float | None]]], path: Path) -> Path:
-    grid = max(grid for grid, _ in mixing.values())
-    # Ratios are multiples of 1/grid: one bin centred on each.
-    edges = [(step - 0.5) / grid for step in range(1, grid + 2)]
-    figure, axes = pyplot().subplots(figsize=(7, 4.5), dpi=120)
-    for color, (name, (_, ratios)) in enumerate(mixing.items()):
-        changed = [ratio for ratio in ratios if ratio is not None]
-        axes.hist(changed, bins=edges, weights=[1 / len(ratios)] * len(changed), histtype="stepfilled", alpha=0.4,
-                  color=f"C{color}", edgecolor=f"C{color}",
-                  label=f"{name} ({len(ratios)} correct, {len(ratios) - len(changed)} never changed)")
-    axes.set_xlabel("equal-confidence mixing ratio λ")
-    axes.set_ylabel("share of correctly classified images")
-    axes.set_xlim(0, 1 + 0.5 / grid)
-    axes.grid(alpha=0.3)
-    axes.set_title(f"{experiment}: equal-confidence mixing ratios (Figure 3)")
-    axes.legend(fontsize=8)
-    return save_plot(figure, path)

@@ -785,7 +785,8 @@ def plot(
     """Plot certified accuracy against radius for each config of an experiment, and its analyses.
 
     The certified-accuracy plot is PNG, PDF or SVG; the analyses' plots go beside it, named after it and in its
-    format (NAME-confidence.png, NAME-mixing-ratio.png)."""
+    format (NAME-confidence.png, NAME-mixing-ratio.png), one panel per sigma. Such a plot of an analysis the
+    experiment has no results of now, left by an earlier plot, is removed."""
     from smx.analysis_report import analysis_plot_paths, plot_analysis
     from smx.db.queries import require_experiment
     from smx.db.store import open_store
@@ -806,8 +807,15 @@ def plot(
     path, provisional = plot_experiment(opened, experiment, path)
     if provisional:
         errors.print(provisional, markup=False, highlight=False)
-    for written in [path, *plot_analysis(opened, experiment, path)]:
+    analysis_plots = plot_analysis(opened, experiment, path)
+    for written in [path, *analysis_plots.written]:
         console.print(f"wrote {written}", markup=False, highlight=False, soft_wrap=True)
+    for kind, removed in analysis_plots.removed.items():
+        console.print(f"removed {removed}: {experiment} has no {kind.replace('_', ' ')} analysis results now.",
+                      markup=False, highlight=False, soft_wrap=True)
+    for problem in analysis_plots.not_removed:
+        errors.print(f"warning: could not remove {problem}; it is an earlier analysis plot of {experiment}, which has "
+                     "no results of that analysis now: delete it by hand.", markup=False, highlight=False)
 
 
 @app.command()

@@ -299,7 +299,7 @@ def certified_accuracy_figure(experiment: str, curves: list[Curve]) -> Any:
     """One panel per sigma, as the paper's tables group their rows, each with its configs in the report's order and
     its legend beside it, where it covers no curve however many configs there are."""
     ordered = sorted(curves, key=lambda curve: (curve.aggregate.sigma, *_method_order(curve.aggregate.method),
-                                                curve.sort_key, _natural_order(curve.aggregate.config_name)))
+                                                curve.sort_key, natural_order(curve.aggregate.config_name)))
     panels: dict[float, list[Curve]] = {}
     for curve in ordered:
         panels.setdefault(curve.aggregate.sigma, []).append(curve)
@@ -334,7 +334,7 @@ def certified_accuracy_figure(experiment: str, curves: list[Curve]) -> Any:
     return figure
 
 
-def _natural_order(name: str) -> tuple[tuple[int, float | str], ...]:
+def natural_order(name: str) -> tuple[tuple[int, float | str], ...]:
     """Orders names as a reader does: "eta2" before "eta10", "lbd0.125" before "lbd0.5"."""
     return tuple((0, float(part)) if part[0].isdigit() else (1, part)
                  for part in re.split(r"(\d+(?:\.\d+)?)", name) if part)
@@ -517,7 +517,7 @@ def experiment_report(store: Store, experiment: str, compare_with_paper: bool = 
 
     def paper_order(item: tuple[Aggregate, Setting | None, dict[float, float], str, tuple[Any, ...], dict]) -> tuple:
         aggregate, _, _, _, parameters_key, _ = item
-        return aggregate.sigma, *_method_order(aggregate.method), parameters_key, _natural_order(aggregate.config_name)
+        return aggregate.sigma, *_method_order(aggregate.method), parameters_key, natural_order(aggregate.config_name)
 
     ordered = sorted(zip(aggregates, settings, accuracies, summaries, sort_keys, certifications), key=paper_order)
     rows = []

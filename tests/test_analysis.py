@@ -9,24 +9,28 @@ import os
 import subprocess
 import sys
 import textwrap
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import torch
+from matplotlib.colors import to_rgb
 from scipy.stats import norm
 from sqlalchemy import select
 from torch import nn
 
-from smx.analysis_report import CONFIDENCE_COLUMNS, MIXING_RATIO_COLUMNS, analysis_tables, plot_analysis
-from smx.report import render_analysis
-from smx.db.models import AnalysisResult, Job
-from smx.db.store import open_store
+from smx.analysis_report import (CONFIDENCE_COLUMNS, MIXING_RATIO_COLUMNS, AnalysedConfig, analysis_tables,
+                                 confidence_figure, mixing_ratio_figure, plot_analysis)
+from smx.report import pyplot, render_analysis, save_plot
+from smx.db.models import AnalysisResult, Certificate, Job
+from smx.db.store import Store, open_store
 from smx.plan import build_plan, content_key
 from smx.science.analysis import confidence_under_attack, equal_confidence_mixing_ratios
 from smx.spec import SpecError, parse_spec
 from smx.tasks import analyze
 from tests.conftest import REPO, smx_command
 from tests.test_fuzz_cli import run_cli
+from tests.test_report import seed
 
 SIGMA = 0.25
 DIRECTION = (0.6, 0.8)  # unit normal of the decision boundary
@@ -271,7 +275,7 @@ def test_analysis_tables_and_plots(analysed_store: Path, tmp_path: Path) -> None
     assert text[2].split()[:3] == CONFIDENCE_COLUMNS[:3] and set(text[3]) == {"-"}
     assert [line.split()[:3] for line in text[4:7]] == [["base", f"{eps:.1f}", "4"] for eps in (0.0, 0.5, 1.0)]
     assert "|" not in "".join(text) and render_analysis("confidence", confidence, "md").count("|") > 10
-    paths = plot_analysis(store, "tiny_analysis", tmp_path / "plots" / "tiny_analysis.png")
+    paths = plot_analysis(store, "tiny_analysis", tmp_path / "plots" / "tiny_analysis.png").written
     plots = tmp_path / "plots"
     assert paths == [plots / "tiny_analysis-confidence.png", plots / "tiny_analysis-mixing-ratio.png"]
     for path in paths:
@@ -310,3 +314,147 @@ def test_analysis_report_is_torch_free_and_a_rerun_replaces_the_rows(analysed_st
                                 .order_by(AnalysisResult.id)).all()
     # Seeded: the rerun computes the same rows and replaces the old ones instead of adding to them.
     assert after == before
+
+
+# ---- the analysis plots: a panel per sigma, and no plot left from an analysis the experiment no longer has ----
+
+def analysed_config(name: str, sigma: float, grid: int = 5) -> AnalysedConfig:
+    confidence = [(epsilon, 4, 0.9 - epsilon / 4, 0.05 + epsilon / 8, 0.75) for epsilon in (0.0, 0.5, 1.0)]
+    return AnalysedConfig(name, sigma, confidence, [0.2, 0.2, 1.0, None], grid)
+
+
+def test_the_analysis_plots_have_a_panel_per_sigma_each_with_its_configs_in_the_same_places() -> None:
+    # Listed out of order: each panel orders its configs by name, so a sweep's method has one colour in all.
+    configs = [analysed_config(f"{method}-sigma={sigma}", sigma) for method in ("smoothmix", "gaussian", "smoothadv")
+               for sigma in (1.0, 0.25, 0.5)]
+    confidence, mixing = confidence_figure("sweep", configs), mixing_ratio_figure("sweep", configs)
+    try:
+        for figure in (confidence, mixing):
+            assert [axes.get_title() for axes in figure.axes] == ["σ = 0.25", "σ = 0.5", "σ = 1"]
+            figure.canvas.draw()
+            for axes in figure.axes:  # each panel's legend beside it, inside the figure
+                legend = axes.get_legend().get_window_extent()
+                assert legend.x0 > axes.get_window_extent().x1 and legend.x1 <= figure.bbox.x1
+        assert [axes.get_ylim() for axes in confidence.axes] == [(0, 1)] * 3
+        # A config's true-class and off-class lines, in its panel only, in its place's colour.
+        assert [[line.get_color() for line in axes.get_lines()] for axes in confidence.axes] == [
+            ["C0", "C0", "C1", "C1", "C2", "C2"]] * 3
+        assert [[text.get_text() for text in axes.get_legend().get_texts()] for axes in confidence.axes] == [
+            [f"{method}-sigma={sigma}" for method in ("gaussian", "smoothadv", "smoothmix")]
+            + ["true class", "max off-class"] for sigma in (0.25, 0.5, 1.0)]
+        mixing_labels = [text.get_text() for text in mixing.axes[1].get_legend().get_texts()]
+        assert mixing_labels[0] == "gaussian-sigma=0.5 (4 correct, 1 never changed)"
+        # The histograms' colours are the lines': a config looks the same in both plots.
+        assert [[patch.get_facecolor()[:3] for patch in axes.patches] for axes in mixing.axes] == [
+            [to_rgb(f"C{position}") for position in range(3)]] * 3
+    finally:
+        pyplot().close(confidence)
+        pyplot().close(mixing)
+    single = confidence_figure("one", configs[:3])
+    try:
+        assert [axes.get_title() for axes in single.axes] == ["σ = 0.25", "σ = 0.5", "σ = 1"]
+        assert [axes.get_title() for axes in confidence_figure("one", configs[1:2]).axes] == ["σ = 0.25"]
+    finally:
+        pyplot().close("all")
+
+
+SWEEP_SPEC = textwrap.dedent("""
+    [experiment]
+    name = "sweep"
+
+    [data]
+    dataset = "mnist"
+
+    [[sweep.zip]]
+    "train.sigma" = [0.25, 0.5]
+
+    [[variant]]
+    name = "gaussian"
+    train.method = "gaussian"
+
+    [[variant]]
+    name = "smoothmix"
+    train.method = "smoothmix"
+
+    [analyze]
+    kinds = ["confidence"]
+    epsilons = [0.5]
+""")
+SWEEP_CONFIGS = ["gaussian-sigma=0.25", "gaussian-sigma=0.5", "smoothmix-sigma=0.25", "smoothmix-sigma=0.5"]
+
+
+@pytest.fixture
+def sweep_store(tmp_path: Path) -> Iterator[Store]:
+    """Three experiments of the same models, with made-up certificates and confidence results: sweep (each config
+    analysed at its training sigma), sweep_at_half (all analysed at sigma 0.5) and sweep-mixing-ratio (without
+    [analyze]; its name is that of sweep's mixing-ratio plot)."""
+    store = open_store(str(tmp_path / "store"))
+    at_half = SWEEP_SPEC.replace('name = "sweep"', 'name = "sweep_at_half"').replace(
+        'kinds = ["confidence"]', 'kinds = ["confidence"]\nsigma = 0.5')
+    unanalysed = SWEEP_SPEC.split("[analyze]")[0].replace('name = "sweep"', 'name = "sweep-mixing-ratio"')
+    for spec_text in (SWEEP_SPEC, at_half, unanalysed):
+        seed(store, spec_text, {name: [(0.5, 1), (0.0, 0)] for name in SWEEP_CONFIGS})
+    jobs = [job for spec_text in (SWEEP_SPEC, at_half) for job in build_plan(parse_spec(spec_text)).jobs]
+    with store.session() as session:
+        session.add_all(Certificate(job_key=key, sample_index=index, label=0, prediction=0 if correct else -1,
+                                    radius=radius, correct=correct, seconds=0.1)
+                        for key in {job.key for job in jobs if job.kind == "certify"}
+                        for index, (radius, correct) in enumerate([(0.5, 1), (0.0, 0)]))
+        session.add_all(AnalysisResult(job_key=job.key, analysis="confidence", sample_index=0, label=0,
+                                       epsilon=epsilon, distance=epsilon, prediction=0,
+                                       true_confidence=0.9 - epsilon, off_class_confidence=0.1)
+                        for job in jobs if job.kind == "analyze" for epsilon in (0.0, 0.5))
+    yield store
+    store.engine.dispose()
+
+
+def test_each_configs_analyses_are_drawn_at_the_sigma_they_were_analysed_at(sweep_store: Store, tmp_path: Path,
+                                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    import smx.analysis_report as analysis_report
+
+    drawn = []
+
+    def keep(figure, path):  # type: ignore[no-untyped-def]
+        drawn.append({axes.get_title(): [text.get_text() for text in axes.get_legend().get_texts()]
+                      if axes.get_legend() else [] for axes in figure.axes})
+        return save_plot(figure, path)
+
+    monkeypatch.setattr(analysis_report, "save_plot", keep)
+    plots = plot_analysis(sweep_store, "sweep", tmp_path / "sweep.png")
+    assert plots.written == [tmp_path / "sweep-confidence.png"] and not plots.removed
+    key = ["true class", "max off-class"]
+    assert drawn == [{"σ = 0.25": ["gaussian-sigma=0.25", "smoothmix-sigma=0.25", *key],
+                      "σ = 0.5": ["gaussian-sigma=0.5", "smoothmix-sigma=0.5", *key]}]
+    plot_analysis(sweep_store, "sweep_at_half", tmp_path / "sweep_at_half.png")
+    assert drawn[1] == {"σ = 0.5": [*SWEEP_CONFIGS, *key]}
+
+
+def test_smx_plot_removes_the_analysis_plots_it_no_longer_writes_and_nothing_else(sweep_store: Store,
+                                                                                  tmp_path: Path) -> None:
+    store = str(sweep_store.root)
+    for name in ("a-confidence.png", "a-mixing-ratio.png", "a-confidence.svg", "a-mixing-ratio-old.png",
+                 "b-mixing-ratio.png"):
+        (tmp_path / name).write_text("an earlier plot")
+    code, out, err = run_cli("plot", "sweep-mixing-ratio", "--store", store, "--out", str(tmp_path / "a.png"))
+    assert code == 0, err
+    assert out.splitlines()[1:] == [
+        f"removed {tmp_path / 'a-confidence.png'}: sweep-mixing-ratio has no confidence analysis results now.",
+        f"removed {tmp_path / 'a-mixing-ratio.png'}: sweep-mixing-ratio has no mixing ratio analysis results now."]
+    assert sorted(path.name for path in tmp_path.iterdir() if path.is_file()) == [
+        "a-confidence.svg", "a-mixing-ratio-old.png", "a.png", "b-mixing-ratio.png"]
+    # "sweep" has confidence results only: its confidence plot replaces the old one, its mixing-ratio one goes.
+    (tmp_path / "a-mixing-ratio.png").write_text("an earlier plot")
+    code, out, err = run_cli("plot", "sweep", "--store", store, "--out", str(tmp_path / "a.png"))
+    assert code == 0, err
+    assert out.splitlines()[2:] == [
+        f"removed {tmp_path / 'a-mixing-ratio.png'}: sweep has no mixing ratio analysis results now."]
+    assert (tmp_path / "a-confidence.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert not (tmp_path / "a-mixing-ratio.png").exists()
+    # In the store's plots, sweep-mixing-ratio.png is also the certified-accuracy plot of the experiment of that
+    # name: left alone, as `smx remove sweep` leaves it.
+    code, out, err = run_cli("plot", "sweep-mixing-ratio", "--store", store)
+    assert code == 0, err
+    own_plot = (sweep_store.root / "plots" / "sweep-mixing-ratio.png").read_bytes()
+    code, out, err = run_cli("plot", "sweep", "--store", store)
+    assert code == 0, err
+    assert "removed" not in out and (sweep_store.root / "plots" / "sweep-mixing-ratio.png").read_bytes() == own_plot
