@@ -162,6 +162,8 @@ def test_an_experiments_best_acr_is_the_results_views_over_its_current_plan(stor
 
 
 def test_until_its_aggregate_is_done_an_experiments_best_acr_is_its_certified_configs_starred(store) -> None:
+    from sqlalchemy import update
+
     from smx.db.models import Certificate, Experiment, ExperimentJob, Job
     from smx.db.queries import experiments_overview
 
@@ -179,12 +181,19 @@ def test_until_its_aggregate_is_done_an_experiments_best_acr_is_its_certified_co
         session.add_all(Certificate(job_key=key, sample_index=index, label=0, prediction=0, radius=radius,
                                     correct=correct, seconds=0.1)
                         for key, (_, rows) in certified.items() for index, (radius, correct) in enumerate(rows))
+    cache: dict = {}
     with store.read_session() as session:
-        [overview] = experiments_overview(session)
+        [overview] = experiments_overview(session, cache)
     assert overview.best_acr == pytest.approx(0.4) and overview.best_acr_provisional
+    assert set(cache) == {"done-a", "done-b"}
+    with store.session() as session:  # done-b runs again, to other certificates: read again, not from the cache
+        session.execute(update(Certificate).where(Certificate.job_key == "done-b").values(radius=0.2))
+        session.execute(update(Job).where(Job.key == "done-b").values(attempts=2))
+    with store.read_session() as session:
+        assert experiments_overview(session, cache)[0].best_acr == pytest.approx(0.25)
     code, out, err = run_cli("status", "--store", store.location)
     assert code == 0, err
-    assert "0.400*" in out
+    assert "0.250*" in out
     assert "* provisional: the best of the configs certified so far" in " ".join(out.split())
 
 

@@ -99,7 +99,14 @@ class JobView:
         return eta_seconds(self.status, self.progress, self.elapsed_seconds, self.attempt_start_progress)
 
 
-def experiments_overview(session: Session) -> list[ExperimentOverview]:
+# A done certify job's ACR by its key, with the (attempts, finished_at) it was computed at: certificates change
+# only when the job runs again.
+AcrCache = dict[str, tuple[tuple[int, datetime | None], float]]
+
+
+def experiments_overview(session: Session, acr_cache: AcrCache | None = None) -> list[ExperimentOverview]:
+    """Every experiment, newest first. `acr_cache`: kept by a caller that asks again and again (the TUI), so that the
+    provisional best ACRs (see ExperimentOverview) read each done job's certificates once."""
     counts: dict[str, dict[str, int]] = {}
     for name, status, number in session.execute(
         select(Experiment.name, Job.status, func.count())
@@ -124,7 +131,7 @@ def experiments_overview(session: Session) -> list[ExperimentOverview]:
               (ExperimentJob.experiment_id == Experiment.id) & (ExperimentJob.job_key == Aggregate.job_key))
         .group_by(Aggregate.experiment)
     ).all())
-    provisional = _provisional_best_acr(session, exclude=set(best))
+    provisional = _provisional_best_acr(session, set(best), {} if acr_cache is None else acr_cache)
     return [
         ExperimentOverview(name=experiment.name, description=experiment.description,
                            configs=configs.get(experiment.name, 0),
@@ -136,20 +143,29 @@ def experiments_overview(session: Session) -> list[ExperimentOverview]:
     ]
 
 
-def _provisional_best_acr(session: Session, exclude: set[str]) -> dict[str, float]:
+def _provisional_best_acr(session: Session, exclude: set[str], cache: AcrCache) -> dict[str, float]:
     """Each experiment's best ACR over its done certify jobs, for those without stored summaries yet: the ACR that
     its aggregate job will store for each (science.metrics.average_certified_radius, the mean of radius x
-    correct), averaged in the database so that an overview refreshed every few seconds loads no certificates."""
-    best: dict[str, float] = {}
-    for name, acr in session.execute(
-        select(Experiment.name, func.avg(Certificate.radius * Certificate.correct))
+    correct), averaged in the database, and only for jobs that `cache` does not hold as they are now."""
+    done = session.execute(
+        select(Experiment.name, Job.key, Job.attempts, Job.finished_at)
         .join(ExperimentJob, ExperimentJob.experiment_id == Experiment.id)
         .join(Job, Job.key == ExperimentJob.job_key)
-        .join(Certificate, Certificate.job_key == Job.key)
         .where(Job.kind == "certify", Job.status == "done", Experiment.name.not_in(exclude))
-        .group_by(Experiment.name, Job.key)
-    ):
-        best[name] = max(best.get(name, acr), acr)
+    ).all()
+    stamps = {row.key: (row.attempts, row.finished_at) for row in done}
+    stale = [key for key, stamp in stamps.items() if key not in cache or cache[key][0] != stamp]
+    if stale:
+        for key, acr in session.execute(
+            select(Certificate.job_key, func.avg(Certificate.radius * Certificate.correct))
+            .where(Certificate.job_key.in_(stale)).group_by(Certificate.job_key)
+        ):
+            cache[key] = (stamps[key], acr)
+    best: dict[str, float] = {}
+    for row in done:
+        if row.key in cache and cache[row.key][0] == stamps[row.key]:
+            acr = cache[row.key][1]
+            best[row.name] = max(best.get(row.name, acr), acr)
     return best
 
 

@@ -20,7 +20,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, aliased
 
 from smx.db.models import Certificate, Checkpoint, Experiment, ExperimentJob, Job, JobParent, TrainMetric, utcnow
-from smx.db.queries import elapsed_seconds, eta_seconds, experiments_overview, silent_seconds
+from smx.db.queries import AcrCache, elapsed_seconds, eta_seconds, experiments_overview, silent_seconds
 from smx.db.store import NoStoreYet, Store, StoreError, open_store, resolve_location
 from smx.errors import UserError
 from smx.report import experiment_results
@@ -241,6 +241,7 @@ class StoreReader:
         self._store: Store | None = None
         self._opening = threading.Lock()  # the refresh and an action may both be first to need the store
         self._curve_cache: dict[str, _CachedCurve] = {}
+        self._acr_cache: AcrCache = {}
         self._log: LogFollower | None = None
 
     def store(self) -> Store:
@@ -260,7 +261,7 @@ class StoreReader:
         snapshot = Snapshot(root=store.root, found=True)
         try:
             with store.read_session() as session:
-                snapshot.experiments = experiments_overview(session)
+                snapshot.experiments = experiments_overview(session, self._acr_cache)
                 snapshot.jobs = load_jobs(session, now)
                 names = [experiment.name for experiment in snapshot.experiments]
                 snapshot.experiment = request.experiment if request.experiment in names else next(iter(names), None)
