@@ -11,6 +11,7 @@ import math
 import re
 from collections import Counter
 from dataclasses import dataclass, field
+from datetime import datetime
 from decimal import ROUND_HALF_UP, Context, Decimal
 from pathlib import Path
 from typing import Any
@@ -137,11 +138,12 @@ class ExperimentResults(QueryResult):
     swept_columns: list[str] = field(default_factory=list)  # the columns of swept hyperparameters
 
 
-def experiment_results(store: Store, experiment: str, *, required: bool = False) -> ExperimentResults:
+def experiment_results(store: Store, experiment: str, *, required: bool = False,
+                       summary_cache: SummaryCache | None = None) -> ExperimentResults:
     """The experiment's `results` rows, with each swept hyperparameter in a column of its own and a column for each
     radius its spec's [report] radii add to the view's. Until its aggregate job is done, the same rows for the
-    configs certified so far. With nothing certified yet: no rows, or, when `required`, the error that says why and
-    what to do (as `smx report` gives)."""
+    configs certified so far (see summaries_of for `summary_cache`). With nothing certified yet: no rows, or, when
+    `required`, the error that says why and what to do (as `smx report` gives)."""
     result = run_query(store, "SELECT * FROM results WHERE experiment = :experiment ORDER BY config",
                        {"experiment": experiment})
     stored_rows, provisional = result.rows, None
@@ -152,7 +154,7 @@ def experiment_results(store: Store, experiment: str, *, required: bool = False)
             require_experiment(session, experiment)
             aggregates = []
             with contextlib.nullcontext() if required else contextlib.suppress(UserError):
-                summaries = summaries_of(session, experiment)
+                summaries = summaries_of(session, experiment, summary_cache)
                 aggregates = summaries.aggregates
                 stored_rows = [_results_row(aggregate, result.columns) for aggregate in aggregates]
                 provisional = summaries.provisional
@@ -438,6 +440,10 @@ def _report_radii(rows: list[ReportRow]) -> list[float]:
     return sorted({radius for radius in grid if radius <= last + RADIUS_TOLERANCE} | requested)
 
 
+# A provisional summary by (aggregate job, certify job), with the certify job's (attempts, finished_at) it was made at.
+SummaryCache = dict[tuple[str, str], tuple[tuple[int, datetime | None], Aggregate]]
+
+
 @dataclass
 class Summaries:
     """An experiment's summaries: those its aggregate job stored, or, until that job is done, summaries of the
@@ -454,6 +460,7 @@ class PlannedConfig:
     aggregate: Job  # one aggregate job for a submitted spec, one per imported log
     entry: dict[str, Any]  # name, certify_key, method, sigma and swept values
     certify_status: str  # of its certify job
+    certify_stamp: tuple[int, datetime | None]  # its attempts and finish time: its certificates change with them
 
     @property
     def certified(self) -> bool:
@@ -467,21 +474,23 @@ def plan_configs(session: Session, experiment: str) -> list[PlannedConfig]:
         .join(Experiment, Experiment.id == ExperimentJob.experiment_id)
         .where(Experiment.name == experiment, Job.kind == "aggregate").order_by(Job.key)).all()
     entries = [(aggregate, entry) for aggregate in aggregates for entry in aggregate.config["configs"]]
-    statuses = dict(session.execute(select(Job.key, Job.status)
-                                    .where(Job.key.in_({entry["certify_key"] for _, entry in entries}))).all())
-    return [PlannedConfig(aggregate, entry, statuses[entry["certify_key"]]) for aggregate, entry in entries]
+    certify_jobs = {row.key: row for row in session.execute(
+        select(Job.key, Job.status, Job.attempts, Job.finished_at)
+        .where(Job.key.in_({entry["certify_key"] for _, entry in entries})))}
+    return [PlannedConfig(aggregate, entry, certify_jobs[entry["certify_key"]].status,
+                          (certify_jobs[entry["certify_key"]].attempts, certify_jobs[entry["certify_key"]].finished_at))
+            for aggregate, entry in entries]
 
 
-def summaries_of(session: Session, experiment: str) -> Summaries:
-    """The experiment's current summaries; an error that says why when no config is certified yet."""
+def summaries_of(session: Session, experiment: str, cache: SummaryCache | None = None) -> Summaries:
+    """The experiment's current summaries; an error that says why when no config is certified yet. `cache`: kept by
+    a caller that asks again and again (the TUI), so that each provisional summary reads its certificates once."""
     aggregates = aggregates_of(session, experiment)
     if aggregates:
         return Summaries(aggregates)
     configs = plan_configs(session, experiment)
-    certified = [summarise_config(config.aggregate.key, experiment, config.entry,
-                                  certification_log_rows(session, config.entry["certify_key"]),
-                                  aggregate_radii(config.aggregate.config["radii"]))
-                 for config in configs if config.certified]
+    cache = {} if cache is None else cache
+    certified = [_provisional_summary(session, experiment, config, cache) for config in configs if config.certified]
     if certified:
         waiting = [f"{config.entry['name']} ({config.certify_status})" for config in configs
                    if not config.certified]
@@ -500,6 +509,18 @@ def summaries_of(session: Session, experiment: str) -> Summaries:
     else:
         fix = "run its jobs: `smx submit` its spec, or `smx worker`"
     raise UserError(f"experiment {experiment!r} has no results yet (its jobs: {states}).\nFix: {fix}.")
+
+
+def _provisional_summary(session: Session, experiment: str, config: PlannedConfig, cache: SummaryCache) -> Aggregate:
+    """The config's summary as its aggregate job will store it, from `cache` while its certify job has not run again
+    (an aggregate job's key fixes the config's entry and radii)."""
+    cache_key = (config.aggregate.key, config.entry["certify_key"])
+    if cache_key not in cache or cache[cache_key][0] != config.certify_stamp:
+        summary = summarise_config(config.aggregate.key, experiment, config.entry,
+                                   certification_log_rows(session, config.entry["certify_key"]),
+                                   aggregate_radii(config.aggregate.config["radii"]))
+        cache[cache_key] = (config.certify_stamp, summary)
+    return cache[cache_key][1]
 
 
 def experiment_report(store: Store, experiment: str, compare_with_paper: bool = False) -> ExperimentReport:

@@ -313,6 +313,17 @@ def test_until_its_aggregate_is_done_an_experiment_reports_and_plots_the_configs
     assert table.provisional == report.provisional and [row[0] for row in table.rows] == [certified["name"]]
     assert results_caption(table) == f"{report.provisional} @r: certified accuracy at radius r"
 
+    # The TUI asks every second: a cache keeps each summary until its certify job runs again.
+    cache: dict = {}
+    assert load_results(store, "paper", summary_cache=cache).rows == table.rows and len(cache) == 1
+    with store.session() as session:
+        session.execute(update(Certificate).where(Certificate.job_key == certified["certify_key"]).values(radius=0.0))
+    assert load_results(store, "paper", summary_cache=cache).rows == table.rows  # the job has not run again
+    with store.session() as session:
+        session.execute(update(Job).where(Job.key == certified["certify_key"]).values(attempts=2))
+    rerun = load_results(store, "paper", summary_cache=cache)
+    assert dict(zip(rerun.columns, rerun.rows[0]))["acr"] == 0.0
+
 
 def test_the_aggregate_job_writes_each_configs_log_and_removes_those_of_dropped_configs(store: Store) -> None:
     from sqlalchemy import delete

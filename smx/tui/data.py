@@ -23,7 +23,7 @@ from smx.db.models import Certificate, Checkpoint, Experiment, ExperimentJob, Jo
 from smx.db.queries import AcrCache, elapsed_seconds, eta_seconds, experiments_overview, silent_seconds
 from smx.db.store import NoStoreYet, Store, StoreError, open_store, resolve_location
 from smx.errors import UserError
-from smx.report import experiment_results
+from smx.report import SummaryCache, experiment_results
 from smx.tui.model import (
     CheckpointInfo,
     Clock,
@@ -161,9 +161,10 @@ def load_job(session: Session, store: Store, key: str, now: datetime) -> JobDeta
     )
 
 
-def load_results(store: Store, experiment: str, published_acr: PublishedAcr | None = None) -> ResultsTable:
+def load_results(store: Store, experiment: str, published_acr: PublishedAcr | None = None,
+                 summary_cache: SummaryCache | None = None) -> ResultsTable:
     """The experiment's `results` rows; a "published ACR" column only when the provider knows some of them."""
-    result = experiment_results(store, experiment)
+    result = experiment_results(store, experiment, summary_cache=summary_cache)
     # The swept hyperparameters last: their long dotted names would push ACR off an 80-column terminal, and the
     # config names already carry their values.
     shown = sorted((index for index, column in enumerate(result.columns) if column not in HIDDEN_RESULT_COLUMNS),
@@ -242,6 +243,7 @@ class StoreReader:
         self._opening = threading.Lock()  # the refresh and an action may both be first to need the store
         self._curve_cache: dict[str, _CachedCurve] = {}
         self._acr_cache: AcrCache = {}
+        self._summary_cache: SummaryCache = {}
         self._log: LogFollower | None = None
 
     def store(self) -> Store:
@@ -270,7 +272,7 @@ class StoreReader:
                 if request.job_key:
                     snapshot.job = load_job(session, store, request.job_key, now)
             if request.results and snapshot.experiment:
-                snapshot.results = load_results(store, snapshot.experiment, self.published_acr)
+                snapshot.results = load_results(store, snapshot.experiment, self.published_acr, self._summary_cache)
         except (SQLAlchemyError, UserError) as error:
             # E.g. a store whose tables `smx submit` is still creating: keep polling.
             snapshot.problem = error.message if isinstance(error, UserError) else str(getattr(error, "orig", error))
