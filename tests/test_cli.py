@@ -866,6 +866,39 @@ def test_a_sigma_many_times_the_pixel_range_gets_a_warning_naming_its_keys_and_c
     assert "sigma = " not in run_cli("validate", str(spec))[2]
 
 
+def test_a_certify_job_reuses_the_certificates_of_the_same_model_and_settings_and_certifies_only_the_rest(
+        tmp_path: Path) -> None:
+    store = StoreTarget.directory(tmp_path / "store")
+    first = tmp_path / "first.toml"
+    first.write_text(tiny_spec("first", epochs=1, max_samples=3, method="gaussian"))
+    run_smx("submit", str(first), store=store)
+    # More images, in other passes: the trained model is shared, and three of its certificates are already stored.
+    more = tmp_path / "more.toml"
+    more.write_text(tiny_spec("more", epochs=1, max_samples=5, method="gaussian")
+                    .replace("batch_size = 250", "batch_size = 40"))
+    assert "1 cached" in run_smx("submit", str(more), store=store).stdout
+    # Another alpha certifies otherwise: nothing to reuse.
+    stricter = tmp_path / "stricter.toml"
+    stricter.write_text(tiny_spec("stricter", epochs=1, max_samples=3, method="gaussian")
+                        .replace("alpha = 0.01", "alpha = 0.001"))
+    run_smx("submit", str(stricter), store=store)
+
+    certify = {row["name"]: row for row in query_json(
+        "SELECT j.key, e.name, j.log_path FROM jobs j JOIN experiment_jobs m ON m.job_key = j.key "
+        "JOIN experiments e ON e.id = m.experiment_id WHERE j.kind = 'certify'", store)}
+    columns = "sample_index, prediction, radius, correct, pa_lower, count"
+
+    def certificates(name: str) -> list[dict]:
+        return query_json(f"SELECT {columns} FROM certificates WHERE job_key = '{certify[name]['key']}' "
+                          "ORDER BY sample_index", store)
+
+    assert certificates("more")[:3] == certificates("first") and len(certificates("more")) == 5
+    log = Path(certify["more"]["log_path"]).read_text()
+    assert f"reused 3 certificate(s) of job {certify['first']['key'][:12]}: the same model and CERTIFY settings" in log
+    assert "certifying 5 test images, resuming after 3 already certified" in log
+    assert "reused" not in Path(certify["stricter"]["log_path"]).read_text()
+
+
 def test_settings_that_waste_a_run_get_a_warning_naming_the_configs(tmp_path: Path) -> None:
     spec = tmp_path / "wasted.toml"
     spec.write_text(tiny_spec("wasted", epochs=2, n=6) + variants("gaussian", "smoothmix", "macer")

@@ -10,6 +10,9 @@ SMX_COMPILE=1 (or true, yes, on) in a worker's environment opts in to torch.comp
 (docs/performance.md: it pays for itself only on long runs). SMX_CERTIFY_BATCH_SIZE=N there replaces
 certify.batch_size, the most rows of a forward pass, for its jobs: since the certificates do not depend on it, a
 GPU's worker can take large passes without re-keying (and so re-running) jobs that a spec's batch_size keys.
+For the same reason a job first copies the certificates it needs that another certify job of the same trained
+model and CERTIFY settings stored already (reuse_certificates): a spec that certifies more images, other ones, or
+with another batch_size certifies only the images no job has.
 """
 
 from __future__ import annotations
@@ -19,7 +22,9 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from sqlalchemy import select
+from typing import Any
+
+from sqlalchemy import insert, select
 
 from smx.db.models import Certificate as CertificateRow
 from smx.db.models import Job, JobParent
@@ -42,6 +47,10 @@ from smx.tasks.progress import ProgressReporter
 
 FLUSH_SECONDS = 2.0
 PROGRESS_LOG_IMAGES = 100  # a line in the job's log every this many certified images
+# Settings of a certify job that its images' certificates do not depend on: how many rows share a forward pass,
+# and which other images it certifies (each image's noise comes from the seed and the image's index).
+PER_JOB_SETTINGS = ("batch_size", "max_samples", "skip")
+CERTIFICATE_COLUMNS = ("sample_index", "label", "prediction", "radius", "correct", "pa_lower", "count", "seconds")
 
 
 def run(store: Store, job: Job, device: str, progress: ProgressReporter) -> None:
@@ -63,6 +72,11 @@ def run(store: Store, job: Job, device: str, progress: ProgressReporter) -> None
     data = load_dataset(dataset, certify_config["split"], root=job.runtime.get("data_root"),
                         download=job.runtime.get("download", False))
     indices = strided_indices(len(data), certify_config["skip"], certify_config["max_samples"])
+    for source, reused in reuse_certificates(store, job, train_key, [index for index in indices
+                                                                       if index not in done]).items():
+        print(f"reused {len(reused)} certificate(s) of job {source[:12]}: the same model and CERTIFY settings",
+              flush=True)
+        done.update(reused)
     pending: list[Certificate] = []
     last_flush = time.monotonic()
     remaining = [index for index in indices if index not in done]
@@ -116,6 +130,37 @@ def run(store: Store, job: Job, device: str, progress: ProgressReporter) -> None
     if certified % PROGRESS_LOG_IMAGES:
         print(f"{certified}/{len(indices)} images certified", flush=True)
     progress(1.0, f"image {len(indices)}/{len(indices)}")
+
+
+def certificate_settings(config: dict[str, Any]) -> dict[str, Any]:
+    """What the certificate of one test image depends on, besides the trained model and the image: a certify
+    job's config without its PER_JOB_SETTINGS."""
+    settings = {key: value for key, value in config["certify"].items() if key not in PER_JOB_SETTINGS}
+    return {**settings, "precision": config_value("certify.precision", config), "data": config["data"]}
+
+
+def reuse_certificates(store: Store, job: Job, train_key: str, indices: list[int]) -> dict[str, list[int]]:
+    """Copy into `job` the certificates of these test images that other certify jobs of the same trained model and
+    certificate_settings stored, whatever their state (a cancelled job's certificates are whole ones); returns the
+    images each of those jobs gave."""
+    wanted, needed = certificate_settings(job.config), set(indices)
+    copied: dict[str, list[int]] = {}
+    with store.session() as session:
+        siblings = session.scalars(
+            select(Job).join(JobParent, JobParent.child_key == Job.key)
+            .where(JobParent.parent_key == train_key, Job.kind == "certify", Job.key != job.key)
+            .order_by(Job.key)).all()
+        for source in (sibling.key for sibling in siblings if certificate_settings(sibling.config) == wanted):
+            if not needed:
+                break
+            rows = [dict(zip(CERTIFICATE_COLUMNS, row), job_key=job.key) for row in session.execute(
+                select(*(getattr(CertificateRow, column) for column in CERTIFICATE_COLUMNS))
+                .where(CertificateRow.job_key == source)) if row.sample_index in needed]
+            if rows:
+                session.execute(insert(CertificateRow), rows)
+                copied[source] = [row["sample_index"] for row in rows]
+                needed -= set(copied[source])
+    return copied
 
 
 @contextmanager
