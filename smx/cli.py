@@ -655,8 +655,9 @@ def cancel(
     targets: Annotated[list[str], typer.Argument(help="Experiment names or job keys (prefixes of 4+ characters).")],
     store: StoreOption = None,
 ) -> None:
-    """Cancel pending or running jobs; a running job's process is stopped within seconds, and the Slurm jobs
-    of jobs sent to Slurm are cancelled with scancel."""
+    """Cancel pending or running jobs; a running job's process stops within seconds.
+
+    The Slurm jobs of jobs sent to Slurm are cancelled with scancel."""
     from smx.db.store import open_store
     from smx.scheduler.queue import cancel_with_slurm_jobs
 
