@@ -227,8 +227,8 @@ class _CachedCurve:
 class StoreReader:
     """Reads snapshots of one store, opening it once it exists. Used by one worker thread at a time.
 
-    It keeps what need not be read again: radius histograms of certify jobs that can no longer change, and how
-    far each followed log has been read.
+    It keeps what need not be read again: each certify job's radius histogram, ACR and provisional summary until
+    the job changes, and how far each followed log has been read.
     """
 
     def __init__(self, location: str | None, *, clock: Clock | None = None,
