@@ -168,13 +168,6 @@ def epoch_metric(store: Store, key: str, epoch: int) -> TrainMetric | None:
         return session.get(TrainMetric, (key, epoch))
 
 
-def checkpointed_epoch(store: Store, key: str, epoch: int) -> TrainMetric | None:
-    """The epoch's metrics once its checkpoint is recorded too (metrics are recorded first)."""
-    with store.read_session() as session:
-        recorded = session.scalar(select(Checkpoint).where(Checkpoint.job_key == key, Checkpoint.epoch == epoch))
-    return epoch_metric(store, key, epoch) if recorded is not None else None
-
-
 def trained_epochs(store: Store, key: str) -> list[int]:
     with store.read_session() as session:
         return list(session.scalars(select(TrainMetric.epoch).where(TrainMetric.job_key == key)
@@ -254,7 +247,7 @@ def test_a_worker_killed_in_training_is_noticed_by_a_live_worker_and_training_re
     # Two slots: one worker trains, the other waits for the certification that depends on it.
     outputs = [tmp_path / f"worker{index}.out" for index in range(2)]
     workers = [start_worker(store_dir, output, slots=2) for output in outputs]
-    first_epoch = wait_until(lambda: checkpointed_epoch(store, train_key, 1), "the first epoch's checkpoint")
+    first_epoch = wait_until(lambda: epoch_metric(store, train_key, 1), "the first epoch's checkpoint")
     job_pid = job_row(store, train_key).pid
     victim = worker_of(job_pid, workers)
     (survivor,) = [worker for worker in workers if worker is not victim]
@@ -288,7 +281,7 @@ def test_a_signal_to_smx_submit_alone_stops_its_workers_and_requeues_the_job(tmp
                    stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
     store = wait_until(lambda: store_if_created(store_dir), "the store")
     train_key = key_of(build_plan(load_spec(spec)), "train")
-    wait_until(lambda: checkpointed_epoch(store, train_key, 1), "the first epoch's checkpoint")
+    wait_until(lambda: epoch_metric(store, train_key, 1), "the first epoch")
     job_pid = job_row(store, train_key).pid
     submit.send_signal(stop)
     _, stderr = submit.communicate(timeout=60)
@@ -308,7 +301,7 @@ def test_smx_submit_whose_worker_is_killed_says_so_and_the_next_submit_resumes_t
     submit = start(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
     store = wait_until(lambda: store_if_created(store_dir), "the store")
     train_key = key_of(build_plan(load_spec(spec)), "train")
-    wait_until(lambda: checkpointed_epoch(store, train_key, 1), "the first epoch's checkpoint")
+    wait_until(lambda: epoch_metric(store, train_key, 1), "the first epoch")
     job_pid = job_row(store, train_key).pid
     worker_pid = process_status(job_pid)[1]
     os.kill(worker_pid, signal.SIGKILL)
@@ -435,7 +428,7 @@ def test_a_checkpoint_write_that_fails_halfway_keeps_the_previous_one_and_traini
     assert "Fix:" in disk_full.stderr
     assert not (folder / "epoch-0002.pt.tmp").exists()  # the failed write gave its space back
     first_epoch = epoch_metric(store, train_key, 1)
-    assert trained_epochs(store, train_key) == [1, 2]  # epoch 2's metrics go out before its checkpoint's write
+    assert trained_epochs(store, train_key) == [1]
     assert recorded_checkpoints(store, train_key) == [(1, epoch_one.name, checkpoints.sha256_file(epoch_one))]
     assert not (folder / "epoch-0002.pt").exists()
 
@@ -529,13 +522,12 @@ def test_a_kill_between_a_checkpoint_and_its_rows_loses_neither_the_rows_nor_the
     assert killed.returncode == -signal.SIGKILL
     epoch_one = store.checkpoint_dir(train_key) / "epoch-0001.pt"
     assert epoch_one.exists()
-    # The epoch's metrics were recorded before its checkpoint was written; the checkpoint's row is missing.
-    assert recorded_checkpoints(store, train_key) == [] and trained_epochs(store, train_key) == [1]
+    assert recorded_checkpoints(store, train_key) == [] and trained_epochs(store, train_key) == []
 
     resumed = run_job_process(store, train_key)
     assert resumed.returncode == 0, resumed.stderr
     assert "after epoch 1/2" in resumed.stdout
-    assert trained_epochs(store, train_key) == [1, 2]
+    assert trained_epochs(store, train_key) == [1, 2]  # epoch 1's row, from the metrics beside its checkpoint
     files = sorted(store.checkpoint_dir(train_key).glob("*.pt"))
     assert recorded_checkpoints(store, train_key) == [
         (epoch, path.name, checkpoints.sha256_file(path)) for epoch, path in enumerate(files, start=1)]

@@ -1,3 +1,5 @@
+import json
+
 import pytest
 import torch
 
@@ -6,7 +8,8 @@ from smx.science import training
 from smx.science.data import ImageTensors, load_dataset
 from smx.science.methods.params import GaussianParams, SmoothMixParams
 from smx.science.models import build_model
-from smx.science.training import TrainSettings, checkpoint_path, list_checkpoints, load_weights, train
+from smx.science.training import (EpochMetrics, TrainSettings, checkpoint_path, list_checkpoints, load_weights,
+                                 metrics_path, train)
 
 
 class Interrupted(Exception):
@@ -182,6 +185,25 @@ def test_finished_run_returns_its_final_checkpoint(data, uninterrupted, tmp_path
     again, epochs = fresh_model(), []
     assert train(again, data, settings(epochs=1), tmp_path, on_epoch=epochs.append) == final
     assert epochs == []
+
+
+@pytest.mark.parametrize("written_by", ["now", "before metrics moved out of checkpoints"])
+def test_a_resumed_run_gives_back_the_metrics_of_the_epoch_it_resumes_after(data, tmp_path, written_by):
+    with pytest.raises(Interrupted):  # as a kill after the checkpoint's write, before its callbacks
+        train(fresh_model(), data, settings(epochs=2), tmp_path, on_checkpoint=stop_after(1))
+    checkpoint = checkpoint_path(tmp_path, 1)
+    written = json.loads(metrics_path(checkpoint).read_text())
+    if written_by != "now":
+        state = torch.load(checkpoint, weights_only=True)
+        torch.save({**state, "metrics": written}, checkpoint)
+        metrics_path(checkpoint).unlink()
+    restored = []
+    train(fresh_model(), data, settings(epochs=2), tmp_path,
+          on_resume=lambda path, epoch, metrics: restored.append((path, epoch, metrics)))
+    assert restored == [(checkpoint, 1, EpochMetrics(**written))] and written["seconds"] > 0
+    assert sorted(path.name for path in tmp_path.iterdir()) == [
+        *(["epoch-0001.metrics.json"] if written_by == "now" else []), "epoch-0001.pt",
+        "epoch-0002.metrics.json", "epoch-0002.pt"]
 
 
 def test_two_runs_of_the_same_settings_write_the_same_bytes(data, tmp_path):

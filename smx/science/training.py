@@ -23,13 +23,14 @@ non-determinism). The caller seeds torch before building the model.
 from __future__ import annotations
 
 import copy
+import json
 import math
 import os
 import pickle
 import time
 import zipfile
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -47,6 +48,9 @@ from smx.science.step_graphs import CudaGraphRecorder, GraphedSteps
 
 CHECKPOINT_PREFIX = "epoch-"
 CHECKPOINT_SUFFIX = ".pt"
+# An epoch's metrics, beside its checkpoint (epoch-0003.metrics.json) and not in it: the checkpoint holds the
+# run's state alone, so two runs of the same settings on one machine write the same bytes (no wall-clock seconds).
+METRICS_SUFFIX = ".metrics.json"
 TEMPORARY_SUFFIX = ".tmp"
 CHECKPOINTS_KEPT = 2
 PROGRESS_INTERVAL_SECONDS = 0.25
@@ -96,7 +100,7 @@ class EpochMetrics:
 
 
 CheckpointCallback = Callable[[Path, int], None]
-ResumeCallback = Callable[[Path, int], None]
+ResumeCallback = Callable[[Path, int, EpochMetrics | None], None]
 RemovedCallback = Callable[[Path], None]
 IntactCheck = Callable[[Path], bool]  # False for a checkpoint whose bytes are not those written
 SET_ASIDE_SUFFIX = ".corrupt"
@@ -106,6 +110,26 @@ ProgressCallback = Callable[[float, str], None]
 
 def checkpoint_path(checkpoint_dir: Path, epoch: int) -> Path:
     return checkpoint_dir / f"{CHECKPOINT_PREFIX}{epoch:04d}{CHECKPOINT_SUFFIX}"
+
+
+def metrics_path(checkpoint: Path) -> Path:
+    """Where the metrics of a checkpoint's epoch are kept beside it."""
+    return checkpoint.with_name(checkpoint.name.removesuffix(CHECKPOINT_SUFFIX) + METRICS_SUFFIX)
+
+
+def save_metrics(metrics: EpochMetrics, path: Path) -> None:
+    temporary = path.with_name(path.name + TEMPORARY_SUFFIX)
+    temporary.write_text(json.dumps(asdict(metrics)))
+    os.replace(temporary, path)
+
+
+def load_metrics(checkpoint: Path, state: dict[str, Any]) -> EpochMetrics | None:
+    """The metrics of a restored checkpoint's epoch: from beside it, or from inside a checkpoint written before
+    they moved out; None when neither has them (a file lost or damaged: the run goes on without them)."""
+    try:
+        return EpochMetrics(**json.loads(metrics_path(checkpoint).read_text()))
+    except (OSError, ValueError, TypeError):
+        return EpochMetrics(**state["metrics"]) if "metrics" in state else None
 
 
 def list_checkpoints(checkpoint_dir: Path) -> list[tuple[int, Path]]:
@@ -244,11 +268,11 @@ def resume(
     device: torch.device,
     on_checkpoint_removed: RemovedCallback | None,
     is_intact: IntactCheck | None = None,
-) -> tuple[int, Path | None]:
-    """Restore the newest usable checkpoint; returns (epochs it finished, its path), or (0, None) without one.
-    Unreadable
-    checkpoints on the way are deleted: training is about to write them again anyway. Those that `is_intact`
-    refuses, or whose contents do not fit the model, are set aside (renamed with SET_ASIDE_SUFFIX) for inspection."""
+) -> tuple[int, Path | None, EpochMetrics | None]:
+    """Restore the newest usable checkpoint; returns (epochs it finished, its path, its last epoch's metrics), or
+    (0, None, None) without one (see load_metrics). Unreadable checkpoints on the way are deleted: training is about
+    to write them again anyway. Those that `is_intact` refuses, or whose contents do not fit the model, are set
+    aside (renamed with SET_ASIDE_SUFFIX) for inspection."""
     untouched: list[dict[str, Any]] = []  # the state before the first load, taken only if one is tried
     for _, path in reversed(list_checkpoints(checkpoint_dir)):
         if is_intact is not None and not is_intact(path):
@@ -274,8 +298,8 @@ def resume(
             _set_aside(path, on_checkpoint_removed)
             continue
         restore_rng_state(state["rng"], shuffle, device)
-        return state["epoch"], path
-    return 0, None
+        return state["epoch"], path, load_metrics(path, state)
+    return 0, None, None
 
 
 def _set_aside(path: Path, on_checkpoint_removed: RemovedCallback | None) -> None:
@@ -299,14 +323,13 @@ def train(
 ) -> Path:
     """Train `model` in place, resuming from the newest readable checkpoint in `checkpoint_dir`.
 
-    After each epoch: on_epoch(metrics), then the checkpoint is written and made durable, then
-    on_checkpoint(path, epoch), then on_checkpoint_removed(path) for each checkpoint pruned (all but the newest
-    two, and unreadable ones found when resuming). Metrics go out before the checkpoint so that it holds nothing
-    but the run's state: two runs of the same settings on the same machine write the same bytes. A process killed
-    between the two trains that epoch again and reports it again. on_progress(fraction of the whole run, text) is
-    called at most every PROGRESS_INTERVAL_SECONDS. on_resume(path, epoch) is called once when a checkpoint was
-    restored: a process killed after a checkpoint's write but before on_checkpoint ran would otherwise lose what it
-    records. is_intact(path) is asked before a checkpoint is resumed from (see `resume`).
+    After each epoch: its metrics are written beside the checkpoint's path (METRICS_SUFFIX), the checkpoint is
+    written and made durable, then on_checkpoint(path, epoch), then on_checkpoint_removed(path) for each checkpoint
+    pruned (all but the newest two, and unreadable ones found when resuming), then on_epoch(metrics).
+    on_progress(fraction of the whole run, text) is called at most every PROGRESS_INTERVAL_SECONDS.
+    on_resume(path, epoch, metrics of that epoch) is called once when a checkpoint was restored: a process killed
+    after a checkpoint's write but before its callbacks ran would otherwise lose what they record. is_intact(path)
+    is asked before a checkpoint is resumed from (see `resume`).
     Returns the final checkpoint.
     """
     validate(settings)
@@ -314,7 +337,7 @@ def train(
     method = load_method(settings.method)
     checkpoint_dir = Path(checkpoint_dir)
     checkpoint_dir.mkdir(parents=True, exist_ok=True)
-    for leftover in checkpoint_dir.glob(f"{CHECKPOINT_PREFIX}*{CHECKPOINT_SUFFIX}{TEMPORARY_SUFFIX}"):
+    for leftover in checkpoint_dir.glob(f"{CHECKPOINT_PREFIX}*{TEMPORARY_SUFFIX}"):
         leftover.unlink()  # a write that was interrupted before its rename
 
     prepare_for_training(model, device)
@@ -325,11 +348,11 @@ def train(
     torch.manual_seed(settings.seed)
     shuffle = torch.Generator().manual_seed(settings.seed)
 
-    start_epoch, latest = resume(
+    start_epoch, latest, restored_metrics = resume(
         checkpoint_dir, settings, model, optimizer, scheduler, shuffle, device, on_checkpoint_removed, is_intact
     )
     if latest is not None and on_resume:
-        on_resume(latest, start_epoch)
+        on_resume(latest, start_epoch, restored_metrics)
     if latest is not None and start_epoch >= settings.epochs:
         return latest
 
@@ -341,9 +364,9 @@ def train(
         context = StepContext(params=settings.params, epoch=epoch, epochs=settings.epochs, num_classes=num_classes)
         metrics = train_epoch(model, method.loss, optimizer, data, settings, context, shuffle, device, report)
         scheduler.step()
-        if on_epoch:
-            on_epoch(metrics)
         latest = checkpoint_path(checkpoint_dir, epoch + 1)
+        # First: a process killed after the checkpoint's write finds them for on_resume.
+        save_metrics(metrics, metrics_path(latest))
         save_checkpoint(
             {
                 "epoch": epoch + 1,
@@ -359,8 +382,11 @@ def train(
             on_checkpoint(latest, epoch + 1)
         for _, old in list_checkpoints(checkpoint_dir)[:-CHECKPOINTS_KEPT]:
             old.unlink()
+            metrics_path(old).unlink(missing_ok=True)
             if on_checkpoint_removed:
                 on_checkpoint_removed(old)
+        if on_epoch:
+            on_epoch(metrics)
     return latest
 
 

@@ -56,10 +56,7 @@ def run(store: Store, job: Job, device: str, progress: ProgressReporter) -> None
 
     epochs = config["train"]["epochs"]
 
-    def on_epoch(metrics: EpochMetrics) -> None:
-        print(f"epoch {metrics.epoch}/{epochs}: loss {metrics.loss:.4f}, noisy accuracy {metrics.noisy_accuracy:.4f}, "
-              f"lr {metrics.lr:g}, {metrics.seconds:.1f} s", flush=True)
-        # An epoch trained again after a kill replaces what its first run recorded.
+    def record_metrics(metrics: EpochMetrics) -> None:
         with store.session() as session:
             session.execute(delete(TrainMetric)
                             .where(TrainMetric.job_key == job.key, TrainMetric.epoch == metrics.epoch))
@@ -67,14 +64,21 @@ def run(store: Store, job: Job, device: str, progress: ProgressReporter) -> None
                                     noisy_accuracy=metrics.noisy_accuracy, lr=metrics.lr, seconds=metrics.seconds,
                                     extras=metrics.extras))
 
+    def on_epoch(metrics: EpochMetrics) -> None:
+        print(f"epoch {metrics.epoch}/{epochs}: loss {metrics.loss:.4f}, noisy accuracy {metrics.noisy_accuracy:.4f}, "
+              f"lr {metrics.lr:g}, {metrics.seconds:.1f} s", flush=True)
+        record_metrics(metrics)
+
     def on_checkpoint(path: Path, epoch: int) -> None:
         checkpoints.record(store, job.key, path, epoch)
 
-    def on_resume(path: Path, epoch: int) -> None:
+    def on_resume(path: Path, epoch: int, metrics: EpochMetrics | None) -> None:
         print(f"resumed from {path} after epoch {epoch}/{epochs}", flush=True)
         progress.resumed(epoch / epochs, f"resumed after epoch {epoch}/{epochs}")
         # Recorded again in case the last run died between writing this checkpoint and recording it.
         on_checkpoint(path, epoch)
+        if metrics is not None:
+            record_metrics(metrics)
 
     settings = settings_from_config(config, device)
     if settings.cuda_graphs:
