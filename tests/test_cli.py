@@ -883,9 +883,12 @@ def test_a_certify_job_reuses_the_certificates_of_the_same_model_and_settings_an
                         .replace("alpha = 0.01", "alpha = 0.001"))
     run_smx("submit", str(stricter), store=store)
 
-    certify = {row["name"]: row for row in query_json(
-        "SELECT j.key, e.name, j.log_path FROM jobs j JOIN experiment_jobs m ON m.job_key = j.key "
-        "JOIN experiments e ON e.id = m.experiment_id WHERE j.kind = 'certify'", store)}
+    def certify_jobs() -> dict[str, dict]:
+        return {row["name"]: row for row in query_json(
+            "SELECT j.key, e.name, j.log_path FROM jobs j JOIN experiment_jobs m ON m.job_key = j.key "
+            "JOIN experiments e ON e.id = m.experiment_id WHERE j.kind = 'certify'", store)}
+
+    certify = certify_jobs()
     columns = "sample_index, prediction, radius, correct, pa_lower, count"
 
     def certificates(name: str) -> list[dict]:
@@ -897,6 +900,21 @@ def test_a_certify_job_reuses_the_certificates_of_the_same_model_and_settings_an
     assert f"reused 3 certificate(s) of job {certify['first']['key'][:12]}: the same model and CERTIFY settings" in log
     assert "certifying 5 test images, resuming after 3 already certified" in log
     assert "reused" not in Path(certify["stricter"]["log_path"]).read_text()
+
+    # A model trained again (its checkpoint was deleted) may have other weights: none of its old certificates count.
+    from sqlalchemy import update
+
+    from smx.db.models import Job, utcnow
+    from smx.db.store import open_store
+
+    opened = open_store(store.location, create=False)
+    with opened.session() as session:
+        session.execute(update(Job).where(Job.kind == "train").values(finished_at=utcnow()))
+    opened.engine.dispose()
+    retrained = tmp_path / "retrained.toml"
+    retrained.write_text(tiny_spec("retrained", epochs=1, max_samples=4, method="gaussian"))
+    run_smx("submit", str(retrained), store=store)
+    assert "reused" not in Path(certify_jobs()["retrained"]["log_path"]).read_text()
 
 
 def test_settings_that_waste_a_run_get_a_warning_naming_the_configs(tmp_path: Path) -> None:

@@ -142,13 +142,16 @@ def certificate_settings(config: dict[str, Any]) -> dict[str, Any]:
 def reuse_certificates(store: Store, job: Job, train_key: str, indices: list[int]) -> dict[str, list[int]]:
     """Copy into `job` the certificates of these test images that other certify jobs of the same trained model and
     certificate_settings stored, whatever their state (a cancelled job's certificates are whole ones); returns the
-    images each of those jobs gave."""
+    images each of those jobs gave. Only from jobs started after the model's training last ended: a model trained
+    again (its checkpoint deleted or damaged) has other weights on a GPU, whose kernels are not bit-reproducible."""
     wanted, needed = certificate_settings(job.config), set(indices)
     copied: dict[str, list[int]] = {}
     with store.session() as session:
+        trained_at = session.scalar(select(Job.finished_at).where(Job.key == train_key))
         siblings = session.scalars(
             select(Job).join(JobParent, JobParent.child_key == Job.key)
-            .where(JobParent.parent_key == train_key, Job.kind == "certify", Job.key != job.key)
+            .where(JobParent.parent_key == train_key, Job.kind == "certify", Job.key != job.key,
+                   Job.started_at >= trained_at)
             .order_by(Job.key)).all()
         for source in (sibling.key for sibling in siblings if certificate_settings(sibling.config) == wanted):
             if not needed:
