@@ -71,17 +71,20 @@ class AnalysisPlots:
     """What `smx plot` did at the analysis plots' paths beside a certified-accuracy plot (see analysis_plot_paths)."""
 
     written: list[Path]
-    # By analysis: a plot an earlier `smx plot` left there, of an analysis the experiment has no results of now.
+    # By analysis: a plot an earlier `smx plot` left in the store's plots folder, of an analysis the experiment has no
+    # results of now; and such files elsewhere, which may be the user's own, left where they are.
     removed: dict[str, Path] = field(default_factory=dict)
+    left: dict[str, Path] = field(default_factory=dict)
     not_removed: list[str] = field(default_factory=list)  # "PATH: why" of such plots that could not be removed
 
 
 def plot_analysis(store: Store, experiment: str, beside: Path) -> AnalysisPlots:
     """One image per analysis with results (see analysis_plot_paths), one panel per sigma with the configs analysed
     at it: both mean confidences against the attack radius, and histograms of the mixing ratios on the analysis
-    grid. A file at the path of an analysis without results is removed: left by an earlier plot, it would pass for
-    this one's. Not where its name is another experiment's, whose certified-accuracy plot it may be (as `smx remove`
-    leaves it)."""
+    grid. A file at the path of an analysis without results, left by an earlier plot, would pass for this one's: in
+    the store's plots folder, which smx owns, it is removed, unless its name is another experiment's, whose
+    certified-accuracy plot it may be (as `smx remove` leaves it); elsewhere it is only reported."""
+    in_store = beside.parent.resolve() == (store.root / "plots").resolve()
     with store.read_session() as session:
         configs = [_analysed_config(analysis) for analysis in _analyses(session, experiment)]
         others = set(experiment_names(session)) - {experiment}
@@ -93,6 +96,9 @@ def plot_analysis(store: Store, experiment: str, beside: Path) -> AnalysisPlots:
         if has_results[kind]:
             plots.written.append(save_plot(figures[kind](experiment, configs), path))
         elif path.stem not in others and path.is_file():
+            if not in_store:
+                plots.left[kind] = path
+                continue
             try:
                 path.unlink()
             except OSError as error:

@@ -787,7 +787,8 @@ def plot(
 
     The certified-accuracy plot is PNG, PDF or SVG; the analyses' plots go beside it, named after it and in its
     format (NAME-confidence.png, NAME-mixing-ratio.png), one panel per sigma. Such a plot of an analysis the
-    experiment has no results of now, left by an earlier plot, is removed."""
+    experiment has no results of now, left by an earlier plot, is removed from the store's plots folder, and named
+    elsewhere."""
     from smx.analysis_report import analysis_plot_paths, plot_analysis
     from smx.db.queries import require_experiment
     from smx.db.store import open_store
@@ -814,6 +815,10 @@ def plot(
     for kind, removed in analysis_plots.removed.items():
         console.print(f"removed {removed}: {experiment} has no {kind.replace('_', ' ')} analysis results now.",
                       markup=False, highlight=False, soft_wrap=True)
+    for kind, left in analysis_plots.left.items():
+        errors.print(f"note: {left} is not from this plot: {experiment} has no {kind.replace('_', ' ')} analysis "
+                     "results now (left as it is, outside the store's plots folder).", markup=False, highlight=False,
+                     soft_wrap=True)
     for problem in analysis_plots.not_removed:
         errors.print(f"warning: could not remove {problem}; it is an earlier analysis plot of {experiment}, which has "
                      "no results of that analysis now: delete it by hand.", markup=False, highlight=False)

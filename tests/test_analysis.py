@@ -429,32 +429,39 @@ def test_each_configs_analyses_are_drawn_at_the_sigma_they_were_analysed_at(swee
     assert drawn[1] == {"σ = 0.5": [*SWEEP_CONFIGS, *key]}
 
 
-def test_smx_plot_removes_the_analysis_plots_it_no_longer_writes_and_nothing_else(sweep_store: Store,
-                                                                                  tmp_path: Path) -> None:
+def test_smx_plot_removes_the_analysis_plots_it_no_longer_writes_from_the_stores_folder_only(sweep_store: Store,
+                                                                                         tmp_path: Path) -> None:
     store = str(sweep_store.root)
-    for name in ("a-confidence.png", "a-mixing-ratio.png", "a-confidence.svg", "a-mixing-ratio-old.png",
-                 "b-mixing-ratio.png"):
-        (tmp_path / name).write_text("an earlier plot")
-    code, out, err = run_cli("plot", "sweep-mixing-ratio", "--store", store, "--out", str(tmp_path / "a.png"))
+    plots = sweep_store.root / "plots"
+    plots.mkdir()
+    for folder in (plots, tmp_path):
+        for name in ("a-confidence.png", "a-mixing-ratio.png", "a-confidence.svg", "a-mixing-ratio-old.png"):
+            (folder / name).write_text("an earlier plot")
+    code, out, err = run_cli("plot", "sweep-mixing-ratio", "--store", store, "--out", str(plots / "a.png"))
     assert code == 0, err
     assert out.splitlines()[1:] == [
-        f"removed {tmp_path / 'a-confidence.png'}: sweep-mixing-ratio has no confidence analysis results now.",
-        f"removed {tmp_path / 'a-mixing-ratio.png'}: sweep-mixing-ratio has no mixing ratio analysis results now."]
-    assert sorted(path.name for path in tmp_path.iterdir() if path.is_file()) == [
-        "a-confidence.svg", "a-mixing-ratio-old.png", "a.png", "b-mixing-ratio.png"]
+        f"removed {plots / 'a-confidence.png'}: sweep-mixing-ratio has no confidence analysis results now.",
+        f"removed {plots / 'a-mixing-ratio.png'}: sweep-mixing-ratio has no mixing ratio analysis results now."]
+    assert sorted(path.name for path in plots.iterdir()) == ["a-confidence.svg", "a-mixing-ratio-old.png", "a.png"]
+    # Outside the store's folder such files may be the user's own: named, not removed.
+    code, out, err = run_cli("plot", "sweep-mixing-ratio", "--store", store, "--out", str(tmp_path / "a.png"))
+    assert code == 0, err
+    assert "removed" not in out
+    assert f"note: {tmp_path / 'a-confidence.png'} is not from this plot: sweep-mixing-ratio has no confidence " \
+           "analysis results now" in " ".join(err.split())
+    assert (tmp_path / "a-mixing-ratio.png").read_text() == "an earlier plot"
     # "sweep" has confidence results only: its confidence plot replaces the old one, its mixing-ratio one goes.
-    (tmp_path / "a-mixing-ratio.png").write_text("an earlier plot")
-    code, out, err = run_cli("plot", "sweep", "--store", store, "--out", str(tmp_path / "a.png"))
+    (plots / "a-mixing-ratio.png").write_text("an earlier plot")
+    code, out, err = run_cli("plot", "sweep", "--store", store, "--out", str(plots / "a.png"))
     assert code == 0, err
     assert out.splitlines()[2:] == [
-        f"removed {tmp_path / 'a-mixing-ratio.png'}: sweep has no mixing ratio analysis results now."]
-    assert (tmp_path / "a-confidence.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert not (tmp_path / "a-mixing-ratio.png").exists()
-    # In the store's plots, sweep-mixing-ratio.png is also the certified-accuracy plot of the experiment of that
-    # name: left alone, as `smx remove sweep` leaves it.
+        f"removed {plots / 'a-mixing-ratio.png'}: sweep has no mixing ratio analysis results now."]
+    assert (plots / "a-confidence.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # sweep-mixing-ratio.png is also the certified-accuracy plot of the experiment of that name: left alone, as
+    # `smx remove sweep` leaves it.
     code, out, err = run_cli("plot", "sweep-mixing-ratio", "--store", store)
     assert code == 0, err
-    own_plot = (sweep_store.root / "plots" / "sweep-mixing-ratio.png").read_bytes()
+    own_plot = (plots / "sweep-mixing-ratio.png").read_bytes()
     code, out, err = run_cli("plot", "sweep", "--store", store)
     assert code == 0, err
-    assert "removed" not in out and (sweep_store.root / "plots" / "sweep-mixing-ratio.png").read_bytes() == own_plot
+    assert "removed" not in out and (plots / "sweep-mixing-ratio.png").read_bytes() == own_plot
