@@ -872,6 +872,7 @@ def import_log(
     method: Annotated[str, typer.Option("--method", help="Training method of the certified model.")],
     sigma: Annotated[float, typer.Option("--sigma", help="Noise level it was trained and certified with.")],
     dataset: Annotated[str, typer.Option("--dataset", help="Dataset it was certified on.")] = "mnist",
+    split: Annotated[str, typer.Option("--split", help="Split it was certified on: test or train.")] = "test",
     config: Annotated[Optional[str], typer.Option("--config", help="Config name \\[default: the file's stem].")] = None,
     param: Annotated[Optional[list[str]], typer.Option("--param", help="A hyperparameter of the method, KEY=VALUE "
                                                        "(repeatable); unset ones are smx's defaults.")] = None,
@@ -882,8 +883,8 @@ def import_log(
     from smx.db.store import open_store
     from smx.imports import ImportOptions, load_log, store_log
 
-    options = ImportOptions(experiment=name, method=method, sigma=sigma, dataset=dataset, config_name=config,
-                            params=param or [], note=note)
+    options = ImportOptions(experiment=name, method=method, sigma=sigma, dataset=dataset, split=split,
+                            config_name=config, params=param or [], note=note)
     # Read and check everything first: a bad log leaves the store as it was (and does not create one).
     log = load_log(file, options)
     opened = open_store(store)

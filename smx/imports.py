@@ -35,6 +35,7 @@ from smx.spec import CONFIG_NAME, MAX_CONFIG_NAME_BYTES, SAFE_NAME
 from smx.tasks.aggregate import aggregate_radii, summarise_config
 
 DEFAULT_DATASET = "mnist"
+SPLITS = ("test", "train")
 # No certification reaches a radius past the one these would give: far more draws, and a laxer alpha, than anyone uses.
 IMPLAUSIBLE_DRAWS = 10**12
 IMPLAUSIBLE_ALPHA = 0.05
@@ -48,6 +49,7 @@ class ImportOptions:
     method: str
     sigma: float
     dataset: str = DEFAULT_DATASET
+    split: str = "test"  # the split the log certified, whose images its idx counts
     config_name: str | None = None  # default: the file's stem
     params: list[str] = field(default_factory=list)  # "key=value" as given on the command line
     note: str = ""
@@ -63,6 +65,7 @@ class LoadedLog:
     experiment: str
     config_name: str
     dataset: str
+    split: str
     method: str
     sigma: float
     params: dict[str, Any]  # hyperparameters as stated, validated against the method's
@@ -84,8 +87,10 @@ class LoadedLog:
 
     def identity(self) -> dict[str, Any]:
         """What the certify job's key hashes: the file's content and what it is said to be."""
-        return {"sha256": self.sha256, "dataset": self.dataset, "method": self.method, "sigma": self.sigma,
-                "params": self.params}
+        identity = {"sha256": self.sha256, "dataset": self.dataset, "method": self.method, "sigma": self.sigma,
+                    "params": self.params}
+        # Only where it is not the test split, which every import before --split certified: their keys stay.
+        return identity if self.split == "test" else {**identity, "split": self.split}
 
 
 @dataclass
@@ -149,6 +154,8 @@ def load_log(path: Path, options: ImportOptions) -> LoadedLog:
         raise UserError(f"unknown --method {options.method!r}.\nFix: use one of {', '.join(sorted(METHOD_PARAMS))}.")
     if options.dataset not in DATASETS:
         raise UserError(f"unknown --dataset {options.dataset!r}.\nFix: use one of {', '.join(DATASETS)}.")
+    if options.split not in SPLITS:
+        raise UserError(f"unknown --split {options.split!r}.\nFix: use one of {', '.join(SPLITS)}.")
     if not math.isfinite(options.sigma) or options.sigma <= 0:
         raise UserError(f"--sigma must be a positive number, not {options.sigma}.\n"
                         "Fix: give the noise level the model was certified with, e.g. --sigma 0.5.")
@@ -174,22 +181,24 @@ def load_log(path: Path, options: ImportOptions) -> LoadedLog:
     if not rows:
         raise UserError(f"{path} has a header but no rows.\nFix: give a log with at least one certified sample.")
     dataset = DATASETS[options.dataset]
+    split_images = dataset.images_in(options.split)
     first_line: dict[int, int] = {}
     for line_number, row in enumerate(rows, start=2):
         if row.label >= dataset.num_classes or row.prediction >= dataset.num_classes:
             raise UserError(f"{path}, line {line_number}: label {row.label}, predict {row.prediction}: "
                             f"{options.dataset} has classes 0 to {dataset.num_classes - 1}.\n"
                             "Fix: give the --dataset the log was certified on.")
-        if row.index >= dataset.test_images:
-            raise UserError(f"{path}, line {line_number}: sample {row.index}: {options.dataset}'s test set has "
-                            f"{dataset.test_images:,} images (idx 0 to {dataset.test_images - 1}).\n"
-                            "Fix: give the --dataset the log was certified on.")
+        if row.index >= split_images:
+            raise UserError(f"{path}, line {line_number}: sample {row.index}: {options.dataset}'s {options.split} set "
+                            f"has {split_images:,} images (idx 0 to {split_images - 1}).\n"
+                            "Fix: give the --dataset and --split the log was certified on.")
         if row.index in first_line:
             raise UserError(f"{path}, line {line_number}: sample {row.index} was already certified on line "
                             f"{first_line[row.index]}.\nFix: give a log with one row per test sample.")
         first_line[row.index] = line_number
     return LoadedLog(path=path.resolve(), sha256=hashlib.sha256(content).hexdigest(), rows=rows,
-                     experiment=experiment, config_name=config_name, dataset=options.dataset, method=options.method,
+                     experiment=experiment, config_name=config_name, dataset=options.dataset, split=options.split,
+                     method=options.method,
                      sigma=options.sigma, params=params, note=options.note)
 
 
@@ -244,7 +253,7 @@ def store_log(store: Store, log: LoadedLog) -> ImportOutcome:
                                "imported_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
                                "note": log.note},
                     "data": {"dataset": log.dataset},
-                    "certify": {"sigma": log.sigma},
+                    "certify": {"sigma": log.sigma, **({} if log.split == "test" else {"split": log.split})},
                     "train": {"method": log.method, "sigma": log.sigma, "params": log.params},
                 },
                 progress=1.0, progress_text="imported", finished_at=now,

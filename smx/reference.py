@@ -227,6 +227,8 @@ def certification_differences(images: int, certification: Mapping[str, Any]) -> 
                     if name in certification and certification[name] != paper[name]]
     if "alpha" in certification and certification["alpha"] != paper["alpha"]:
         differences.append(f"alpha = {certification['alpha']:g}")
+    if certification.get("split", "test") != "test":
+        differences.append(f"the {certification['split']} split")
     return differences
 
 

@@ -280,6 +280,16 @@ def test_import_errors_for_missing_files_clashing_configs_and_spec_experiments(i
                                 "0.5", store=imported, check=False)
     assert past_the_test_set.returncode == 2
     assert "line 3: sample 12500: mnist's test set has 10,000 images (idx 0 to 9999)" in past_the_test_set.stderr
+    # A log of the training split (certify.split = "train", as `smx export` writes it) is one with --split train,
+    # and its comparison with the paper says so.
+    train_split = run_smx("import", str(imagenet_log), "--name", "train_split", "--method", "gaussian", "--sigma",
+                          "0.5", "--split", "train", store=imported, check=False)
+    assert train_split.returncode == 0, train_split.stderr
+    compared = run_smx("report", "train_split", "--compare", "paper", store=imported)
+    assert "the train split" in " ".join(compared.stderr.split())
+    unknown = run_smx("import", str(imagenet_log), "--name", "cohen", "--method", "gaussian", "--sigma", "0.5",
+                      "--split", "val", store=imported, check=False)
+    assert unknown.returncode == 2 and "unknown --split 'val'" in unknown.stderr
     clash = run_smx("import", str(GAUSSIAN), "--name", "cohen", "--method", "gaussian", "--sigma", "0.25",
                     store=imported, check=False)
     assert clash.returncode == 2 and "already has a config named 'mnist_gaussian_sigma0.50'" in clash.stderr

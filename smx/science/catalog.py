@@ -30,6 +30,10 @@ class DatasetInfo:
     default_arch: str
     needs_root: bool
     test_images: int  # in the published test split (ImageNet's: its validation set), which certification logs index
+    train_images: int
+
+    def images_in(self, split: str) -> int:
+        return self.train_images if split == "train" else self.test_images
 
 
 MNIST_RECIPE = TrainRecipe(lr=0.01, epochs=90, lr_step=30)
@@ -43,18 +47,18 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 
 DATASETS: dict[str, DatasetInfo] = {
     "mnist-mini": DatasetInfo("mnist-mini", 10, (1, 28, 28), None, None, MNIST_RECIPE, "lenet", needs_root=False,
-                              test_images=1000),
+                              test_images=1000, train_images=4000),
     "mnist": DatasetInfo("mnist", 10, (1, 28, 28), None, None, MNIST_RECIPE, "lenet", needs_root=True,
-                         test_images=10_000),
+                         test_images=10_000, train_images=60_000),
     "fashion-mnist": DatasetInfo("fashion-mnist", 10, (1, 28, 28), None, None, MNIST_RECIPE, "lenet", needs_root=True,
-                                 test_images=10_000),
+                                 test_images=10_000, train_images=60_000),
     "cifar10": DatasetInfo(
         "cifar10", 10, (3, 32, 32), CIFAR_MEAN, CIFAR_STD, CIFAR_RECIPE, "cifar_resnet110", needs_root=True,
-        test_images=10_000,
+        test_images=10_000, train_images=50_000,
     ),
     "imagenet": DatasetInfo(
         "imagenet", 1000, (3, 224, 224), IMAGENET_MEAN, IMAGENET_STD, IMAGENET_RECIPE, "resnet50", needs_root=True,
-        test_images=50_000,
+        test_images=50_000, train_images=1_281_167,
     ),
 }
 
