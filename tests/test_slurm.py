@@ -124,6 +124,9 @@ def test_a_requeued_slurm_job_resumes_its_training_from_its_last_checkpoint(clus
     # Slurm holds a requeued job back for two minutes; a cluster's admin (here the test) may let it start now.
     cluster.wait_until(lambda: slurm_states([slurm_job_id]).get(slurm_job_id) == "PENDING",
                        "the Slurm job pending again", timeout=60)
+    # slurmd refuses to launch it with a credential made in the second of the requeue, which it revoked ("Job
+    # credential revoked": the job then fails for good), so the start waits for the next second.
+    time.sleep(2)
     subprocess.run(["scontrol", "update", f"JobId={slurm_job_id}", "StartTime=now"], capture_output=True)
     cluster.wait_until(lambda: cluster.query("SELECT count(*) AS n FROM jobs WHERE status = 'done'")[0]["n"] == 5,
                        "every job done")
