@@ -4,7 +4,6 @@ experiment, as tables (QueryResult, for smx.report.render) and PNG plots. Torch-
 
 from __future__ import annotations
 
-import math
 import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,7 +15,7 @@ from smx.db.models import AnalysisResult
 from smx.db.queries import ConfigAnalysis, analyses_of, experiment_names, require_experiment
 from smx.db.readonly import QueryResult
 from smx.db.store import ANALYSIS_PLOT_SUFFIXES, Store
-from smx.report import LEGEND_ROWS, natural_order, pyplot, save_plot
+from smx.report import finish_sigma_panel, natural_order, save_plot, sigma_panels
 
 CONFIDENCE_COLUMNS = ["config", "epsilon", "samples", "true_class_confidence", "max_off_class_confidence", "accuracy"]
 MIXING_RATIO_COLUMNS = ["config", "samples", "changed", "mean_ratio", "median_ratio", "mean_boundary_distance"]
@@ -116,8 +115,8 @@ def confidence_figure(experiment: str, configs: list[AnalysedConfig]) -> Any:
     panels = _panels([config for config in configs if config.confidence])
     key = [Line2D([], [], color="0.3", label="true class"),
            Line2D([], [], color="0.3", linestyle="--", label="max off-class")]
-    figure, axes_column = _panel_column(panels, [config.name for config in configs],
-                                        [line.get_label() for line in key])
+    figure, axes_column = sigma_panels([[config.name for config in panel] + [line.get_label() for line in key]
+                                        for panel in panels.values()])
     for (sigma, panel), axes in zip(panels.items(), axes_column):
         for position, config in enumerate(panel):
             color, marker = _look(position)
@@ -129,7 +128,7 @@ def confidence_figure(experiment: str, configs: list[AnalysedConfig]) -> Any:
         axes.set_xlabel("PGD radius ε (L2; 0 = clean)")
         axes.set_ylabel("mean confidence of the smoothed classifier")
         axes.set_ylim(0, 1)
-        _finish_panel(axes, sigma, len(panel) + len(key), key)
+        finish_sigma_panel(axes, sigma, key)
     figure.suptitle(f"{experiment}: confidence under attack (Table 1)")
     return figure
 
@@ -144,7 +143,7 @@ def mixing_ratio_figure(experiment: str, configs: list[AnalysedConfig]) -> Any:
     grid = max(config.grid for config in mixing)
     # Ratios are multiples of 1/grid: one bin centred on each.
     edges = [(step - 0.5) / grid for step in range(1, grid + 2)]
-    figure, axes_column = _panel_column(panels, list(labels.values()), [])
+    figure, axes_column = sigma_panels([[labels[config.name] for config in panel] for panel in panels.values()])
     for (sigma, panel), axes in zip(panels.items(), axes_column):
         for position, config in enumerate(panel):
             color, _ = _look(position)
@@ -154,7 +153,7 @@ def mixing_ratio_figure(experiment: str, configs: list[AnalysedConfig]) -> Any:
         axes.set_xlabel("equal-confidence mixing ratio λ")
         axes.set_ylabel("share of correctly classified images")
         axes.set_xlim(0, 1 + 0.5 / grid)
-        _finish_panel(axes, sigma, len(panel), [])
+        finish_sigma_panel(axes, sigma)
     figure.suptitle(f"{experiment}: equal-confidence mixing ratios (Figure 3)")
     return figure
 
@@ -184,28 +183,6 @@ def _panels(configs: list[AnalysedConfig]) -> dict[float, list[AnalysedConfig]]:
 def _look(position: int) -> tuple[str, str]:
     """The colour and marker of a panel's config at `position`: after matplotlib's ten colours, the next marker."""
     return f"C{position % 10}", ANALYSIS_MARKERS[position // 10 % len(ANALYSIS_MARKERS)]
-
-
-def _panel_column(panels: dict[float, list[AnalysedConfig]], labels: list[str],
-                  key_labels: list[str]) -> tuple[Any, list[Any]]:
-    """A figure of one panel per sigma, one above the other as in the certified-accuracy plot, with room on their
-    right for each panel's legend: its configs' entries (among `labels`) and the `key_labels`."""
-    entries = [len(panel) + len(key_labels) for panel in panels.values()]
-    heights = [max(3.2, 0.19 * min(count, LEGEND_ROWS) + 1.0) for count in entries]
-    widest = max(len(label) for label in labels + key_labels)
-    # About 0.065 inch per character at size 8, as in the certified-accuracy plot.
-    legend_width = max(math.ceil(count / LEGEND_ROWS) for count in entries) * (0.7 + 0.065 * widest)
-    figure, axes_grid = pyplot().subplots(len(panels), 1, squeeze=False, dpi=120, height_ratios=heights,
-                                          figsize=(6 + legend_width, sum(heights) + 0.4), layout="constrained")
-    return figure, [axes for (axes,) in axes_grid]
-
-
-def _finish_panel(axes: Any, sigma: float, entries: int, key: list[Any]) -> None:
-    """Title, grid and legend of one sigma's panel; `key`: entries that explain a look shared by its configs."""
-    axes.set_title(f"σ = {sigma:g}", fontsize=10)
-    axes.grid(alpha=0.3)
-    axes.legend(handles=axes.get_legend_handles_labels()[0] + key, loc="upper left", bbox_to_anchor=(1.01, 1),
-                fontsize=8, frameon=False, ncols=math.ceil(entries / LEGEND_ROWS))
 
 
 def _rows_of(analysis: ConfigAnalysis, kind: str) -> list[AnalysisResult]:

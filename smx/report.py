@@ -12,6 +12,7 @@ import re
 from collections import Counter
 from dataclasses import dataclass, field
 from datetime import datetime
+from collections.abc import Sequence
 from decimal import ROUND_HALF_UP, Context, Decimal
 from pathlib import Path
 from typing import Any
@@ -306,14 +307,8 @@ def certified_accuracy_figure(experiment: str, curves: list[Curve]) -> Any:
     for curve in ordered:
         panels.setdefault(curve.aggregate.sigma, []).append(curve)
     labels = {id(curve): f"{curve.aggregate.config_name} (ACR {curve.aggregate.acr:.3f})" for curve in curves}
-    heights = [max(3.2, 0.19 * min(len(panel), LEGEND_ROWS) + 1.0) for panel in panels.values()]
-    # Room for the widest panel's legend beside a plot 6 inches wide: about 0.065 inch per character at size 8.
-    legend_width = max(math.ceil(len(panel) / LEGEND_ROWS) * (0.7 + 0.065 * max(len(labels[id(curve)])
-                                                                             for curve in panel))
-                       for panel in panels.values())
-    figure, axes_column = pyplot().subplots(len(panels), 1, figsize=(6 + legend_width, sum(heights) + 0.4), dpi=120,
-                                            squeeze=False, height_ratios=heights, layout="constrained")
-    for (sigma, panel), (axes,) in zip(panels.items(), axes_column):
+    figure, axes_column = sigma_panels([[labels[id(curve)] for curve in panel] for panel in panels.values()])
+    for (sigma, panel), axes in zip(panels.items(), axes_column):
         max_radius = max((max(curve.radii, default=0.0) for curve in panel), default=0.0) or 1.0
         # A margin past the largest radius; an imported log's nonsense radius near the largest float is cut where
         # matplotlib's ticks would overflow.
@@ -328,12 +323,31 @@ def certified_accuracy_figure(experiment: str, curves: list[Curve]) -> Any:
         axes.set_ylabel("certified accuracy")
         axes.set_ylim(0, 1)
         axes.set_xlim(0, grid[-1])
-        axes.grid(alpha=0.3)
-        axes.set_title(f"σ = {sigma:g}", fontsize=10)
-        axes.legend(loc="upper left", bbox_to_anchor=(1.01, 1), fontsize=8, frameon=False,
-                    ncols=math.ceil(len(panel) / LEGEND_ROWS))
+        finish_sigma_panel(axes, sigma)
     figure.suptitle(f"{experiment}: approximate certified accuracy")
     return figure
+
+
+def sigma_panels(legend_labels: list[list[str]]) -> tuple[Any, list[Any]]:
+    """A figure of one panel per sigma, one above the other, each given room on its right for a legend of its
+    `legend_labels`, where it covers nothing however many there are; for the plots of `smx plot`."""
+    heights = [max(3.2, 0.19 * min(len(labels), LEGEND_ROWS) + 1.0) for labels in legend_labels]
+    # Room for the widest panel's legend beside a plot 6 inches wide: about 0.065 inch per character at size 8.
+    legend_width = max(math.ceil(len(labels) / LEGEND_ROWS) * (0.7 + 0.065 * max(map(len, labels)))
+                       for labels in legend_labels)
+    figure, axes_column = pyplot().subplots(len(legend_labels), 1, figsize=(6 + legend_width, sum(heights) + 0.4),
+                                            dpi=120, squeeze=False, height_ratios=heights, layout="constrained")
+    return figure, [axes for (axes,) in axes_column]
+
+
+def finish_sigma_panel(axes: Any, sigma: float, key: Sequence[Any] = ()) -> None:
+    """Title, grid and legend of one sigma's panel (see sigma_panels): its labelled artists, then `key`, entries
+    that explain a look all its configs share."""
+    handles = [*axes.get_legend_handles_labels()[0], *key]
+    axes.set_title(f"σ = {sigma:g}", fontsize=10)
+    axes.grid(alpha=0.3)
+    axes.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.01, 1), fontsize=8, frameon=False,
+                ncols=math.ceil(len(handles) / LEGEND_ROWS))
 
 
 def natural_order(name: str) -> tuple[tuple[int, float | str], ...]:
