@@ -37,6 +37,7 @@ from typing import Any
 import torch
 
 from smx.errors import UserError
+from smx.paths import written_whole
 from smx.science.catalog import DATASETS
 from smx.science.data import ImageTensors, train_augmentation
 from smx.science.data_files import DataError
@@ -118,9 +119,8 @@ def metrics_path(checkpoint: Path) -> Path:
 
 
 def save_metrics(metrics: EpochMetrics, path: Path) -> None:
-    temporary = path.with_name(path.name + TEMPORARY_SUFFIX)
-    temporary.write_text(json.dumps(asdict(metrics)))
-    os.replace(temporary, path)
+    with written_whole(path) as partial:
+        partial.write_text(json.dumps(asdict(metrics)))
 
 
 def load_metrics(checkpoint: Path, state: dict[str, Any]) -> EpochMetrics | None:
@@ -337,7 +337,7 @@ def train(
     method = load_method(settings.method)
     checkpoint_dir = Path(checkpoint_dir)
     checkpoint_dir.mkdir(parents=True, exist_ok=True)
-    for leftover in checkpoint_dir.glob(f"{CHECKPOINT_PREFIX}*{TEMPORARY_SUFFIX}"):
+    for leftover in checkpoint_dir.glob(f"{CHECKPOINT_PREFIX}*{CHECKPOINT_SUFFIX}{TEMPORARY_SUFFIX}"):
         leftover.unlink()  # a write that was interrupted before its rename
 
     prepare_for_training(model, device)

@@ -21,7 +21,6 @@ import os
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-
 from typing import Any
 
 from sqlalchemy import insert, select
