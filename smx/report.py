@@ -11,7 +11,6 @@ import math
 import re
 from collections import Counter
 from dataclasses import dataclass, field
-from datetime import datetime
 from collections.abc import Sequence
 from decimal import ROUND_HALF_UP, Context, Decimal
 from pathlib import Path
@@ -23,7 +22,8 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from smx.db.models import Aggregate, Certificate, Experiment, ExperimentJob, Job
-from smx.db.queries import aggregates_of, certification_log_rows, jobs_view, require_experiment
+from smx.db.queries import (CertificatesStamp, aggregates_of, certification_log_rows, jobs_view,
+                             require_experiment)
 from smx.db.readonly import QueryResult, run_query
 from smx.db.store import Store
 from smx.db.views import radius_column
@@ -454,8 +454,8 @@ def _report_radii(rows: list[ReportRow]) -> list[float]:
     return sorted({radius for radius in grid if radius <= last + RADIUS_TOLERANCE} | requested)
 
 
-# A provisional summary by (aggregate job, certify job), with the certify job's (attempts, finished_at) it was made at.
-SummaryCache = dict[tuple[str, str], tuple[tuple[int, datetime | None], Aggregate]]
+# A provisional summary by (aggregate job, certify job), with the stamp of the certificates it was made from.
+SummaryCache = dict[tuple[str, str], tuple[CertificatesStamp, Aggregate]]
 
 
 @dataclass
@@ -474,7 +474,7 @@ class PlannedConfig:
     aggregate: Job  # one aggregate job for a submitted spec, one per imported log
     entry: dict[str, Any]  # name, certify_key, method, sigma and swept values
     certify_status: str  # of its certify job
-    certify_stamp: tuple[int, datetime | None]  # its attempts and finish time: its certificates change with them
+    certify_stamp: CertificatesStamp
 
     @property
     def certified(self) -> bool:
@@ -488,12 +488,10 @@ def plan_configs(session: Session, experiment: str) -> list[PlannedConfig]:
         .join(Experiment, Experiment.id == ExperimentJob.experiment_id)
         .where(Experiment.name == experiment, Job.kind == "aggregate").order_by(Job.key)).all()
     entries = [(aggregate, entry) for aggregate in aggregates for entry in aggregate.config["configs"]]
-    certify_jobs = {row.key: row for row in session.execute(
+    certify_jobs = {key: (status, (attempts, finished_at)) for key, status, attempts, finished_at in session.execute(
         select(Job.key, Job.status, Job.attempts, Job.finished_at)
         .where(Job.key.in_({entry["certify_key"] for _, entry in entries})))}
-    return [PlannedConfig(aggregate, entry, certify_jobs[entry["certify_key"]].status,
-                          (certify_jobs[entry["certify_key"]].attempts, certify_jobs[entry["certify_key"]].finished_at))
-            for aggregate, entry in entries]
+    return [PlannedConfig(aggregate, entry, *certify_jobs[entry["certify_key"]]) for aggregate, entry in entries]
 
 
 def summaries_of(session: Session, experiment: str, cache: SummaryCache | None = None) -> Summaries:

@@ -99,9 +99,10 @@ class JobView:
         return eta_seconds(self.status, self.progress, self.elapsed_seconds, self.attempt_start_progress)
 
 
-# A done certify job's ACR by its key, with the (attempts, finished_at) it was computed at: certificates change
-# only when the job runs again.
-AcrCache = dict[str, tuple[tuple[int, datetime | None], float]]
+# A certify job's (attempts, finished_at): its certificates change only when it runs again, and that changes these.
+CertificatesStamp = tuple[int, datetime | None]
+# A done certify job's ACR by its key, with the stamp of the certificates it was computed from.
+AcrCache = dict[str, tuple[CertificatesStamp, float]]
 
 
 def experiments_overview(session: Session, acr_cache: AcrCache | None = None) -> list[ExperimentOverview]:
@@ -153,7 +154,7 @@ def _provisional_best_acr(session: Session, exclude: set[str], cache: AcrCache) 
         .join(Job, Job.key == ExperimentJob.job_key)
         .where(Job.kind == "certify", Job.status == "done", Experiment.name.not_in(exclude))
     ).all()
-    stamps = {row.key: (row.attempts, row.finished_at) for row in done}
+    stamps: dict[str, CertificatesStamp] = {row.key: (row.attempts, row.finished_at) for row in done}
     stale = [key for key, stamp in stamps.items() if key not in cache or cache[key][0] != stamp]
     if stale:
         for key, acr in session.execute(
