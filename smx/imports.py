@@ -15,7 +15,7 @@ import math
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
 from pydantic import ValidationError
 from sqlalchemy import insert, select
@@ -28,14 +28,13 @@ from smx.errors import UserError
 from smx.plan import content_key
 from smx.report import cannot_write, plan_configs, summaries_of
 from smx.scheduler.queue import lock_experiment_membership
-from smx.science.catalog import DATASETS
+from smx.science.catalog import DATASETS, Split
 from smx.science.methods.params import METHOD_PARAMS
 from smx.science.metrics import LogRow, read_certification_log, write_certification_log
 from smx.spec import CONFIG_NAME, MAX_CONFIG_NAME_BYTES, SAFE_NAME
 from smx.tasks.aggregate import aggregate_radii, summarise_config
 
 DEFAULT_DATASET = "mnist"
-SPLITS = ("test", "train")
 # No certification reaches a radius past the one these would give: far more draws, and a laxer alpha, than anyone uses.
 IMPLAUSIBLE_DRAWS = 10**12
 IMPLAUSIBLE_ALPHA = 0.05
@@ -154,8 +153,8 @@ def load_log(path: Path, options: ImportOptions) -> LoadedLog:
         raise UserError(f"unknown --method {options.method!r}.\nFix: use one of {', '.join(sorted(METHOD_PARAMS))}.")
     if options.dataset not in DATASETS:
         raise UserError(f"unknown --dataset {options.dataset!r}.\nFix: use one of {', '.join(DATASETS)}.")
-    if options.split not in SPLITS:
-        raise UserError(f"unknown --split {options.split!r}.\nFix: use one of {', '.join(SPLITS)}.")
+    if options.split not in get_args(Split):
+        raise UserError(f"unknown --split {options.split!r}.\nFix: use one of {', '.join(get_args(Split))}.")
     if not math.isfinite(options.sigma) or options.sigma <= 0:
         raise UserError(f"--sigma must be a positive number, not {options.sigma}.\n"
                         "Fix: give the noise level the model was certified with, e.g. --sigma 0.5.")

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
+
+Split = Literal["train", "test"]
 
 
 @dataclass(frozen=True)
@@ -32,7 +35,7 @@ class DatasetInfo:
     test_images: int  # in the published test split (ImageNet's: its validation set), which certification logs index
     train_images: int
 
-    def images_in(self, split: str) -> int:
+    def images_in(self, split: Split) -> int:
         return self.train_images if split == "train" else self.test_images
 
 

@@ -9,15 +9,13 @@ import gzip
 import os
 import zlib
 from pathlib import Path
-from typing import Literal
 
 import numpy as np
 
 from smx.errors import UserError
 from smx.paths import expand_home
-from smx.science.catalog import DATASETS
+from smx.science.catalog import DATASETS, Split
 
-Split = Literal["train", "test"]
 
 # File names of the MNIST-like datasets, and the folder torchvision downloads each into (root/<folder>/raw).
 IDX_FILES: dict[str, tuple[str, str]] = {
