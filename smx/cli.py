@@ -583,7 +583,8 @@ def status(
     store: StoreOption = None,
 ) -> None:
     """Show experiments and their jobs."""
-    from smx.db.queries import PROVISIONAL_BEST_ACR, experiments_overview, jobs_view, require_experiment
+    from smx.db.queries import (PROVISIONAL_BEST_ACR, PROVISIONAL_MARK, experiments_overview, jobs_view,
+                                require_experiment)
     from smx.db.store import open_store
 
     opened = open_store(store, create=False)
@@ -617,12 +618,13 @@ def status(
     table.add_column("best ACR", justify="right")
     table.add_column("updated", no_wrap=True)
     for item in overview:
-        best_acr = "" if item.best_acr is None else f"{item.best_acr:.3f}" + ("*" if item.best_acr_provisional else "")
+        best_acr = "" if item.best_acr is None else (f"{item.best_acr:.3f}"
+                                                     + (PROVISIONAL_MARK if item.best_acr_provisional else ""))
         table.add_row(item.name, str(item.configs), _job_states(item.counts, item.total), best_acr,
                       f"{item.updated_at:%Y-%m-%d %H:%M}")
     _print_table(table)
     if any(item.best_acr_provisional for item in overview):
-        console.print(f"* {PROVISIONAL_BEST_ACR}")
+        console.print(f"{PROVISIONAL_MARK} {PROVISIONAL_BEST_ACR}", markup=False, highlight=False)
 
 
 def _job_states(counts: dict[str, int], total: int) -> str:

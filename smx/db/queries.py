@@ -46,6 +46,7 @@ def silent_seconds(status: str, heartbeat_at: datetime | None, now: datetime) ->
     return silent if silent > SILENT_WORKER_SECONDS else None
 
 
+PROVISIONAL_MARK = "*"  # beside a provisional best ACR, in `smx status` and the TUI
 PROVISIONAL_BEST_ACR = ("provisional: the best of the configs certified so far, as the experiment's aggregate job is "
                         "not done")
 

@@ -23,9 +23,8 @@ from dataclasses import dataclass
 
 import torch
 
-from smx.science.methods.attacks import per_image_norm, smoothadv_pgd
+from smx.science.methods.attacks import per_image_norm, smoothadv_pgd, smoothed_adversary
 from smx.science.methods.base import draw_noise
-from smx.science.methods.attacks import smoothed_adversary
 # CERTIFY's own counting (batched draws, counted on the device), so the estimates here are made the same way.
 from smx.science.smoothing import count_predictions, evaluating, model_device
 

@@ -13,6 +13,7 @@ from rich.console import Console, ConsoleOptions, RenderResult
 from rich.measure import Measurement
 from rich.text import Text
 
+from smx.db.queries import PROVISIONAL_MARK
 from smx.reference import PaperAcrValue
 from smx.tui.model import JobSummary, ResultsTable
 
@@ -131,8 +132,8 @@ def number(value: float | None) -> Cell:
 
 
 def provisional_number(value: float) -> Cell:
-    """A number that may still change (see db.queries.PROVISIONAL_BEST_ACR), starred as `smx status` stars it."""
-    return cell(value, f"{value:.{METRIC_DIGITS}f}*", "italic")
+    """A number that may still change (see db.queries.PROVISIONAL_BEST_ACR), marked as `smx status` marks it."""
+    return cell(value, f"{value:.{METRIC_DIGITS}f}{PROVISIONAL_MARK}", "italic")
 
 
 def status_cell(status: str) -> Cell:

@@ -11,6 +11,7 @@ from textual.containers import Horizontal, Vertical
 from textual.widgets import DataTable, Input, SelectionList, Static
 from textual.widgets.selection_list import Selection
 
+from smx.db.queries import PROVISIONAL_MARK
 from smx.tui.cells import (EXPERIMENT_COLUMNS, JOB_COLUMNS, describe, experiment_cells, job_cells,
                            result_cells, result_label, results_caption, short_config_names)
 from smx.tui.messages import (ACTIONABLE, ActOnJobs, ExportResults, FocusExperiment, OpenJob,
@@ -81,7 +82,7 @@ class ExperimentsPane(StoreActionsOffWhenReadOnly, Vertical):
         starred = any(experiment.best_acr_provisional for experiment in self._experiments.values())
         # One line: the caption's whole height.
         self.query_one(Caption).update(f"{len(self._experiments)} experiment(s) · {focused}{_sorted(self.table)}"
-                                       + (" · *: ACR of the configs certified so far" if starred else ""))
+                                       + (f" · {PROVISIONAL_MARK}: ACR of the configs certified so far" if starred else ""))
 
     def on_live_table_sort_changed(self) -> None:
         self._caption()
