@@ -29,6 +29,7 @@ from smx.science.analysis import confidence_under_attack, equal_confidence_mixin
 from smx.spec import SpecError, parse_spec
 from smx.tasks import analyze
 from tests.conftest import REPO, smx_command
+from tests.specs import variants
 from tests.test_fuzz_cli import run_cli
 from tests.test_report import seed
 
@@ -367,19 +368,11 @@ SWEEP_SPEC = textwrap.dedent("""
 
     [[sweep.zip]]
     "train.sigma" = [0.25, 0.5]
-
-    [[variant]]
-    name = "gaussian"
-    train.method = "gaussian"
-
-    [[variant]]
-    name = "smoothmix"
-    train.method = "smoothmix"
-
-    [analyze]
-    kinds = ["confidence"]
-    epsilons = [0.5]
-""")
+""") + variants("gaussian", "smoothmix") + """
+[analyze]
+kinds = ["confidence"]
+epsilons = [0.5]
+"""
 SWEEP_CONFIGS = ["gaussian-sigma=0.25", "gaussian-sigma=0.5", "smoothmix-sigma=0.25", "smoothmix-sigma=0.5"]
 
 
