@@ -79,10 +79,10 @@ class ExperimentsPane(StoreActionsOffWhenReadOnly, Vertical):
 
     def _caption(self) -> None:
         focused = f"focus: {self._focus}" if self._focus else "Enter shows one's jobs, results and curves"
-        starred = any(experiment.best_acr_provisional for experiment in self._experiments.values())
         # One line: the caption's whole height.
-        self.query_one(Caption).update(f"{len(self._experiments)} experiment(s) · {focused}{_sorted(self.table)}"
-                                       + (f" · {PROVISIONAL_MARK}: ACR of the configs certified so far" if starred else ""))
+        marked = (f" · {PROVISIONAL_MARK}: ACR of the configs certified so far"
+                  if any(experiment.best_acr_provisional for experiment in self._experiments.values()) else "")
+        self.query_one(Caption).update(f"{len(self._experiments)} experiment(s) · {focused}{_sorted(self.table)}{marked}")
 
     def on_live_table_sort_changed(self) -> None:
         self._caption()
