@@ -82,7 +82,8 @@ class ExperimentsPane(StoreActionsOffWhenReadOnly, Vertical):
         # One line: the caption's whole height.
         marked = (f" · {PROVISIONAL_MARK}: ACR of the configs certified so far"
                   if any(experiment.best_acr_provisional for experiment in self._experiments.values()) else "")
-        self.query_one(Caption).update(f"{len(self._experiments)} experiment(s) · {focused}{_sorted(self.table)}{marked}")
+        self.query_one(Caption).update(f"{len(self._experiments)} experiment(s) · {focused}{_sorted(self.table)}"
+                                       f"{marked}")
 
     def on_live_table_sort_changed(self) -> None:
         self._caption()
