@@ -50,5 +50,5 @@ step certify-1000 65 "$python" benchmarks/certify.py --device cuda --images 100 
 # CIFAR-10's ResNet-110, the model behind the paper's Table 3: where certification takes GPU-weeks.
 step certify-resnet110 60 "$python" benchmarks/certify.py --device cuda --arch cifar_resnet110 --images 4 \
     --n 10000 --batch 1000 --rounds 2 --skip-memory
-step quickstart 70 env SMX_STORE="$out/store" SMX_CUDA_GRAPHS=1 SMX_CERTIFY_BATCH_SIZE=65536 \
+step quickstart 70 env SMX_STORE="$out/store" SMX_CUDA_GRAPHS=1 \
     "$python" -m smx submit experiments/quickstart.toml --jobs-per-gpu 2

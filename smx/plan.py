@@ -6,7 +6,7 @@ does not wait for them: it summarises certificates only, and its key is the same
 A key is the sha256 of the canonical JSON of what the job computes from (its kind, inputs, parents and
 CODE_VERSION), so editing a spec re-keys exactly the jobs whose results would change: a new certify.n
 re-keys that config's certify job and the aggregate, not the training. Runtime settings (where the data
-live) travel in `PlannedJob.runtime` and never enter a key.
+live; for a certify job, the most rows of a forward pass) travel in `PlannedJob.runtime` and never enter a key.
 """
 
 from __future__ import annotations
@@ -24,6 +24,12 @@ from smx.spec import ResolvedConfig, Spec, canonical_json, resolve_configs, spec
 CODE_VERSION = 1
 
 JobKind = Literal["train", "certify", "analyze", "aggregate"]
+# The runtime settings (ResolvedConfig.runtime) each kind of job reads.
+RUNTIME_OF: dict[JobKind, tuple[str, ...]] = {
+    "train": ("data_root", "download"),
+    "certify": ("data_root", "download", "certify_batch_size"),
+    "analyze": ("data_root", "download"),
+}
 
 
 def content_key(kind: JobKind, inputs: dict[str, Any], parents: Iterable[str]) -> str:
@@ -40,7 +46,7 @@ class PlannedJob:
     inputs: dict[str, Any]
     parents: list[str]  # keys of the jobs whose results this one reads, sorted
     config_name: str | None  # the (first) config the job belongs to; None for the aggregate
-    runtime: dict[str, Any] = field(default_factory=dict)  # {"data_root", "download"}; {} for the aggregate
+    runtime: dict[str, Any] = field(default_factory=dict)  # its kind's RUNTIME_OF settings; {} for the aggregate
     swept: dict[str, Any] = field(default_factory=dict)  # that config's ResolvedConfig.swept; {} for the aggregate
 
 
@@ -63,7 +69,7 @@ def _config_job(kind: JobKind, inputs: dict[str, Any], parents: list[str], resol
         inputs=inputs,
         parents=parents,
         config_name=resolved.name,
-        runtime=dict(resolved.runtime),
+        runtime={name: resolved.runtime[name] for name in RUNTIME_OF[kind]},
         swept=copy.deepcopy(resolved.swept),
     )
 

@@ -26,8 +26,9 @@ Conventions the rest of smx relies on:
 - [analyze] is shared by the whole experiment, like [report], so that its configs are compared under the same
   analysis; its sigma defaults to each config's training sigma. When present, the resolved settings are the
   config's "analyze" entry.
-- `data.root` and `data.download` are runtime settings (`ResolvedConfig.runtime` = {"data_root",
-  "download"}) and never part of a config; a relative root is taken relative to the spec file's directory.
+- `data.root`, `data.download` and `certify.batch_size` are runtime settings (`ResolvedConfig.runtime` =
+  {"data_root", "download", "certify_batch_size"}) and never part of a config: where the data live and how many
+  rows share a certification pass change no result. A relative root is taken relative to the spec file's directory.
 """
 
 from __future__ import annotations
@@ -69,8 +70,9 @@ BARE_TOML_KEY = re.compile(r"[A-Za-z0-9_-]+")
 
 # Shared by every config of an experiment, so neither a variant nor a sweep may change them.
 EXPERIMENT_WIDE_KEYS = ("experiment.name", "experiment.description", "report", "analyze", "executor")
-# Where the data live changes no result: a variant may set them, a sweep may not.
-RUNTIME_KEYS = ("data.root", "data.download")
+# Where the data live, and how many rows share a certification pass, change no result: a variant may set them, a
+# sweep may not.
+RUNTIME_KEYS = ("data.root", "data.download", "certify.batch_size")
 VARIANT_SECTIONS = ("experiment", "data", "model", "train", "certify")
 
 KeyPath = tuple[str | int, ...]
@@ -188,7 +190,9 @@ class CertifySection(_Section):
     n0: int = Field(100, ge=1, le=MAX_NOISE_DRAWS)
     n: int = Field(100_000, ge=1, le=MAX_NOISE_DRAWS)
     alpha: float = Field(0.001, gt=0.0, lt=1.0)
-    batch_size: int = Field(1000, ge=1)
+    # The most rows of a forward pass; None: as many as the device suits (a memory probe on a GPU). Certificates
+    # do not depend on it, so it is a runtime setting, outside the certify job's key.
+    batch_size: int | None = Field(None, ge=1)
     max_samples: int | None = Field(None, ge=1)  # None: the whole split
     skip: int = Field(1, ge=1)  # certify every skip-th image, as --skip in the reference code
     split: Literal["test", "train"] = "test"
@@ -439,7 +443,8 @@ class ResolvedConfig:
     name: str
     config: dict[str, Any]  # the canonical config of docs/architecture.md, every default filled in
     swept: dict[str, Any]  # full dotted sweep key → value, for the swept keys that apply to this config
-    runtime: dict[str, Any]  # {"data_root": absolute path or None, "download": bool}; never part of a key
+    # {"data_root": absolute path or None, "download": bool, "certify_batch_size": int or None}; never part of a key
+    runtime: dict[str, Any]
 
 
 @dataclass(frozen=True)
@@ -972,6 +977,9 @@ def _sweep_key_problem(key: str) -> str | None:
     if _is_under(key, EXPERIMENT_WIDE_KEYS):
         return ("is shared by the whole experiment and cannot be swept; set it once in its table, or write one "
                 "spec per value")
+    if key == "certify.batch_size":
+        return ("bounds the rows of a forward pass, which changes no certificate, so it cannot be swept; set it in "
+                "[certify]")
     if key in RUNTIME_KEYS:
         return "says where the data live, which changes no result, so it cannot be swept; set it in [data]"
     if _model_at(key.split(".")) is not None:
@@ -1136,7 +1144,6 @@ def _canonical_config(document: SpecDocument) -> dict[str, Any]:
             "n0": certify.n0,
             "n": certify.n,
             "alpha": certify.alpha,
-            "batch_size": certify.batch_size,
             "max_samples": certify.max_samples,
             "skip": certify.skip,
             "split": certify.split,
@@ -1194,7 +1201,7 @@ def _runtime(document: SpecDocument, path: Path) -> dict[str, Any]:
     root = document.data.root
     if root is not None:
         root = os.path.abspath(path.parent / expand_home(root, f"{path}: data.root"))
-    return {"data_root": root, "download": document.data.download}
+    return {"data_root": root, "download": document.data.download, "certify_batch_size": document.certify.batch_size}
 
 
 def _expand(

@@ -872,6 +872,23 @@ def test_a_certify_job_reuses_the_certificates_of_the_same_model_and_settings_an
     first = tmp_path / "first.toml"
     first.write_text(tiny_spec("first", epochs=1, max_samples=3, method="gaussian"))
     run_smx("submit", str(first), store=store)
+    from sqlalchemy import func, select, update
+
+    from smx.db.models import Job, utcnow
+    from smx.db.store import open_store
+
+    opened = open_store(store.location, create=False)
+    with opened.session() as session:
+        keys_before = set(session.scalars(select(Job.key)))
+        # As a job planned before certify.batch_size left the keys holds it in its config.
+        session.execute(update(Job).where(Job.kind == "certify")
+                        .values(config=func.json_set(Job.config, "$.certify.batch_size", 250)))
+    # The rows of a pass change no certificate, so they are no part of any job: the same spec with another batch_size
+    # runs nothing.
+    first.write_text(first.read_text().replace("batch_size = 250", "batch_size = 64"))
+    run_smx("submit", str(first), store=store)
+    with opened.session() as session:
+        assert set(session.scalars(select(Job.key))) == keys_before
     # More images, in other passes: the trained model is shared, and three of its certificates are already stored.
     more = tmp_path / "more.toml"
     more.write_text(tiny_spec("more", epochs=1, max_samples=5, method="gaussian")
@@ -898,16 +915,11 @@ def test_a_certify_job_reuses_the_certificates_of_the_same_model_and_settings_an
     assert certificates("more")[:3] == certificates("first") and len(certificates("more")) == 5
     log = Path(certify["more"]["log_path"]).read_text()
     assert f"reused 3 certificate(s) of job {certify['first']['key'][:12]}: the same model and CERTIFY settings" in log
-    assert "certifying 5 test images, resuming after 3 already certified" in log
+    assert "certifying 5 test images, resuming after 3 already certified; 40 rows per forward pass (at most 40 from " \
+        "certify.batch_size)" in log
     assert "reused" not in Path(certify["stricter"]["log_path"]).read_text()
 
     # A model trained again (its checkpoint was deleted) may have other weights: none of its old certificates count.
-    from sqlalchemy import update
-
-    from smx.db.models import Job, utcnow
-    from smx.db.store import open_store
-
-    opened = open_store(store.location, create=False)
     with opened.session() as session:
         session.execute(update(Job).where(Job.kind == "train").values(finished_at=utcnow()))
     opened.engine.dispose()

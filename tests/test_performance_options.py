@@ -81,6 +81,18 @@ def test_prepared_model_computes_the_same_function(lenet):
 def test_forward_batch_never_exceeds_the_configured_batch_size(lenet):
     assert forward_batch_size(lenet, (1, 28, 28), 1000, "cpu") == CPU_FORWARD_BATCH
     assert forward_batch_size(lenet, (1, 28, 28), 50, "cpu") == 50
+    assert forward_batch_size(lenet, (1, 28, 28), None, "cpu") == CPU_FORWARD_BATCH
+
+
+def test_a_certify_job_takes_its_batch_size_from_its_runtime_or_from_a_config_planned_before_that() -> None:
+    from smx.db.models import Job
+    from smx.tasks.certify import configured_batch_size
+
+    certify = {"sigma": 0.5, "n0": 100, "n": 1000, "alpha": 0.001, "max_samples": None, "skip": 1, "split": "test"}
+    data = {"data_root": None, "download": False}
+    assert configured_batch_size(Job(config={"certify": certify}, runtime={**data, "certify_batch_size": 64})) == 64
+    assert configured_batch_size(Job(config={"certify": certify}, runtime={**data, "certify_batch_size": None})) is None
+    assert configured_batch_size(Job(config={"certify": {**certify, "batch_size": 400}}, runtime=data)) == 400
 
 
 def test_rows_that_fit_a_share_of_free_gpu_memory():

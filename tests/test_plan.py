@@ -65,11 +65,14 @@ def test_job_inputs_follow_the_architecture() -> None:
 
 
 def test_runtime_settings_travel_beside_the_keys_not_in_them() -> None:
-    with_root = QUICKSTART_TEXT.replace('"mnist-mini"', '"mnist-mini"\nroot = "/data"\ndownload = true')
+    with_root = (QUICKSTART_TEXT.replace('"mnist-mini"', '"mnist-mini"\nroot = "/data"\ndownload = true')
+                 .replace("[certify]\n", "[certify]\nbatch_size = 4096\n"))
     plain, rooted = plan_of(QUICKSTART_TEXT), plan_of(with_root)
     assert keys_by_name(plain) == keys_by_name(rooted)
     assert rooted.jobs[0].runtime == {"data_root": "/data", "download": True}
-    assert rooted.jobs[2].runtime == {"data_root": "/data", "download": True}
+    # Only a certify job reads the rows of a certification pass.
+    assert rooted.jobs[2].runtime == {"data_root": "/data", "download": True, "certify_batch_size": 4096}
+    assert plain.jobs[2].runtime == {"data_root": None, "download": False, "certify_batch_size": None}
     assert rooted.jobs[-1].runtime == {}
     assert all("root" not in job.inputs.get("data", {}) for job in rooted.jobs)
 

@@ -99,11 +99,11 @@ def test_quickstart_resolves_to_the_documented_canonical_config() -> None:
             "params": {"eta": 5.0, "alpha": 1.0, "steps": 4, "noise_samples": 2, "mix_step": 0,
                        "max_norm": None, "warmup": 10},
         },
-        "certify": {"sigma": 0.5, "n0": 100, "n": 1000, "alpha": 0.001, "batch_size": 1000,
-                    "max_samples": 200, "skip": 1, "split": "test"},
+        "certify": {"sigma": 0.5, "n0": 100, "n": 1000, "alpha": 0.001, "max_samples": 200, "skip": 1,
+                    "split": "test"},
     }
     assert configs[0].config["train"]["params"] == {"noise_samples": 1}
-    assert configs[0].runtime == {"data_root": None, "download": False}
+    assert configs[0].runtime == {"data_root": None, "download": False, "certify_batch_size": None}
 
 
 def test_mnist_ablation_is_the_papers_eta_sweep_with_a_gaussian_baseline() -> None:
@@ -122,7 +122,7 @@ def test_mnist_ablation_is_the_papers_eta_sweep_with_a_gaussian_baseline() -> No
         recipe = (train["sigma"], train["lr"], train["epochs"], train["lr_step"], train["batch_size"])
         assert recipe == (1.0, 0.01, 90, 30, 256)
         assert config.config["certify"] == {
-            "sigma": 1.0, "n0": 100, "n": 100_000, "alpha": 0.001, "batch_size": 1000,
+            "sigma": 1.0, "n0": 100, "n": 100_000, "alpha": 0.001,
             "max_samples": None, "skip": 1, "split": "test",
         }
     params = configs[3].config["train"]["params"]
@@ -143,7 +143,7 @@ def test_unset_settings_come_from_the_dataset_recipe_and_the_documented_defaults
         "train": {"method": "gaussian", "sigma": 0.5, "epochs": 90, "batch_size": 256, "lr": 0.01, "lr_step": 30,
                   "lr_gamma": 0.1, "momentum": 0.9, "weight_decay": 0.0001, "lr_decay": "one_epoch_late",
                   "params": {"noise_samples": 1}},
-        "certify": {"sigma": 0.5, "n0": 100, "n": 100_000, "alpha": 0.001, "batch_size": 1000,
+        "certify": {"sigma": 0.5, "n0": 100, "n": 100_000, "alpha": 0.001,
                     "max_samples": None, "skip": 1, "split": "test"},
     }
     assert parse_spec(MINIMAL).report.radii == list(DEFAULT_RADII)
@@ -180,9 +180,11 @@ def test_report_radii_are_sorted_and_each_is_kept_apart_in_the_results() -> None
 
 def test_runtime_settings_stay_out_of_the_config_and_root_is_relative_to_the_spec(tmp_path: Path) -> None:
     text = MINIMAL.replace('dataset = "mnist-mini"', 'dataset = "mnist"\nroot = "../data"\ndownload = true')
-    (config,) = resolve_configs(load_spec(write(tmp_path, text)))
-    assert config.runtime == {"data_root": str(tmp_path.parent / "data"), "download": True}
+    (config,) = resolve_configs(load_spec(write(tmp_path, text + "[certify]\nbatch_size = 4096\n")))
+    assert config.runtime == {"data_root": str(tmp_path.parent / "data"), "download": True,
+                              "certify_batch_size": 4096}
     assert config.config["data"] == {"dataset": "mnist"}
+    assert "batch_size" not in config.config["certify"]
 
 
 # ---- sweeps ----
@@ -309,7 +311,7 @@ def test_config_names_too_long_for_a_file_name_are_refused(tmp_path: Path) -> No
         ("epochs", 90), ("batch_size", 256), ("lr", 0.01), ("lr_step", 30), ("lr_gamma", 0.1), ("momentum", 0.9),
         ("weight_decay", 0.0001), ("sigma", 0.5)))
     text = MINIMAL + f'[[variant]]\nname = "{"v" * 64}"\n[sweep.grid]\n' + grid + '"certify.n" = [100000]\n'
-    text += '"certify.n0" = [100]\n"certify.alpha" = [0.001]\n"certify.batch_size" = [1000]\n"certify.skip" = [1]\n'
+    text += '"certify.n0" = [100]\n"certify.alpha" = [0.001]\n"certify.max_samples" = [1000]\n"certify.skip" = [1]\n'
     message = error_of(tmp_path, text)
     assert "variant[1]: gives the config name" in message and "more than the 200 a results file name" in message
 
@@ -632,6 +634,12 @@ def test_spec_hash_ignores_key_order_formatting_and_comments() -> None:
             MINIMAL + '[sweep.grid]\n"data.root" = ["a", "b"]\n',
             ['sweep.grid."data.root": says where the data live', "set it in [data]"],
             id="sweep-runtime-key",
+        ),
+        pytest.param(
+            MINIMAL + '[sweep.grid]\n"certify.batch_size" = [1000, 4096]\n',
+            ['sweep.grid."certify.batch_size": bounds the rows of a forward pass, which changes no certificate',
+             "set it in [certify]"],
+            id="sweep-certify-batch-size",
         ),
         pytest.param(
             MINIMAL + '[sweep.grid]\n"experiment.name" = ["a", "b"]\n',

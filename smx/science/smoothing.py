@@ -43,6 +43,9 @@ CPU_FORWARD_BATCH = 256
 # A certification pass may use at most this share of the GPU memory that is free when it starts: jobs packed
 # on one GPU (--jobs-per-gpu) each find the memory the earlier ones left, and cuDNN needs workspace on top.
 GPU_MEMORY_SHARE = 0.5
+# Rows per pass on a GPU when no batch_size bounds them: past this, a LeNet pass is tens of milliseconds of
+# arithmetic on an H100, so larger ones would save no launch worth having (the probe chose 38,414 under it there).
+GPU_FORWARD_BATCH = 65_536
 # Rows of the trial forward pass that measures a model's memory per row on a GPU.
 PROBE_ROWS = 32
 # Each image's noise is drawn in chunks of this many bytes (see _NoiseDraws): large enough that a GPU pass of
@@ -348,23 +351,23 @@ def missing_cxx_compiler(error: BaseException) -> str | None:
 def forward_batch_size(
     model: torch.nn.Module,
     image_shape: Sequence[int],
-    batch_size: int,
+    batch_size: int | None,
     device: torch.device | str | None = None,
     precision: Precision = "fp32",
 ) -> int:
     """Rows per forward pass for certifying images of `image_shape` on `device`: never more than batch_size.
 
-    The configured batch_size bounds memory; within it, a CPU gets CPU_FORWARD_BATCH rows (cache-sized passes
-    are faster) and a GPU as many as fit in GPU_MEMORY_SHARE of its free memory, measured with one trial pass.
-    The rows per pass change no draw's noise (see _NoiseDraws).
+    batch_size, where given, bounds memory; within it, a GPU gets as many rows as fit in GPU_MEMORY_SHARE of its
+    free memory, measured with one trial pass, up to GPU_FORWARD_BATCH without a bound, and a CPU (or any other
+    device) CPU_FORWARD_BATCH rows: cache-sized passes are faster. The rows per pass change no draw's noise (see
+    _NoiseDraws).
     """
     device = torch.device(device) if device is not None else model_device(model)
-    if device.type == "cpu":
-        return min(batch_size, CPU_FORWARD_BATCH)
     if device.type == "cuda":
         free_bytes, _ = torch.cuda.mem_get_info(device)
-        return rows_that_fit(free_bytes, _gpu_bytes_per_row(model, image_shape, device, precision), batch_size)
-    return batch_size
+        return rows_that_fit(free_bytes, _gpu_bytes_per_row(model, image_shape, device, precision),
+                             GPU_FORWARD_BATCH if batch_size is None else batch_size)
+    return min(batch_size or CPU_FORWARD_BATCH, CPU_FORWARD_BATCH)
 
 
 def rows_that_fit(free_bytes: int, bytes_per_row: float, batch_size: int) -> int:

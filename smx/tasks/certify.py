@@ -7,12 +7,12 @@ certificates, whatever the rows per forward pass (on a GPU they come from a memo
 share a pass. A crash costs at most the groups of the last FLUSH_SECONDS.
 The job certifies in fp32 unless its config opts in to bf16 (certify.precision, part of the job key);
 SMX_COMPILE=1 (or true, yes, on) in a worker's environment opts in to torch.compile for its jobs
-(docs/performance.md: it pays for itself only on long runs). SMX_CERTIFY_BATCH_SIZE=N there replaces
-certify.batch_size, the most rows of a forward pass, for its jobs: since the certificates do not depend on it, a
-GPU's worker can take large passes without re-keying (and so re-running) jobs that a spec's batch_size keys.
-For the same reason a job first copies the certificates it needs that another certify job of the same trained
-model and CERTIFY settings stored already (reuse_certificates): a spec that certifies more images, other ones, or
-with another batch_size certifies only the images no job has.
+(docs/performance.md: it pays for itself only on long runs). The most rows of a forward pass come from
+SMX_CERTIFY_BATCH_SIZE=N in the worker's environment, else from the spec's certify.batch_size (a runtime setting,
+outside the key: the certificates do not depend on it), else from the device (smoothing.forward_batch_size).
+A job first copies the certificates it needs that another certify job of the same trained model and CERTIFY
+settings stored already (reuse_certificates): a spec that certifies more images, or other ones, certifies only
+the images no job has.
 """
 
 from __future__ import annotations
@@ -46,8 +46,9 @@ from smx.tasks.progress import ProgressReporter
 
 FLUSH_SECONDS = 2.0
 PROGRESS_LOG_IMAGES = 100  # a line in the job's log every this many certified images
-# Settings of a certify job that its images' certificates do not depend on: how many rows share a forward pass,
-# and which other images it certifies (each image's noise comes from the seed and the image's index).
+# Settings of a certify job that its images' certificates do not depend on: which other images it certifies (each
+# image's noise comes from the seed and the image's index), and, in the configs of jobs planned before it became a
+# runtime setting, how many rows share a forward pass.
 PER_JOB_SETTINGS = ("batch_size", "max_samples", "skip")
 CERTIFICATE_COLUMNS = ("sample_index", "label", "prediction", "radius", "correct", "pa_lower", "count", "seconds")
 
@@ -80,16 +81,18 @@ def run(store: Store, job: Job, device: str, progress: ProgressReporter) -> None
     last_flush = time.monotonic()
     remaining = [index for index in indices if index not in done]
     certified = len(indices) - len(remaining)
-    # certify.batch_size bounds the rows of a forward pass; the device may be faster with fewer.
     precision = config_value("certify.precision", config)
-    largest_pass = batch_size_override or certify_config["batch_size"]
+    configured = configured_batch_size(job)
     with compile_failure_explained(compile_model):
-        batch_size = forward_batch_size(model, DATASETS[dataset].input_shape, largest_pass, device, precision)
+        batch_size = forward_batch_size(model, DATASETS[dataset].input_shape, batch_size_override or configured,
+                                        device, precision)
     resumed = f", resuming after {certified} already certified" if certified else ""
-    overridden = (f" (at most {batch_size_override} from SMX_CERTIFY_BATCH_SIZE, for certify.batch_size "
-                  f"{certify_config['batch_size']})" if batch_size_override else "")
-    print(f"certifying {len(indices)} test images{resumed}; {batch_size} rows per forward pass{overridden}",
-          flush=True)
+    if batch_size_override:
+        bound = f"at most {batch_size_override} from SMX_CERTIFY_BATCH_SIZE" + (
+            "" if configured is None else f", for certify.batch_size {configured}")
+    else:
+        bound = "as the device suits" if configured is None else f"at most {configured} from certify.batch_size"
+    print(f"certifying {len(indices)} test images{resumed}; {batch_size} rows per forward pass ({bound})", flush=True)
     if certified:
         progress.resumed(certified / len(indices), f"image {certified}/{len(indices)}")
     group_size = images_per_sync(batch_size, certify_config["n0"] + certify_config["n"])
@@ -129,6 +132,12 @@ def run(store: Store, job: Job, device: str, progress: ProgressReporter) -> None
     if certified % PROGRESS_LOG_IMAGES:
         print(f"{certified}/{len(indices)} images certified", flush=True)
     progress(1.0, f"image {len(indices)}/{len(indices)}")
+
+
+def configured_batch_size(job: Job) -> int | None:
+    """The certify.batch_size of the job's latest submission (None: as the device suits). Jobs planned before it
+    became a runtime setting hold it in their config."""
+    return job.runtime.get("certify_batch_size", job.config["certify"].get("batch_size"))
 
 
 def certificate_settings(config: dict[str, Any]) -> dict[str, Any]:

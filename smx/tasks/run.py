@@ -66,7 +66,8 @@ def _resource_problem(error: BaseException, store: str, device: str, key: str) -
     return UserError(
         f"the job ran out of memory on {where}: {said}\n"
         "Fix: run fewer jobs on this GPU at once (`--jobs-per-gpu` of `smx submit` and `smx worker`) or stop what "
-        "else uses it; a certify job also fits in less with a smaller certify.batch_size (the same certificates). "
+        "else uses it; a certify job also fits in less with a smaller certify.batch_size (the same certificates; set "
+        "it in the spec and submit it again, or SMX_CERTIFY_BATCH_SIZE in the worker's environment). "
         f"Then {retry}.")
 
 
