@@ -18,6 +18,7 @@ from smx.plan import Plan, build_plan
 from smx.scheduler import queue
 from smx.scheduler.slots import is_free, parse_gpus, try_lock
 from smx.spec import load_spec
+from smx.tasks.progress import ProgressReporter, Withdrawn
 from tests.specs import tiny_spec
 
 
@@ -108,7 +109,7 @@ def test_cancel_and_retry(store, tmp_path: Path) -> None:
     assert queue.claim_next(store, device="cpu", slot=tmp_path / "slot", pid=1) is None
     assert queue.retry(store, ["train-a"]) == ["train-a"]
     assert queue.claim_next(store, device="cpu", slot=tmp_path / "slot", pid=1).key == "train-a"
-    set_progress(store, "train-a", 0.5, "epoch 2/4")
+    assert set_progress(store, "train-a", 1, 0.5, "epoch 2/4")
     assert queue.retry(store, ["train-b"]) == []  # running, not failed
     assert sorted(queue.cancel(store, ["train-a", "train-b"]).keys) == ["train-a", "train-b"]
     queue.release(store, "train-b", 1)  # its worker stopped the job's process
@@ -135,13 +136,13 @@ def test_the_eta_of_a_resumed_job_counts_only_the_work_of_its_current_attempt(st
     queue.claim_next(store, device="cpu", slot=tmp_path / "slot", pid=1)
     assert eta_after_100_seconds() is None  # nothing done yet: no pace to go by
     # A fresh attempt's first report comes after work it did: that work counts (the attempt started at 0).
-    set_progress(store, "train-a", 0.6, "epoch 6/10 batch 30/30")
+    set_progress(store, "train-a", 1, 0.6, "epoch 6/10 batch 30/30")
     assert eta_after_100_seconds() == pytest.approx(100 * 0.4 / 0.6, rel=0.01)
     with store.session() as session:
         queue.requeue(session, "train-a", "its worker died")
     queue.claim_next(store, device="cpu", slot=tmp_path / "slot", pid=2)
-    set_progress(store, "train-a", 0.6, "resumed after epoch 6/10", resumed=True)
-    set_progress(store, "train-a", 0.7, "epoch 7/10 batch 30/30")
+    set_progress(store, "train-a", 2, 0.6, "resumed after epoch 6/10", resumed=True)
+    set_progress(store, "train-a", 2, 0.7, "epoch 7/10 batch 30/30")
     # 10% in this attempt's 100 s, 30% to go; counting the first attempt's 60% would say 43 s.
     assert eta_after_100_seconds() == pytest.approx(300, rel=0.01)
 
@@ -163,10 +164,20 @@ def test_a_job_cancelled_while_running_is_retried_only_once_its_process_has_ende
         assert (job.status, job.pid, job.started_at, job.device) == ("pending", None, None, None)
 
     assert queue.claim_next(store, device="cpu", slot=tmp_path / "slot", pid=4243).key == "train-a"
+    progress = ProgressReporter(store, "train-a", attempt=2)
+    progress(0.25, "epoch 1/4")
     queue.cancel(store, ["train-a"])
     with store.session() as session:  # a worker that died never releases; its heartbeat grows old instead
         session.execute(update(Job).where(Job.key == "train-a").values(heartbeat_at=utcnow() - timedelta(minutes=1)))
     assert queue.retry(store, ["train-a"]) == ["train-a"]
+    # The cancelled attempt's process, if it still runs (its worker suspended, say), stops at its next report
+    # rather than run beside the attempt that the retry starts.
+    assert queue.claim_next(store, device="cpu", slot=tmp_path / "slot", pid=4244).key == "train-a"
+    with pytest.raises(Withdrawn, match="attempt 2 of job train-a was cancelled or taken over"):
+        progress(1.0, "done")
+    ProgressReporter(store, "train-a", attempt=3)(1.0, "done")
+    with store.read_session() as session:
+        assert session.get(Job, "train-a").progress_text == "done"
 
 
 def test_cpu_slots_share_the_cores_and_hide_gpus(tmp_path: Path, monkeypatch) -> None:

@@ -42,6 +42,7 @@ from smx.science.metrics import DEFAULT_RADII
 from smx.science.training import load_checkpoint, load_weights
 from smx.spec import MAX_CONFIGS, load_spec, parse_spec
 from smx.tasks import checkpoints
+from smx.tasks.progress import WITHDRAWN_EXIT_CODE
 from tests.conftest import smx_command
 from tests.servers import fresh_postgres_database
 from tests.specs import tiny_spec
@@ -466,6 +467,18 @@ OUT_OF_GPU_MEMORY = textwrap.dedent("""
     training.train_epoch = running_out_of_memory
     sys.exit(run.main(sys.argv[1:]))
 """)
+
+
+def test_a_job_process_whose_job_was_cancelled_stops_by_itself_at_its_first_report(tmp_path: Path) -> None:
+    # Its worker would stop it, but a suspended worker cannot; retried, the job would then run twice at once.
+    store, train_key = claimed_training(tmp_path, "withdrawn")
+    assert queue.cancel(store, [train_key]).keys == [train_key]
+    stopped = run_job_process(store, train_key)
+    assert stopped.returncode == WITHDRAWN_EXIT_CODE, stopped.stderr
+    assert f"stopped: attempt 1 of job {train_key[:12]} was cancelled or taken over" in stopped.stdout
+    assert trained_epochs(store, train_key) == []
+    with store.read_session() as session:
+        assert session.get(Job, train_key).status == "cancelled"
 
 
 def test_a_job_that_runs_out_of_gpu_memory_says_what_to_do_and_resumes_from_its_last_checkpoint(

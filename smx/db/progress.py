@@ -8,10 +8,13 @@ from smx.db.models import Job
 from smx.db.store import Store
 
 
-def set_progress(store: Store, key: str, fraction: float, text: str, *, resumed: bool = False) -> None:
-    """`resumed`: the attempt starts from `fraction`, the work earlier attempts did (claiming a job sets 0)."""
+def set_progress(store: Store, key: str, attempt: int, fraction: float, text: str, *, resumed: bool = False) -> bool:
+    """Record the progress of `attempt` of the job; False, recording nothing, when the job no longer runs that
+    attempt: a user cancelled it, or it was presumed dead, put back in the queue and claimed again.
+    `resumed`: the attempt starts from `fraction`, the work earlier attempts did (claiming a job sets 0)."""
     started = {"attempt_start_progress": fraction} if resumed else {}
     with store.session() as session:
         # Cut to the column's String(200): PostgreSQL refuses a longer value where SQLite would store it.
-        session.execute(update(Job).where(Job.key == key).values(progress=fraction, progress_text=text[:200],
-                                                                 **started))
+        written = session.execute(update(Job).where(Job.key == key, Job.status == "running", Job.attempts == attempt)
+                                  .values(progress=fraction, progress_text=text[:200], **started))
+    return written.rowcount == 1

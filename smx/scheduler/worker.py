@@ -21,6 +21,7 @@ from smx.db.models import Job, utcnow
 from smx.db.store import Store, file_storage_error, lock_file_errors_reported
 from smx.scheduler import queue
 from smx.scheduler.slots import Slot, claim_slot, is_free
+from smx.tasks.progress import WITHDRAWN_EXIT_CODE
 
 HEARTBEAT_SECONDS = 5.0
 POLL_SECONDS = 1.0
@@ -159,6 +160,8 @@ def run_job(store: Store, job: Job, slot: Slot, *, requeue_if_terminated: bool =
             queue.requeue(session, job.key, "interrupted; resumes from its last checkpoint", attempt=job.attempts)
         raise
     queue.release(store, job.key, process.pid)
+    if process.returncode == WITHDRAWN_EXIT_CODE:
+        return None
     if process.returncode == 0:
         queue.finish(store, job.key, succeeded=True, attempt=job.attempts)
         return True

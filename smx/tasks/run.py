@@ -11,7 +11,7 @@ import traceback
 from smx.db.models import Job
 from smx.db.store import file_storage_error, open_store, resolve_location, storage_cause
 from smx.errors import UserError, exception_chain
-from smx.tasks.progress import ProgressReporter
+from smx.tasks.progress import WITHDRAWN_EXIT_CODE, ProgressReporter, Withdrawn
 
 TASKS = {"train": "smx.tasks.train", "certify": "smx.tasks.certify", "analyze": "smx.tasks.analyze",
          "aggregate": "smx.tasks.aggregate"}
@@ -31,7 +31,10 @@ def main(argv: list[str] | None = None) -> int:
                 raise UserError(f"no job with key {arguments.key} in the store at {store.display_location}")
         task = importlib.import_module(TASKS[job.kind])
         print(f"{job.kind} {job.name} ({job.key[:12]}) on {arguments.device}", flush=True)
-        task.run(store, job, arguments.device, ProgressReporter(store, job.key))
+        task.run(store, job, arguments.device, ProgressReporter(store, job.key, job.attempts))
+    except Withdrawn as withdrawn:
+        print(f"stopped: {withdrawn}", flush=True)
+        return WITHDRAWN_EXIT_CODE
     except UserError as error:
         print(f"error: {error.message}", file=sys.stderr, flush=True)
         return 2
