@@ -64,7 +64,7 @@ LOCAL_EXECUTOR_OPTIONS = {"gpus": "--gpus", "jobs_per_gpu": "--jobs-per-gpu", "c
 SLOT_RETRY_SECONDS = 5.0
 # How often `smx submit --executor slurm` looks for jobs that Slurm lost or that wait on a failed parent.
 SLURM_RESEND_SECONDS = 30.0
-# The exit status of a command stopped by SIGINT or SIGTERM, as a shell reports one stopped by Ctrl-C (128 + SIGINT).
+# The exit status of a command stopped by SIGINT, SIGTERM or SIGHUP, as a shell reports one stopped by Ctrl-C (128 + SIGINT).
 EXIT_INTERRUPTED = 130
 # How many running jobs of other experiments `smx status EXPERIMENT` names when its own wait.
 OTHER_RUNNING_SHOWN = 5
@@ -92,7 +92,7 @@ def _print_table(table: Table) -> None:
 
 
 def _exit_interrupted(note: str) -> NoReturn:
-    """End a command that SIGINT or SIGTERM stopped: `note` says what became of its jobs."""
+    """End a command that SIGINT, SIGTERM or SIGHUP stopped: `note` says what became of its jobs."""
     console.print(f"[yellow]{escape(note)}[/]", soft_wrap=True)
     raise typer.Exit(EXIT_INTERRUPTED)
 
@@ -419,8 +419,9 @@ def _follow(store: Store, experiment: str, workers: list[subprocess.Popen], devi
     workers = list(workers)
     last_start = time.monotonic()
     said_waiting = False
-    # `kill` (SIGTERM) stops a following submit as Ctrl-C does, so that its workers do not run on unsupervised.
-    previous_handler = signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
+    # `kill` (SIGTERM), or closing the terminal (SIGHUP), stops a following submit as Ctrl-C does, so that its workers
+    # do not run on unsupervised.
+    previous_handlers = {stop: signal.signal(stop, _raise_keyboard_interrupt) for stop in (signal.SIGTERM, signal.SIGHUP)}
     try:
         with Live(progress, console=console, refresh_per_second=4):
             while True:
@@ -454,8 +455,8 @@ def _follow(store: Store, experiment: str, workers: list[subprocess.Popen], devi
     except KeyboardInterrupt:
         _end_live_line()
         # A second Ctrl-C must not cut short the workers putting their jobs back in the queue.
-        signal.signal(signal.SIGINT, signal.SIG_IGN)
-        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        for stop in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+            signal.signal(stop, signal.SIG_IGN)
         # A Ctrl-C in a terminal reaches the workers too, but a SIGINT sent to this process alone does not.
         for worker in workers:
             if worker.poll() is None:
@@ -464,7 +465,8 @@ def _follow(store: Store, experiment: str, workers: list[subprocess.Popen], devi
             worker.wait()
         _exit_interrupted(interrupt_note)
     finally:
-        signal.signal(signal.SIGTERM, previous_handler)
+        for stop, handler in previous_handlers.items():
+            signal.signal(stop, handler)
     _end_live_line()
     stopped_workers = [worker for worker in workers if worker.returncode not in (*worker_finished, None)]
     for worker in stopped_workers:
@@ -474,8 +476,8 @@ def _follow(store: Store, experiment: str, workers: list[subprocess.Popen], devi
                          "shows as running until the next `smx submit` or `smx worker` on this host puts it back in "
                          "the queue; it resumes from its last checkpoint.", markup=True)
         elif worker.returncode == EXIT_INTERRUPTED:
-            # SIGINT or SIGTERM sent to the worker alone: it put its job back itself.
-            errors.print(f"[red]a worker was stopped by SIGINT or SIGTERM.[/] The job it was running, if any, was "
+            # A signal sent to the worker alone: it put its job back itself.
+            errors.print(f"[red]a worker was stopped by SIGINT, SIGTERM or SIGHUP.[/] The job it was running, if any, was "
                          f"{REQUEUED}", markup=True)
         else:
             errors.print(f"[red]a worker stopped with code {worker.returncode}[/]" + (f":\n{escape(stderr)}" if stderr

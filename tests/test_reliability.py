@@ -272,9 +272,12 @@ def test_a_worker_killed_in_training_is_noticed_by_a_live_worker_and_training_re
     assert re.search(r"^resumed from .*epoch-0*1\S* after epoch 1/2$", log, re.MULTILINE), log
 
 
-@pytest.mark.parametrize("stop", [signal.SIGINT, signal.SIGTERM], ids=["sigint", "sigterm"])
-def test_a_signal_to_smx_submit_alone_stops_its_workers_and_requeues_the_job(tmp_path: Path, stop: int) -> None:
-    """`kill -INT` or `kill` of the submitting process only (no terminal Ctrl-C reaching the whole process group)."""
+@pytest.mark.parametrize(("stop", "whole_group"), [(signal.SIGINT, False), (signal.SIGTERM, False), (signal.SIGHUP, True)],
+                         ids=["sigint", "sigterm", "terminal-closed"])
+def test_a_signal_to_smx_submit_stops_its_workers_and_requeues_the_job(tmp_path: Path, stop: int,
+                                                                      whole_group: bool) -> None:
+    """`kill -INT` or `kill` of the submitting process only (no terminal Ctrl-C reaching the whole process group),
+    or the SIGHUP that a closed terminal sends to the whole group: the submitter and its workers."""
     spec = tmp_path / "interrupted.toml"
     spec.write_text(spec_text("interrupted", epochs=50))
     store_dir = tmp_path / "store"
@@ -284,7 +287,10 @@ def test_a_signal_to_smx_submit_alone_stops_its_workers_and_requeues_the_job(tmp
     train_key = key_of(build_plan(load_spec(spec)), "train")
     wait_until(lambda: epoch_metric(store, train_key, 1), "the first epoch")
     job_pid = job_row(store, train_key).pid
-    submit.send_signal(stop)
+    if whole_group:
+        os.killpg(submit.pid, stop)
+    else:
+        submit.send_signal(stop)
     _, stderr = submit.communicate(timeout=60)
     assert submit.returncode == 130, stderr
     assert "Traceback" not in stderr

@@ -210,13 +210,13 @@ def _run_on_slot(store: Store, slot: Slot, report: WorkerReport, *, stay: bool) 
 
 
 def run_worker(store: Store, slots: list[Slot], *, stay: bool = False) -> WorkerReport:
-    """Claim jobs until none can become ready (or forever with `stay`), or until SIGINT or SIGTERM, which the report
-    names."""
+    """Claim jobs until none can become ready (or forever with `stay`), or until SIGINT, SIGTERM or SIGHUP (its
+    terminal closed), which the report names."""
     global _stop_requested
     report = WorkerReport(slot=None)
     _stop_requested = None
 
-    previous = {sig: signal.signal(sig, request_stop) for sig in (signal.SIGTERM, signal.SIGINT)}
+    previous = {sig: signal.signal(sig, request_stop) for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)}
     try:
         while True:
             with lock_file_errors_reported(store.root):
