@@ -64,7 +64,8 @@ LOCAL_EXECUTOR_OPTIONS = {"gpus": "--gpus", "jobs_per_gpu": "--jobs-per-gpu", "c
 SLOT_RETRY_SECONDS = 5.0
 # How often `smx submit --executor slurm` looks for jobs that Slurm lost or that wait on a failed parent.
 SLURM_RESEND_SECONDS = 30.0
-# The exit status of a command stopped by SIGINT, SIGTERM or SIGHUP, as a shell reports one stopped by Ctrl-C (128 + SIGINT).
+# The exit status of a command stopped by SIGINT, SIGTERM or SIGHUP, as a shell reports one stopped by Ctrl-C
+# (128 + SIGINT).
 EXIT_INTERRUPTED = 130
 # How many running jobs of other experiments `smx status EXPERIMENT` names when its own wait.
 OTHER_RUNNING_SHOWN = 5
@@ -421,7 +422,8 @@ def _follow(store: Store, experiment: str, workers: list[subprocess.Popen], devi
     said_waiting = False
     # `kill` (SIGTERM), or closing the terminal (SIGHUP), stops a following submit as Ctrl-C does, so that its workers
     # do not run on unsupervised.
-    previous_handlers = {stop: signal.signal(stop, _raise_keyboard_interrupt) for stop in (signal.SIGTERM, signal.SIGHUP)}
+    previous_handlers = {stop: signal.signal(stop, _raise_keyboard_interrupt)
+                         for stop in (signal.SIGTERM, signal.SIGHUP)}
     try:
         with Live(progress, console=console, refresh_per_second=4):
             while True:
@@ -477,8 +479,8 @@ def _follow(store: Store, experiment: str, workers: list[subprocess.Popen], devi
                          "the queue; it resumes from its last checkpoint.", markup=True)
         elif worker.returncode == EXIT_INTERRUPTED:
             # A signal sent to the worker alone: it put its job back itself.
-            errors.print(f"[red]a worker was stopped by SIGINT, SIGTERM or SIGHUP.[/] The job it was running, if any, was "
-                         f"{REQUEUED}", markup=True)
+            errors.print(f"[red]a worker was stopped by SIGINT, SIGTERM or SIGHUP.[/] The job it was running, if any, "
+                         f"was {REQUEUED}", markup=True)
         else:
             errors.print(f"[red]a worker stopped with code {worker.returncode}[/]" + (f":\n{escape(stderr)}" if stderr
                                                                                       else "."), markup=True)

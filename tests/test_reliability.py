@@ -272,7 +272,8 @@ def test_a_worker_killed_in_training_is_noticed_by_a_live_worker_and_training_re
     assert re.search(r"^resumed from .*epoch-0*1\S* after epoch 1/2$", log, re.MULTILINE), log
 
 
-@pytest.mark.parametrize(("stop", "whole_group"), [(signal.SIGINT, False), (signal.SIGTERM, False), (signal.SIGHUP, True)],
+@pytest.mark.parametrize(("stop", "whole_group"),
+                         [(signal.SIGINT, False), (signal.SIGTERM, False), (signal.SIGHUP, True)],
                          ids=["sigint", "sigterm", "terminal-closed"])
 def test_a_signal_to_smx_submit_stops_its_workers_and_requeues_the_job(tmp_path: Path, stop: int,
                                                                       whole_group: bool) -> None:
