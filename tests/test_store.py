@@ -215,6 +215,35 @@ def test_reading_commands_do_not_wait_for_a_transaction_another_program_holds_op
         holder.close()
 
 
+def test_a_write_lock_held_past_the_busy_timeout_is_one_clear_error_and_skips_a_progress_report(
+        tmp_path: Path, monkeypatch) -> None:
+    from smx.db import store as store_module
+    from smx.db.models import Job
+    from smx.db.store import StoreBusy
+    from smx.tasks.progress import ProgressReporter
+
+    monkeypatch.setattr(store_module, "BUSY_TIMEOUT_MS", 200)
+    store = open_store(str(tmp_path / "store"))
+    with store.session() as session:
+        session.add(Job(key="train-a", kind="train", name="train/a", config={}, runtime={}, status="running",
+                        attempts=1))
+    holder = sqlite3.connect(tmp_path / "store" / "smx.db", isolation_level=None)
+    holder.execute("BEGIN IMMEDIATE")  # as the sqlite3 shell or a database browser in the middle of an edit
+    holder.execute("UPDATE meta SET value = value")
+    try:
+        ProgressReporter(store, "train-a", attempt=1)(0.5, "epoch 1/2")  # skipped: the training goes on
+        with pytest.raises(StoreBusy, match=r"stayed locked for over 0 s: another program holds a write transaction "
+                                            r"open on it .*\nFix: end that transaction"):
+            with store.session() as session:
+                session.execute(text("UPDATE jobs SET progress = 0.5"))
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()
+    ProgressReporter(store, "train-a", attempt=1)(0.75, "epoch 2/2")
+    with store.read_session() as session:
+        assert session.get(Job, "train-a").progress_text == "epoch 2/2"
+
+
 def test_a_copy_out_of_wal_mode_is_switched_back_when_a_command_opens_it(tmp_path: Path) -> None:
     open_store(str(tmp_path / "store")).engine.dispose()
     connection = sqlite3.connect(tmp_path / "store" / "smx.db")

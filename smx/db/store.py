@@ -35,6 +35,7 @@ SCHEMA_LOCK_ID = 0x736D78  # "smx"
 DISK_FULL_ERRNOS = {errno.ENOSPC, errno.EDQUOT}
 STORAGE_ERRNOS = DISK_FULL_ERRNOS | {errno.EROFS, errno.EACCES, errno.EPERM}
 # The same in SQLite's primary result codes (the low byte of an extended code).
+SQLITE_BUSY = 5
 SQLITE_READONLY = 8
 SQLITE_FULL = 13
 SQLITE_CANTOPEN = 14
@@ -51,6 +52,10 @@ NEARLY_FULL_BYTES = 1 << 20
 ANALYSIS_PLOT_SUFFIXES = {"confidence": "-confidence", "mixing_ratio": "-mixing-ratio"}
 DAMAGED_FIX = ("the file is damaged or not an SQLite database: move it away (keep it, it may be recoverable) and "
                "`smx submit` starts a new store, or point --store / SMX_STORE at another store")
+
+
+class StoreBusy(StoreError):
+    """Another connection held the SQLite store's write lock for longer than BUSY_TIMEOUT_MS."""
 
 
 def storage_error(path: Path | str, reason: str, *, disk_full: bool, then: str = "run the command again") -> StoreError:
@@ -152,6 +157,13 @@ class Store:
                 raise StoreError(f"the store database {self.sqlite_path} is damaged: {error.orig}.\n"
                                  f"Fix: {DAMAGED_FIX}.") from error
             code = getattr(error.orig, "sqlite_errorcode", None)
+            # Python 3.10's sqlite3 errors carry no code; SQLite's message for SQLITE_BUSY is this one.
+            if isinstance(error, OperationalError) and (code & 0xFF == SQLITE_BUSY if code is not None
+                                                        else str(error.orig) == "database is locked"):
+                raise StoreBusy(f"the store database {self.sqlite_path} stayed locked for over "
+                                f"{BUSY_TIMEOUT_MS // 1000} s: another program holds a write transaction open on it "
+                                "(an sqlite3 shell inside BEGIN, say).\nFix: end that transaction (COMMIT, or close "
+                                "the program), then run the command again.") from error
             if not isinstance(error, OperationalError) or code is None or code & 0xFF not in SQLITE_STORAGE_CODES:
                 raise
             unwritable = self.unwritable_error()

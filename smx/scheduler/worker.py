@@ -18,7 +18,7 @@ from typing import TextIO
 from sqlalchemy import select, update
 
 from smx.db.models import Job, utcnow
-from smx.db.store import Store, file_storage_error, lock_file_errors_reported
+from smx.db.store import Store, StoreBusy, file_storage_error, lock_file_errors_reported
 from smx.scheduler import queue
 from smx.scheduler.slots import Slot, claim_slot, is_free
 from smx.tasks.progress import WITHDRAWN_EXIT_CODE
@@ -142,8 +142,12 @@ def run_job(store: Store, job: Job, slot: Slot, *, requeue_if_terminated: bool =
         while process.poll() is None:
             if time.monotonic() - last_beat >= HEARTBEAT_SECONDS:
                 last_beat = time.monotonic()
-                with store.session() as session:
-                    still_ours = queue.heartbeat(session, job.key, job.attempts)
+                try:
+                    with store.session() as session:
+                        still_ours = queue.heartbeat(session, job.key, job.attempts)
+                except StoreBusy:
+                    # Another program holds the store's write lock: the job goes on, and the next beat tells.
+                    still_ours = True
                 if not still_ours:
                     _stop(process)
                     queue.release(store, job.key, process.pid)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 
 from smx.db.progress import set_progress
-from smx.db.store import Store
+from smx.db.store import Store, StoreBusy
 
 # Status and the TUI refresh about once a second: writing more often only adds write transactions to the store.
 WRITE_INTERVAL_SECONDS = 1.0
@@ -24,7 +24,8 @@ class ProgressReporter:
 
     Each write also checks that the job still runs this attempt, and raises Withdrawn when it does not. Its worker
     stops a withdrawn job too, but a worker that is suspended (Ctrl-Z) cannot, and the job, once retried, could then
-    run twice at once."""
+    run twice at once. A report that finds the store locked by another program is skipped: progress is only shown,
+    and the work it reports must go on."""
 
     def __init__(self, store: Store, job_key: str, attempt: int) -> None:
         self.store = store
@@ -45,6 +46,10 @@ class ProgressReporter:
         self._write(fraction, text, resumed=True)
 
     def _write(self, fraction: float, text: str, resumed: bool) -> None:
-        if not set_progress(self.store, self.job_key, self.attempt, min(max(fraction, 0.0), 1.0), text,
-                            resumed=resumed):
+        try:
+            written = set_progress(self.store, self.job_key, self.attempt, min(max(fraction, 0.0), 1.0), text,
+                                   resumed=resumed)
+        except StoreBusy:
+            return
+        if not written:
             raise Withdrawn(f"attempt {self.attempt} of job {self.job_key[:12]} was cancelled or taken over")
