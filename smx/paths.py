@@ -5,10 +5,15 @@ from __future__ import annotations
 import contextlib
 import os
 import secrets
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 from smx.errors import UserError
+
+# A partial file of written_whole untouched for this long is a killed writer's (SIGKILL skips its clean-up): every
+# file written so is written in seconds.
+LEFTOVER_PARTIAL_SECONDS = 3600
 
 
 def expand_home(path: str | Path, setting: str) -> Path:
@@ -32,8 +37,10 @@ def written_whole(path: Path) -> Iterator[Path]:
     """A hidden path beside `path` to write the file at; renamed to `path` when the block ends without an error, and
     removed otherwise, so that an error or a kill midway never leaves a partial file under the real name.
 
-    The name is one no other writer has, even one with this pid on another machine sharing the file system.
+    The name is one no other writer has, even one with this pid on another machine sharing the file system. Partial
+    files of `path` that killed writers left are removed.
     """
+    _remove_leftover_partials(path)
     partial = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.part")
     try:
         yield partial
@@ -41,3 +48,12 @@ def written_whole(path: Path) -> Iterator[Path]:
     finally:
         with contextlib.suppress(OSError):  # nothing left once renamed, or nothing ever written
             partial.unlink()
+
+
+def _remove_leftover_partials(path: Path) -> None:
+    prefix, stale_before = f".{path.name}.", time.time() - LEFTOVER_PARTIAL_SECONDS
+    with contextlib.suppress(OSError):  # a folder not made yet, or a leftover another writer removed first
+        for sibling in path.parent.iterdir():
+            if sibling.name.startswith(prefix) and sibling.name.endswith(".part") \
+                    and sibling.stat().st_mtime < stale_before:
+                sibling.unlink()

@@ -67,3 +67,24 @@ def test_a_file_written_whole_appears_only_complete_and_never_after_an_error(tmp
         partial.write_text("all of it\n")
         assert target.read_text() == "the previous run's log\n"  # replaced only once complete
     assert list(tmp_path.iterdir()) == [target] and target.read_text() == "all of it\n"
+
+
+def test_writing_a_file_whole_removes_the_partial_files_that_killed_writers_of_it_left(tmp_path: Path) -> None:
+    import os
+    import time
+
+    from smx.paths import LEFTOVER_PARTIAL_SECONDS
+
+    target = tmp_path / "results[v2].tsv"
+    killed, writing, other = (tmp_path / name for name in (".results[v2].tsv.4242.0a1b2c3d.part",
+                                                            ".results[v2].tsv.4343.0a1b2c3d.part",
+                                                            ".other.tsv.4242.0a1b2c3d.part"))
+    for partial in (killed, writing, other):
+        partial.write_text("half of it")
+    long_ago = time.time() - LEFTOVER_PARTIAL_SECONDS - 60
+    for partial in (killed, other):
+        os.utime(partial, (long_ago, long_ago))
+    with written_whole(target) as partial:
+        partial.write_text("all of it\n")
+    # Another writer's file of the same target, still being written, and another target's stay.
+    assert sorted(path.name for path in tmp_path.iterdir()) == sorted([target.name, writing.name, other.name])
