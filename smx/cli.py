@@ -80,6 +80,22 @@ def main() -> None:
         sys.exit(error.exit_code)
 
 
+def _print_version(asked: bool) -> None:
+    if asked:
+        from smx import __version__
+
+        console.print(f"smx {__version__}", highlight=False)
+        raise typer.Exit()
+
+
+@app.callback()
+def options(
+    version: Annotated[bool, typer.Option("--version", callback=_print_version, is_eager=True,
+                                          help="Print smx's version and exit.")] = False,
+) -> None:
+    pass
+
+
 def _natural_width(table: Table) -> int:
     return Measurement.get(console, console.options.update_width(10_000), table).maximum
 
@@ -223,13 +239,15 @@ def _print_plan(plan: Plan, states: dict[str, str], retraining: set[str]) -> Non
 
 
 def _print_leaving(leaving: dict[str, Any]) -> None:
-    """What a dry run's submission would do to the jobs of configs taken out of the spec."""
+    """What a dry run's submission would do to the jobs that the spec no longer plans (its configs taken out or
+    changed)."""
     pending = sum(job.status == "pending" for job in leaving.values())
     if pending:
-        console.print(f"Submitting would cancel {pending} pending job(s) of configs removed from the spec.")
+        console.print(f"Submitting would cancel {pending} pending job(s) that the spec no longer plans (configs "
+                      "removed or changed).")
     for job in leaving.values():
         if job.status == "running":
-            console.print(f"{job.name} ({job.key[:12]}) of a config removed from the spec is running and would be "
+            console.print(f"{job.name} ({job.key[:12]}), which the spec no longer plans, is running and would be "
                           "left to finish.")
 
 
@@ -319,11 +337,11 @@ def submit(
         console.print(f"  [yellow]{len(summary.failed)} job(s) failed or were cancelled earlier; "
                       f"`smx retry {plan.experiment}` runs them again.[/]")
     if summary.dropped:
-        console.print(f"  {len(summary.dropped)} pending job(s) of configs removed from the spec will not run "
-                      "(cancelled; a spec that includes them again queues them again).")
+        console.print(f"  {len(summary.dropped)} pending job(s) that the spec no longer plans (configs removed or "
+                      "changed) will not run (cancelled; a spec that plans them again queues them again).")
         _cancel_dropped_slurm_jobs(opened, summary.dropped)
     for key, name in summary.left_running.items():
-        console.print(f"  {name} ({key[:12]}) of a config removed from the spec is running and left to finish; "
+        console.print(f"  {name} ({key[:12]}), which the spec no longer plans, is running and left to finish; "
                       f"`smx cancel {key[:12]}` stops it.")
     if where.kind == "slurm":
         _submit_to_slurm(opened, plan, where.slurm, detach=detach)
@@ -591,6 +609,9 @@ def status(
                                 require_experiment)
     from smx.db.store import open_store
 
+    if experiment is not None and jobs:
+        raise UserError(f"--jobs lists every job in the store, and {experiment!r} names one experiment.\nFix: "
+                        f"`smx status {experiment}` for its jobs, or `smx status --jobs` for all of them.")
     opened = open_store(store, create=False)
     if experiment is not None:
         with opened.read_session() as session:
@@ -851,7 +872,7 @@ def report(
 ) -> None:
     """Print an experiment's table in the paper's layout: ACR and certified accuracy (%) per radius, by sigma.
 
-    Its [analyze] results, where it has some, follow as tables of their own."""
+    Its \\[analyze] results, where it has some, follow as tables of their own."""
     from smx.analysis_report import analysis_tables
     from smx.db.store import open_store
     from smx.report import COMPARE_CHOICES, REPORT_FORMATS, experiment_report, render_analysis, render_report

@@ -548,8 +548,9 @@ def test_a_dry_run_says_what_submitting_would_do_to_the_jobs_of_removed_configs(
     before = query_json("SELECT key, status FROM jobs ORDER BY key", target)
     shown = " ".join(run_smx("submit", str(edited), "--dry-run", store=target).stdout.split())
     # certify/smoothmix and the aggregate of both configs are pending; the training is running.
-    assert "Submitting would cancel 2 pending job(s) of configs removed from the spec." in shown
-    assert (f"train/smoothmix ({running[:12]}) of a config removed from the spec is running and would be left to "
+    assert "Submitting would cancel 2 pending job(s) that the spec no longer plans (configs removed or changed)." \
+        in shown
+    assert (f"train/smoothmix ({running[:12]}), which the spec no longer plans, is running and would be left to "
             "finish.") in shown
     assert query_json("SELECT key, status FROM jobs ORDER BY key", target) == before
 
@@ -1054,3 +1055,12 @@ def test_remove_asks_or_needs_yes_and_then_takes_the_experiment_out(tmp_path: Pa
     assert run_smx("remove", "second", "--yes", store=store).stdout == (
         "removed second: 1 job(s), 0 certificate(s), 0 checkpoint(s); 1 job(s) kept for other experiments.\n"
         f"  kept import/second ({certify_key[:12]}): in the plan of third\n")
+
+
+def test_smx_version_and_status_of_one_experiment_with_every_job(tmp_path: Path) -> None:
+    from smx import __version__
+
+    assert run_cli("--version") == (0, f"smx {__version__}\n", "")
+    code, out, err = run_cli("status", "quickstart", "--jobs", "--store", str(tmp_path / "store"))
+    assert code == 2 and out == "" and not (tmp_path / "store").exists()
+    assert "--jobs lists every job in the store, and 'quickstart' names one experiment." in " ".join(err.split())

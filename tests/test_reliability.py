@@ -1060,7 +1060,7 @@ def test_jobs_of_a_config_removed_while_they_were_pending_never_run(tmp_path: Pa
                             capture_output=True, text=True, env=environment(), timeout=TIMEOUT_SECONDS)
     assert submit.returncode == 0, submit.stdout + submit.stderr
     assert "all 3 jobs done" in submit.stdout
-    assert "3 pending job(s) of configs removed from the spec will not run" in submit.stdout
+    assert "3 pending job(s) that the spec no longer plans (configs removed or changed) will not run" in submit.stdout
     store = open_store(str(store_dir), create=False)
     after = {job.key for job in build_plan(load_spec(spec)).jobs}
     dropped = {job.key for job in before.jobs} - after

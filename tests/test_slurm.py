@@ -149,10 +149,10 @@ def test_smx_cancel_and_configs_removed_from_the_spec_cancel_their_slurm_jobs(cl
     assert resent.returncode == 0, resent.stdout + resent.stderr
     dropped = [first_plan["certify/stability"], first_plan["aggregate/cancel-slurm"]]
     output = " ".join(resent.stdout.split())
-    assert "2 pending job(s) of configs removed from the spec will not run" in output
+    assert "2 pending job(s) that the spec no longer plans (configs removed or changed) will not run" in output
     assert f"Their Slurm jobs were cancelled: {', '.join(sorted(job['slurm_job_id'] for job in dropped))}." in output
     train_stability = first_plan["train/stability"]["key"][:12]
-    assert (f"train/stability ({train_stability}) of a config removed from the spec is running and left to finish; "
+    assert (f"train/stability ({train_stability}), which the spec no longer plans, is running and left to finish; "
             f"`smx cancel {train_stability}` stops it.") in output
     cluster.wait_until(lambda: not set(slurm_states([job["slurm_job_id"] for job in dropped]).values())
                        - {"CANCELLED"}, "the removed configs' Slurm jobs cancelled", timeout=60)
