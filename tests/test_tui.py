@@ -14,7 +14,10 @@ from pathlib import Path
 import pytest
 from pytest_textual_snapshot import SVGImageExtension
 from sqlalchemy import insert, select, update
-from textual.widgets import Log, TabbedContent
+from textual.app import App, ComposeResult
+from textual.geometry import Region
+from textual.widgets import DataTable, Log, TabbedContent
+from textual.widgets.data_table import ColumnKey
 
 from smx.db.models import (
     Aggregate,
@@ -31,11 +34,12 @@ from smx.db.store import Store, StoreError, open_store
 from smx.reference import PaperAcrValue
 from smx.science.metrics import DEFAULT_RADII
 from smx.tui.app import SmxApp, status_line, welcome_text
-from smx.tui.cells import EXPERIMENT_COLUMNS, experiment_cells, result_cells, results_caption
+from smx.tui.cells import EXPERIMENT_COLUMNS, cell, experiment_cells, result_cells, results_caption
 from smx.tui.data import LOG_TAIL_BYTES, RADIUS_STEP, LoadRequest, LogFollower, StoreReader, radius_histograms
 from smx.tui.messages import ActOnJobs, ExportResults
 from smx.tui.panes import CurvesPane, ExperimentsPane, JobsPane, ResultsPane
 from smx.tui.screens import ConfirmScreen, HelpScreen, JobScreen
+from smx.tui.widgets import LiveTable
 from tests.conftest import smx_command
 from tests.test_fuzz_cli import run_cli
 
@@ -669,6 +673,63 @@ async def test_sorting_keeps_the_cursor_on_its_row_through_refreshes(seeded: Sto
         # Clicking a column's header sorts by it.
         await pilot.click("#jobs-table", offset=(2, 0))
         assert table.sort_column == "kind" and not table.sort_reverse
+
+
+class TableHost(App):
+    def compose(self) -> ComposeResult:
+        yield LiveTable([("config", "config"), ("acr", "ACR")])
+
+
+def painted(table: LiveTable, lines: int) -> list[str]:
+    return [strip.text.rstrip() for strip in table.render_lines(Region(0, 0, table.size.width, lines))]
+
+
+@pytest.mark.asyncio
+async def test_a_row_painted_before_its_cells_are_measured_is_painted_again_at_full_width() -> None:
+    app = TableHost()
+    async with app.run_test(size=(60, 8)) as pilot:
+        table = app.query_one(LiveTable)
+        table.show_rows({"a": (cell("mnist_gaussian_sigma0.50"), cell(1.234))})
+        painted(table, 2)  # a busy app paints before Textual measures the new cells, when idle
+        await pilot.pause()
+        assert painted(table, 2)[1] == " mnist_gaussian_sigma0.50  1.234"
+
+
+@pytest.mark.asyncio
+async def test_a_refresh_that_changes_many_cells_measures_each_column_at_most_once(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    app = TableHost()
+    async with app.run_test(size=(60, 8)) as pilot:
+        table = app.query_one(LiveTable)
+        long_names = {f"job-{index}": (cell(f"config-{index}-of-a-long-sweep"), cell(0.5)) for index in range(400)}
+        table.show_rows(long_names)
+        await pilot.pause()
+        assert table.columns[ColumnKey("config")].content_width == len("config-399-of-a-long-sweep")
+        whole_column_measures = []
+        original = DataTable.get_column
+        monkeypatch.setattr(DataTable, "get_column", lambda self, key: whole_column_measures.append(key) or
+                            original(self, key))
+        # Every name gets shorter (say, the experiment in focus names the shared jobs otherwise), and ACRs change.
+        table.show_rows({key: (cell(f"c{index}"), cell(0.25)) for index, key in enumerate(long_names)})
+        await pilot.pause()
+        assert len(whole_column_measures) <= 2
+        assert table.columns[ColumnKey("config")].content_width == len("config")  # the header's width now
+        table.show_rows({**{key: (cell(f"c{index}"), cell(0.25)) for index, key in enumerate(long_names)},
+                         "job-0": (cell("a-longer-name-than-any"), cell(0.25))})
+        await pilot.pause()
+        assert table.columns[ColumnKey("config")].content_width == len("a-longer-name-than-any")
+
+
+@pytest.mark.asyncio
+async def test_unsorted_rows_follow_a_change_of_their_default_order() -> None:
+    app = TableHost()
+    async with app.run_test(size=(60, 8)) as pilot:
+        table = app.query_one(LiveTable)
+        table.show_rows({name: (cell(name), cell(0.5)) for name in ("third", "second", "first")})
+        # The oldest experiment was updated, so it comes first now, with no row added or removed.
+        table.show_rows({name: (cell(name), cell(0.5)) for name in ("first", "third", "second")})
+        await pilot.pause()
+        assert [row.key.value for row in table.ordered_rows] == ["first", "third", "second"]
 
 
 @pytest.mark.asyncio

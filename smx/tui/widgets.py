@@ -4,10 +4,13 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 
+from rich.cells import cell_len
+from textual import events
 from textual.binding import Binding
 from textual.coordinate import Coordinate
 from textual.message import Message
 from textual.widgets import DataTable
+from textual.widgets.data_table import ColumnKey
 from textual_plotext import PlotextPlot
 
 from smx.tui.cells import Cell, short_config_names
@@ -50,6 +53,16 @@ class LiveTable(DataTable[Cell]):
     def on_mount(self) -> None:
         self.set_columns(self._initial_columns)
 
+    async def _on_idle(self, event: events.Idle) -> None:
+        # DataTable measures new and updated cells when idle, and keeps what it painted before that (its caches are
+        # keyed by its update count, not by column widths): a row painted in between stayed cut to its columns' old
+        # widths, "mnist…  1.…", until it next changed. Painting them again after measuring avoids that.
+        measuring = self._require_update_dimensions or bool(self._updated_cells)
+        await super()._on_idle(event)
+        if measuring:
+            self._update_count += 1
+            self.refresh()
+
     def set_columns(self, columns: Sequence[tuple[str, str]]) -> None:
         """Show these columns, emptying the table if they are not the ones shown."""
         if list(columns) == self.column_spec:
@@ -81,13 +94,17 @@ class LiveTable(DataTable[Cell]):
         """Make the table show these rows (row key -> cells, in their default order), changing only what differs."""
         selected = self.selected_key
         stale = self._shown.keys() - rows.keys()
-        if len(stale) > REBUILD_AFTER_REMOVALS:
+        kept = [key for key in self._shown if key in rows]
+        # Rows whose default order changed (an experiment updated moves up) are shown anew in the new order.
+        reordered = self.sort_column is None and kept != [key for key in rows if key in self._shown]
+        if len(stale) > REBUILD_AFTER_REMOVALS or reordered:
             self._empty()
         else:
             for key in stale:
                 self.remove_row(key)
         changed, added = bool(stale), False
         column_keys = [key for key, _ in self.column_spec]
+        updates: dict[str, list[tuple[str, Cell, Cell]]] = {}  # column -> (row key, old cell, new cell)
         for key, cells in rows.items():
             shown = self._shown.get(key)
             if shown is None:
@@ -96,10 +113,13 @@ class LiveTable(DataTable[Cell]):
             elif shown != cells:
                 for column, old, new in zip(column_keys, shown, cells):
                     if old != new:
-                        self.update_cell(key, column, new, update_width=True)
+                        self.update_cell(key, column, new)
+                        updates.setdefault(column, []).append((key, old, new))
             else:
                 continue
             changed = True
+        for column, updated in updates.items():
+            self._fit_column(column, updated)
         self._shown = dict(rows)
         if self.sort_column is not None:
             if changed:
@@ -109,6 +129,15 @@ class LiveTable(DataTable[Cell]):
             self._empty()
             self.show_rows(rows)
         self._keep_cursor_on(selected)
+
+    def _fit_column(self, column: str, updated: list[tuple[str, Cell, Cell]]) -> None:
+        """Fit the column's width to these updated cells. DataTable measures the whole column again for each cell
+        updated narrower than its column: for 300 of 10,000 rows, 24 s of a frozen screen. This asks for that at most
+        once, and only when the column's widest cell may have narrowed."""
+        width = self.columns[ColumnKey(column)].content_width
+        key, _, widest = max(updated, key=lambda update: cell_len(update[2].shown))
+        if cell_len(widest.shown) > width or any(cell_len(old.shown) >= width for _, old, _ in updated):
+            self.update_cell(key, column, widest, update_width=True)
 
     def _empty(self) -> None:
         self.clear()
