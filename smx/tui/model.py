@@ -49,12 +49,15 @@ class JobSummary:
         return tuple(experiment for experiment, _ in self.memberships)
 
     def config_label(self, experiment: str | None) -> str:
-        """The job's config as `experiment` names it (its aggregate: the experiment's name); with no experiment, as
-        the first experiment that names one does."""
+        """The job's config as `experiment` names it (its aggregate: the experiment's name); with no experiment in
+        focus, as "experiment/config" after the first experiment that has it, since experiments share config names."""
         config_names = dict(self.memberships)
         if experiment in config_names:
             return config_names[experiment] or experiment
-        return next((name for _, name in self.memberships if name), self.name.removeprefix(f"{self.kind}/"))
+        if self.memberships:
+            first, config_name = self.memberships[0]
+            return f"{first}/{config_name}" if config_name else first
+        return self.name.removeprefix(f"{self.kind}/")
 
     @property
     def error_line(self) -> str:
