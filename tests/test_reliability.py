@@ -31,8 +31,8 @@ import torch
 from sqlalchemy import event, func, select, update
 from sqlalchemy.engine import make_url
 
-from smx.db.models import (Aggregate, Base, Certificate, CertifiedAccuracy, Checkpoint, Experiment, ExperimentJob, Job,
-                           JobParent, TrainMetric)
+from smx.db.models import (Aggregate, AnalysisResult, Base, Certificate, CertifiedAccuracy, Checkpoint, Experiment,
+                           ExperimentJob, Job, JobParent, TrainMetric)
 from smx.db.store import NoStoreYet, Store, open_store
 from smx.plan import Plan, build_plan
 from smx.scheduler import queue
@@ -578,6 +578,33 @@ def test_a_corrupted_checkpoint_is_never_used_and_its_training_is_redone_from_th
     assert epoch_metric(store, reference.train_key, 1).seconds == first_epoch.seconds  # resumed after epoch 1
     assert_same_state(final_state(store, reference.train_key), reference.final_state)
     assert len(certificates(store, certify_key)) == 3
+
+
+def test_a_model_trained_again_takes_the_results_its_unfinished_jobs_stored_with_it(store: Store) -> None:
+    # Retraining after a damaged checkpoint reproduces the weights on a CPU, not on a GPU: a job must not mix
+    # results of the two models. Finished results stay, and so do those of a job still running on the old model.
+    states = {"waiting": "running", "done": "done", "other-running": "running", "cancelled": "cancelled",
+              "analyze-failed": "failed"}
+    with store.session() as session:
+        session.add(Job(key="train", kind="train", name="train/a", config={}, status="done", attempts=1))
+        for key, status in states.items():
+            kind = "analyze" if key.startswith("analyze") else "certify"
+            session.add(Job(key=key, kind=kind, name=f"{kind}/a", config={}, status=status, attempts=1))
+        session.flush()
+        for key in states:
+            session.add(JobParent(child_key=key, parent_key="train"))
+            if not key.startswith("analyze"):
+                session.add(Certificate(job_key=key, sample_index=0, label=1, prediction=1, radius=0.5, correct=1,
+                                        pa_lower=0.9, count=90, seconds=0.1))
+            else:
+                session.add(AnalysisResult(job_key=key, analysis="mixing_ratio", sample_index=0, label=1,
+                                           distance=1.0, mixing_ratio=0.5))
+    checkpoints.retrain_after_corruption(store, "train", "waiting", "checkpoint x is missing")
+    with store.read_session() as session:
+        kept = set(session.scalars(select(Certificate.job_key))) | set(session.scalars(select(AnalysisResult.job_key)))
+        statuses = dict(session.execute(select(Job.key, Job.status)).all())
+    assert kept == {"done", "other-running"}
+    assert statuses == {**states, "train": "pending", "waiting": "pending"}
 
 
 @pytest.mark.parametrize("damage", ["flipped", "truncated", "missing"])

@@ -11,10 +11,10 @@ import hashlib
 from pathlib import Path
 
 import torch
-from sqlalchemy import select, update
+from sqlalchemy import delete, select, update
 from sqlalchemy.orm import Session
 
-from smx.db.models import Checkpoint, Job
+from smx.db.models import AnalysisResult, Certificate, Checkpoint, Job, JobParent
 from smx.db.store import Store
 from smx.errors import UserError
 from smx.science.models import build_model
@@ -80,7 +80,9 @@ def retrain_after_corruption(store: Store, train_key: str, waiting_key: str, rea
     """Never use a damaged checkpoint: set it aside, queue its training again and make `waiting_key` wait.
 
     The damaged file is renamed (kept for inspection) so that resuming training cannot pick it up; training
-    then continues from the newest intact epoch checkpoint and reproduces the same weights.
+    then continues from the newest intact epoch checkpoint and reproduces the same weights on a CPU, not on a GPU,
+    whose kernels are not bit-reproducible. So the results that the model's unfinished jobs stored go too: each job
+    would otherwise mix, say, certificates of two models.
     """
     with store.session() as session:
         for row in session.scalars(select(Checkpoint).where(Checkpoint.job_key == train_key, Checkpoint.final)):
@@ -88,6 +90,11 @@ def retrain_after_corruption(store: Store, train_key: str, waiting_key: str, rea
             if path.exists():
                 path.rename(path.with_name(path.name + SET_ASIDE_SUFFIX))
             session.delete(row)
+        # A running job other than the waiting one read the model before it was damaged, and finishes with it.
+        unfinished = select(JobParent.child_key).join(Job, Job.key == JobParent.child_key).where(
+            JobParent.parent_key == train_key, (Job.status.not_in(("done", "running"))) | (Job.key == waiting_key))
+        session.execute(delete(Certificate).where(Certificate.job_key.in_(unfinished)))
+        session.execute(delete(AnalysisResult).where(AnalysisResult.job_key.in_(unfinished)))
         for key in (train_key, waiting_key):
             session.execute(update(Job).where(Job.key == key)
                             .values(status="pending", error=reason, progress_text="waiting to retrain"))
