@@ -340,7 +340,8 @@ def open_store(location: str | None = None, *, create: bool = True) -> Store:
             _refuse_foreign_database(store)
             where = f"the database {store.sqlite_path}" if store.is_sqlite else store.display_location
             raise NoStoreYet(f"{where} has no smx tables: it is not an smx store, or one still being created.\n"
-                             "Fix: point --store / SMX_STORE at an smx store, or wait for `smx submit` to create it.")
+                             "Fix: point --store / SMX_STORE at an smx store, or wait for `smx submit` to create it "
+                             "(a creation that was interrupted is finished by the next `smx submit` or `smx import`).")
         # A store written by an older smx is upgraded on first use, by reading commands too: they need its tables.
         upgrade = version is not None and version < SCHEMA_VERSION
         if upgrade and (unwritable := store.unwritable_error(
