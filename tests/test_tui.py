@@ -970,10 +970,12 @@ async def test_an_empty_store_says_how_to_start_and_shows_data_once_there_is_som
         welcome = app.main.query_one("#welcome")
         assert welcome.display and not app.main.query_one(TabbedContent).display
         assert "smx submit experiments/quickstart.toml" in str(welcome.content)
+        await pilot.press("4")  # no tabs on show yet: nothing to switch to
         seed(open_store("store"))
         app.reload()
         await settle(pilot)
         assert not welcome.display and app.main.query_one(TabbedContent).display
+        assert app.main.active_tab == "experiments"
         assert app.main.query_one(ExperimentsPane).table.row_count == 2
 
 

@@ -142,6 +142,10 @@ class MainScreen(Screen[None]):
             tabs.display, welcome.display = True, False
             self.focus_tab()
 
+    def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
+        # While the welcome is on show the tabs are hidden: a tab chosen then would only surprise once data arrives.
+        return action != "show_tab" or self.query_one(TabbedContent).display
+
     def action_show_tab(self, tab: str) -> None:
         self.query_one(TabbedContent).active = tab
 
