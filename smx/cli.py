@@ -426,7 +426,7 @@ def _follow(store: Store, experiment: str, workers: list[subprocess.Popen], devi
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
     from smx.db.queries import jobs_view
-    from smx.scheduler.worker import EXIT_JOBS_FAILED
+    from smx.scheduler.worker import EXIT_JOBS_FAILED, hangup_stops
     from smx.tui.cells import STATUS_STYLES
 
     # A worker that ran until nothing was left for it, whether or not its jobs failed.
@@ -441,7 +441,7 @@ def _follow(store: Store, experiment: str, workers: list[subprocess.Popen], devi
     # `kill` (SIGTERM), or closing the terminal (SIGHUP), stops a following submit as Ctrl-C does, so that its workers
     # do not run on unsupervised.
     previous_handlers = {stop: signal.signal(stop, _raise_keyboard_interrupt)
-                         for stop in (signal.SIGTERM, signal.SIGHUP)}
+                         for stop in (signal.SIGTERM, *hangup_stops())}
     try:
         with Live(progress, console=console, refresh_per_second=4):
             while True:
@@ -475,7 +475,7 @@ def _follow(store: Store, experiment: str, workers: list[subprocess.Popen], devi
     except KeyboardInterrupt:
         _end_live_line()
         # A second Ctrl-C must not cut short the workers putting their jobs back in the queue.
-        for stop in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        for stop in (signal.SIGINT, signal.SIGTERM, *hangup_stops()):
             signal.signal(stop, signal.SIG_IGN)
         # A Ctrl-C in a terminal reaches the workers too, but a SIGINT sent to this process alone does not.
         for worker in workers:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import secrets
 import time
 from collections.abc import Iterator
@@ -51,9 +52,14 @@ def written_whole(path: Path) -> Iterator[Path]:
 
 
 def _remove_leftover_partials(path: Path) -> None:
-    prefix, stale_before = f".{path.name}.", time.time() - LEFTOVER_PARTIAL_SECONDS
-    with contextlib.suppress(OSError):  # a folder not made yet, or a leftover another writer removed first
-        for sibling in path.parent.iterdir():
-            if sibling.name.startswith(prefix) and sibling.name.endswith(".part") \
-                    and sibling.stat().st_mtime < stale_before:
-                sibling.unlink()
+    partial_of_path = re.compile(rf"\.{re.escape(path.name)}\.\d+\.[0-9a-f]{{8}}\.part")  # as written_whole names them
+    stale_before = time.time() - LEFTOVER_PARTIAL_SECONDS
+    try:
+        siblings = list(path.parent.iterdir())
+    except OSError:  # a folder not made yet
+        return
+    for sibling in siblings:
+        if partial_of_path.fullmatch(sibling.name):
+            with contextlib.suppress(OSError):  # another writer removed it first
+                if sibling.stat().st_mtime < stale_before:
+                    sibling.unlink()

@@ -76,15 +76,17 @@ def test_writing_a_file_whole_removes_the_partial_files_that_killed_writers_of_i
     from smx.paths import LEFTOVER_PARTIAL_SECONDS
 
     target = tmp_path / "results[v2].tsv"
-    killed, writing, other = (tmp_path / name for name in (".results[v2].tsv.4242.0a1b2c3d.part",
-                                                            ".results[v2].tsv.4343.0a1b2c3d.part",
-                                                            ".other.tsv.4242.0a1b2c3d.part"))
-    for partial in (killed, writing, other):
+    killed, writing, other, longer = (tmp_path / name for name in (".results[v2].tsv.4242.0a1b2c3d.part",
+                                                                    ".results[v2].tsv.4343.0a1b2c3d.part",
+                                                                    ".other.tsv.4242.0a1b2c3d.part",
+                                                                    ".results[v2].tsv.bak.4242.0a1b2c3d.part"))
+    for partial in (killed, writing, other, longer):
         partial.write_text("half of it")
     long_ago = time.time() - LEFTOVER_PARTIAL_SECONDS - 60
-    for partial in (killed, other):
+    for partial in (killed, other, longer):
         os.utime(partial, (long_ago, long_ago))
     with written_whole(target) as partial:
         partial.write_text("all of it\n")
-    # Another writer's file of the same target, still being written, and another target's stay.
-    assert sorted(path.name for path in tmp_path.iterdir()) == sorted([target.name, writing.name, other.name])
+    # Another writer's file of the same target, still being written, and other targets' stay.
+    assert sorted(path.name for path in tmp_path.iterdir()) == sorted(
+        [target.name, writing.name, other.name, longer.name])

@@ -175,6 +175,7 @@ def test_a_job_cancelled_while_running_is_retried_only_once_its_process_has_ende
     assert queue.claim_next(store, device="cpu", slot=tmp_path / "slot", pid=4244).key == "train-a"
     with pytest.raises(Withdrawn, match="attempt 2 of job train-a was cancelled or taken over"):
         progress(1.0, "done")
+    assert not queue.runs_attempt(store, "train-a", 2) and queue.runs_attempt(store, "train-a", 3)
     ProgressReporter(store, "train-a", attempt=3)(1.0, "done")
     with store.read_session() as session:
         assert session.get(Job, "train-a").progress_text == "done"

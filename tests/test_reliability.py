@@ -301,6 +301,25 @@ def test_a_signal_to_smx_submit_stops_its_workers_and_requeues_the_job(tmp_path:
     assert len(trained_epochs(store, train_key)) < 50
 
 
+def test_smx_submit_started_under_nohup_outlives_its_terminal(tmp_path: Path) -> None:
+    spec = tmp_path / "nohup.toml"
+    spec.write_text(spec_text("nohup", epochs=50))
+    store_dir = tmp_path / "store"
+    submit = start(smx_command("submit", str(spec), "--store", str(store_dir), "--gpus", "none"),
+                   stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
+                   preexec_fn=lambda: signal.signal(signal.SIGHUP, signal.SIG_IGN))  # what nohup does
+    store = wait_until(lambda: store_if_created(store_dir), "the store")
+    train_key = key_of(build_plan(load_spec(spec)), "train")
+    wait_until(lambda: epoch_metric(store, train_key, 1), "the first epoch")
+    job_pid = job_row(store, train_key).pid
+    os.killpg(submit.pid, signal.SIGHUP)
+    time.sleep(3)
+    assert submit.poll() is None and is_running(job_pid) and job_row(store, train_key).status == "running"
+    submit.send_signal(signal.SIGTERM)
+    _, stderr = submit.communicate(timeout=60)
+    assert submit.returncode == 130, stderr
+
+
 def test_smx_submit_whose_worker_is_killed_says_so_and_the_next_submit_resumes_the_job(tmp_path: Path) -> None:
     spec = tmp_path / "worker-killed.toml"
     spec.write_text(spec_text("worker-killed", epochs=4))

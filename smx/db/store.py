@@ -163,7 +163,7 @@ class Store:
                 raise StoreBusy(f"the store database {self.sqlite_path} stayed locked for over "
                                 f"{BUSY_TIMEOUT_MS // 1000} s: another program holds a write transaction open on it "
                                 "(an sqlite3 shell inside BEGIN, say).\nFix: end that transaction (COMMIT, or close "
-                                "the program), then run the command again.") from error
+                                "the program), then run the command again, or `smx retry` a job it stopped.") from error
             if not isinstance(error, OperationalError) or code is None or code & 0xFF not in SQLITE_STORAGE_CODES:
                 raise
             unwritable = self.unwritable_error()

@@ -26,10 +26,12 @@ STALE_AFTER = timedelta(minutes=5)
 STOP_GRACE = timedelta(seconds=30)
 # Results sooner: finish certifying and aggregating trained models before starting new trainings.
 KIND_PRIORITY = case({"aggregate": 0, "certify": 1, "analyze": 1, "train": 2}, value=Job.kind, else_=3)
-# The error of a pending job cancelled because a submission removed its config and no experiment includes it
-# any more; a later submission whose plan has the job queues it again (jobs cancelled by a user stay cancelled).
+# The error of a pending job cancelled because a submission removed or changed its config and no experiment
+# includes it any more; a later submission whose plan has the job queues it again (jobs cancelled by a user stay
+# cancelled). Stores hold this text: changing it would leave their jobs cancelled for good.
 DROPPED_FROM_EVERY_PLAN = "config removed from the spec: not run unless a spec includes it again"
-# A job's runtime (where its data lie) is that of the latest submission, unless the job is running or done.
+# A job's runtime (where its data lie; a certify job's rows per pass) is that of the latest submission, unless the
+# job is running or done.
 RUNTIME_FOLLOWS_SPEC = ("pending", "failed", "cancelled")
 # Job keys are sha256 hex digests; a shorter prefix than this would too often name several jobs.
 KEY_PREFIX_LENGTH = 4
@@ -271,6 +273,12 @@ def heartbeat(session: Session, key: str, attempt: int) -> bool:
     beat = session.execute(update(Job).where(Job.key == key, Job.status == "running", Job.attempts == attempt)
                            .values(heartbeat_at=utcnow()))
     return beat.rowcount == 1
+
+
+def runs_attempt(store: Store, key: str, attempt: int) -> bool:
+    """Whether the job still runs `attempt`: nobody cancelled it, and it was not claimed again since."""
+    with store.read_session() as session:
+        return session.scalar(select(func.count()).select_from(Job).where(_running(key, attempt))) == 1
 
 
 def _running(key: str, attempt: int | None) -> ColumnElement[bool]:

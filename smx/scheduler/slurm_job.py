@@ -45,6 +45,8 @@ class SlurmJob(require_submitit().helpers.Checkpointable):  # type: ignore[misc]
                 succeeded = run_job(store, job, slot, requeue_if_terminated=True)
             except Interrupted:
                 return "stopped: back in the queue, to resume from its last checkpoint"
+            if succeeded is None:
+                return "stopped: the job was cancelled, or taken over by another worker"
             if not succeeded:
                 raise RuntimeError(f"{job.name} did not succeed; its log: {store.log_path(key)}")
             return "done"

@@ -41,7 +41,13 @@ class WorkerReport:
 
 
 class Interrupted(Exception):
-    """The worker was told to stop (SIGTERM, SIGINT): its running job goes back to the queue."""
+    """The worker was told to stop (SIGTERM, SIGINT, SIGHUP): its running job goes back to the queue."""
+
+
+def hangup_stops() -> tuple[signal.Signals, ...]:
+    """SIGHUP, among the signals that stop a worker or `smx submit` (a closed terminal sends it), unless this
+    process was started to ignore it, as `nohup` starts a command to outlive its terminal."""
+    return () if signal.getsignal(signal.SIGHUP) == signal.SIG_IGN else (signal.SIGHUP,)
 
 
 # The signal that asked this worker to stop, if one did. Its handler only records it, and the loops that wait check
@@ -124,7 +130,8 @@ def run_job(store: Store, job: Job, slot: Slot, *, requeue_if_terminated: bool =
     it preempts or requeues a job, sends SIGTERM to every process of it, the job's own process perhaps first.
     """
     log_path = store.log_path(job.key)
-    command = [sys.executable, "-m", "smx.tasks.run", job.key, "--store", store.location, "--device", slot.device]
+    command = [sys.executable, "-m", "smx.tasks.run", job.key, "--store", store.location, "--device", slot.device,
+               "--attempt", str(job.attempts)]
     environment = {**os.environ, **slot.environment(), "PYTHONUNBUFFERED": "1"}
     process: subprocess.Popen | None = None
     # From the start: a stop request that comes before the job's process is started or recorded must still put
@@ -164,7 +171,7 @@ def run_job(store: Store, job: Job, slot: Slot, *, requeue_if_terminated: bool =
             queue.requeue(session, job.key, "interrupted; resumes from its last checkpoint", attempt=job.attempts)
         raise
     queue.release(store, job.key, process.pid)
-    if process.returncode == WITHDRAWN_EXIT_CODE:
+    if process.returncode == WITHDRAWN_EXIT_CODE and not queue.runs_attempt(store, job.key, job.attempts):
         return None
     if process.returncode == 0:
         queue.finish(store, job.key, succeeded=True, attempt=job.attempts)
@@ -220,7 +227,7 @@ def run_worker(store: Store, slots: list[Slot], *, stay: bool = False) -> Worker
     report = WorkerReport(slot=None)
     _stop_requested = None
 
-    previous = {sig: signal.signal(sig, request_stop) for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)}
+    previous = {sig: signal.signal(sig, request_stop) for sig in (signal.SIGTERM, signal.SIGINT, *hangup_stops())}
     try:
         while True:
             with lock_file_errors_reported(store.root):

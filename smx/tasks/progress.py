@@ -11,8 +11,9 @@ from smx.db.store import Store, StoreBusy
 WRITE_INTERVAL_SECONDS = 1.0
 
 
-# The exit status of a job's process that stopped because its job was withdrawn from it (see Withdrawn).
-WITHDRAWN_EXIT_CODE = 3
+# The exit status of a job's process that stopped because its job was withdrawn from it (see Withdrawn): sysexits'
+# EX_TEMPFAIL, which nothing else in a job's process exits with.
+WITHDRAWN_EXIT_CODE = 75
 
 
 class Withdrawn(Exception):

@@ -22,6 +22,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("key")
     parser.add_argument("--store", required=True)
     parser.add_argument("--device", default="cpu")
+    # The attempt its worker claimed; by default the job's current one (for a job run by hand). The worker's number
+    # is the one that counts: a process that starts late, after its attempt was withdrawn, must not take the next.
+    parser.add_argument("--attempt", type=int)
     arguments = parser.parse_args(argv)
     try:
         store = open_store(arguments.store, create=False)
@@ -31,7 +34,8 @@ def main(argv: list[str] | None = None) -> int:
                 raise UserError(f"no job with key {arguments.key} in the store at {store.display_location}")
         task = importlib.import_module(TASKS[job.kind])
         print(f"{job.kind} {job.name} ({job.key[:12]}) on {arguments.device}", flush=True)
-        task.run(store, job, arguments.device, ProgressReporter(store, job.key, job.attempts))
+        attempt = job.attempts if arguments.attempt is None else arguments.attempt
+        task.run(store, job, arguments.device, ProgressReporter(store, job.key, attempt))
     except Withdrawn as withdrawn:
         print(f"stopped: {withdrawn}", flush=True)
         return WITHDRAWN_EXIT_CODE
