@@ -670,6 +670,7 @@ def retry(
 
     opened = open_store(store, create=False)
     keys = queue.retry(opened, targets)
+    _note_keys_behind_names(opened, targets)
     console.print(f"{len(keys)} job(s) queued again." + (" Run them with `smx worker` or `smx submit`." if keys else
                   f" Nothing failed or cancelled there ({_states_of(opened, targets)}; an experiment counts the jobs "
                   "of its current plan only; `smx status --failed` lists every failed job in the store, with its "
@@ -690,9 +691,19 @@ def cancel(
 
     opened = open_store(store, create=False)
     cancellation = cancel_with_slurm_jobs(opened, targets)
+    _note_keys_behind_names(opened, targets)
     console.print(cancellation.summary + ("" if cancellation.keys or cancellation.shared else
                                           f" Nothing there was pending or running ({_states_of(opened, targets)})."),
                   markup=False, highlight=False)
+
+
+def _note_keys_behind_names(opened: Store, targets: list[str]) -> None:
+    from smx.scheduler.queue import keys_behind_names
+
+    for name, keys in keys_behind_names(opened, targets).items():
+        shown = ", ".join(key[:12] for key in keys[:3]) + (", …" if len(keys) > 3 else "")
+        errors.print(f"note: {name!r} named the experiment {name}; job keys start with it too ({shown}): to name a "
+                     "job, give more characters of its key.", markup=False, highlight=False)
 
 
 @app.command()

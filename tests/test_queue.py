@@ -426,3 +426,18 @@ def test_a_done_training_whose_checkpoint_file_is_gone_is_to_retrain_only_while_
     assert queue.to_retrain(store, plan, states) == {train["p"]}  # q's file is there
     certified = {job.key: "done" for job in plan.jobs if job.kind != "train"}
     assert queue.to_retrain(store, plan, {**states, **certified}) == set()  # nothing needs p's model any more
+
+
+def test_a_name_that_is_also_a_key_prefix_names_the_experiment_and_the_keys_behind_it_are_told(
+        store, tmp_path: Path) -> None:
+    from tests.test_fuzz_cli import run_cli
+
+    plan, _ = submit_plan(store, tmp_path, "first", "")
+    train_key = plan.jobs[0].key
+    name = train_key[:6]
+    submit_plan(store, tmp_path, name, "")  # the same configs: the same jobs, in a second experiment
+    assert queue.keys_behind_names(store, [name, "first", train_key[:8]]) == {name: [train_key]}
+    code, out, err = run_cli("cancel", name, "--store", store.location)
+    assert code == 0, err
+    assert (f"note: '{name}' named the experiment {name}; job keys start with it too ({train_key[:12]}): to name a "
+            "job, give more characters of its key.") in " ".join(err.split())

@@ -348,6 +348,24 @@ def select_jobs(session: Session, targets: list[str]) -> SelectedJobs:
     return selected
 
 
+def keys_behind_names(store: Store, targets: list[str]) -> dict[str, list[str]]:
+    """The targets that name an experiment and also start job keys (hexadecimal, 4+ characters), with those keys: the
+    experiment is what they name, and a user who meant a job must be told to give more of its key."""
+    hidden: dict[str, list[str]] = {}
+    with store.read_session() as session:
+        for target in targets:
+            prefix = target.lower()
+            if len(prefix) < KEY_PREFIX_LENGTH or not set(prefix) <= HEX_DIGITS:
+                continue
+            if session.scalar(select(Experiment.id).where(Experiment.name == target)) is None:
+                continue
+            keys = list(session.scalars(select(Job.key).where(func.substr(Job.key, 1, len(prefix)) == prefix)
+                                        .order_by(Job.key).limit(4)))
+            if keys:
+                hidden[target] = keys
+    return hidden
+
+
 def _job_named_by_key(session: Session, target: str) -> Job:
     """The job whose key is `target`, or the only one whose key starts with it; a UserError saying what is wrong
     with a target that names no experiment and no one job."""
