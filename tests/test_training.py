@@ -93,6 +93,17 @@ def test_resumed_run_ends_with_identical_weights(data, uninterrupted, tmp_path):
     assert [m.loss for m in metrics] == [m.loss for m in uninterrupted[2][1:]]
 
 
+def test_a_checkpoint_folder_deleted_while_training_runs_is_made_again(data, uninterrupted, tmp_path):
+    import shutil
+
+    folder = tmp_path / "checkpoints"
+    model = fresh_model()
+    final = train(model, data, settings(), folder,
+                  on_checkpoint=lambda path, epoch: shutil.rmtree(folder) if epoch == 1 else None)
+    assert final.name == "epoch-0003.pt" and [epoch for epoch, _ in list_checkpoints(folder)] == [2, 3]
+    assert_same_weights(model, uninterrupted[0])
+
+
 @pytest.mark.parametrize("damage", ["not-intact", "another-architecture"])
 def test_a_checkpoint_that_is_not_what_was_written_is_set_aside_and_training_resumes_before_it(
         data, uninterrupted, tmp_path, damage):

@@ -365,6 +365,8 @@ def train(
         metrics = train_epoch(model, method.loss, optimizer, data, settings, context, shuffle, device, report)
         scheduler.step()
         latest = checkpoint_path(checkpoint_dir, epoch + 1)
+        # A folder deleted while the job ran (to free space, say) is made again rather than fail the training.
+        checkpoint_dir.mkdir(parents=True, exist_ok=True)
         # First: a process killed after the checkpoint's write finds them for on_resume.
         save_metrics(metrics, metrics_path(latest))
         save_checkpoint(
