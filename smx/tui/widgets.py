@@ -94,22 +94,21 @@ class LiveTable(DataTable[Cell]):
         """Make the table show these rows (row key -> cells, in their default order), changing only what differs."""
         selected = self.selected_key
         stale = self._shown.keys() - rows.keys()
-        kept = [key for key in self._shown if key in rows]
-        # Rows whose default order changed (an experiment updated moves up) are shown anew in the new order.
-        reordered = self.sort_column is None and kept != [key for key in rows if key in self._shown]
-        if len(stale) > REBUILD_AFTER_REMOVALS or reordered:
+        # Updated in place, unsorted rows keep their places and new ones go to the bottom. Where the default order
+        # says otherwise (an experiment updated moves up, a row added among others), they are shown anew in it.
+        in_place_order = [key for key in self._shown if key in rows] + [key for key in rows if key not in self._shown]
+        if len(stale) > REBUILD_AFTER_REMOVALS or (self.sort_column is None and in_place_order != list(rows)):
             self._empty()
         else:
             for key in stale:
                 self.remove_row(key)
-        changed, added = bool(stale), False
+        changed = bool(stale)
         column_keys = [key for key, _ in self.column_spec]
         updates: dict[str, list[tuple[str, Cell, Cell]]] = {}  # column -> (row key, old cell, new cell)
         for key, cells in rows.items():
             shown = self._shown.get(key)
             if shown is None:
                 self.add_row(*cells, key=key)
-                added = True
             elif shown != cells:
                 for column, old, new in zip(column_keys, shown, cells):
                     if old != new:
@@ -121,13 +120,8 @@ class LiveTable(DataTable[Cell]):
         for column, updated in updates.items():
             self._fit_column(column, updated)
         self._shown = dict(rows)
-        if self.sort_column is not None:
-            if changed:
-                self._sort()
-        elif added and [row.key.value for row in self.ordered_rows] != list(rows):
-            # New rows went to the bottom, but belong elsewhere in the default order.
-            self._empty()
-            self.show_rows(rows)
+        if self.sort_column is not None and changed:
+            self._sort()
         self._keep_cursor_on(selected)
 
     def _fit_column(self, column: str, updated: list[tuple[str, Cell, Cell]]) -> None:
