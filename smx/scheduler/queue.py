@@ -9,10 +9,11 @@ from datetime import timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import ColumnElement, Select, case, delete, exists, func, select, update
+from sqlalchemy import Select, case, delete, exists, func, select, update
 from sqlalchemy.orm import Session, aliased
 
 from smx.db.models import Checkpoint, Experiment, ExperimentJob, Job, JobParent, Meta, utcnow
+from smx.db.progress import while_running
 from smx.db.queries import experiment_names, name_alike_but_for_case
 from smx.db.store import Store
 from smx.errors import UserError
@@ -234,7 +235,7 @@ def claim(store: Store, key: str, *, device: str, slot: Path, pid: int, slurm_jo
     its last checkpoint as any requeued job does.
     """
     with store.session() as session:
-        left_running = session.scalar(select(Job.attempts).where(Job.key == key, Job.status == "running",
+        left_running = session.scalar(select(Job.attempts).where(while_running(key),
                                                                  Job.slurm_job_id == slurm_job_id))
         if left_running is not None:
             requeue(session, key, "its Slurm job was requeued; resumed from the last checkpoint", left_running)
@@ -270,32 +271,26 @@ def has_waitable_work(store: Store) -> bool:
 def heartbeat(session: Session, key: str, attempt: int) -> bool:
     """Record that the worker running `attempt` of the job is alive. False when that attempt should stop: a user
     cancelled the job, or it was presumed dead, put back in the queue and claimed again as a later attempt."""
-    beat = session.execute(update(Job).where(Job.key == key, Job.status == "running", Job.attempts == attempt)
-                           .values(heartbeat_at=utcnow()))
+    beat = session.execute(update(Job).where(while_running(key, attempt)).values(heartbeat_at=utcnow()))
     return beat.rowcount == 1
 
 
 def runs_attempt(store: Store, key: str, attempt: int) -> bool:
     """Whether the job still runs `attempt`: nobody cancelled it, and it was not claimed again since."""
     with store.read_session() as session:
-        return session.scalar(select(func.count()).select_from(Job).where(_running(key, attempt))) == 1
-
-
-def _running(key: str, attempt: int | None) -> ColumnElement[bool]:
-    """The job while it runs; with `attempt`, only while it runs that attempt (a later one is another worker's)."""
-    condition = (Job.key == key) & (Job.status == "running")
-    return condition if attempt is None else condition & (Job.attempts == attempt)
+        return session.scalar(select(func.count()).select_from(Job).where(while_running(key, attempt))) == 1
 
 
 def finish(store: Store, key: str, *, succeeded: bool, error: str | None = None, attempt: int | None = None) -> None:
     """Close a running job. A job cancelled meanwhile stays cancelled."""
     values = {"status": "done", "progress": 1.0, "progress_text": "done"} if succeeded else {"status": "failed"}
     with store.session() as session:
-        session.execute(update(Job).where(_running(key, attempt)).values(finished_at=utcnow(), error=error, **values))
+        session.execute(update(Job).where(while_running(key, attempt))
+                        .values(finished_at=utcnow(), error=error, **values))
 
 
 def requeue(session: Session, key: str, reason: str, attempt: int | None = None) -> None:
-    session.execute(update(Job).where(_running(key, attempt))
+    session.execute(update(Job).where(while_running(key, attempt))
                     .values(status="pending", error=reason, pid=None, progress_text="waiting to resume"))
 
 
