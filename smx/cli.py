@@ -698,12 +698,11 @@ def cancel(
 
 
 def _note_keys_behind_names(opened: Store, targets: list[str]) -> None:
-    from smx.scheduler.queue import keys_behind_names
+    from smx.scheduler.queue import keys_behind_names, shown_keys
 
     for name, keys in keys_behind_names(opened, targets).items():
-        shown = ", ".join(key[:12] for key in keys[:3]) + (", …" if len(keys) > 3 else "")
-        errors.print(f"note: {name!r} named the experiment {name}; job keys start with it too ({shown}): to name a "
-                     "job, give more characters of its key.", markup=False, highlight=False)
+        errors.print(f"note: {name!r} named the experiment {name}; job keys start with it too ({shown_keys(keys)}): "
+                     "to name a job, give more characters of its key.", markup=False, highlight=False)
 
 
 @app.command()

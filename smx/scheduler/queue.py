@@ -36,6 +36,8 @@ DROPPED_FROM_EVERY_PLAN = "config removed from the spec: not run unless a spec i
 RUNTIME_FOLLOWS_SPEC = ("pending", "failed", "cancelled")
 # Job keys are sha256 hex digests; a shorter prefix than this would too often name several jobs.
 KEY_PREFIX_LENGTH = 4
+# Keys a message names when a prefix starts several.
+KEY_MATCHES_SHOWN = 3
 HEX_DIGITS = frozenset("0123456789abcdef")
 # How many jobs `smx cancel` names when it leaves jobs alone that other experiments need.
 SHARED_JOBS_SHOWN = 5
@@ -354,11 +356,22 @@ def keys_behind_names(store: Store, targets: list[str]) -> dict[str, list[str]]:
                 continue
             if session.scalar(select(Experiment.id).where(Experiment.name == target)) is None:
                 continue
-            keys = list(session.scalars(select(Job.key).where(func.substr(Job.key, 1, len(prefix)) == prefix)
-                                        .order_by(Job.key).limit(4)))
+            keys = _keys_starting_with(session, prefix)
             if keys:
                 hidden[target] = keys
     return hidden
+
+
+def shown_keys(keys: list[str]) -> str:
+    """Keys of _keys_starting_with as a message names them: "3f2a9c01d4e7, 3f2a0b77c1e2, …"."""
+    return ", ".join(key[:12] for key in keys[:KEY_MATCHES_SHOWN]) + (", …" if len(keys) > KEY_MATCHES_SHOWN else "")
+
+
+def _keys_starting_with(session: Session, prefix: str) -> list[str]:
+    """The first keys that start with `prefix`, one more than a message shows: enough to say there are more."""
+    # Compared as text, not with LIKE: no character of the prefix is a wildcard.
+    return list(session.scalars(select(Job.key).where(func.substr(Job.key, 1, len(prefix)) == prefix)
+                                .order_by(Job.key).limit(KEY_MATCHES_SHOWN + 1)))
 
 
 def _job_named_by_key(session: Session, target: str) -> Job:
@@ -377,17 +390,14 @@ def _job_named_by_key(session: Session, target: str) -> Job:
         raise UserError(f"{target!r} is not an experiment in the store, and job key prefixes need "
                         f"{KEY_PREFIX_LENGTH}+ characters.\nFix: give an experiment name ({experiments}) or at least "
                         f"{KEY_PREFIX_LENGTH} characters of a job key (`smx status --jobs` lists the keys).")
-    # Compared as text, not with LIKE: no character of the prefix is a wildcard.
-    matches = session.scalars(select(Job).where(func.substr(Job.key, 1, len(prefix)) == prefix)
-                              .order_by(Job.key).limit(4)).all()
+    matches = _keys_starting_with(session, prefix)
     if not matches:
         raise UserError(f"no job key in the store starts with {target!r}, and no experiment is named so.\n"
                         f"Fix: copy the key from `smx status --jobs`, or give an experiment name ({experiments}).")
     if len(matches) > 1:
-        shown = ", ".join(match.key[:12] for match in matches[:3]) + (", …" if len(matches) > 3 else "")
-        raise UserError(f"{target!r} starts several job keys ({shown}).\nFix: give more characters of the key "
-                        "(`smx status --jobs` lists the keys).")
-    return matches[0]
+        raise UserError(f"{target!r} starts several job keys ({shown_keys(matches)}).\nFix: give more characters of "
+                        "the key (`smx status --jobs` lists the keys).")
+    return session.get(Job, matches[0])
 
 
 @dataclass
