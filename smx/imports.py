@@ -197,8 +197,7 @@ def load_log(path: Path, options: ImportOptions) -> LoadedLog:
         first_line[row.index] = line_number
     return LoadedLog(path=path.resolve(), sha256=hashlib.sha256(content).hexdigest(), rows=rows,
                      experiment=experiment, config_name=config_name, dataset=options.dataset, split=options.split,
-                     method=options.method,
-                     sigma=options.sigma, params=params, note=options.note)
+                     method=options.method, sigma=options.sigma, params=params, note=options.note)
 
 
 def _summary_of(session: Session, aggregate_key: str) -> Aggregate:
